@@ -1,0 +1,135 @@
+"""Composition root: read settings, build the parts, run `serve`, `console` or `reap`. No logic lives here."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from bot.access import AccessPolicy, RuleError
+from bot.channels.console import ConsoleChannel, operator_key, run_console
+from bot.logs import setup_logging
+from bot.messages import Identity, InvalidIdentity, UserKey
+from bot.runtime import Runtime
+from bot.settings import Settings, SettingsError
+from bot.web import create_app
+from provisioner.base import Provider
+
+log = logging.getLogger("app")
+
+
+def make_provider(settings: Settings) -> Provider:
+    if settings.provider == "host":
+        from provisioner.host import HostProvider
+
+        return HostProvider(
+            settings.wg_interface,
+            settings.wg_endpoint,
+            settings.wg_pool,
+            wg_command=shlex.split(settings.wg_command),
+            hourly_cost=settings.hourly_cost,
+        )
+    if settings.provider == "azure":
+        raise SettingsError("VPN_PROVIDER=azure is not available in this version yet; use dryrun or host")
+    from provisioner.dryrun import DryRunProvider
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return DryRunProvider(
+        settings.data_dir / "dryrun-servers.json",
+        pool=settings.wg_pool,
+        regions=settings.dryrun_regions,
+        step_seconds=settings.dryrun_step_seconds,
+        fail_step=settings.dryrun_fail_step or None,
+        hourly_cost=settings.hourly_cost,
+    )
+
+
+def make_access(settings: Settings) -> AccessPolicy:
+    try:
+        users = AccessPolicy.from_text(settings.users, "")
+    except RuleError as exc:
+        raise SettingsError(f"VPN_USERS: {exc}") from None
+    try:
+        admins = AccessPolicy.from_text("", settings.admins)
+    except RuleError as exc:
+        raise SettingsError(f"VPN_ADMINS: {exc}") from None
+    return AccessPolicy(users._users, admins._admins)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="app.py",
+        description="A chat bot that hands out short-lived WireGuard VPN access. Configured by environment variables (see README.md).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{serve,console,reap}")
+    sub.add_parser("serve", help="run the HTTP service (default): /healthz and the chat channels")
+    console = sub.add_parser("console", help="chat with the bot in this terminal (or pipe commands, one per line)")
+    console.add_argument("--out", type=Path, default=Path("./out"), help="folder for delivered .conf and .png files (default ./out)")
+    console.add_argument("--as", dest="as_identity", metavar="CHANNEL:ID", help="act as another identity, e.g. groupme:123 (subject to the allowlist)")
+    console.add_argument("--email", help="with --as: the verified email that identity's channel would supply")
+    sub.add_parser("reap", help="one teardown/reconcile pass, then exit (for a scheduler)")
+    return parser
+
+
+async def serve(settings: Settings, provider: Provider, access: AccessPolicy) -> None:
+    app = create_app(lambda: Runtime(settings, provider, access))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info("serving on http://%s:%d (provider %s)", settings.host, settings.port, provider.name)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+async def console(settings: Settings, provider: Provider, access: AccessPolicy, args: argparse.Namespace) -> None:
+    operator = operator_key()
+    access = access.with_operator(operator)
+    if args.as_identity:
+        identity = Identity(UserKey.parse(args.as_identity), email=args.email)
+    else:
+        identity = Identity(operator)
+    channel = ConsoleChannel(args.out)
+    async with Runtime(settings, provider, access, [channel]) as runtime:
+        await run_console(runtime.dispatcher, runtime.runner, identity)
+
+
+async def reap(settings: Settings, provider: Provider, access: AccessPolicy) -> None:
+    async with Runtime(settings, provider, access, background=False) as runtime:
+        removed = await runtime.service.reap_once()
+        log.info("reap pass done; %d orphaned resource(s) removed", removed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        setup_logging(settings.log_level)
+        access = make_access(settings)
+        provider = make_provider(settings)
+        if args.command == "console" and args.as_identity:
+            UserKey.parse(args.as_identity)
+    except (SettingsError, InvalidIdentity) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    command = args.command or "serve"
+    try:
+        if command == "serve":
+            asyncio.run(serve(settings, provider, access))
+        elif command == "console":
+            asyncio.run(console(settings, provider, access, args))
+        else:
+            asyncio.run(reap(settings, provider, access))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

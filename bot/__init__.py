@@ -1,0 +1,1 @@
+"""The chat side: channels, commands, access, sessions and the use cases that join them."""

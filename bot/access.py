@@ -1,0 +1,103 @@
+"""Who may use the bot, and who administers it.
+
+Rules (VPN_USERS / VPN_ADMINS, comma-separated) name stable ids — `teams:<aadObjectId>`,
+`groupme:<user_id>`, `console:<name>` — or match an email a channel verified: `email:<address>`,
+`domain:<example.org>`. An empty allowlist refuses everyone but the local console operator.
+"""
+from __future__ import annotations
+
+import enum
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable
+
+from bot.messages import Identity, InvalidIdentity, UserKey
+
+
+class Role(str, enum.Enum):
+    USER = "user"
+    ADMIN = "admin"
+
+
+class RuleError(ValueError):
+    pass
+
+
+def _clean(text: str) -> str:
+    """NFKC + casefold, so look-alike full-width letters and case tricks compare as what they render to."""
+    return unicodedata.normalize("NFKC", text).casefold().strip()
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str  # "id", "email" or "domain"
+    value: str
+
+    def matches(self, who: Identity) -> bool:
+        if self.kind == "id":
+            return _id_text(who.key) == self.value
+        if who.email is None:
+            return False
+        email = _clean(who.email)
+        if self.kind == "email":
+            return email == self.value
+        local, at, domain = email.rpartition("@")
+        return bool(at and local) and domain == self.value
+
+
+def _id_text(key: UserKey) -> str:
+    # Ids are compared case-insensitively: Teams AAD object ids are GUIDs that appear in either case.
+    return f"{key.channel}:{key.id.lower()}"
+
+
+def parse_rules(text: str) -> tuple[Rule, ...]:
+    rules = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        kind, sep, value = item.partition(":")
+        kind, value = kind.strip().lower(), value.strip()
+        if not sep or not value:
+            raise RuleError(f"{item!r} is not kind:value (teams:…, groupme:…, console:…, email:…, domain:…)")
+        if kind == "email":
+            value = _clean(value)
+            if value.count("@") != 1 or value.startswith("@") or value.endswith("@"):
+                raise RuleError(f"{item!r} is not an email address")
+            rules.append(Rule("email", value))
+        elif kind == "domain":
+            value = _clean(value).lstrip("@")
+            if "@" in value or "." not in value:
+                raise RuleError(f"{item!r} is not a domain like example.org")
+            rules.append(Rule("domain", value))
+        else:
+            try:
+                key = UserKey(kind, value)
+            except InvalidIdentity as exc:
+                raise RuleError(f"{item!r}: {exc}") from None
+            rules.append(Rule("id", _id_text(key)))
+    return tuple(rules)
+
+
+class AccessPolicy:
+    """Decides a role for an identity; None means refused."""
+
+    def __init__(self, users: Iterable[Rule], admins: Iterable[Rule], local_operator: UserKey | None = None) -> None:
+        self._users = tuple(users)
+        self._admins = tuple(admins)
+        self._operator = local_operator
+
+    @classmethod
+    def from_text(cls, users: str, admins: str, local_operator: UserKey | None = None) -> "AccessPolicy":
+        return cls(parse_rules(users), parse_rules(admins), local_operator)
+
+    def with_operator(self, operator: UserKey) -> "AccessPolicy":
+        return AccessPolicy(self._users, self._admins, operator)
+
+    def role_of(self, who: Identity) -> Role | None:
+        if self._operator is not None and who.key == self._operator:
+            return Role.ADMIN
+        if any(rule.matches(who) for rule in self._admins):
+            return Role.ADMIN
+        if any(rule.matches(who) for rule in self._users):
+            return Role.USER
+        return None

@@ -1,0 +1,1 @@
+"""Turning text into commands, deciding who may run them, and running them."""

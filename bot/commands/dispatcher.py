@@ -1,0 +1,95 @@
+"""The front door for every message: de-duplicate, parse, check access, audit, run.
+
+Two layers, as in aiogram: the allowlist runs before anything else (strangers get a polite refusal
+and nothing else happens); the admin check runs after a command matched, from its registration.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Callable
+
+from bot.access import AccessPolicy, Role
+from bot.commands.parser import Command, Usage, parse
+from bot.commands.registry import Context, Registry
+from bot.messages import Incoming
+from bot.outbox import Outbox
+from bot.sessions.model import utcnow
+from bot.sessions.store import AuditEntry, Store
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: Registry,
+        access: AccessPolicy,
+        store: Store,
+        outbox: Outbox,
+        help_card: Callable[[Role | None, str], object],
+        *,
+        clock: Callable = utcnow,
+    ) -> None:
+        self.registry = registry
+        self.access = access
+        self.store = store
+        self.outbox = outbox
+        self._help_card = help_card
+        self._clock = clock
+
+    async def handle(self, msg: Incoming) -> None:
+        if msg.message_id and not await self.store.first_seen(msg.conversation.channel, msg.message_id, self._clock()):
+            log.info("ignoring re-sent message %s from %s", msg.message_id[:64], msg.identity.key)
+            return
+        parsed = parse(msg.text)
+        if parsed is None and not msg.is_private:
+            return  # group chatter that is not for us
+        role = self.access.role_of(msg.identity)
+        command_text = parsed.verb if isinstance(parsed, Command) else "(unparsed)"
+        if role is None:
+            await self._audit(msg, command_text, False, "not on the allowlist")
+            await self.outbox.text(
+                msg.conversation,
+                "Sorry, you are not allowed to use this VPN bot. "
+                f"If you should be, ask an admin to add you (your id is {msg.identity.key}).",
+            )
+            return
+        if parsed is None or isinstance(parsed, Usage):
+            problem = parsed.problem if isinstance(parsed, Usage) else "I only understand /vpn commands"
+            await self._audit(msg, command_text, True, f"usage: {problem}")
+            await self.outbox.card(msg.conversation, self._help_card(role, f"Sorry, {problem}."))
+            return
+        spec = self.registry.get(parsed.verb)
+        if spec is None:
+            await self.outbox.card(msg.conversation, self._help_card(role, f"Sorry, '{parsed.verb}' is not available."))
+            return
+        if spec.admin_only and role is not Role.ADMIN:
+            await self._audit(msg, command_text, False, "admin only")
+            await self.outbox.text(msg.conversation, f"Sorry, only admins can use /vpn {spec.verb}.")
+            return
+        await self._audit(msg, _describe(parsed), True, role.value)
+        try:
+            await spec.handler(Context(msg, role, self.outbox), parsed)
+        except Exception:
+            ref = secrets.token_hex(3)
+            log.exception("command %s from %s failed (ref %s)", parsed.verb, msg.identity.key, ref)
+            await self.outbox.text(msg.conversation, f"Sorry, something went wrong. An admin can look it up in the log (ref {ref}).")
+
+    async def _audit(self, msg: Incoming, command: str, allowed: bool, reason: str) -> None:
+        entry = AuditEntry(
+            at=self._clock(),
+            user=str(msg.identity.key),
+            email=msg.identity.email or "",
+            channel=msg.conversation.channel,
+            command=command,
+            allowed=allowed,
+            reason=reason,
+        )
+        log.info("audit user=%s command=%s allowed=%s reason=%s", entry.user, command[:60], allowed, reason[:80])
+        await self.store.audit(entry)
+
+
+def _describe(cmd: Command) -> str:
+    return " ".join((cmd.verb, *cmd.args))
+

@@ -1,0 +1,107 @@
+"""Text -> command value, once, purely. Handlers never split raw strings again.
+
+Tolerant of case, spacing, a leading `/` or none, full-width look-alikes (NFKC) and the `&nbsp;`
+Teams leaves behind; strict about length and control characters.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+MAX_TEXT = 500
+MAX_ARGS = 8
+VERBS = ("start", "stop", "status", "extend", "list", "help")
+ALIASES = {"ls": "list", "end": "stop", "down": "stop", "up": "start", "info": "status", "?": "help"}
+_DURATION = re.compile(r"^(?:(\d{1,4})h)?(?:(\d{1,5})(?:m|min|mins|minutes?)?)?$")
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The text was meant for us but is not a valid command: answer with help and this problem."""
+
+    problem: str
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    region: str | None = None
+    minutes: int | None = None
+
+
+def normalise(text: str) -> str:
+    text = text.replace("&nbsp;", " ")
+    text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.split())
+
+
+def parse(text: str | None) -> Command | Usage | None:
+    """None when the text is not addressed to the bot at all (channels ignore it in group chats)."""
+    if text is None:
+        return None
+    if len(text) > MAX_TEXT:
+        return Usage("that message is too long to be a command")
+    clean = normalise(text)
+    if any(unicodedata.category(c) == "Cc" or unicodedata.category(c) in ("Cf", "Co", "Cs") for c in clean):
+        return Usage("that message contains control characters")
+    words = clean.split(" ") if clean else []
+    if not words:
+        return None
+    head = words[0].lower().lstrip("/")
+    if head != "vpn":
+        if head in VERBS and len(words) == 1 and words[0].startswith("/"):
+            return Usage(f"commands start with /vpn, e.g. /vpn {head}")
+        return None
+    if len(words) == 1:
+        return Command("help")
+    verb = words[1].lower()
+    verb = ALIASES.get(verb, verb)
+    if verb not in VERBS:
+        return Usage(f"'{words[1][:30]}' is not a command I know")
+    args = tuple(words[2:])
+    if len(args) > MAX_ARGS:
+        return Usage("too many words after the command")
+    return Command(verb, args)
+
+
+def parse_minutes(token: str) -> int | None:
+    """'45', '45m', '45min', '2h', '1h30m' -> minutes; None if it is not a duration."""
+    m = _DURATION.match(token.lower())
+    if not m or not (m.group(1) or m.group(2)):
+        return None
+    return int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
+
+
+def parse_start(args: tuple[str, ...]) -> StartOptions | Usage:
+    """`/vpn start [region] [duration]`, in either order."""
+    region = minutes = None
+    for arg in args:
+        value = parse_minutes(arg)
+        if value is not None:
+            if minutes is not None:
+                return Usage("give the duration once, e.g. /vpn start 60")
+            minutes = value
+        elif re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", arg.lower()):
+            if region is not None:
+                return Usage("give one region, e.g. /vpn start westeurope")
+            region = arg.lower()
+        else:
+            return Usage(f"'{arg[:30]}' is neither a region nor a duration")
+    return StartOptions(region, minutes)
+
+
+def parse_extend(args: tuple[str, ...]) -> int | None | Usage:
+    if not args:
+        return None
+    if len(args) > 1:
+        return Usage("extend takes one duration, e.g. /vpn extend 30")
+    value = parse_minutes(args[0])
+    if value is None:
+        return Usage(f"'{args[0][:30]}' is not a duration; try /vpn extend 30")
+    return value

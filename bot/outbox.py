@@ -1,0 +1,104 @@
+"""The channel-neutral way to talk back: what every channel implements, and a router to reach them.
+
+The service and the commands speak only this interface; Teams, GroupMe and the console each decide
+how to show a card, whether a progress message can be edited in place, and how to reach one person
+privately with a config.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.messages import ConversationRef, Identity
+from cards.model import Card
+from provisioner.wireguard import Secret
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConfigDelivery:
+    """A client config for exactly one person. Both the text and the QR hold the private key."""
+
+    session_id: str
+    tunnel_name: str  # file stem, also the tunnel's name in the WireGuard apps
+    config: Secret
+    qr_png: bytes
+    qr_text: str  # terminal rendering
+    expires_note: str
+
+    def __repr__(self) -> str:
+        return f"ConfigDelivery(session_id={self.session_id!r}, tunnel_name={self.tunnel_name!r}, <secret>)"
+
+
+class DeliveryError(Exception):
+    """The channel could not reach the person privately; the message says what to do."""
+
+
+class Channel(Protocol):
+    name: str
+
+    async def send_text(self, conv: ConversationRef, text: str) -> None: ...
+
+    async def send_card(self, conv: ConversationRef, card: Card) -> None:
+        """Native card where the platform has them, else its text rendering."""
+
+    async def send_progress(self, conv: ConversationRef, text: str, handle: str | None) -> str | None:
+        """Post (handle None) or update a progress message; returns the handle for the next update."""
+
+    async def deliver_config(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
+        """Get the config to `recipient` and nobody else; returns a secret-free note for the conversation."""
+
+
+class Outbox:
+    """Routes a message to the channel a conversation belongs to; a missing channel is logged, not fatal."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, Channel] = {}
+
+    def register(self, channel: Channel) -> None:
+        self._channels[channel.name] = channel
+
+    def channel(self, conv: ConversationRef) -> Channel | None:
+        return self._channels.get(conv.channel)
+
+    async def text(self, conv: ConversationRef, text: str) -> bool:
+        ch = self.channel(conv)
+        if ch is None:
+            log.warning("no %r channel in this process; message not delivered", conv.channel)
+            return False
+        try:
+            await ch.send_text(conv, text)
+            return True
+        except Exception:
+            log.exception("sending to %s failed", conv.channel)
+            return False
+
+    async def card(self, conv: ConversationRef, card: Card) -> bool:
+        ch = self.channel(conv)
+        if ch is None:
+            log.warning("no %r channel in this process; card not delivered", conv.channel)
+            return False
+        try:
+            await ch.send_card(conv, card)
+            return True
+        except Exception:
+            log.exception("sending a card to %s failed", conv.channel)
+            return False
+
+    async def progress(self, conv: ConversationRef, text: str, handle: str | None) -> str | None:
+        ch = self.channel(conv)
+        if ch is None:
+            return handle
+        try:
+            return await ch.send_progress(conv, text, handle)
+        except Exception:
+            log.exception("progress update to %s failed", conv.channel)
+            return handle
+
+    async def deliver(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
+        ch = self.channel(conv)
+        if ch is None:
+            raise DeliveryError(f"the {conv.channel} channel is not running in this process")
+        return await ch.deliver_config(conv, recipient, delivery)

@@ -1,0 +1,90 @@
+"""Everything with a lifetime, started and stopped in order: store, runner, service, sweeper.
+
+`serve`, `console` and `reap` all build one of these; teardown runs only for what was set up.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from typing import Callable
+
+from bot.access import AccessPolicy
+from bot.commands.dispatcher import Dispatcher
+from bot.commands.vpn import build_registry, help_card_for
+from bot.outbox import Channel, Outbox
+from bot.service import SessionPolicy, VpnService
+from bot.sessions.model import utcnow
+from bot.sessions.sqlite import SqliteStore
+from bot.settings import Settings
+from bot.tasks import TaskRunner
+from provisioner.base import Provider
+
+log = logging.getLogger(__name__)
+
+
+def policy_from(settings: Settings) -> SessionPolicy:
+    return SessionPolicy(
+        session_minutes=settings.session_minutes,
+        max_session_minutes=settings.max_session_minutes,
+        warn_minutes=settings.warn_minutes,
+        max_sessions=settings.max_sessions,
+        max_sessions_per_user=settings.max_sessions_per_user,
+        provision_timeout=settings.provision_timeout_seconds,
+        dns=settings.wg_dns,
+        allowed_ips=settings.wg_allowed_ips,
+        keepalive=settings.wg_keepalive,
+        sweep_seconds=settings.sweep_seconds,
+        reconcile_seconds=settings.reconcile_seconds,
+    )
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        provider: Provider,
+        access: AccessPolicy,
+        channels: list[Channel] = (),
+        *,
+        clock: Callable = utcnow,
+        background: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.access = access
+        self.outbox = Outbox()
+        for ch in channels:
+            self.outbox.register(ch)
+        self.store = SqliteStore(settings.store_path)
+        self.runner = TaskRunner()
+        self.service = VpnService(self.store, provider, self.runner, self.outbox, policy_from(settings), clock=clock)
+        registry = build_registry(self.service)
+        self.dispatcher = Dispatcher(registry, access, self.store, self.outbox, help_card_for(registry), clock=clock)
+        self._background = background
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> "Runtime":
+        stack = self._stack
+        await self.store.open()
+        stack.push_async_callback(self.store.close)
+        stack.push_async_callback(self.provider.close)
+        stack.push_async_callback(self.runner.shutdown)
+        if self._background:
+            # First pass before taking commands: resume or clean up what a crash left, expire what is due.
+            try:
+                await self.service.sweep()
+                await self.service.reconcile()
+            except Exception:
+                log.exception("start-up sweep failed; the sweeper will try again")
+            sweeper = asyncio.get_running_loop().create_task(self.service.run_sweeper(), name="sweeper")
+            stack.push_async_callback(_cancel, sweeper)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._stack.aclose()
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

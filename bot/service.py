@@ -1,0 +1,469 @@
+"""The use cases: start, status, stop, extend, list, expire, resume and reconcile.
+
+The one place that touches the store, the provider, the task runner and the outbox together. It
+returns plain values and short texts; rendering for a channel happens in the command handlers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable, Sequence
+
+from bot.messages import ConversationRef, Identity, UserKey
+from bot.outbox import ConfigDelivery, DeliveryError, Outbox
+from bot.sessions.model import (
+    ACTIVE_STATES,
+    IN_FLIGHT_STATES,
+    Session,
+    SessionState,
+    new_session_id,
+    utcnow,
+)
+from bot.sessions.store import CreateOutcome, Store, Worker
+from bot.tasks import TaskRunner
+from cards.qr import qr_png, qr_terminal
+from cards.text import format_minutes
+from provisioner.base import Provider, ProvisionError, ServerSpec
+from provisioner.wireguard import (
+    DEFAULT_ALLOWED_IPS,
+    ClientConfig,
+    Secret,
+    generate_keypair,
+    generate_preshared_key,
+    render_client_config,
+)
+
+log = logging.getLogger(__name__)
+TEARDOWN_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    session_minutes: int = 30
+    max_session_minutes: int = 240
+    warn_minutes: int = 5
+    max_sessions: int = 10
+    max_sessions_per_user: int = 1
+    provision_timeout: float = 600.0
+    max_attempts: int = 2  # a crash mid-provisioning is retried once, then the session fails cleanly
+    dns: Sequence[str] = ()
+    allowed_ips: Sequence[str] = DEFAULT_ALLOWED_IPS
+    keepalive: int = 25
+    sweep_seconds: float = 10.0
+    reconcile_seconds: float = 60.0
+
+
+class Refused(Exception):
+    """A request the service turns down, with the sentence to say to the user."""
+
+
+def this_worker() -> Worker:
+    host = socket.gethostname()
+    return Worker(id=f"{host}:{os.getpid()}:{os.urandom(4).hex()}", host=host, pid=os.getpid(), heartbeat_at=utcnow())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _render_delivery(session: Session, config_text: str, expires_note: str) -> ConfigDelivery:
+    """CPU work (QR encoding and PNG compression): runs in a thread."""
+    return ConfigDelivery(
+        session_id=session.id,
+        tunnel_name=session.tunnel_name,
+        config=Secret(config_text),
+        qr_png=qr_png(config_text),
+        qr_text=qr_terminal(config_text),
+        expires_note=expires_note,
+    )
+
+
+class VpnService:
+    def __init__(
+        self,
+        store: Store,
+        provider: Provider,
+        runner: TaskRunner,
+        outbox: Outbox,
+        policy: SessionPolicy,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        worker: Worker | None = None,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.runner = runner
+        self.outbox = outbox
+        self.policy = policy
+        self.clock = clock
+        self.worker = worker or this_worker()
+        self._user_locks: "weakref.WeakValueDictionary[str, asyncio.Lock]" = weakref.WeakValueDictionary()
+        self._wake = asyncio.Event()
+        runner.set_error_handler(self._on_task_error)
+
+    # ----- user commands -------------------------------------------------------------------------
+
+    async def start(
+        self,
+        who: Identity,
+        conv: ConversationRef,
+        *,
+        region: str | None = None,
+        minutes: int | None = None,
+        message_id: str | None = None,
+    ) -> Session:
+        """Record the request and hand provisioning to the runner; returns at once (Teams allows ~15 s)."""
+        regions = list(self.provider.regions)
+        region = (region or regions[0]).lower()
+        if region not in regions:
+            raise Refused(f"Region '{region}' is not available. Choose one of: {', '.join(regions)}.")
+        minutes = self.policy.session_minutes if minutes is None else minutes
+        if not 1 <= minutes <= self.policy.max_session_minutes:
+            raise Refused(f"A session can last 1 to {self.policy.max_session_minutes} minutes; {minutes} is out of range.")
+        owner = str(who.key)
+        lock = self._user_locks.get(owner)
+        if lock is None:
+            lock = self._user_locks[owner] = asyncio.Lock()
+        async with lock:  # two quick `/vpn start` from one person cannot make two servers
+            now = self.clock()
+            session = Session(
+                id=new_session_id(),
+                owner=owner,
+                owner_label=who.label,
+                conversation=conv,
+                state=SessionState.REQUESTED,
+                provider=self.provider.name,
+                region=region,
+                created_at=now,
+                expires_at=now + timedelta(minutes=minutes),
+                minutes=minutes,
+                updated_at=now,
+                hourly_cost=self.provider.hourly_cost(region),
+                worker_id=self.worker.id,
+                message_id=message_id or "",
+            )
+            outcome = await self.store.create_session(
+                session, per_user=self.policy.max_sessions_per_user, total=self.policy.max_sessions
+            )
+            if outcome is CreateOutcome.USER_LIMIT:
+                mine = await self.store.sessions(ACTIVE_STATES, owner=owner)
+                current = mine[0] if mine else None
+                detail = f" (session {current.id}, {current.state.value})" if current else ""
+                raise Refused(
+                    f"You already have a VPN session running{detail}. "
+                    "Use /vpn status to see it, /vpn extend to keep it longer, or /vpn stop to end it."
+                )
+            if outcome is CreateOutcome.GLOBAL_LIMIT:
+                raise Refused(
+                    f"All {self.policy.max_sessions} VPN slots are in use right now. Please try again in a few minutes."
+                )
+            self._start_provisioning(session.id)
+        log.info("session %s requested by %s in %s for %d min", session.id, owner, region, minutes)
+        return session
+
+    async def sessions_of(self, who: UserKey) -> list[Session]:
+        return await self.store.sessions(ACTIVE_STATES, owner=str(who))
+
+    async def live_sessions(self) -> list[Session]:
+        return await self.store.sessions(ACTIVE_STATES)
+
+    async def find_targets(self, target: str) -> list[Session]:
+        """Sessions named by an admin's `/vpn stop <target>`: a session id, or a user key/label."""
+        active = await self.live_sessions()
+        wanted = target.strip()
+        by_id = [s for s in active if s.id == wanted.lower()]
+        if by_id:
+            return by_id
+        folded = wanted.casefold()
+        return [s for s in active if s.owner.casefold() == folded or s.owner_label.casefold() == folded]
+
+    async def stop(self, sessions: Sequence[Session], reason: str) -> list[Session]:
+        stopped = []
+        for s in sessions:
+            if await self._begin_teardown(s.id, reason):
+                stopped.append(s)
+        return stopped
+
+    async def extend(self, who: UserKey, minutes: int | None) -> Session:
+        mine = [s for s in await self.sessions_of(who) if s.state is SessionState.READY]
+        if not mine:
+            raise Refused("You have no running VPN session to extend. Use /vpn start for a new one.")
+        s = mine[0]
+        minutes = self.policy.session_minutes if minutes is None else minutes
+        if minutes < 1:
+            raise Refused("Extend by at least 1 minute.")
+        latest_end = (s.ready_at or s.created_at) + timedelta(minutes=self.policy.max_session_minutes)
+        room = int((latest_end - s.expires_at).total_seconds() // 60)
+        if room < 1:
+            raise Refused(f"Session {s.id} is already at the maximum of {self.policy.max_session_minutes} minutes.")
+        if minutes > room:
+            raise Refused(f"Session {s.id} can be extended by at most {room} more minutes (the maximum is {self.policy.max_session_minutes}).")
+        now = self.clock()
+        s = s.with_changes(now, expires_at=s.expires_at + timedelta(minutes=minutes), warned=False)
+        await self.store.save(s)
+        self._wake.set()
+        log.info("session %s extended by %d min", s.id, minutes)
+        return s
+
+    # ----- provisioning ----------------------------------------------------------------------------
+
+    def _start_provisioning(self, session_id: str) -> None:
+        self.runner.start(f"provision:{session_id}", lambda: self._provision(session_id))
+
+    async def _provision(self, session_id: str) -> None:
+        s = await self.store.get(session_id)
+        if s is None or s.state not in IN_FLIGHT_STATES:
+            return
+        conv = s.conversation
+        previous = s
+        s = s.moved(SessionState.PROVISIONING, self.clock(), attempts=s.attempts + 1, worker_id=self.worker.id, resource_id="")
+        await self.store.save(s)
+        handle = await self.outbox.progress(conv, f"Setting up your VPN (session {s.id})…", s.progress_handle or None)
+        try:
+            if previous.attempts > 0:
+                # A previous attempt died with its keys: remove whatever it made before starting over.
+                await self.provider.destroy(
+                    s.id, resource_id=previous.resource_id or None, peer_public_key=previous.client_public_key or None
+                )
+            keys = await asyncio.to_thread(generate_keypair)
+            psk = await asyncio.to_thread(generate_preshared_key)
+            # The public key is stored before anything is created, so reconciliation can tie the
+            # resource to this session even if we crash before `create` returns.
+            s = s.with_changes(self.clock(), client_public_key=keys.public, progress_handle=handle or "")
+            await self.store.save(s)
+
+            async def step(text: str) -> None:
+                nonlocal handle
+                handle = await self.outbox.progress(conv, f"Setting up your VPN: {text}…", handle)
+
+            spec = ServerSpec(s.id, s.owner, s.region, s.expires_at, keys.public, psk)
+            info = await asyncio.wait_for(self.provider.create(spec, step), self.policy.provision_timeout)
+            s = s.with_changes(
+                self.clock(),
+                endpoint=info.endpoint,
+                resource_id=info.resource_id,
+                client_address=info.client_address,
+                region=info.region,
+                hourly_cost=info.hourly_cost,
+            )
+            await self.store.save(s)
+            config_text = render_client_config(
+                ClientConfig(
+                    private_key=keys.private,
+                    address=info.client_address,
+                    server_public_key=info.server_public_key,
+                    preshared_key=psk,
+                    endpoint=info.endpoint,
+                    dns=tuple(info.dns) or tuple(self.policy.dns),
+                    allowed_ips=tuple(self.policy.allowed_ips),
+                    keepalive=self.policy.keepalive,
+                )
+            )
+            ready_at = self.clock()
+            expires_at = ready_at + timedelta(minutes=s.minutes)
+            note = f"Valid for {format_minutes(s.minutes * 60)}, until {expires_at:%H:%M} UTC."
+            delivery = await asyncio.to_thread(_render_delivery, s, config_text, note)
+            del config_text, keys  # the private key lives only in `delivery` until the channel has it
+            where = await self.outbox.deliver(conv, Identity(UserKey.parse(s.owner), display_name=s.owner_label), delivery)
+            del delivery
+            s = s.moved(SessionState.READY, self.clock(), ready_at=ready_at, expires_at=expires_at, error="")
+            await self.store.save(s)
+            await self.outbox.progress(conv, f"Your VPN is ready (session {s.id}).", handle)
+            await self.outbox.text(conv, f"{where} Session {s.id} ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
+            log.info("session %s ready at %s after %.2fs", s.id, info.endpoint, (ready_at - s.created_at).total_seconds())
+            self._wake.set()
+        except asyncio.CancelledError:
+            raise  # stop or shutdown: whoever cancelled owns the cleanup (or the next start resumes)
+        except Exception as exc:
+            await self._fail(s.id, exc, handle)
+
+    async def _fail(self, session_id: str, exc: Exception, handle: str | None) -> None:
+        if isinstance(exc, ProvisionError):
+            reason = exc.user_message
+            log.error("session %s failed: %s", session_id, exc)
+        elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            reason = "the server took too long to come up"
+            log.error("session %s timed out after %.0fs", session_id, self.policy.provision_timeout)
+        elif isinstance(exc, DeliveryError):
+            reason = f"I could not deliver the config privately: {exc}"
+            log.error("session %s: delivery failed: %s", session_id, exc)
+        else:
+            reason = "something went wrong on our side (an admin can find the details in the log)"
+            log.exception("session %s failed unexpectedly", session_id, exc_info=exc)
+        s = await self.store.get(session_id)
+        if s is None:
+            return
+        cleaned = True
+        try:
+            await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
+        except Exception:
+            cleaned = False  # the reconcile pass removes it: a failed session owns nothing
+            log.exception("session %s: cleanup after failure failed; reconcile will retry", s.id)
+        now = self.clock()
+        if s.state in IN_FLIGHT_STATES:
+            s = s.moved(SessionState.FAILED, now, error=reason[:300], ended_at=now)
+            await self.store.save(s)
+        await self.outbox.progress(s.conversation, f"Setting up your VPN failed (session {s.id}).", handle)
+        tail = "Nothing was left running." if cleaned else "Its leftovers will be removed automatically."
+        await self.outbox.text(s.conversation, f"Sorry, I could not set up your VPN: {reason}. {tail} You can try /vpn start again.")
+
+    # ----- teardown ------------------------------------------------------------------------------
+
+    async def _begin_teardown(self, session_id: str, reason: str) -> bool:
+        await self.runner.cancel(f"provision:{session_id}")
+        s = await self.store.get(session_id)
+        if s is None or s.state not in ACTIVE_STATES:
+            return False
+        if s.state is not SessionState.EXPIRING:
+            s = s.moved(SessionState.EXPIRING, self.clock())
+            await self.store.save(s)
+        self.runner.start(f"teardown:{s.id}", lambda: self._teardown(s.id, reason))
+        return True
+
+    async def _teardown(self, session_id: str, reason: str) -> None:
+        s = await self.store.get(session_id)
+        if s is None or s.state is not SessionState.EXPIRING:
+            return
+        for attempt in range(TEARDOWN_ATTEMPTS):
+            try:
+                await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
+                break
+            except Exception:
+                log.exception("session %s: teardown attempt %d failed", s.id, attempt + 1)
+                if attempt + 1 == TEARDOWN_ATTEMPTS:
+                    raise  # still `expiring`: the sweeper tries again on its next pass
+                await asyncio.sleep(2**attempt)
+        now = self.clock()
+        s = s.moved(SessionState.DELETED, now, ended_at=now)
+        await self.store.save(s)
+        log.info("session %s deleted (%s)", s.id, reason)
+        await self.outbox.text(s.conversation, f"Your VPN session {s.id} has ended ({reason}). Use /vpn start for a new one.")
+
+    async def _on_task_error(self, name: str, exc: BaseException) -> None:
+        kind, _, session_id = name.partition(":")
+        s = await self.store.get(session_id) if session_id else None
+        if s is not None and kind == "teardown":
+            return  # logged already; the sweeper retries, and the user hears once it is done
+        if s is not None:
+            await self.outbox.text(s.conversation, f"Something went wrong with your VPN session {s.id}; an admin has been told.")
+
+    # ----- time-driven work -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def sweep(self, *, resume: bool = True) -> datetime | None:
+        """Warn, expire, finish interrupted teardowns, recover orphaned provisioning; returns when to look again."""
+        now = self.clock()
+        await self.store.heartbeat(Worker(self.worker.id, self.worker.host, self.worker.pid, now))
+        next_due: datetime | None = None
+        warn = timedelta(minutes=self.policy.warn_minutes)
+        for s in await self.store.sessions([SessionState.READY]):
+            if now >= s.expires_at:
+                await self._begin_teardown(s.id, "time is up")
+                continue
+            if self.policy.warn_minutes and not s.warned and s.minutes > self.policy.warn_minutes:
+                warn_at = s.expires_at - warn
+                if now >= warn_at:
+                    await self.store.save(s.with_changes(now, warned=True))
+                    await self.outbox.text(
+                        s.conversation,
+                        f"Your VPN session {s.id} ends in {format_minutes(s.time_left(now))}. "
+                        f"Type /vpn extend {self.policy.session_minutes} to keep it longer.",
+                    )
+                else:
+                    next_due = min(filter(None, (next_due, warn_at)))
+            next_due = min(filter(None, (next_due, s.expires_at)))
+        for s in await self.store.sessions([SessionState.EXPIRING]):
+            if self.runner.get(f"teardown:{s.id}") is None:
+                self.runner.start(f"teardown:{s.id}", lambda sid=s.id: self._teardown(sid, "ended"))
+        await self._recover_orphans(now, resume=resume)
+        return next_due
+
+    async def _recover_orphans(self, now: datetime, *, resume: bool) -> None:
+        in_flight = await self.store.sessions(IN_FLIGHT_STATES)
+        if not in_flight:
+            return
+        workers = {w.id: w for w in await self.store.workers()}
+        stale = timedelta(seconds=max(3 * self.policy.sweep_seconds, 5))
+        for s in in_flight:
+            if s.worker_id == self.worker.id:
+                if self.runner.get(f"provision:{s.id}") is not None:
+                    continue
+            else:
+                w = workers.get(s.worker_id)
+                alive = w is not None and now - w.heartbeat_at < stale and (w.host != self.worker.host or _pid_alive(w.pid))
+                if alive:
+                    continue
+            if resume and s.attempts < self.policy.max_attempts and now < s.expires_at:
+                log.warning("session %s was interrupted mid-provisioning; starting over", s.id)
+                s = s.with_changes(now, worker_id=self.worker.id)
+                await self.store.save(s)
+                await self.outbox.text(s.conversation, f"The VPN bot restarted while setting up session {s.id}; starting over.")
+                self._start_provisioning(s.id)
+            else:
+                log.warning("session %s was interrupted mid-provisioning; cleaning up", s.id)
+                await self._fail(s.id, ProvisionError("the VPN bot restarted while setting it up"), s.progress_handle or None)
+
+    async def reconcile(self) -> int:
+        """Delete provider resources that no active session owns (a lost store, a crash, a bug)."""
+        resources = await self.provider.list_managed()
+        active = await self.store.sessions(ACTIVE_STATES)
+        ids = {s.id for s in active}
+        keys = {s.client_public_key for s in active if s.client_public_key}
+        removed = 0
+        for r in resources:
+            if (r.session_id and r.session_id in ids) or (r.peer_public_key and r.peer_public_key in keys):
+                continue
+            log.warning("reconcile: deleting %s, which no active session owns", r.resource_id)
+            try:
+                await self.provider.destroy(r.session_id or "", resource_id=r.resource_id, peer_public_key=r.peer_public_key)
+                removed += 1
+            except Exception:
+                log.exception("reconcile: could not delete %s", r.resource_id)
+        return removed
+
+    async def run_sweeper(self) -> None:
+        """Forever: sweep when something is due (or every sweep_seconds), reconcile every reconcile_seconds."""
+        loop = asyncio.get_running_loop()
+        last_reconcile = float("-inf")
+        while True:
+            self._wake.clear()
+            next_due = None
+            try:
+                next_due = await self.sweep()
+                if loop.time() - last_reconcile >= self.policy.reconcile_seconds:
+                    last_reconcile = loop.time()
+                    await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweep failed; trying again shortly")
+            timeout = self.policy.sweep_seconds
+            if next_due is not None:
+                timeout = min(timeout, max(0.05, (next_due - self.clock()).total_seconds()))
+            try:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that races a wake-up.
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def reap_once(self) -> int:
+        """One pass for a scheduler: expire, finish teardowns, clean up orphans, reconcile; waits for it all."""
+        await self.sweep(resume=False)
+        await self.runner.wait_idle()
+        removed = await self.reconcile()
+        await self.runner.wait_idle()
+        return removed

@@ -1,0 +1,1 @@
+"""Sessions: the persisted state machine and the store that keeps it."""

@@ -1,0 +1,236 @@
+"""SQLite store: one file, one connection on one dedicated thread, so the event loop never waits on disk.
+
+Holds sessions, the audit log, seen message ids and worker heartbeats. Never a private key: the
+schema has no column that could hold one.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from bot.messages import ConversationRef
+from bot.sessions.model import ACTIVE_STATES, Session, SessionState
+from bot.sessions.store import AuditEntry, CreateOutcome, Worker
+
+T = TypeVar("T")
+MESSAGE_ID_TTL = timedelta(days=2)
+AUDIT_TEXT_LIMIT = 200
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    owner_label TEXT NOT NULL,
+    conversation TEXT NOT NULL,
+    state TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    region TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    minutes INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    ready_at TEXT,
+    ended_at TEXT,
+    endpoint TEXT NOT NULL DEFAULT '',
+    resource_id TEXT NOT NULL DEFAULT '',
+    client_address TEXT NOT NULL DEFAULT '',
+    client_public_key TEXT NOT NULL DEFAULT '',
+    hourly_cost REAL NOT NULL DEFAULT 0,
+    warned INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    worker_id TEXT NOT NULL DEFAULT '',
+    progress_handle TEXT NOT NULL DEFAULT '',
+    message_id TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
+CREATE INDEX IF NOT EXISTS sessions_owner ON sessions(owner, state);
+CREATE TABLE IF NOT EXISTS seen_messages (
+    channel TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY (channel, message_id)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    at TEXT NOT NULL,
+    user TEXT NOT NULL,
+    email TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    command TEXT NOT NULL,
+    allowed INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    heartbeat_at TEXT NOT NULL
+);
+"""
+
+_FIELDS = [
+    "id", "owner", "owner_label", "conversation", "state", "provider", "region", "created_at", "expires_at",
+    "minutes", "updated_at", "ready_at", "ended_at", "endpoint", "resource_id", "client_address",
+    "client_public_key", "hourly_cost", "warned", "attempts", "error", "worker_id", "progress_handle", "message_id",
+]
+_TIMES = {"created_at", "expires_at", "updated_at", "ready_at", "ended_at"}
+
+
+def _to_row(s: Session) -> tuple:
+    out: list[Any] = []
+    for name in _FIELDS:
+        value = getattr(s, name)
+        if name == "conversation":
+            value = value.to_json()
+        elif name == "state":
+            value = value.value
+        elif name in _TIMES:
+            value = value.isoformat() if value else None
+        elif name == "warned":
+            value = int(value)
+        out.append(value)
+    return tuple(out)
+
+
+def _from_row(row: sqlite3.Row) -> Session:
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        value = row[name]
+        if name == "conversation":
+            value = ConversationRef.from_json(value)
+        elif name == "state":
+            value = SessionState(value)
+        elif name in _TIMES:
+            value = datetime.fromisoformat(value) if value else None
+        elif name == "warned":
+            value = bool(value)
+        values[name] = value
+    return Session(**values)
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        os.chmod(self._path, 0o600)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("store is not open")
+        return self._conn
+
+    async def create_session(self, session: Session, *, per_user: int, total: int) -> CreateOutcome:
+        return await self._run(self._create, session, per_user, total)
+
+    def _create(self, session: Session, per_user: int, total: int) -> CreateOutcome:
+        marks = ",".join("?" for _ in ACTIVE_STATES)
+        states = [s.value for s in ACTIVE_STATES]
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")  # the cap check and the insert are one step, across processes too
+        try:
+            mine = c.execute(f"SELECT COUNT(*) FROM sessions WHERE owner=? AND state IN ({marks})", [session.owner, *states]).fetchone()[0]
+            if mine >= per_user:
+                c.execute("ROLLBACK")
+                return CreateOutcome.USER_LIMIT
+            everyone = c.execute(f"SELECT COUNT(*) FROM sessions WHERE state IN ({marks})", states).fetchone()[0]
+            if everyone >= total:
+                c.execute("ROLLBACK")
+                return CreateOutcome.GLOBAL_LIMIT
+            c.execute(f"INSERT INTO sessions ({','.join(_FIELDS)}) VALUES ({','.join('?' for _ in _FIELDS)})", _to_row(session))
+            c.execute("COMMIT")
+            return CreateOutcome.CREATED
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    async def save(self, session: Session) -> None:
+        sets = ",".join(f"{f}=?" for f in _FIELDS[1:])
+        row = _to_row(session)
+        await self._run(lambda: self.conn.execute(f"UPDATE sessions SET {sets} WHERE id=?", (*row[1:], row[0])))
+
+    async def get(self, session_id: str) -> Session | None:
+        row = await self._run(lambda: self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone())
+        return _from_row(row) if row else None
+
+    async def sessions(self, states: Sequence[SessionState], owner: str | None = None) -> list[Session]:
+        marks = ",".join("?" for _ in states)
+        sql = f"SELECT * FROM sessions WHERE state IN ({marks})"
+        args: list[Any] = [s.value for s in states]
+        if owner is not None:
+            sql += " AND owner=?"
+            args.append(owner)
+        sql += " ORDER BY created_at"
+        rows = await self._run(lambda: self.conn.execute(sql, args).fetchall())
+        return [_from_row(r) for r in rows]
+
+    async def first_seen(self, channel: str, message_id: str, now: datetime) -> bool:
+        def op() -> bool:
+            c = self.conn
+            c.execute("DELETE FROM seen_messages WHERE seen_at < ?", ((now - MESSAGE_ID_TTL).isoformat(),))
+            cur = c.execute(
+                "INSERT OR IGNORE INTO seen_messages (channel, message_id, seen_at) VALUES (?,?,?)",
+                (channel, message_id[:256], now.isoformat()),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(op)
+
+    async def audit(self, entry: AuditEntry) -> None:
+        row = (
+            entry.at.isoformat(),
+            entry.user[:AUDIT_TEXT_LIMIT],
+            entry.email[:AUDIT_TEXT_LIMIT],
+            entry.channel[:AUDIT_TEXT_LIMIT],
+            entry.command[:AUDIT_TEXT_LIMIT],
+            int(entry.allowed),
+            entry.reason[:AUDIT_TEXT_LIMIT],
+        )
+        await self._run(lambda: self.conn.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?)", row))
+
+    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        rows = await self._run(lambda: self.conn.execute("SELECT * FROM audit ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall())
+        return [
+            AuditEntry(datetime.fromisoformat(r["at"]), r["user"], r["email"], r["channel"], r["command"], bool(r["allowed"]), r["reason"])
+            for r in rows
+        ]
+
+    async def heartbeat(self, worker: Worker) -> None:
+        await self._run(
+            lambda: self.conn.execute(
+                "INSERT INTO workers (id, host, pid, heartbeat_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET heartbeat_at=excluded.heartbeat_at",
+                (worker.id, worker.host, worker.pid, worker.heartbeat_at.isoformat()),
+            )
+        )
+
+    async def workers(self) -> list[Worker]:
+        rows = await self._run(lambda: self.conn.execute("SELECT * FROM workers").fetchall())
+        return [Worker(r["id"], r["host"], r["pid"], datetime.fromisoformat(r["heartbeat_at"])) for r in rows]

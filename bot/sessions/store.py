@@ -1,0 +1,50 @@
+"""The store protocol (what the service needs) and its values. SQLite is the embedded back end."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, Sequence
+
+from bot.sessions.model import Session, SessionState
+
+
+class CreateOutcome(str, enum.Enum):
+    CREATED = "created"
+    USER_LIMIT = "user_limit"
+    GLOBAL_LIMIT = "global_limit"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    user: str
+    email: str
+    channel: str
+    command: str
+    allowed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Worker:
+    id: str
+    host: str
+    pid: int
+    heartbeat_at: datetime
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def create_session(self, session: Session, *, per_user: int, total: int) -> CreateOutcome:
+        """Insert atomically if the owner and the service are under their caps."""
+    async def save(self, session: Session) -> None: ...
+    async def get(self, session_id: str) -> Session | None: ...
+    async def sessions(self, states: Sequence[SessionState], owner: str | None = None) -> list[Session]: ...
+    async def first_seen(self, channel: str, message_id: str, now: datetime) -> bool:
+        """True the first time a (channel, message id) is seen; False for a platform's re-send."""
+    async def audit(self, entry: AuditEntry) -> None: ...
+    async def audit_log(self, limit: int = 100) -> list[AuditEntry]: ...
+    async def heartbeat(self, worker: Worker) -> None: ...
+    async def workers(self) -> list[Worker]: ...

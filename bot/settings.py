@@ -1,0 +1,164 @@
+"""Typed settings from the environment (12-factor), validated once at start-up.
+
+A bad value stops the process with one line that names the variable and says what it expects.
+Every variable is listed in README.md and .env.example.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+from provisioner.wireguard import DEFAULT_ALLOWED_IPS, parse_allowed_ips
+
+T = TypeVar("T")
+PROVIDERS = ("dryrun", "host", "azure")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """One bad variable, with a message fit to print to an operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    provider: str = "dryrun"
+    users: str = ""
+    admins: str = ""
+    session_minutes: int = 30
+    max_session_minutes: int = 240
+    warn_minutes: int = 5
+    max_sessions: int = 10
+    max_sessions_per_user: int = 1
+    data_dir: Path = Path("./data")
+    host: str = "127.0.0.1"
+    port: int = 3978
+    wg_interface: str = "wg0"
+    wg_endpoint: str = ""
+    wg_pool: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.ip_network("10.77.0.0/24")
+    wg_dns: tuple[str, ...] = ()
+    wg_allowed_ips: tuple[str, ...] = DEFAULT_ALLOWED_IPS
+    wg_keepalive: int = 25
+    wg_command: str = "wg"
+    dryrun_step_seconds: float = 0.3
+    dryrun_regions: tuple[str, ...] = ("local",)
+    dryrun_fail_step: str = ""
+    hourly_cost: float = 0.0
+    sweep_seconds: float = 10.0
+    reconcile_seconds: float = 60.0
+    provision_timeout_seconds: float = 600.0
+    log_level: str = "INFO"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "vpn-bot.sqlite3"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        r = _Reader(env)
+        s = cls(
+            provider=r.choice("VPN_PROVIDER", "dryrun", PROVIDERS),
+            users=r.text("VPN_USERS", ""),
+            admins=r.text("VPN_ADMINS", ""),
+            session_minutes=r.integer("VPN_SESSION_MINUTES", 30, 1, 24 * 60),
+            max_session_minutes=r.integer("VPN_MAX_SESSION_MINUTES", 240, 1, 7 * 24 * 60),
+            warn_minutes=r.integer("VPN_WARN_MINUTES", 5, 0, 24 * 60),
+            max_sessions=r.integer("VPN_MAX_SESSIONS", 10, 1, 10_000),
+            max_sessions_per_user=r.integer("VPN_MAX_SESSIONS_PER_USER", 1, 1, 100),
+            data_dir=Path(r.text("VPN_DATA_DIR", "./data") or "./data"),
+            host=r.text("HOST", "127.0.0.1") or "127.0.0.1",
+            port=r.integer("PORT", 3978, 1, 65535),
+            wg_interface=r.parse("WG_INTERFACE", "wg0", _interface_name, "an interface name of 1-15 letters, digits, '_', '-' or '.'"),
+            wg_endpoint=r.text("WG_ENDPOINT", ""),
+            wg_pool=r.parse("WG_POOL", "10.77.0.0/24", _pool, "a CIDR network with at least two host addresses, e.g. 10.77.0.0/24"),
+            wg_dns=r.parse("WG_DNS", "", _dns_list, "comma-separated IP addresses, e.g. 1.1.1.1, 9.9.9.9"),
+            wg_allowed_ips=r.parse("WG_ALLOWED_IPS", ", ".join(DEFAULT_ALLOWED_IPS), parse_allowed_ips, "comma-separated CIDR networks"),
+            wg_keepalive=r.integer("WG_KEEPALIVE", 25, 0, 65535),
+            wg_command=r.text("WG_COMMAND", "wg") or "wg",
+            dryrun_step_seconds=r.number("VPN_DRYRUN_STEP_SECONDS", 0.3, 0.0, 600.0),
+            dryrun_regions=r.parse("VPN_DRYRUN_REGIONS", "local", _name_list, "comma-separated region names"),
+            dryrun_fail_step=r.text("VPN_DRYRUN_FAIL_STEP", ""),
+            hourly_cost=r.number("VPN_HOURLY_COST", 0.0, 0.0, 1000.0),
+            sweep_seconds=r.number("VPN_SWEEP_SECONDS", 10.0, 0.2, 3600.0),
+            reconcile_seconds=r.number("VPN_RECONCILE_SECONDS", 60.0, 1.0, 86400.0),
+            provision_timeout_seconds=r.number("VPN_PROVISION_TIMEOUT_SECONDS", 600.0, 5.0, 86400.0),
+            log_level=r.choice("VPN_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+        )
+        if s.max_session_minutes < s.session_minutes:
+            raise SettingsError(
+                f"VPN_MAX_SESSION_MINUTES ({s.max_session_minutes}) must be at least VPN_SESSION_MINUTES ({s.session_minutes})"
+            )
+        if s.provider == "host" and not s.wg_endpoint:
+            raise SettingsError("WG_ENDPOINT is required with VPN_PROVIDER=host: the address clients dial, e.g. vpn.example.org:51820")
+        return s
+
+
+def _interface_name(text: str) -> str:
+    from provisioner.wireguard import is_valid_tunnel_name
+
+    if not is_valid_tunnel_name(text):
+        raise ValueError(text)
+    return text
+
+
+def _pool(text: str):
+    net = ipaddress.ip_network(text, strict=False)
+    if net.num_addresses < 4:
+        raise ValueError(text)
+    return net
+
+
+def _dns_list(text: str) -> tuple[str, ...]:
+    return tuple(str(ipaddress.ip_address(p.strip())) for p in text.split(",") if p.strip())
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    if not names or not all(n.replace("-", "").isalnum() and n.isascii() for n in names):
+        raise ValueError(text)
+    return names
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self.env.get(name, default).strip()
+
+    def parse(self, name: str, default: str, fn: Callable[[str], T], expects: str) -> T:
+        raw = self.text(name, default)
+        try:
+            return fn(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not valid: expected {expects}") from None
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        raw = self.text(name, str(default)) or str(default)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise SettingsError(f"{name}={value} is out of range: expected {lo} to {hi}")
+        return value
+
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        raw = self.text(name, str(default)) or str(default)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if not lo <= value <= hi:
+            raise SettingsError(f"{name}={value} is out of range: expected {lo} to {hi}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...], upper: bool = False) -> str:
+        raw = self.text(name, default) or default
+        value = raw.upper() if upper else raw.lower()
+        if value not in choices:
+            raise SettingsError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
+        return value

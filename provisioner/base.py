@@ -1,0 +1,85 @@
+"""The one small protocol every back end implements, and the values that cross it.
+
+A provider creates a WireGuard server (or a peer on one) for a session, destroys it, and lists what
+it manages so the reconcile pass can delete anything that outlived its session. Every call is
+idempotent by session id: a retry or a resume after a crash never creates a second resource.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Awaitable, Callable, Protocol, Sequence
+
+from provisioner.wireguard import Secret
+
+ProgressFn = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What the service asks for. The preshared key is secret and lives only in memory."""
+
+    session_id: str
+    owner: str
+    region: str
+    expires_at: datetime
+    client_public_key: str
+    preshared_key: Secret | None
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the client needs to reach the new server, plus what the store keeps to clean it up."""
+
+    resource_id: str
+    endpoint: str  # host:port
+    server_public_key: str
+    client_address: str  # e.g. "10.77.0.2/32"
+    region: str
+    hourly_cost: float = 0.0
+    dns: Sequence[str] = ()
+    # False when the config can be delivered before the server finished booting (cloud VMs).
+    ready: bool = True
+
+
+@dataclass(frozen=True)
+class ManagedResource:
+    """Something a provider created; `session_id` or `peer_public_key` ties it to a session."""
+
+    resource_id: str
+    session_id: str | None = None
+    peer_public_key: str | None = None
+    expires_at: datetime | None = None
+    details: dict = field(default_factory=dict)
+
+
+class ProvisionError(Exception):
+    """A failure the user should hear about in plain words (`user_message`); the log gets the rest."""
+
+    def __init__(self, user_message: str, *, detail: str = "") -> None:
+        super().__init__(detail or user_message)
+        self.user_message = user_message
+
+
+class Provider(Protocol):
+    name: str
+
+    @property
+    def regions(self) -> Sequence[str]:
+        """Regions a user may ask for; the first is the default."""
+
+    async def create(self, spec: ServerSpec, progress: ProgressFn) -> ServerInfo:
+        """Create (or find, if it already exists) the server for `spec.session_id`."""
+
+    async def destroy(self, session_id: str, *, resource_id: str | None, peer_public_key: str | None) -> None:
+        """Remove everything of that session; a no-op when nothing is left. Either id may be unknown
+        (a crash before `create` returned leaves only the session id and the client's public key)."""
+
+    async def list_managed(self) -> list[ManagedResource]:
+        """Everything this provider manages, for reconciliation against the store."""
+
+    def hourly_cost(self, region: str) -> float:
+        """Estimated cost of one session per hour, in US dollars."""
+
+    async def close(self) -> None:
+        """Release clients and connections."""
