@@ -1,0 +1,125 @@
+"""Shared fixtures: a fake clock, a channel that records what it was asked to send, a runtime on tmp_path."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.access import AccessPolicy  # noqa: E402
+from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
+from bot.outbox import ConfigDelivery  # noqa: E402
+from bot.runtime import Runtime  # noqa: E402
+from bot.settings import Settings  # noqa: E402
+from cards.model import Card  # noqa: E402
+from cards.text import render_card_text  # noqa: E402
+from provisioner.dryrun import DryRunProvider  # noqa: E402
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kw) -> None:
+        self.now += timedelta(**kw)
+
+
+@dataclass
+class Sent:
+    kind: str  # text, card, progress, config
+    conv: ConversationRef
+    text: str
+    delivery: ConfigDelivery | None = None
+    recipient: Identity | None = None
+
+
+@dataclass
+class RecordingChannel:
+    """Stands where a platform would be: records every send, as a fake connector records requests."""
+
+    name: str = "test"
+    sent: list[Sent] = field(default_factory=list)
+    fail_delivery: bool = False
+
+    async def send_text(self, conv, text):
+        self.sent.append(Sent("text", conv, text))
+
+    async def send_card(self, conv, card: Card):
+        self.sent.append(Sent("card", conv, render_card_text(card)))
+
+    async def send_progress(self, conv, text, handle):
+        self.sent.append(Sent("progress", conv, text))
+        return handle or f"progress-{len(self.sent)}"
+
+    async def deliver_config(self, conv, recipient, delivery):
+        if self.fail_delivery:
+            from bot.outbox import DeliveryError
+
+            raise DeliveryError("the user blocked the bot")
+        self.sent.append(Sent("config", conv, delivery.config.reveal(), delivery, recipient))
+        return "Your config was sent to you privately."
+
+    def texts(self, kind: str | None = None) -> list[str]:
+        return [s.text for s in self.sent if kind is None or s.kind == kind]
+
+    def all_text(self) -> str:
+        return "\n".join(self.texts())
+
+
+def conversation(channel: str = "test", **data) -> ConversationRef:
+    return ConversationRef(channel, data or {"conversation": "c1"})
+
+
+def incoming(text: str, user: str = "test:alice", *, email: str | None = None, message_id: str | None = None, private: bool = True, channel: str = "test") -> Incoming:
+    return Incoming(Identity(UserKey.parse(user), email=email), text, conversation(channel, user=user), message_id, private)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def channel() -> RecordingChannel:
+    return RecordingChannel()
+
+
+@pytest.fixture
+def make_runtime(tmp_path, clock, channel):
+    """Build a Runtime on tmp_path with settings from keyword overrides; enter it with `async with`."""
+
+    def build(*, users: str = "test:alice,test:bob", admins: str = "test:root", provider=None, **env) -> Runtime:
+        values = {"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": users, "VPN_ADMINS": admins}
+        values.update({k: str(v) for k, v in env.items()})
+        settings = Settings.from_env(values)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if provider is None:
+            provider = DryRunProvider(
+                settings.data_dir / "dryrun-servers.json",
+                pool=settings.wg_pool,
+                regions=settings.dryrun_regions,
+                step_seconds=settings.dryrun_step_seconds,
+                fail_step=settings.dryrun_fail_step or None,
+                hourly_cost=settings.hourly_cost,
+            )
+        access = AccessPolicy.from_text(settings.users, settings.admins)
+        return Runtime(settings, provider, access, [channel], clock=clock, background=False)
+
+    return build
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """Environment for a subprocess of the app: this interpreter's, minus anything VPN_/WG_ from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VPN_", "WG_"))}
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
