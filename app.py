@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -82,8 +83,13 @@ async def serve(settings: Settings, provider: Provider, access: AccessPolicy) ->
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     log.info("serving on http://%s:%d (provider %s)", settings.host, settings.port, provider.name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # docker stop / systemd send SIGTERM: shut down cleanly
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("shutting down")
     finally:
         await runner.cleanup()
 

@@ -1,0 +1,54 @@
+"""The HTTP service: `python app.py serve` on a loopback port, probed with real HTTP."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import aiohttp
+
+from tests.apprun import APP, app_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_serve_answers_healthz_and_shuts_down_cleanly(tmp_path):
+    port = free_port()
+    env = app_env(tmp_path / "data", PORT=str(port))
+    proc = subprocess.Popen([sys.executable, APP, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    async with http.get(f"{base}/healthz") as resp:
+                        assert resp.status == 200
+                        assert (await resp.json()) == {"status": "ok", "provider": "dryrun"}
+                        break
+                except aiohttp.ClientConnectionError:
+                    assert time.monotonic() < deadline, "serve did not come up"
+                    await asyncio.sleep(0.1)
+            async with http.get(f"{base}/nope") as resp:
+                assert resp.status == 404
+            async with http.post(f"{base}/healthz", data=b"x") as resp:
+                assert resp.status == 405
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "shutting down" in err and "Traceback" not in err
+
+
+async def test_serve_binds_loopback_by_default(tmp_path):
+    from bot.settings import Settings
+
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port) == ("127.0.0.1", 3978)
