@@ -25,7 +25,6 @@ class ConfigDelivery:
     tunnel_name: str  # file stem, also the tunnel's name in the WireGuard apps
     config: Secret
     qr_png: bytes
-    qr_text: str  # terminal rendering
     expires_note: str
 
     def __repr__(self) -> str:

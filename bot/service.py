@@ -26,7 +26,7 @@ from bot.sessions.model import (
 )
 from bot.sessions.store import CreateOutcome, Store, Worker
 from bot.tasks import TaskRunner
-from cards.qr import qr_png, qr_terminal
+from cards.qr import qr_png
 from cards.text import format_minutes
 from provisioner.base import Provider, ProvisionError, ServerSpec
 from provisioner.wireguard import (
@@ -84,7 +84,6 @@ def _render_delivery(session: Session, config_text: str, expires_note: str) -> C
         tunnel_name=session.tunnel_name,
         config=Secret(config_text),
         qr_png=qr_png(config_text),
-        qr_text=qr_terminal(config_text),
         expires_note=expires_note,
     )
 

@@ -18,6 +18,7 @@ from bot.messages import ConversationRef, Identity, Incoming, UserKey
 from bot.outbox import ConfigDelivery
 from bot.tasks import TaskRunner
 from cards.model import Card
+from cards.qr import qr_terminal
 from cards.text import render_card_text
 
 CONVERSATION = ConversationRef("console", {})
@@ -50,9 +51,10 @@ class ConsoleChannel:
 
     async def deliver_config(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
         conf, png = await asyncio.to_thread(self._write, delivery)
+        terminal_qr = await asyncio.to_thread(qr_terminal, delivery.config.reveal())
         self._print(f"\n# {delivery.tunnel_name}.conf — import it in WireGuard, or scan the QR code below\n")
         self._print(delivery.config.reveal())
-        self._print(delivery.qr_text)
+        self._print(terminal_qr)
         self._print(f"Config: {conf}\nQR code: {png}")
         return f"Your VPN config is ready: {conf} (QR code: {png}). {delivery.expires_note}"
 

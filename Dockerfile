@@ -1,0 +1,29 @@
+# The bot as a service: `serve` by default, SQLite in /data, non-root.
+FROM python:3.11-slim
+
+# wireguard-tools and iproute2 serve VPN_PROVIDER=host (see README: it also needs NET_ADMIN).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends wireguard-tools iproute2 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --create-home --uid 10001 vpnbot \
+ && mkdir /data && chown vpnbot:vpnbot /data && chmod 0700 /data
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY app.py ./
+COPY bot ./bot
+COPY provisioner ./provisioner
+COPY cards ./cards
+
+ENV HOST=0.0.0.0 \
+    PORT=3978 \
+    VPN_DATA_DIR=/data \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+VOLUME /data
+USER vpnbot
+EXPOSE 3978
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '3978'), timeout=4)" || exit 1
+CMD ["python", "app.py", "serve"]

@@ -1,0 +1,62 @@
+"""What a new user and CI rely on: the README's two commands, .ci/run, the Dockerfile, .env.example."""
+import re
+from pathlib import Path
+
+from bot.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.strip().startswith("```") is False and line.strip()]
+    commands = re.findall(r"^\s*(pip install .*|bash scripts/.*)$", (ROOT / "README.md").read_text(), re.M)
+    assert commands[0] == "pip install -r requirements.txt && python app.py console"
+    assert commands[1] == "bash scripts/install-test-deps.sh && python -m pytest"
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+    assert lines[0].startswith("# ")
+
+
+def test_every_setting_is_documented():
+    source = (ROOT / "bot" / "settings.py").read_text()
+    names = set(re.findall(r'r\.\w+\("([A-Z_]+)"', source))
+    assert {"VPN_PROVIDER", "VPN_USERS", "VPN_ADMINS", "VPN_SESSION_MINUTES", "VPN_DATA_DIR", "HOST", "PORT", "WG_INTERFACE", "WG_ENDPOINT", "WG_POOL"} <= names
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / ".env.example").read_text()
+    for name in names:
+        assert f"`{name}`" in readme, f"{name} missing from README"
+        assert re.search(rf"^#?\s*{name}=", example, re.M), f"{name} missing from .env.example"
+
+
+def test_env_example_defaults_are_valid():
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        m = re.match(r"^#?\s*([A-Z_]+)=(.*)$", line)
+        if m and m.group(2):
+            values[m.group(1)] = m.group(2)
+    values.pop("VPN_PROVIDER", None)
+    Settings.from_env(values)
+
+
+def test_dockerfile_runs_serve_as_non_root_with_a_healthcheck():
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.startswith("# ") and "FROM python:3.11-slim" in text
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    assert "HEALTHCHECK" in text and "/healthz" in text
+    assert 'CMD ["python", "app.py", "serve"]' in text
+    assert "HOST=0.0.0.0" in text
+
+
+def test_only_the_edges_import_platform_sdks():
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(("tests/", "bench/")):
+            continue
+        text = path.read_text()
+        if re.search(r"^\s*(from|import) botbuilder", text, re.M):
+            assert rel == "bot/channels/teams.py", rel
+        if re.search(r"^\s*(from|import) azure", text, re.M):
+            assert rel == "provisioner/azure.py", rel
+        if rel.startswith("provisioner/"):
+            assert not re.search(r"^\s*(from|import) (bot|cards)\b", text, re.M), rel
+        if rel.startswith("cards/"):
+            assert not re.search(r"^\s*(from|import) (bot|provisioner)\b", text, re.M), rel
