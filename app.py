@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot.access import AccessPolicy, RuleError
+from bot.access import AccessPolicy, RuleError, parse_rules
 from bot.channels.console import ConsoleChannel, operator_key, run_console
 from bot.logs import setup_logging
 from bot.messages import Identity, InvalidIdentity, UserKey
@@ -50,15 +50,13 @@ def make_provider(settings: Settings) -> Provider:
 
 
 def make_access(settings: Settings) -> AccessPolicy:
-    try:
-        users = AccessPolicy.from_text(settings.users, "")
-    except RuleError as exc:
-        raise SettingsError(f"VPN_USERS: {exc}") from None
-    try:
-        admins = AccessPolicy.from_text("", settings.admins)
-    except RuleError as exc:
-        raise SettingsError(f"VPN_ADMINS: {exc}") from None
-    return AccessPolicy(users._users, admins._admins)
+    rules = {}
+    for name, text in (("VPN_USERS", settings.users), ("VPN_ADMINS", settings.admins)):
+        try:
+            rules[name] = parse_rules(text)
+        except RuleError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+    return AccessPolicy(rules["VPN_USERS"], rules["VPN_ADMINS"])
 
 
 def build_parser() -> argparse.ArgumentParser:

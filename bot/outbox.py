@@ -63,27 +63,22 @@ class Outbox:
         return self._channels.get(conv.channel)
 
     async def text(self, conv: ConversationRef, text: str) -> bool:
-        ch = self.channel(conv)
-        if ch is None:
-            log.warning("no %r channel in this process; message not delivered", conv.channel)
-            return False
-        try:
-            await ch.send_text(conv, text)
-            return True
-        except Exception:
-            log.exception("sending to %s failed", conv.channel)
-            return False
+        return await self._send(conv, "text", lambda ch: ch.send_text(conv, text))
 
     async def card(self, conv: ConversationRef, card: Card) -> bool:
+        return await self._send(conv, "card", lambda ch: ch.send_card(conv, card))
+
+    async def _send(self, conv: ConversationRef, what: str, send) -> bool:
+        """A notice that cannot be sent is logged, never raised: it must not break the work that sends it."""
         ch = self.channel(conv)
         if ch is None:
-            log.warning("no %r channel in this process; card not delivered", conv.channel)
+            log.warning("no %r channel in this process; %s not delivered", conv.channel, what)
             return False
         try:
-            await ch.send_card(conv, card)
+            await send(ch)
             return True
         except Exception:
-            log.exception("sending a card to %s failed", conv.channel)
+            log.exception("sending a %s to %s failed", what, conv.channel)
             return False
 
     async def progress(self, conv: ConversationRef, text: str, handle: str | None) -> str | None:

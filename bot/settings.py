@@ -137,21 +137,17 @@ class _Reader:
             raise SettingsError(f"{name}={raw!r} is not valid: expected {expects}") from None
 
     def integer(self, name: str, default: int, lo: int, hi: int) -> int:
-        raw = self.text(name, str(default)) or str(default)
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
-        if not lo <= value <= hi:
-            raise SettingsError(f"{name}={value} is out of range: expected {lo} to {hi}")
-        return value
+        return self._bounded(name, default, lo, hi, int, "a whole number")
 
     def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        return self._bounded(name, default, lo, hi, float, "a number")
+
+    def _bounded(self, name: str, default, lo, hi, cast, kind: str):
         raw = self.text(name, str(default)) or str(default)
         try:
-            value = float(raw)
+            value = cast(raw)
         except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a number") from None
+            raise SettingsError(f"{name}={raw!r} is not {kind}") from None
         if not lo <= value <= hi:
             raise SettingsError(f"{name}={value} is out of range: expected {lo} to {hi}")
         return value

@@ -1,7 +1,6 @@
 """Shared fixtures: a fake clock, a channel that records what it was asked to send, a runtime on tmp_path."""
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -19,7 +18,7 @@ from bot.runtime import Runtime  # noqa: E402
 from bot.settings import Settings  # noqa: E402
 from cards.model import Card  # noqa: E402
 from cards.text import render_card_text  # noqa: E402
-from provisioner.dryrun import DryRunProvider  # noqa: E402
+from app import make_provider  # noqa: E402
 
 
 class FakeClock:
@@ -102,24 +101,8 @@ def make_runtime(tmp_path, clock, channel):
         values.update({k: str(v) for k, v in env.items()})
         settings = Settings.from_env(values)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if provider is None:
-            provider = DryRunProvider(
-                settings.data_dir / "dryrun-servers.json",
-                pool=settings.wg_pool,
-                regions=settings.dryrun_regions,
-                step_seconds=settings.dryrun_step_seconds,
-                fail_step=settings.dryrun_fail_step or None,
-                hourly_cost=settings.hourly_cost,
-            )
+        provider = provider or make_provider(settings)
         access = AccessPolicy.from_text(settings.users, settings.admins)
         return Runtime(settings, provider, access, [channel], clock=clock, background=False)
 
     return build
-
-
-def python_env(**extra: str) -> dict[str, str]:
-    """Environment for a subprocess of the app: this interpreter's, minus anything VPN_/WG_ from outside."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VPN_", "WG_"))}
-    env.update(extra)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env

@@ -250,16 +250,21 @@ async def test_reconcile_removes_resources_no_session_owns(make_runtime):
         assert set(json.loads(state_file.read_text())) == {s.id for s in await rt.store.sessions([SessionState.READY])}
 
 
+def leave_mid_provisioning(tmp_path, attempts: int) -> None:
+    """What a process killed mid-provisioning leaves behind: its session, owned by a worker that is gone."""
+    db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
+    db.execute("UPDATE sessions SET state='provisioning', worker_id='gone:1:x', attempts=?", (attempts,))
+    db.commit()
+    db.close()
+
+
 async def test_interrupted_provisioning_is_resumed_once_then_failed(make_runtime, channel, clock, tmp_path):
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
         await rt.dispatcher.handle(incoming("/vpn start"))
         await settle(rt)
         (s,) = await rt.store.sessions([SessionState.READY])
     # Pretend a dead process left a session mid-provisioning with a server already created.
-    db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
-    db.execute("UPDATE sessions SET state='provisioning', worker_id='gone:1:x', attempts=1")
-    db.commit()
-    db.close()
+    leave_mid_provisioning(tmp_path, attempts=1)
     channel.sent.clear()
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
         await rt.service.sweep()
@@ -269,10 +274,7 @@ async def test_interrupted_provisioning_is_resumed_once_then_failed(make_runtime
         assert len([x for x in channel.sent if x.kind == "config"]) == 1
         servers = json.loads((rt.settings.data_dir / "dryrun-servers.json").read_text())
         assert list(servers) == [s.id]
-    db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
-    db.execute("UPDATE sessions SET state='provisioning', worker_id='gone:1:x', attempts=2")
-    db.commit()
-    db.close()
+    leave_mid_provisioning(tmp_path, attempts=2)
     channel.sent.clear()
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
         await rt.service.sweep()

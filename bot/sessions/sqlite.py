@@ -19,6 +19,7 @@ from bot.sessions.store import AuditEntry, CreateOutcome, Worker
 
 T = TypeVar("T")
 MESSAGE_ID_TTL = timedelta(days=2)
+WORKER_TTL = timedelta(days=1)  # long dead processes; their sessions were recovered long ago
 AUDIT_TEXT_LIMIT = 200
 
 SCHEMA = """
@@ -223,13 +224,16 @@ class SqliteStore:
         ]
 
     async def heartbeat(self, worker: Worker) -> None:
-        await self._run(
-            lambda: self.conn.execute(
+        def op() -> None:
+            c = self.conn
+            c.execute(
                 "INSERT INTO workers (id, host, pid, heartbeat_at) VALUES (?,?,?,?) "
                 "ON CONFLICT(id) DO UPDATE SET heartbeat_at=excluded.heartbeat_at",
                 (worker.id, worker.host, worker.pid, worker.heartbeat_at.isoformat()),
             )
-        )
+            c.execute("DELETE FROM workers WHERE heartbeat_at < ?", ((worker.heartbeat_at - WORKER_TTL).isoformat(),))
+
+        await self._run(op)
 
     async def workers(self) -> list[Worker]:
         rows = await self._run(lambda: self.conn.execute("SELECT * FROM workers").fetchall())
