@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -23,7 +24,8 @@ from provisioner.base import Provider
 log = logging.getLogger("app")
 
 
-def make_provider(settings: Settings) -> Provider:
+def make_provider(settings: Settings, azure_credential=None) -> Provider:
+    """The configured back end; tests inject an Azure credential (never DefaultAzureCredential)."""
     if settings.provider == "host":
         from provisioner.host import HostProvider
 
@@ -35,7 +37,27 @@ def make_provider(settings: Settings) -> Provider:
             hourly_cost=settings.hourly_cost,
         )
     if settings.provider == "azure":
-        raise SettingsError("VPN_PROVIDER=azure is not available in this version yet; use dryrun or host")
+        from provisioner import azure
+
+        config = azure.AzureConfig(
+            subscription_id=settings.azure_subscription_id,
+            resource_group=settings.azure_resource_group,
+            location=settings.azure_location,
+            allowed_locations=settings.azure_allowed_locations,
+            vm_size=settings.azure_vm_size,
+            image=settings.azure_image,
+            arm_endpoint=settings.azure_arm_endpoint,
+            instance_name=settings.instance_name,
+            tunnel_network=str(settings.wg_pool),
+            ssh_public_key=settings.azure_ssh_public_key,
+            ssh_source=settings.azure_ssh_source,
+            public_url=settings.public_url,
+            ready_secret=os.urandom(32),  # per process: a restart re-provisions what was booting
+            boot_timeout=settings.azure_boot_timeout_seconds,
+            polling_interval=settings.azure_poll_seconds,
+            hourly_cost_override=settings.azure_hourly_cost,
+        )
+        return azure.AzureProvider(config, azure_credential or azure.default_credential())
     from provisioner.dryrun import DryRunProvider
 
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -75,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(settings: Settings, provider: Provider, access: AccessPolicy) -> None:
-    app = create_app(lambda: Runtime(settings, provider, access))
+    route_hook = getattr(provider, "route_hook", None)  # e.g. Azure VMs calling back "server up"
+    app = create_app(lambda: Runtime(settings, provider, access), [route_hook()] if route_hook else [])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

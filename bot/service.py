@@ -269,17 +269,28 @@ class VpnService:
                     keepalive=self.policy.keepalive,
                 )
             )
-            ready_at = self.clock()
-            expires_at = ready_at + timedelta(minutes=s.minutes)
-            note = f"Valid for {format_minutes(s.minutes * 60)}, until {expires_at:%H:%M} UTC."
+            if info.ready:
+                ends = self.clock() + timedelta(minutes=s.minutes)
+                note = f"Valid for {format_minutes(s.minutes * 60)}, until {ends:%H:%M} UTC."
+            else:
+                note = f"Valid for {format_minutes(s.minutes * 60)} from when the server is up."
             delivery = await asyncio.to_thread(_render_delivery, s, config_text, note)
             del config_text, keys  # the private key lives only in `delivery` until the channel has it
             where = await self.outbox.deliver(conv, Identity(UserKey.parse(s.owner), display_name=s.owner_label), delivery)
             del delivery
-            s = s.moved(SessionState.READY, self.clock(), ready_at=ready_at, expires_at=expires_at, error="")
+            if not info.ready:
+                # Cloud VMs: the config is complete once the address is known; the server boots meanwhile.
+                await self.outbox.text(conv, f"{where} The server is still booting: the tunnel comes up within about a minute, and I will tell you when it is up.")
+                await asyncio.wait_for(self.provider.wait_ready(spec, step), self.policy.provision_timeout)
+            ready_at = self.clock()
+            expires_at = ready_at + timedelta(minutes=s.minutes)
+            s = s.moved(SessionState.READY, ready_at, ready_at=ready_at, expires_at=expires_at, error="")
             await self.store.save(s)
             await self.outbox.progress(conv, f"Your VPN is ready (session {s.id}).", handle)
-            await self.outbox.text(conv, f"{where} Session {s.id} ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
+            if info.ready:
+                await self.outbox.text(conv, f"{where} Session {s.id} ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
+            else:
+                await self.outbox.text(conv, f"Your VPN server is up (session {s.id}). It ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
             log.info("session %s ready at %s after %.2fs", s.id, info.endpoint, (ready_at - s.created_at).total_seconds())
             self._wake.set()
         except asyncio.CancelledError:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
+from urllib.parse import urlsplit
 
 from provisioner.wireguard import DEFAULT_ALLOWED_IPS, parse_allowed_ips
 
@@ -50,6 +52,20 @@ class Settings:
     reconcile_seconds: float = 60.0
     provision_timeout_seconds: float = 600.0
     log_level: str = "INFO"
+    instance_name: str = "vpn-bot"
+    public_url: str = ""
+    azure_subscription_id: str = ""
+    azure_resource_group: str = ""
+    azure_location: str = "eastus"
+    azure_allowed_locations: tuple[str, ...] = ()
+    azure_vm_size: str = "Standard_B1ls"
+    azure_image: str = "ubuntu"
+    azure_arm_endpoint: str = "https://management.azure.com"
+    azure_ssh_public_key: str = ""
+    azure_ssh_source: str = ""
+    azure_boot_timeout_seconds: float = 300.0
+    azure_poll_seconds: float = 2.0
+    azure_hourly_cost: float = 0.0
 
     @property
     def store_path(self) -> Path:
@@ -86,6 +102,20 @@ class Settings:
             reconcile_seconds=r.number("VPN_RECONCILE_SECONDS", 60.0, 1.0, 86400.0),
             provision_timeout_seconds=r.number("VPN_PROVISION_TIMEOUT_SECONDS", 600.0, 5.0, 86400.0),
             log_level=r.choice("VPN_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+            instance_name=r.parse("VPN_INSTANCE_NAME", "vpn-bot", _resource_name, "1-40 lowercase letters, digits or '-'"),
+            public_url=r.parse("VPN_PUBLIC_URL", "", _public_url, "an https:// URL (http:// only for localhost)"),
+            azure_subscription_id=r.text("AZURE_SUBSCRIPTION_ID", ""),
+            azure_resource_group=r.text("AZURE_RESOURCE_GROUP", ""),
+            azure_location=r.parse("AZURE_LOCATION", "eastus", _region, "an Azure region name such as westeurope"),
+            azure_allowed_locations=r.parse("AZURE_ALLOWED_LOCATIONS", "", _region_list, "comma-separated Azure region names"),
+            azure_vm_size=r.text("AZURE_VM_SIZE", "Standard_B1ls") or "Standard_B1ls",
+            azure_image=r.choice("AZURE_IMAGE", "ubuntu", ("ubuntu", "flatcar")),
+            azure_arm_endpoint=r.parse("AZURE_ARM_ENDPOINT", "https://management.azure.com", _public_url, "an https:// URL"),
+            azure_ssh_public_key=r.text("AZURE_SSH_PUBLIC_KEY", ""),
+            azure_ssh_source=r.text("AZURE_SSH_SOURCE", ""),
+            azure_boot_timeout_seconds=r.number("AZURE_BOOT_TIMEOUT_SECONDS", 300.0, 10.0, 3600.0),
+            azure_poll_seconds=r.number("AZURE_POLL_SECONDS", 2.0, 0.0, 60.0),
+            azure_hourly_cost=r.number("AZURE_HOURLY_COST", 0.0, 0.0, 1000.0),
         )
         if s.max_session_minutes < s.session_minutes:
             raise SettingsError(
@@ -93,7 +123,39 @@ class Settings:
             )
         if s.provider == "host" and not s.wg_endpoint:
             raise SettingsError("WG_ENDPOINT is required with VPN_PROVIDER=host: the address clients dial, e.g. vpn.example.org:51820")
+        if s.provider == "azure":
+            for name, value in (("AZURE_SUBSCRIPTION_ID", s.azure_subscription_id), ("AZURE_RESOURCE_GROUP", s.azure_resource_group)):
+                if not value:
+                    raise SettingsError(f"{name} is required with VPN_PROVIDER=azure")
+            if bool(s.azure_ssh_public_key) != bool(s.azure_ssh_source):
+                raise SettingsError("AZURE_SSH_PUBLIC_KEY and AZURE_SSH_SOURCE go together: SSH is opened only to that source")
         return s
+
+
+def _resource_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", text):
+        raise ValueError(text)
+    return text
+
+
+def _region(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]{2,40}", text.lower()):
+        raise ValueError(text)
+    return text.lower()
+
+
+def _region_list(text: str) -> tuple[str, ...]:
+    return tuple(_region(p.strip()) for p in text.split(",") if p.strip())
+
+
+def _public_url(text: str) -> str:
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme not in ("https", "http") or not parts.hostname or (parts.scheme == "http" and not local):
+        raise ValueError(text)
+    return text.rstrip("/")
 
 
 def _interface_name(text: str) -> str:

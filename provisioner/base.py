@@ -71,6 +71,9 @@ class Provider(Protocol):
     async def create(self, spec: ServerSpec, progress: ProgressFn) -> ServerInfo:
         """Create (or find, if it already exists) the server for `spec.session_id`."""
 
+    async def wait_ready(self, spec: ServerSpec, progress: ProgressFn) -> None:
+        """Finish what `create` left (a returned `ready=False`) until the server is up; a no-op otherwise."""
+
     async def destroy(self, session_id: str, *, resource_id: str | None, peer_public_key: str | None) -> None:
         """Remove everything of that session; a no-op when nothing is left. Either id may be unknown
         (a crash before `create` returned leaves only the session id and the client's public key)."""

@@ -90,6 +90,9 @@ class DryRunProvider:
             hourly_cost=self._cost,
         )
 
+    async def wait_ready(self, spec: ServerSpec, progress: ProgressFn) -> None:
+        return None  # create() returns a working server
+
     async def destroy(self, session_id: str, *, resource_id: str | None = None, peer_public_key: str | None = None) -> None:
         async with self._lock:
             state = await asyncio.to_thread(self._load)

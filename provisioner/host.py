@@ -83,6 +83,9 @@ class HostProvider:
             hourly_cost=self._cost,
         )
 
+    async def wait_ready(self, spec: ServerSpec, progress: ProgressFn) -> None:
+        return None  # create() returns a working server
+
     async def destroy(self, session_id: str, *, resource_id: str | None = None, peer_public_key: str | None = None) -> None:
         key = resource_id or peer_public_key  # the resource id is the peer's public key
         if not key:
