@@ -74,6 +74,8 @@ class FakeArm:
     polls_before_done: int = 1
     latency: dict[str, float] = field(default_factory=dict)  # "PUT virtualMachines" -> seconds
     vm_agent_ready: bool = True
+    op_seconds: dict[str, float] = field(default_factory=dict)  # "PUT virtualMachines" -> how long the LRO runs
+    boot_seconds: float = 0.0  # after the VM PUT completes, until its agent reports Ready
     resources: dict[str, dict] = field(default_factory=dict)  # lower-case id -> resource JSON
     requests: list[Recorded] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
@@ -137,21 +139,24 @@ class FakeArm:
             if request.method != "GET":
                 return _error(405, "MethodNotAllowed", "collection")
             prefix = key + "/"
-            return web.json_response({"value": [r for k, r in self.resources.items() if k.startswith(prefix) and k.count("/") == prefix.count("/")]})
+            listed = [r for k, r in self.resources.items() if k.startswith(prefix) and k.count("/") == prefix.count("/")]
+            return web.json_response({"value": [{k: v for k, v in r.items() if not k.startswith("_")} for r in listed]})
         if request.method == "GET":
             res = self.resources.get(key)
             if res is None:
                 return _error(404, "ResourceNotFound", f"{m['name']} not found")
-            out = json.loads(json.dumps(res))
+            out = json.loads(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}))
             if rtype.lower() == "virtualmachines" and request.query.get("$expand") == "instanceView":
-                out["properties"]["instanceView"] = self._instance_view()
+                out["properties"]["instanceView"] = self._instance_view(self._now() >= res.get("_booted_at", 0.0))
             return web.json_response(out)
         if request.method == "PUT":
             res = self._materialise(rid, m, body or {})
             self.resources[key] = res
             op = uuid.uuid4().hex
-            self._ops[op] = {"left": self.polls_before_done, "final": "Succeeded"}
-            shown = json.loads(json.dumps(res))
+            self._ops[op] = {"left": self.polls_before_done, "final": "Succeeded", "until": self._now() + self.op_seconds.get(f"PUT {rtype}", 0.0)}
+            if rtype.lower() == "virtualmachines":
+                res["_booted_at"] = self._ops[op]["until"] + self.boot_seconds
+            shown = json.loads(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}))
             shown["properties"]["provisioningState"] = "Creating"
             return web.json_response(shown, status=201, headers={"Azure-AsyncOperation": f"{self.base_url}/fakearm/operations/{op}"})
         if request.method == "DELETE":
@@ -167,8 +172,8 @@ class FakeArm:
         op = self._ops.get(op_id)
         if op is None:
             return _error(404, "NotFound", "operation")
-        if op["left"] > 0:
-            op["left"] -= 1
+        if op["left"] > 0 or self._now() < op.get("until", 0.0):
+            op["left"] = max(0, op["left"] - 1)
             if op.get("location"):
                 return web.Response(status=202, headers={"Location": f"{self.base_url}/fakearm/operations/{op_id}", "Retry-After": "0"})
             return web.json_response({"status": "InProgress"})
@@ -219,8 +224,13 @@ class FakeArm:
                 if (pip.get("properties") or {}).get("deleteOption") == "Delete":
                     self._delete(pip["id"].lower())
 
-    def _instance_view(self) -> dict:
-        agent = [{"code": "ProvisioningState/succeeded", "displayStatus": "Ready" if self.vm_agent_ready else "Not Ready"}]
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def _instance_view(self, booted: bool) -> dict:
+        ready = self.vm_agent_ready and booted
+        agent = [{"code": "ProvisioningState/succeeded", "displayStatus": "Ready" if ready else "Not Ready"}]
         return {
             "statuses": [{"code": "ProvisioningState/succeeded"}, {"code": "PowerState/running"}],
             "vmAgent": {"statuses": agent},

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -256,3 +257,59 @@ async def test_vm_calls_back_when_up(channel, arm, make_runtime):
 def test_http_arm_endpoint_only_on_loopback():
     with pytest.raises(ValueError):
         AzureProvider(AzureConfig("s", "rg", "eastus", arm_endpoint="http://10.1.2.3"), FakeCredential())
+
+
+async def test_crash_between_steps_then_restart_leaves_one_sessions_worth(arm, tmp_path):
+    """SIGKILL the service while the VM is being created; the restarted one starts over and the fake
+    ARM ends with the new attempt's resources only, and with none after /vpn stop."""
+    import os
+    import signal
+    import sys
+
+    from tests.apprun import app_env
+
+    launcher = str(Path(__file__).parent / "azure_app.py")
+    env = app_env(
+        tmp_path / "data",
+        VPN_PROVIDER="azure",
+        AZURE_SUBSCRIPTION_ID="00000000-0000-0000-0000-000000000001",
+        AZURE_RESOURCE_GROUP="vpn-rg",
+        AZURE_ARM_ENDPOINT=arm.base_url,
+        AZURE_POLL_SECONDS="0",
+    )
+    arm.latency["PUT virtualMachines"] = 5.0
+    first = await asyncio.create_subprocess_exec(
+        sys.executable, launcher, "console", "--out", str(tmp_path / "first"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+    )
+    first.stdin.write(b"/vpn start\n")
+    await first.stdin.drain()
+    seen = b""
+    while b"creating server" not in seen:
+        line = await asyncio.wait_for(first.stdout.readline(), 30)
+        assert line, seen.decode()
+        seen += line
+    await asyncio.sleep(0.3)  # the VM PUT is in flight
+    os.killpg(first.pid, signal.SIGKILL)
+    await first.wait()
+    (session_id,) = {r["tags"]["vpn-session"] for r in arm.resources.values() if "vpn-session" in (r.get("tags") or {})}
+    assert arm.session_resources(session_id)  # the crash left resources behind
+
+    arm.latency.clear()
+
+    async def console(*commands: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, launcher, "console", "--out", str(tmp_path / "second"),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )
+        out, err = await asyncio.wait_for(proc.communicate("".join(c + "\n" for c in commands).encode()), 60)
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    resumed = await console("/vpn status")
+    assert "restarted while setting up" in resumed and "Your VPN server is up" in resumed
+    assert len(arm.session_resources(session_id)) == 3  # IP, NIC, VM of the new attempt; nothing doubled
+    assert len(arm.of_type("virtualMachines")) == 1
+    stopped = await console("/vpn stop")
+    assert "has ended" in stopped
+    assert arm.session_resources(session_id) == [] and not [k for k in arm.resources if session_id in k]

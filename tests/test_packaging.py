@@ -60,3 +60,33 @@ def test_only_the_edges_import_platform_sdks():
             assert not re.search(r"^\s*(from|import) (bot|cards)\b", text, re.M), rel
         if rel.startswith("cards/"):
             assert not re.search(r"^\s*(from|import) (bot|provisioner)\b", text, re.M), rel
+
+
+def test_azure_settings_are_validated():
+    import pytest
+
+    from bot.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="AZURE_SUBSCRIPTION_ID is required"):
+        Settings.from_env({"VPN_PROVIDER": "azure"})
+    with pytest.raises(SettingsError, match="AZURE_RESOURCE_GROUP is required"):
+        Settings.from_env({"VPN_PROVIDER": "azure", "AZURE_SUBSCRIPTION_ID": "s"})
+    with pytest.raises(SettingsError, match="go together"):
+        Settings.from_env({"VPN_PROVIDER": "azure", "AZURE_SUBSCRIPTION_ID": "s", "AZURE_RESOURCE_GROUP": "g", "AZURE_SSH_PUBLIC_KEY": "k"})
+    with pytest.raises(SettingsError, match="AZURE_ARM_ENDPOINT"):
+        Settings.from_env({"AZURE_ARM_ENDPOINT": "http://arm.example.org"})
+    with pytest.raises(SettingsError, match="AZURE_ALLOWED_LOCATIONS"):
+        Settings.from_env({"AZURE_ALLOWED_LOCATIONS": "west europe!"})
+    s = Settings.from_env({"VPN_PROVIDER": "azure", "AZURE_SUBSCRIPTION_ID": "s", "AZURE_RESOURCE_GROUP": "g", "AZURE_ALLOWED_LOCATIONS": "WestEurope, uksouth"})
+    assert s.azure_allowed_locations == ("westeurope", "uksouth") and s.azure_location == "eastus"
+
+
+def test_role_definition_covers_what_the_provider_calls():
+    import json
+
+    role = json.loads((ROOT / "docs" / "azure-role.json").read_text())
+    actions = set(role["Actions"])
+    for rtype in ("Microsoft.Network/publicIPAddresses", "Microsoft.Network/networkInterfaces", "Microsoft.Compute/virtualMachines"):
+        assert {f"{rtype}/read", f"{rtype}/write", f"{rtype}/delete"} <= actions
+    assert not any(a.endswith("/*") or a == "*" for a in actions)
+    assert role["AssignableScopes"][0].count("/resourceGroups/") == 1
