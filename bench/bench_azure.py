@@ -20,8 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from azure.mgmt.network.models import NetworkSecurityGroup  # noqa: E402
-
 from bot.access import AccessPolicy  # noqa: E402
 from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
 from bot.runtime import Runtime  # noqa: E402
@@ -99,7 +97,7 @@ async def old_design(args) -> None:
         async def one(i: int) -> float:
             t0 = time.perf_counter()
             await (await net.virtual_networks.begin_create_or_update(rg, f"old-vnet-{i}", {"location": "eastus", "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/24"]}, "subnets": [{"name": "s", "properties": {"addressPrefix": "10.0.0.0/24"}}]}})).result()
-            await (await net.network_security_groups.begin_create_or_update(rg, f"old-nsg-{i}", NetworkSecurityGroup(location="eastus"))).result()
+            await (await net.network_security_groups.begin_create_or_update(rg, f"old-nsg-{i}", {"location": "eastus", "properties": {}})).result()
             await (await net.public_ip_addresses.begin_create_or_update(rg, f"old-ip-{i}", {"location": "eastus", "sku": {"name": "Standard"}, "properties": {"publicIPAllocationMethod": "Static"}})).result()
             await (await net.network_interfaces.begin_create_or_update(rg, f"old-nic-{i}", {"location": "eastus", "properties": {"ipConfigurations": []}})).result()
             await (await provider.compute.virtual_machines.begin_create_or_update(rg, f"old-vm-{i}", {"location": "eastus", "properties": {}})).result()

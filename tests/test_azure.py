@@ -174,7 +174,8 @@ async def test_throttling_and_server_errors_are_retried(make_runtime, channel, a
 @pytest.mark.parametrize(
     "fault, told",
     [
-        (Fault("PUT", "publicIPAddresses", 403, "AuthorizationFailed"), "not allowed to create servers in Azure"),
+        (Fault("PUT", "networkSecurityGroups", 403, "AuthorizationFailed"), "not allowed to create servers in Azure"),
+        (Fault("PUT", "publicIPAddresses", 409, "PublicIPCountLimitReached"), "reached its quota"),
         (Fault("PUT", "networkInterfaces", 409, "QuotaExceeded"), "reached its quota"),
         (Fault("PUT", "virtualMachines", 409, "SkuNotAvailable"), "not available in this region"),
         (Fault("PUT", "virtualMachines", 400, "InvalidParameter"), "Azure refused to create the server"),
