@@ -44,6 +44,9 @@ class Timing:
     async def send_progress(self, conv, text, handle):
         return "p"
 
+    def can_deliver_privately(self, conv):
+        return True
+
     async def deliver_config(self, conv, recipient, delivery):
         self.config_at[conv.data["user"]] = time.perf_counter()
         return "sent"

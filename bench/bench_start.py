@@ -39,6 +39,9 @@ class TimingChannel:
     async def send_progress(self, conv, text, handle):
         return handle or "p"
 
+    def can_deliver_privately(self, conv):
+        return True
+
     async def deliver_config(self, conv, recipient, delivery):
         self.delivered[str(recipient.key)] = time.perf_counter()
         return "delivered"

@@ -49,6 +49,10 @@ class Channel(Protocol):
     async def deliver_config(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
         """Get the config to `recipient` and nobody else; returns a secret-free note for the conversation."""
 
+    def can_deliver_privately(self, conv: ConversationRef) -> bool:
+        """False when this channel is not set up to reach one person privately (then only
+        bring-your-own-key sessions, which carry no secret, can be started from it)."""
+
 
 class Outbox:
     """Routes a message to the channel a conversation belongs to; a missing channel is logged, not fatal."""
@@ -90,6 +94,10 @@ class Outbox:
         except Exception:
             log.exception("progress update to %s failed", conv.channel)
             return handle
+
+    def can_deliver_privately(self, conv: ConversationRef) -> bool:
+        ch = self.channel(conv)
+        return ch is not None and ch.can_deliver_privately(conv)
 
     async def deliver(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
         ch = self.channel(conv)

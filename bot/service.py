@@ -121,8 +121,12 @@ class VpnService:
         region: str | None = None,
         minutes: int | None = None,
         message_id: str | None = None,
+        public_key: str | None = None,
     ) -> Session:
-        """Record the request and hand provisioning to the runner; returns at once (Teams allows ~15 s)."""
+        """Record the request and hand provisioning to the runner; returns at once (Teams allows ~15 s).
+
+        With `public_key` the user brought their own key pair: no secret exists, so the peer settings
+        may be posted anywhere."""
         regions = list(self.provider.regions)
         region = (region or regions[0]).lower()
         if region not in regions:
@@ -130,6 +134,12 @@ class VpnService:
         minutes = self.policy.session_minutes if minutes is None else minutes
         if not 1 <= minutes <= self.policy.max_session_minutes:
             raise Refused(f"A session can last 1 to {self.policy.max_session_minutes} minutes; {minutes} is out of range.")
+        if public_key is None and not self.outbox.can_deliver_privately(conv):
+            log.warning("%s channel cannot deliver configs privately here; see README for what to configure", conv.channel)
+            raise Refused(
+                "I cannot send you a config privately from here, and I never post one in a group. "
+                "An admin has been told what to set up. Meanwhile: /vpn start key=<your WireGuard public key> works."
+            )
         owner = str(who.key)
         lock = self._user_locks.get(owner)
         if lock is None:
@@ -151,6 +161,8 @@ class VpnService:
                 hourly_cost=self.provider.hourly_cost(region),
                 worker_id=self.worker.id,
                 message_id=message_id or "",
+                client_public_key=public_key or "",
+                own_key=public_key is not None,
             )
             outcome = await self.store.create_session(
                 session, per_user=self.policy.max_sessions_per_user, total=self.policy.max_sessions
@@ -235,18 +247,22 @@ class VpnService:
                 await self.provider.destroy(
                     s.id, resource_id=previous.resource_id or None, peer_public_key=previous.client_public_key or None
                 )
-            keys = await asyncio.to_thread(generate_keypair)
-            psk = await asyncio.to_thread(generate_preshared_key)
+            if s.own_key:
+                keys, psk, public = None, None, s.client_public_key
+            else:
+                keys = await asyncio.to_thread(generate_keypair)
+                psk = await asyncio.to_thread(generate_preshared_key)
+                public = keys.public
             # The public key is stored before anything is created, so reconciliation can tie the
             # resource to this session even if we crash before `create` returns.
-            s = s.with_changes(self.clock(), client_public_key=keys.public, progress_handle=handle or "")
+            s = s.with_changes(self.clock(), client_public_key=public, progress_handle=handle or "")
             await self.store.save(s)
 
             async def step(text: str) -> None:
                 nonlocal handle
                 handle = await self.outbox.progress(conv, f"Setting up your VPN: {text}…", handle)
 
-            spec = ServerSpec(s.id, s.owner, s.region, s.expires_at, keys.public, psk)
+            spec = ServerSpec(s.id, s.owner, s.region, s.expires_at, public, psk)
             info = await asyncio.wait_for(self.provider.create(spec, step), self.policy.provision_timeout)
             s = s.with_changes(
                 self.clock(),
@@ -259,7 +275,7 @@ class VpnService:
             await self.store.save(s)
             config_text = render_client_config(
                 ClientConfig(
-                    private_key=keys.private,
+                    private_key=keys.private if keys else None,
                     address=info.client_address,
                     server_public_key=info.server_public_key,
                     preshared_key=psk,
@@ -274,10 +290,15 @@ class VpnService:
                 note = f"Valid for {format_minutes(s.minutes * 60)}, until {ends:%H:%M} UTC."
             else:
                 note = f"Valid for {format_minutes(s.minutes * 60)} from when the server is up."
-            delivery = await asyncio.to_thread(_render_delivery, s, config_text, note)
-            del config_text, keys  # the private key lives only in `delivery` until the channel has it
-            where = await self.outbox.deliver(conv, Identity(UserKey.parse(s.owner), display_name=s.owner_label), delivery)
-            del delivery
+            if s.own_key:
+                # Nothing secret: the peer settings go to the conversation itself.
+                await self.outbox.text(conv, f"Peer settings for your own key (session {s.id}):\n{config_text}")
+                where = "Add these settings to your WireGuard tunnel."
+            else:
+                delivery = await asyncio.to_thread(_render_delivery, s, config_text, note)
+                del config_text, keys  # the private key lives only in `delivery` until the channel has it
+                where = await self.outbox.deliver(conv, Identity(UserKey.parse(s.owner), display_name=s.owner_label), delivery)
+                del delivery
             if not info.ready:
                 # Cloud VMs: the config is complete once the address is known; the server boots meanwhile.
                 await self.outbox.text(conv, f"{where} The server is still booting: the tunnel comes up within about a minute, and I will tell you when it is up.")
@@ -324,6 +345,7 @@ class VpnService:
         if s.state in IN_FLIGHT_STATES:
             s = s.moved(SessionState.FAILED, now, error=reason[:300], ended_at=now)
             await self.store.save(s)
+        await self.store.purge_claims(now, session_id=s.id)
         await self.outbox.progress(s.conversation, f"Setting up your VPN failed (session {s.id}).", handle)
         tail = "Nothing was left running." if cleaned else "Its leftovers will be removed automatically."
         await self.outbox.text(s.conversation, f"Sorry, I could not set up your VPN: {reason}. {tail} You can try /vpn start again.")
@@ -357,6 +379,7 @@ class VpnService:
         now = self.clock()
         s = s.moved(SessionState.DELETED, now, ended_at=now)
         await self.store.save(s)
+        await self.store.purge_claims(now, session_id=s.id)  # an unclaimed config is worthless now: erase it
         log.info("session %s deleted (%s)", s.id, reason)
         await self.outbox.text(s.conversation, f"Your VPN session {s.id} has ended ({reason}). Use /vpn start for a new one.")
 
@@ -377,6 +400,7 @@ class VpnService:
         """Warn, expire, finish interrupted teardowns, recover orphaned provisioning; returns when to look again."""
         now = self.clock()
         await self.store.heartbeat(Worker(self.worker.id, self.worker.host, self.worker.pid, now))
+        await self.store.purge_claims(now)
         next_due: datetime | None = None
         warn = timedelta(minutes=self.policy.warn_minutes)
         for s in await self.store.sessions([SessionState.READY]):

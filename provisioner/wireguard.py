@@ -97,7 +97,7 @@ def is_valid_tunnel_name(name: str) -> bool:
 class ClientConfig:
     """Everything a WireGuard app needs to join one server."""
 
-    private_key: Secret
+    private_key: Secret | None  # None: the user brought their own key pair (we never see the private half)
     address: str  # e.g. "10.77.0.2/32"
     server_public_key: str
     preshared_key: Secret | None
@@ -110,7 +110,11 @@ class ClientConfig:
 
 def render_client_config(cfg: ClientConfig) -> str:
     """The `.conf` text exactly as the WireGuard apps and wg-quick import it."""
-    lines = ["[Interface]", f"PrivateKey = {cfg.private_key.reveal()}", f"Address = {cfg.address}"]
+    if cfg.private_key is None:
+        key_line = "# PrivateKey = (yours: it stays in your WireGuard app)"
+    else:
+        key_line = f"PrivateKey = {cfg.private_key.reveal()}"
+    lines = ["[Interface]", key_line, f"Address = {cfg.address}"]
     if cfg.dns:
         lines.append(f"DNS = {', '.join(cfg.dns)}")
     if cfg.mtu:

@@ -59,6 +59,11 @@ class RecordingChannel:
         self.sent.append(Sent("progress", conv, text))
         return handle or f"progress-{len(self.sent)}"
 
+    private: bool = True
+
+    def can_deliver_privately(self, conv):
+        return self.private
+
     async def deliver_config(self, conv, recipient, delivery):
         if self.fail_delivery:
             from bot.outbox import DeliveryError

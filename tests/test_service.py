@@ -295,3 +295,36 @@ async def test_store_never_holds_a_private_key(make_runtime, channel, tmp_path):
         blob = path.read_bytes()
         for secret in secrets:
             assert secret.encode() not in blob, f"{path.name} holds a secret"
+
+
+async def test_bring_your_own_key_posts_only_peer_settings(make_runtime, channel):
+    from provisioner.wireguard import generate_keypair
+
+    mine = generate_keypair()
+    async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
+        await rt.dispatcher.handle(incoming(f"/vpn start key={mine.public}", private=False))
+        await settle(rt)
+        (s,) = await rt.store.sessions([SessionState.READY])
+        assert s.own_key and s.client_public_key == mine.public
+    assert not any(x.kind == "config" for x in channel.sent)  # nothing private to deliver
+    settings = next(t for t in channel.texts("text") if "Peer settings" in t)
+    assert "PrivateKey = " not in settings and "# PrivateKey = (yours" in settings
+    assert "PresharedKey" not in settings and "Endpoint = 192.0.2." in settings and "Address = 10.77.0." in settings
+
+
+async def test_invalid_own_key_is_refused_clearly(make_runtime, channel):
+    async with make_runtime() as rt:
+        for bad in ("key=abc", "key=" + "A" * 44, "key="):
+            channel.sent.clear()
+            await rt.dispatcher.handle(incoming(f"/vpn start {bad}"))
+            assert "not a WireGuard public key" in channel.all_text()
+        assert await states(rt) == []
+
+
+async def test_no_private_delivery_means_no_secret_sessions(make_runtime, channel):
+    channel.private = False
+    async with make_runtime() as rt:
+        await rt.dispatcher.handle(incoming("/vpn start", private=False))
+        await settle(rt)
+        assert "cannot send you a config privately" in channel.all_text() and "key=" in channel.all_text()
+        assert await states(rt) == []

@@ -49,6 +49,9 @@ class ConsoleChannel:
         self._print(f"… {text}")
         return "console"
 
+    def can_deliver_privately(self, conv: ConversationRef) -> bool:
+        return True
+
     async def deliver_config(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
         conf, png = await asyncio.to_thread(self._write, delivery)
         terminal_qr = await asyncio.to_thread(qr_terminal, delivery.config.reveal())

@@ -9,6 +9,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from provisioner.wireguard import is_valid_key
+
 MAX_TEXT = 500
 MAX_ARGS = 8
 VERBS = ("start", "stop", "status", "extend", "list", "help")
@@ -33,6 +35,7 @@ class Usage:
 class StartOptions:
     region: str | None = None
     minutes: int | None = None
+    public_key: str | None = None  # bring-your-own-key: the user's WireGuard public key
 
 
 def normalise(text: str) -> str:
@@ -79,9 +82,19 @@ def parse_minutes(token: str) -> int | None:
 
 
 def parse_start(args: tuple[str, ...]) -> StartOptions | Usage:
-    """`/vpn start [region] [duration]`, in either order."""
-    region = minutes = None
+    """`/vpn start [region] [duration] [key=<public key>]`, in any order."""
+    region = minutes = public_key = None
     for arg in args:
+        if arg.lower().startswith("key="):
+            if public_key is not None:
+                return Usage("give one key, e.g. /vpn start key=<your WireGuard public key>")
+            public_key = arg[4:]
+            if not is_valid_key(public_key):
+                return Usage(
+                    "that is not a WireGuard public key (44 characters of base64 ending in '='; "
+                    "copy the public key from your WireGuard app, never the private one)"
+                )
+            continue
         value = parse_minutes(arg)
         if value is not None:
             if minutes is not None:
@@ -93,7 +106,7 @@ def parse_start(args: tuple[str, ...]) -> StartOptions | Usage:
             region = arg.lower()
         else:
             return Usage(f"'{arg[:30]}' is neither a region nor a duration")
-    return StartOptions(region, minutes)
+    return StartOptions(region, minutes, public_key)
 
 
 def parse_extend(args: tuple[str, ...]) -> int | None | Usage:

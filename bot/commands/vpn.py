@@ -74,17 +74,22 @@ def build_registry(service: VpnService) -> Registry:
     async def usage(ctx: Context, problem: str) -> None:
         await ctx.reply_card(help_card(ctx.role, f"Sorry, {problem}."))
 
-    @registry.command("start", usage="/vpn start [region] [minutes]", summary="get a VPN config, sent to you privately")
+    @registry.command("start", usage="/vpn start [region] [minutes] [key=<public key>]", summary="get a VPN config, sent to you privately (or peer settings for your own key)")
     async def start(ctx: Context, cmd: Command) -> None:
         opts = parse_start(cmd.args)
         if isinstance(opts, Usage):
             return await usage(ctx, opts.problem)
         msg = ctx.message
         try:
-            s = await service.start(msg.identity, msg.conversation, region=opts.region, minutes=opts.minutes, message_id=msg.message_id)
+            s = await service.start(
+                msg.identity, msg.conversation, region=opts.region, minutes=opts.minutes, message_id=msg.message_id, public_key=opts.public_key
+            )
         except Refused as exc:
             return await ctx.reply(str(exc))
-        private = "" if msg.is_private else " I will send the config to you privately, not here."
+        if opts.public_key:
+            private = " You brought your own key, so I will post the peer settings here."
+        else:
+            private = "" if msg.is_private else " I will send the config to you privately, not here."
         await ctx.reply(f"On it: starting VPN session {s.id} in {s.region} for {format_minutes(s.minutes * 60)}.{private}")
 
     @registry.command("status", usage="/vpn status", summary="your session: where, state, time left")

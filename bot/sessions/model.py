@@ -75,6 +75,7 @@ class Session:
     worker_id: str = ""
     progress_handle: str = ""
     message_id: str = ""
+    own_key: bool = False  # the user brought their key pair: nothing secret to deliver
 
     def moved(self, state: SessionState, now: datetime, **changes) -> "Session":
         """This session in a new state; refuses moves the state machine does not allow."""

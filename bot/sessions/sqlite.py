@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from bot.claims import Claim
 from bot.messages import ConversationRef
 from bot.sessions.model import ACTIVE_STATES, Session, SessionState
 from bot.sessions.store import AuditEntry, CreateOutcome, Worker
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     error TEXT NOT NULL DEFAULT '',
     worker_id TEXT NOT NULL DEFAULT '',
     progress_handle TEXT NOT NULL DEFAULT '',
-    message_id TEXT NOT NULL DEFAULT ''
+    message_id TEXT NOT NULL DEFAULT '',
+    own_key INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE INDEX IF NOT EXISTS sessions_owner ON sessions(owner, state);
@@ -66,6 +68,17 @@ CREATE TABLE IF NOT EXISTS audit (
     allowed INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS claims (
+    token_hash TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    tunnel_name TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT,
+    sealed BLOB
+);
+CREATE INDEX IF NOT EXISTS claims_session ON claims(session_id);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     host TEXT NOT NULL,
@@ -77,7 +90,7 @@ CREATE TABLE IF NOT EXISTS workers (
 _FIELDS = [
     "id", "owner", "owner_label", "conversation", "state", "provider", "region", "created_at", "expires_at",
     "minutes", "updated_at", "ready_at", "ended_at", "endpoint", "resource_id", "client_address",
-    "client_public_key", "hourly_cost", "warned", "attempts", "error", "worker_id", "progress_handle", "message_id",
+    "client_public_key", "hourly_cost", "warned", "attempts", "error", "worker_id", "progress_handle", "message_id", "own_key",
 ]
 _TIMES = {"created_at", "expires_at", "updated_at", "ready_at", "ended_at"}
 
@@ -92,7 +105,7 @@ def _to_row(s: Session) -> tuple:
             value = value.value
         elif name in _TIMES:
             value = value.isoformat() if value else None
-        elif name == "warned":
+        elif name in ("warned", "own_key"):
             value = int(value)
         out.append(value)
     return tuple(out)
@@ -108,7 +121,7 @@ def _from_row(row: sqlite3.Row) -> Session:
             value = SessionState(value)
         elif name in _TIMES:
             value = datetime.fromisoformat(value) if value else None
-        elif name == "warned":
+        elif name in ("warned", "own_key"):
             value = bool(value)
         values[name] = value
     return Session(**values)
@@ -238,3 +251,60 @@ class SqliteStore:
     async def workers(self) -> list[Worker]:
         rows = await self._run(lambda: self.conn.execute("SELECT * FROM workers").fetchall())
         return [Worker(r["id"], r["host"], r["pid"], datetime.fromisoformat(r["heartbeat_at"])) for r in rows]
+
+    # ----- claim links (sealed configs; see bot/claims.py) -----------------------------------------
+
+    async def add_claim(self, claim: Claim) -> None:
+        row = (claim.token_hash, claim.session_id, claim.user, claim.tunnel_name, claim.created_at.isoformat(),
+               claim.expires_at.isoformat(), None, claim.sealed)
+        await self._run(lambda: self.conn.execute("INSERT INTO claims VALUES (?,?,?,?,?,?,?,?)", row))
+
+    async def get_claim(self, token_hash: str) -> Claim | None:
+        row = await self._run(lambda: self.conn.execute("SELECT * FROM claims WHERE token_hash=?", (token_hash,)).fetchone())
+        return _claim(row) if row else None
+
+    async def consume_claim(self, token_hash: str, now: datetime) -> Claim | None:
+        """Atomically mark a ready claim used and erase its sealed config; returns it as it was, else None."""
+
+        def op() -> Claim | None:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute(
+                    "SELECT * FROM claims WHERE token_hash=? AND used_at IS NULL AND sealed IS NOT NULL AND expires_at > ?",
+                    (token_hash, now.isoformat()),
+                ).fetchone()
+                if row is not None:
+                    c.execute("UPDATE claims SET used_at=?, sealed=NULL WHERE token_hash=?", (now.isoformat(), token_hash))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return _claim(row) if row else None
+
+        return await self._run(op)
+
+    async def purge_claims(self, now: datetime, session_id: str | None = None) -> None:
+        """Erase sealed configs past expiry (or of one ended session); forget day-old claims entirely."""
+
+        def op() -> None:
+            c = self.conn
+            if session_id is not None:
+                c.execute("UPDATE claims SET sealed=NULL WHERE session_id=?", (session_id,))
+            c.execute("UPDATE claims SET sealed=NULL WHERE expires_at <= ? AND sealed IS NOT NULL", (now.isoformat(),))
+            c.execute("DELETE FROM claims WHERE expires_at < ?", ((now - timedelta(days=1)).isoformat(),))
+
+        await self._run(op)
+
+
+def _claim(row: sqlite3.Row) -> Claim:
+    return Claim(
+        token_hash=row["token_hash"],
+        session_id=row["session_id"],
+        user=row["user"],
+        tunnel_name=row["tunnel_name"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        expires_at=datetime.fromisoformat(row["expires_at"]),
+        used_at=datetime.fromisoformat(row["used_at"]) if row["used_at"] else None,
+        sealed=row["sealed"],
+    )
