@@ -96,14 +96,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def make_channels(settings: Settings) -> list:
+    """The chat channels `serve` runs, from what is configured."""
+    channels = []
+    if settings.groupme_bot_id:
+        from bot.channels.groupme import GroupMeChannel, GroupMeConfig
+
+        channels.append(
+            GroupMeChannel(
+                GroupMeConfig(
+                    bot_id=settings.groupme_bot_id,
+                    group_ids=settings.groupme_group_ids,
+                    callback_secret=settings.groupme_callback_secret,
+                    access_token=settings.groupme_access_token,
+                    oauth_client_id=settings.groupme_oauth_client_id,
+                    api_url=settings.groupme_api_url,
+                    oauth_url=settings.groupme_oauth_url,
+                    public_url=settings.public_url,
+                    claim_minutes=settings.groupme_claim_minutes,
+                )
+            )
+        )
+    return channels
+
+
 async def serve(settings: Settings, provider: Provider, access: AccessPolicy) -> None:
+    channels = make_channels(settings)
+    hooks = [ch.routes for ch in channels if hasattr(ch, "routes")]
     route_hook = getattr(provider, "route_hook", None)  # e.g. Azure VMs calling back "server up"
-    app = create_app(lambda: Runtime(settings, provider, access), [route_hook()] if route_hook else [])
+    if route_hook:
+        hooks.append(route_hook())
+    app = create_app(lambda: Runtime(settings, provider, access, channels), hooks)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
-    log.info("serving on http://%s:%d (provider %s)", settings.host, settings.port, provider.name)
+    log.info(
+        "serving on http://%s:%d (provider %s; channels: %s)",
+        settings.host, settings.port, provider.name, ", ".join(ch.name for ch in channels) or "none",
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # docker stop / systemd send SIGTERM: shut down cleanly

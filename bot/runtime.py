@@ -9,6 +9,8 @@ import logging
 from contextlib import AsyncExitStack
 from typing import Callable
 
+import aiohttp
+
 from bot.access import AccessPolicy
 from bot.commands.dispatcher import Dispatcher
 from bot.commands.vpn import build_registry, help_card_for
@@ -61,6 +63,8 @@ class Runtime:
         self.service = VpnService(self.store, provider, self.runner, self.outbox, policy_from(settings), clock=clock)
         registry = build_registry(self.service)
         self.dispatcher = Dispatcher(registry, access, self.store, self.outbox, help_card_for(registry), clock=clock)
+        self.channels = list(channels)
+        self.http: aiohttp.ClientSession | None = None  # one client session for every outbound call
         self._background = background
         self._stack = AsyncExitStack()
 
@@ -70,6 +74,12 @@ class Runtime:
         stack.push_async_callback(self.store.close)
         stack.push_async_callback(self.provider.close)
         stack.push_async_callback(self.runner.shutdown)
+        self.http = aiohttp.ClientSession()
+        stack.push_async_callback(self.http.close)
+        for ch in self.channels:
+            attach = getattr(ch, "attach", None)  # channels that need the store, runner or HTTP client
+            if attach is not None:
+                await attach(self)
         if self._background:
             # First pass before taking commands: resume or clean up what a crash left, expire what is due.
             try:

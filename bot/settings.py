@@ -54,6 +54,14 @@ class Settings:
     log_level: str = "INFO"
     instance_name: str = "vpn-bot"
     public_url: str = ""
+    groupme_bot_id: str = ""
+    groupme_group_ids: tuple[str, ...] = ()
+    groupme_callback_secret: str = ""
+    groupme_access_token: str = ""
+    groupme_oauth_client_id: str = ""
+    groupme_api_url: str = "https://api.groupme.com/v3"
+    groupme_oauth_url: str = "https://oauth.groupme.com/oauth/authorize"
+    groupme_claim_minutes: int = 10
     azure_subscription_id: str = ""
     azure_resource_group: str = ""
     azure_location: str = "eastus"
@@ -104,6 +112,14 @@ class Settings:
             log_level=r.choice("VPN_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             instance_name=r.parse("VPN_INSTANCE_NAME", "vpn-bot", _resource_name, "1-40 lowercase letters, digits or '-'"),
             public_url=r.parse("VPN_PUBLIC_URL", "", _public_url, "an https:// URL (http:// only for localhost)"),
+            groupme_bot_id=r.text("GROUPME_BOT_ID", ""),
+            groupme_group_ids=r.parse("GROUPME_GROUP_ID", "", _digit_list, "comma-separated numeric GroupMe group ids"),
+            groupme_callback_secret=r.text("GROUPME_CALLBACK_SECRET", ""),
+            groupme_access_token=r.text("GROUPME_ACCESS_TOKEN", ""),
+            groupme_oauth_client_id=r.text("GROUPME_OAUTH_CLIENT_ID", ""),
+            groupme_api_url=r.parse("GROUPME_API_URL", "https://api.groupme.com/v3", _public_url, "an https:// URL"),
+            groupme_oauth_url=r.parse("GROUPME_OAUTH_URL", "https://oauth.groupme.com/oauth/authorize", _public_url, "an https:// URL"),
+            groupme_claim_minutes=r.integer("GROUPME_CLAIM_MINUTES", 10, 1, 60),
             azure_subscription_id=r.text("AZURE_SUBSCRIPTION_ID", ""),
             azure_resource_group=r.text("AZURE_RESOURCE_GROUP", ""),
             azure_location=r.parse("AZURE_LOCATION", "eastus", _region, "an Azure region name such as westeurope"),
@@ -123,6 +139,16 @@ class Settings:
             )
         if s.provider == "host" and not s.wg_endpoint:
             raise SettingsError("WG_ENDPOINT is required with VPN_PROVIDER=host: the address clients dial, e.g. vpn.example.org:51820")
+        if s.groupme_bot_id:
+            if len(s.groupme_callback_secret) < 16 or not re.fullmatch(r"[A-Za-z0-9_-]+", s.groupme_callback_secret):
+                raise SettingsError(
+                    "GROUPME_CALLBACK_SECRET must be at least 16 URL-safe characters (letters, digits, '-', '_'): "
+                    "it is the only thing keeping forged callbacks out"
+                )
+            if not s.groupme_group_ids:
+                raise SettingsError("GROUPME_GROUP_ID is required with GROUPME_BOT_ID: the group(s) the bot answers")
+            if s.groupme_access_token and not s.public_url:
+                raise SettingsError("VPN_PUBLIC_URL is required with GROUPME_ACCESS_TOKEN: claim links point there")
         if s.provider == "azure":
             for name, value in (("AZURE_SUBSCRIPTION_ID", s.azure_subscription_id), ("AZURE_RESOURCE_GROUP", s.azure_resource_group)):
                 if not value:
@@ -130,6 +156,13 @@ class Settings:
             if bool(s.azure_ssh_public_key) != bool(s.azure_ssh_source):
                 raise SettingsError("AZURE_SSH_PUBLIC_KEY and AZURE_SSH_SOURCE go together: SSH is opened only to that source")
         return s
+
+
+def _digit_list(text: str) -> tuple[str, ...]:
+    ids = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not all(i.isdigit() and i.isascii() for i in ids):
+        raise ValueError(text)
+    return ids
 
 
 def _resource_name(text: str) -> str:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian/Ubuntu machine: WireGuard (userspace
-# wireguard-go + wireguard-tools) and iproute2 for the namespace tunnel tests, and the Python
+# wireguard-go + wireguard-tools) and iproute2 for the namespace tunnel tests, Debian's Chromium
+# for the claim-page browser test (Playwright drives it; no browser is downloaded), and the Python
 # packages of requirements-dev.txt. Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ missing=()
 command -v wireguard-go >/dev/null 2>&1 || missing+=(wireguard-go)
 command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq

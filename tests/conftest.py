@@ -101,13 +101,13 @@ def channel() -> RecordingChannel:
 def make_runtime(tmp_path, clock, channel):
     """Build a Runtime on tmp_path with settings from keyword overrides; enter it with `async with`."""
 
-    def build(*, users: str = "test:alice,test:bob", admins: str = "test:root", provider=None, **env) -> Runtime:
+    def build(*, users: str = "test:alice,test:bob", admins: str = "test:root", provider=None, channels=None, **env) -> Runtime:
         values = {"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": users, "VPN_ADMINS": admins}
         values.update({k: str(v) for k, v in env.items()})
         settings = Settings.from_env(values)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         provider = provider or make_provider(settings)
         access = AccessPolicy.from_text(settings.users, settings.admins)
-        return Runtime(settings, provider, access, [channel], clock=clock, background=False)
+        return Runtime(settings, provider, access, [channel] if channels is None else channels, clock=clock, background=False)
 
     return build

@@ -154,3 +154,22 @@ def test_reap_removes_a_peer_no_session_owns(lab, tmp_path):
     )
     assert reaped.returncode == 0, reaped.stderr
     assert lab.server_peers() == [static]
+
+
+def test_bring_your_own_key_peer_settings_carry_traffic(lab, tmp_path):
+    """The user's app made the key pair; the bot saw only the public key and posted the peer settings."""
+    env = host_env(lab, tmp_path)
+    private = run("wg", "genkey").strip()
+    public = run("wg", "pubkey", input=private.encode()).strip()
+    started = console([f"/vpn start key={public}"], env, "--out", str(tmp_path / "out"), prefix=lab.in_server())
+    assert started.returncode == 0, started.stderr
+    assert not (tmp_path / "out").exists()  # nothing secret to deliver
+    settings = started.stdout.split("Peer settings for your own key", 1)[1].split("\n", 1)[1]
+    settings = settings[: settings.index("PersistentKeepalive")] + "PersistentKeepalive = 25\n"
+    assert private not in started.stdout + started.stderr
+    conf = tmp_path / "byo.conf"  # what the user's app holds: their private key + the posted settings
+    conf.write_text(settings.replace("# PrivateKey = (yours: it stays in your WireGuard app)", f"PrivateKey = {private}"))
+    lab.apply_client_config(conf)
+    assert lab.tcp_through_tunnel() == "echo:through the tunnel"
+    console(["/vpn stop"], env, prefix=lab.in_server())
+    assert lab.server_peers() == []

@@ -1,0 +1,342 @@
+"""GroupMe: `/vpn` in a group, secrets only ever through a one-time link in a direct message.
+
+GroupMe callbacks are not signed, so the route carries an unguessable secret (compared in constant
+time; anything else is 404), only configured groups and real users (`sender_type == "user"`,
+not system) are heard, repeated message ids are dropped, senders and the service are rate-limited,
+and — with a service-account token — sensitive commands are re-fetched from GroupMe and must match
+sender and text. Identity is `groupme:<user_id>`, never the display name.
+
+Configs go out as claim links (see bot/claims.py): DM'd to the requester, GET shows a button
+(link previews consume nothing), POST consumes the link once and shows the QR and the file.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode, urlsplit
+
+from aiohttp import web
+
+from bot.channels.groupme_api import GroupMeApi, GroupMeError
+from bot.claims import Claim, ClaimState, new_token, seal, token_hash, unseal
+from bot.commands.parser import Command, parse
+from bot.messages import ConversationRef, Identity, Incoming, InvalidIdentity, UserKey
+from bot.outbox import ConfigDelivery, DeliveryError
+from cards import claim_page
+from cards.model import Card
+from cards.qr import qr_png
+from cards.text import render_card_text
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+MAX_CALLBACK_BYTES = 64 * 1024
+SENSITIVE = {"start", "stop", "extend", "list"}
+CLAIM_COOKIE = "vpn_claim"
+AUTH_COOKIE = "vpn_claim_auth"
+
+
+@dataclass(frozen=True)
+class GroupMeConfig:
+    bot_id: str
+    group_ids: tuple[str, ...]
+    callback_secret: str
+    access_token: str = ""
+    oauth_client_id: str = ""
+    api_url: str = "https://api.groupme.com/v3"
+    oauth_url: str = "https://oauth.groupme.com/oauth/authorize"
+    public_url: str = ""
+    claim_minutes: int = 10
+    per_user_per_minute: int = 6
+    global_per_minute: int = 60
+    post_spacing: float = 0.4
+
+    def __repr__(self) -> str:
+        return f"GroupMeConfig(groups={self.group_ids}, dm={'on' if self.access_token else 'off'}, oauth={'on' if self.oauth_client_id else 'off'})"
+
+
+class RateLimit:
+    """At most `limit` events per `window` seconds per key (sliding window)."""
+
+    def __init__(self, limit: int, window: float = 60.0) -> None:
+        self.limit, self.window = limit, window
+        self._events: dict[str, deque] = defaultdict(deque)
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        q = self._events[key]
+        while q and now - q[0] > self.window:
+            q.popleft()
+        if len(q) >= self.limit:
+            return False
+        q.append(now)
+        return True
+
+
+def _strip_mentions(text: str, attachments: list) -> str:
+    """Remove @mentions GroupMe marks with loci, so '@VPN Bot /vpn start' reads '/vpn start'."""
+    spans = []
+    for att in attachments or []:
+        if isinstance(att, dict) and att.get("type") == "mentions":
+            for locus in att.get("loci") or []:
+                if isinstance(locus, list) and len(locus) == 2 and all(isinstance(x, int) for x in locus):
+                    spans.append(locus)
+    for start, length in sorted(spans, reverse=True):
+        text = text[:start] + " " + text[start + length:]
+    return text.strip()
+
+
+class GroupMeChannel:
+    name = "groupme"
+
+    def __init__(self, config: GroupMeConfig) -> None:
+        self.config = config
+        self._runtime: Runtime | None = None
+        self._api: GroupMeApi | None = None
+        self._per_user = RateLimit(config.per_user_per_minute)
+        self._global = RateLimit(config.global_per_minute)
+        self._cookie_key = os.urandom(32)  # per process: a restart only means logging in again
+        self._warned_no_dm = False
+
+    # ----- lifecycle and routes ---------------------------------------------------------------------
+
+    async def attach(self, runtime: "Runtime") -> None:
+        assert runtime.http is not None
+        self._runtime = runtime
+        self._api = GroupMeApi(runtime.http, self.config.api_url, self.config.bot_id, self.config.access_token, spacing=self.config.post_spacing)
+        if not self.can_deliver_privately(None):
+            log.warning(
+                "GroupMe: no GROUPME_ACCESS_TOKEN/VPN_PUBLIC_URL: configs cannot be delivered privately; "
+                "only /vpn start key=<public key> works until an admin sets them"
+            )
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/api/groupme/{secret}", self._callback)
+        app.router.add_get("/claim/oauth/callback", self._oauth_callback)
+        app.router.add_get("/claim/{token:[A-Za-z0-9_-]{20,100}}", self._claim_get)
+        app.router.add_post("/claim/{token:[A-Za-z0-9_-]{20,100}}", self._claim_post)
+
+    @property
+    def api(self) -> GroupMeApi:
+        assert self._api is not None, "GroupMe channel used before the runtime started"
+        return self._api
+
+    # ----- Channel interface ------------------------------------------------------------------------
+
+    async def send_text(self, conv: ConversationRef, text: str) -> None:
+        await self.api.post_bot(text)
+
+    async def send_card(self, conv: ConversationRef, card: Card) -> None:
+        await self.api.post_bot(render_card_text(card))
+
+    async def send_progress(self, conv: ConversationRef, text: str, handle: str | None) -> str | None:
+        # Posts cannot be edited: post the first step only; "ready" / "failed" follow as messages.
+        if handle is None:
+            await self.api.post_bot(text)
+        return handle or "posted"
+
+    def can_deliver_privately(self, conv: ConversationRef | None) -> bool:
+        return bool(self.config.access_token and self.config.public_url)
+
+    async def deliver_config(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
+        if not self.can_deliver_privately(conv):
+            raise DeliveryError("no service account is configured to send direct messages")
+        runtime = self._runtime
+        assert runtime is not None
+        token = new_token()
+        now = runtime.service.clock()
+        claim = Claim(
+            token_hash=token_hash(token),
+            session_id=delivery.session_id,
+            user=str(recipient.key),
+            tunnel_name=delivery.tunnel_name,
+            created_at=now,
+            expires_at=now + timedelta(minutes=self.config.claim_minutes),
+            sealed=await asyncio.to_thread(seal, token, delivery.config.reveal()),
+        )
+        await runtime.store.add_claim(claim)
+        link = f"{self.config.public_url}/claim/{token}"
+        try:
+            await self.api.direct_message(
+                recipient.key.id,
+                f"Your VPN config is ready: {link}\nThe link works once, within {self.config.claim_minutes} minutes. "
+                "Open it on the device you will use (or next to it, to scan the QR code).",
+            )
+        except GroupMeError as exc:
+            raise DeliveryError(f"the direct message did not go through ({exc})") from None
+        return "I sent you a direct message with a one-time link to your config."
+
+    # ----- callback ---------------------------------------------------------------------------------
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        if not hmac.compare_digest(request.match_info["secret"].encode(), self.config.callback_secret.encode()):
+            raise web.HTTPNotFound()
+        if request.content_length is not None and request.content_length > MAX_CALLBACK_BYTES:
+            return web.Response(status=413, text="too large")
+        body = await request.content.read(MAX_CALLBACK_BYTES + 1)
+        if len(body) > MAX_CALLBACK_BYTES:
+            return web.Response(status=413, text="too large")
+        try:
+            msg = json.loads(body)
+            if not isinstance(msg, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            log.warning("GroupMe callback: malformed JSON (%d bytes) ignored", len(body))  # never its content
+            return web.Response(status=400, text="malformed JSON")
+        group_id, message_id = str(msg.get("group_id") or ""), str(msg.get("id") or "")
+        user_id, text = str(msg.get("user_id") or msg.get("sender_id") or ""), msg.get("text")
+        if group_id not in self.config.group_ids:
+            log.info("GroupMe callback for group %s ignored (not configured)", group_id[:20])
+            return web.Response(status=200)
+        if msg.get("sender_type") != "user" or msg.get("system") is not False:
+            return web.Response(status=200)  # our own posts, other bots, system notices: no reply loops
+        if not (user_id.isdigit() and len(user_id) <= 32 and message_id.isdigit() and len(message_id) <= 40):
+            return web.Response(status=400, text="bad ids")
+        if text is not None and not isinstance(text, str):
+            return web.Response(status=400, text="bad text")
+        text = _strip_mentions(text or "", msg.get("attachments") or [])
+        parsed = parse(text)
+        if parsed is None:
+            return web.Response(status=200)  # group chatter
+        if not self._global.allow("all") or not self._per_user.allow(user_id):
+            log.warning("GroupMe: rate limit hit by groupme:%s; message %s dropped", user_id, message_id)
+            return web.Response(status=200)
+        runtime = self._runtime
+        assert runtime is not None
+        runtime.runner.start(f"groupme:{message_id}", lambda: self._process(group_id, message_id, user_id, text, parsed))
+        return web.Response(status=200)
+
+    async def _process(self, group_id: str, message_id: str, user_id: str, text: str, parsed) -> None:
+        runtime = self._runtime
+        assert runtime is not None
+        if isinstance(parsed, Command) and parsed.verb in SENSITIVE and self.config.access_token:
+            try:
+                stored = await self.api.find_message(group_id, message_id)
+            except GroupMeError as exc:
+                log.warning("GroupMe: could not verify message %s (%s); dropped", message_id, exc)
+                return
+            stored_text = _strip_mentions(stored.get("text") or "", stored.get("attachments") or []) if stored else None
+            if stored is None or str(stored.get("user_id") or stored.get("sender_id")) != user_id or stored_text != text:
+                log.warning("GroupMe: callback for message %s does not match what GroupMe stored: forged? dropped", message_id)
+                return
+        try:
+            who = Identity(UserKey("groupme", user_id))
+        except InvalidIdentity:
+            return
+        conv = ConversationRef("groupme", {"group_id": group_id})
+        await runtime.dispatcher.handle(Incoming(who, text, conv, message_id=message_id, is_private=False))
+
+    # ----- claim pages ------------------------------------------------------------------------------
+
+    def _respond(self, render, status: int = 200, cookies: dict[str, str] | None = None) -> web.Response:
+        """`render(nonce)` -> HTML; every claim response gets no-store, no-referrer and a strict CSP."""
+        nonce = secrets.token_urlsafe(12)
+        resp = web.Response(text=render(nonce), status=status, content_type="text/html", charset="utf-8")
+        resp.headers.update(claim_page.SECURITY_HEADERS)
+        resp.headers["Content-Security-Policy"] = claim_page.csp(nonce)
+        secure = urlsplit(self.config.public_url).scheme == "https"
+        for name, value in (cookies or {}).items():
+            resp.set_cookie(name, value, max_age=self.config.claim_minutes * 60, path="/claim", httponly=True, secure=secure, samesite="Lax")
+        return resp
+
+    def _message(self, which: tuple[str, str], status: int) -> web.Response:
+        return self._respond(lambda nonce: claim_page.message_page(which[0], which[1], nonce), status)
+
+    def _auth_value(self, claim: Claim) -> str:
+        return hmac.new(self._cookie_key, f"{claim.token_hash}|{claim.user}".encode(), hashlib.sha256).hexdigest()
+
+    def _authorised(self, request: web.Request, claim: Claim) -> bool:
+        if not self.config.oauth_client_id:
+            return True
+        return hmac.compare_digest(request.cookies.get(AUTH_COOKIE, ""), self._auth_value(claim))
+
+    async def _find(self, token: str) -> Claim | None:
+        assert self._runtime is not None
+        return await self._runtime.store.get_claim(token_hash(token))
+
+    async def _claim_get(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        claim = await self._find(token)
+        now = self._runtime.service.clock()  # type: ignore[union-attr]
+        state = claim.state(now) if claim else ClaimState.UNKNOWN
+        if state is ClaimState.USED:
+            return self._message(claim_page.USED, 410)
+        if state is not ClaimState.READY:
+            return self._message(claim_page.EXPIRED, 410 if claim else 404)
+        if not self._authorised(request, claim):
+            login = f"{self.config.oauth_url}?{urlencode({'client_id': self.config.oauth_client_id})}"
+            return self._respond(lambda nonce: claim_page.login_page(login, nonce), cookies={CLAIM_COOKIE: token})
+        minutes = max(1, int((claim.expires_at - now).total_seconds() // 60))
+        return self._respond(lambda nonce: claim_page.ready_page(f"/claim/{token}", nonce, minutes))
+
+    async def _claim_post(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        if not _same_origin_post(request, self.config.public_url):
+            return self._message(("Not allowed", "This form must be sent from the claim page itself."), 403)
+        claim = await self._find(token)
+        runtime = self._runtime
+        assert runtime is not None
+        now = runtime.service.clock()
+        if claim is None:
+            return self._message(claim_page.EXPIRED, 404)
+        if claim.state(now) is ClaimState.READY and not self._authorised(request, claim):
+            return self._message(("Log in first", "Open the link again and log in with GroupMe."), 403)
+        used = await runtime.store.consume_claim(claim.token_hash, now)
+        if used is None:
+            state = (await self._find(token)).state(now)  # type: ignore[union-attr]
+            return self._message(claim_page.USED if state is ClaimState.USED else claim_page.EXPIRED, 410)
+        config = await asyncio.to_thread(unseal, token, used.sealed)  # type: ignore[arg-type]
+        png = await asyncio.to_thread(qr_png, config)
+        log.info("claim for session %s used by its owner", used.session_id)
+        return self._respond(lambda nonce: claim_page.config_page(used.tunnel_name, config, png, nonce))
+
+    async def _oauth_callback(self, request: web.Request) -> web.Response:
+        """GroupMe's implicit flow lands here with ?access_token=…: use it once for /users/me, then drop it."""
+        token = request.cookies.get(CLAIM_COOKIE, "")
+        access_token = request.query.get("access_token", "")
+        claim = await self._find(token) if token else None
+        if claim is None or not access_token:
+            return self._message(claim_page.EXPIRED, 400)
+        try:
+            me = await self.api.me(access_token)
+        except GroupMeError:
+            return self._message(("Login failed", "GroupMe did not confirm who you are. Open the link again to retry."), 502)
+        finally:
+            del access_token
+        if f"groupme:{me.get('id') or me.get('user_id')}" != claim.user:
+            log.warning("claim for session %s opened by another GroupMe user", claim.session_id)
+            return self._message(claim_page.NOT_YOURS, 403)
+        redirect = web.HTTPSeeOther(f"/claim/{token}")
+        secure = urlsplit(self.config.public_url).scheme == "https"
+        redirect.set_cookie(AUTH_COOKIE, self._auth_value(claim), max_age=self.config.claim_minutes * 60, path="/claim",
+                            httponly=True, secure=secure, samesite="Lax")
+        redirect.headers.update(claim_page.SECURITY_HEADERS)
+        raise redirect
+
+
+def _same_origin_post(request: web.Request, public_url: str) -> bool:
+    """Refuse cross-site form posts. Browsers send Sec-Fetch-Site; with `Referrer-Policy: no-referrer`
+    Chromium sends `Origin: null` for our own form, so a null origin alone is not proof of anything."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and public_url and origin.rstrip("/") != _origin(public_url):
+        return False
+    return True
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

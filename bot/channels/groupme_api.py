@@ -1,0 +1,125 @@
+"""A thin async client for the few GroupMe calls the bot makes, on the service's aiohttp session.
+
+Bot posts (≤1000 characters each: longer replies are split and spaced so they arrive in order),
+direct messages from the service account (a fresh `source_guid` each), `users/me`, and re-fetching
+a group message to verify a callback. 420/429/5xx are retried with backoff and jitter. Tokens travel
+only in the `X-Access-Token` header and are never logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+MAX_TEXT = 1000
+RETRY_STATUSES = {420, 429, 500, 502, 503, 504}
+
+
+class GroupMeError(Exception):
+    pass
+
+
+def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """Chunks of at most `limit` characters, broken at line ends where possible, in order."""
+    chunks: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        while len(line) > limit:  # one very long line: hard split
+            if current:
+                chunks.append(current)
+                current = ""
+            chunks.append(line[:limit])
+            line = line[limit:]
+        candidate = f"{current}\n{line}" if current else line
+        if len(candidate) > limit:
+            chunks.append(current)
+            current = line
+        else:
+            current = candidate
+    if current or not chunks:
+        chunks.append(current)
+    return chunks
+
+
+class GroupMeApi:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        bot_id: str,
+        access_token: str = "",
+        *,
+        spacing: float = 0.4,
+        attempts: int = 4,
+        backoff: float = 0.5,
+    ) -> None:
+        self._http = session
+        self._base = base_url.rstrip("/")
+        self._bot_id = bot_id
+        self._token = access_token
+        self._spacing = spacing
+        self._attempts = attempts
+        self._backoff = backoff
+        self._post_lock = asyncio.Lock()  # chunks of one reply must not interleave with another's
+
+    @property
+    def can_direct_message(self) -> bool:
+        return bool(self._token)
+
+    async def post_bot(self, text: str) -> None:
+        async with self._post_lock:
+            for i, chunk in enumerate(split_text(text)):
+                if i:
+                    await asyncio.sleep(self._spacing)
+                await self._request("POST", "/bots/post", json={"bot_id": self._bot_id, "text": chunk})
+
+    async def direct_message(self, user_id: str, text: str) -> None:
+        if not self._token:
+            raise GroupMeError("no service-account token (GROUPME_ACCESS_TOKEN) to send direct messages with")
+        for chunk in split_text(text):
+            body = {"direct_message": {"source_guid": str(uuid.uuid4()), "recipient_id": user_id, "text": chunk, "attachments": []}}
+            await self._request("POST", "/direct_messages", json=body, token=self._token)
+
+    async def me(self, token: str) -> dict:
+        data = await self._request("GET", "/users/me", token=token)
+        return (data or {}).get("response") or {}
+
+    async def find_message(self, group_id: str, message_id: str) -> dict | None:
+        """The group message with that id as GroupMe stored it (service account's view), or None."""
+        if not self._token:
+            return None
+        try:
+            after = str(int(message_id) - 1)
+        except ValueError:
+            return None
+        data = await self._request("GET", f"/groups/{group_id}/messages", params={"after_id": after, "limit": "20"}, token=self._token)
+        for msg in ((data or {}).get("response") or {}).get("messages") or []:
+            if str(msg.get("id")) == message_id:
+                return msg
+        return None
+
+    async def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None, token: str | None = None) -> Any:
+        headers = {"X-Access-Token": token} if token else {}
+        for attempt in range(self._attempts):
+            try:
+                async with self._http.request(method, self._base + path, json=json, params=params, headers=headers,
+                                              timeout=aiohttp.ClientTimeout(total=15)) as resp:
+                    if 200 <= resp.status < 300:
+                        if resp.content_type == "application/json":
+                            return await resp.json()
+                        return None
+                    if resp.status not in RETRY_STATUSES or attempt + 1 == self._attempts:
+                        raise GroupMeError(f"GroupMe {method} {path} answered {resp.status}")
+                    retry_after = resp.headers.get("Retry-After", "")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if attempt + 1 == self._attempts:
+                    raise GroupMeError(f"GroupMe {method} {path} failed: {type(exc).__name__}") from None
+                retry_after = ""
+            delay = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else self._backoff * 2**attempt
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+        raise GroupMeError(f"GroupMe {method} {path}: out of attempts")

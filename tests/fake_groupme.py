@@ -1,0 +1,78 @@
+"""A fake GroupMe API on 127.0.0.1: records bot posts and direct messages, serves users/me and the
+group's stored messages (for re-fetch verification). Faults can be injected per endpoint."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+@dataclass
+class FakeGroupMe:
+    service_token: str = "service-token"
+    users_by_token: dict[str, dict] = field(default_factory=dict)  # OAuth tokens -> /users/me
+    messages: list[dict] = field(default_factory=list)  # what GroupMe stored in the group
+    posts: list[dict] = field(default_factory=list)
+    dms: list[dict] = field(default_factory=list)
+    post_faults: list[int] = field(default_factory=list)  # statuses bots/post answers first
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+        self._guids: set[str] = set()
+
+    async def start(self) -> "FakeGroupMe":
+        app = web.Application()
+        app.router.add_post("/v3/bots/post", self._bot_post)
+        app.router.add_post("/v3/direct_messages", self._dm)
+        app.router.add_get("/v3/users/me", self._me)
+        app.router.add_get("/v3/groups/{group}/messages", self._group_messages)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v3"  # noqa: SLF001
+        return self
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    def post_texts(self) -> list[str]:
+        return [p["text"] for p in self.posts]
+
+    async def _bot_post(self, request: web.Request) -> web.Response:
+        self.requests.append(("POST", "bots/post"))
+        body = await request.json()
+        if self.post_faults:
+            return web.Response(status=self.post_faults.pop(0))
+        assert len(body["text"]) <= 1000, "GroupMe rejects posts over 1000 characters"
+        self.posts.append(body)
+        return web.Response(status=202)
+
+    async def _dm(self, request: web.Request) -> web.Response:
+        self.requests.append(("POST", "direct_messages"))
+        if request.headers.get("X-Access-Token") != self.service_token:
+            return web.json_response({"meta": {"code": 401}}, status=401)
+        dm = (await request.json())["direct_message"]
+        if dm["source_guid"] in self._guids:
+            return web.json_response({"meta": {"code": 409}}, status=409)
+        self._guids.add(dm["source_guid"])
+        self.dms.append(dm)
+        return web.json_response({"response": {"direct_message": dm}}, status=201)
+
+    async def _me(self, request: web.Request) -> web.Response:
+        self.requests.append(("GET", "users/me"))
+        user = self.users_by_token.get(request.headers.get("X-Access-Token", ""))
+        if user is None:
+            return web.json_response({"meta": {"code": 401}}, status=401)
+        return web.json_response({"response": user})
+
+    async def _group_messages(self, request: web.Request) -> web.Response:
+        self.requests.append(("GET", "groups/messages"))
+        if request.headers.get("X-Access-Token") != self.service_token:
+            return web.json_response({"meta": {"code": 401}}, status=401)
+        after = int(request.query.get("after_id", "0"))
+        found = [m for m in self.messages if m["group_id"] == request.match_info["group"] and int(m["id"]) > after]
+        return web.json_response({"response": {"count": len(found), "messages": found[: int(request.query.get("limit", "20"))]}})
