@@ -52,3 +52,40 @@ async def test_serve_binds_loopback_by_default(tmp_path):
 
     settings = Settings.from_env({})
     assert (settings.host, settings.port) == ("127.0.0.1", 3978)
+
+
+async def test_serve_wires_groupme_from_the_environment(tmp_path):
+    """`python app.py serve` with GROUPME_* set answers a callback by posting through the GroupMe API."""
+    from tests.fake_groupme import FakeGroupMe
+
+    gm = await FakeGroupMe().start()
+    port = free_port()
+    env = app_env(
+        tmp_path / "data", PORT=str(port), VPN_USERS="groupme:111", VPN_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        GROUPME_BOT_ID="bot-1", GROUPME_GROUP_ID="4242", GROUPME_CALLBACK_SECRET="s" * 20,
+        GROUPME_ACCESS_TOKEN="service-token", GROUPME_API_URL=gm.base_url,
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, APP, "serve", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    msg = {"group_id": "4242", "id": "5001", "sender_type": "user", "system": False, "text": "/vpn help", "user_id": "111", "attachments": []}
+    try:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    async with http.post(f"http://127.0.0.1:{port}/api/groupme/{'s' * 20}", json=msg) as resp:
+                        assert resp.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    assert time.monotonic() < deadline, "serve did not come up"
+                    await asyncio.sleep(0.1)
+        for _ in range(100):
+            if gm.posts:
+                break
+            await asyncio.sleep(0.05)
+        assert "I hand out WireGuard VPN access" in gm.posts[0]["text"] and gm.posts[0]["bot_id"] == "bot-1"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+        await gm.stop()
+    assert proc.returncode == 0, err.decode()
+    assert "channels: groupme" in err.decode() and "service-token" not in err.decode()
