@@ -99,6 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
 def make_channels(settings: Settings) -> list:
     """The chat channels `serve` runs, from what is configured."""
     channels = []
+    if settings.teams_app_id or settings.dev_mode:
+        from bot.channels.teams import TeamsChannel, TeamsConfig
+
+        channels.append(
+            TeamsChannel(
+                TeamsConfig(
+                    app_id=settings.teams_app_id,
+                    app_password=settings.teams_app_password,
+                    app_type=settings.teams_app_type,
+                    tenant_id=settings.teams_tenant_id,
+                    dev_mode=settings.dev_mode,
+                    allowed_tenants=settings.teams_allowed_tenants,
+                )
+            )
+        )
+    else:
+        log.info("Teams is off: set MicrosoftAppId (or VPN_DEV_MODE=1 to try it locally without credentials)")
     if settings.groupme_bot_id:
         from bot.channels.groupme import GroupMeChannel, GroupMeConfig
 
@@ -121,6 +138,13 @@ def make_channels(settings: Settings) -> list:
 
 
 async def serve(settings: Settings, provider: Provider, access: AccessPolicy) -> None:
+    host = settings.host
+    if settings.dev_mode:
+        log.warning("=" * 72)
+        log.warning("VPN_DEV_MODE=1: Teams requests are NOT authenticated. Listening on 127.0.0.1 only.")
+        log.warning("Never run this way where anyone else can reach the port.")
+        log.warning("=" * 72)
+        host = "127.0.0.1"
     channels = make_channels(settings)
     hooks = [ch.routes for ch in channels if hasattr(ch, "routes")]
     route_hook = getattr(provider, "route_hook", None)  # e.g. Azure VMs calling back "server up"
@@ -129,11 +153,11 @@ async def serve(settings: Settings, provider: Provider, access: AccessPolicy) ->
     app = create_app(lambda: Runtime(settings, provider, access, channels), hooks)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, host, settings.port)
     await site.start()
     log.info(
         "serving on http://%s:%d (provider %s; channels: %s)",
-        settings.host, settings.port, provider.name, ", ".join(ch.name for ch in channels) or "none",
+        host, settings.port, provider.name, ", ".join(ch.name for ch in channels) or "none",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -54,6 +54,12 @@ class Settings:
     log_level: str = "INFO"
     instance_name: str = "vpn-bot"
     public_url: str = ""
+    teams_app_id: str = ""
+    teams_app_password: str = ""
+    teams_app_type: str = "SingleTenant"
+    teams_tenant_id: str = ""
+    teams_allowed_tenants: tuple[str, ...] = ()
+    dev_mode: bool = False
     groupme_bot_id: str = ""
     groupme_group_ids: tuple[str, ...] = ()
     groupme_callback_secret: str = ""
@@ -112,6 +118,12 @@ class Settings:
             log_level=r.choice("VPN_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             instance_name=r.parse("VPN_INSTANCE_NAME", "vpn-bot", _resource_name, "1-40 lowercase letters, digits or '-'"),
             public_url=r.parse("VPN_PUBLIC_URL", "", _public_url, "an https:// URL (http:// only for localhost)"),
+            teams_app_id=r.text("MicrosoftAppId", ""),
+            teams_app_password=r.text("MicrosoftAppPassword", ""),
+            teams_app_type=r.parse("MicrosoftAppType", "SingleTenant", _app_type, "SingleTenant or UserAssignedMSI (new bots cannot be multi-tenant)"),
+            teams_tenant_id=r.text("MicrosoftAppTenantId", ""),
+            teams_allowed_tenants=r.parse("TEAMS_ALLOWED_TENANTS", "", _guid_list, "comma-separated tenant ids (GUIDs)"),
+            dev_mode=r.choice("VPN_DEV_MODE", "0", ("0", "1")) == "1",
             groupme_bot_id=r.text("GROUPME_BOT_ID", ""),
             groupme_group_ids=r.parse("GROUPME_GROUP_ID", "", _digit_list, "comma-separated numeric GroupMe group ids"),
             groupme_callback_secret=r.text("GROUPME_CALLBACK_SECRET", ""),
@@ -139,6 +151,16 @@ class Settings:
             )
         if s.provider == "host" and not s.wg_endpoint:
             raise SettingsError("WG_ENDPOINT is required with VPN_PROVIDER=host: the address clients dial, e.g. vpn.example.org:51820")
+        if not s.teams_app_id and (s.teams_app_password or s.teams_tenant_id):
+            raise SettingsError(
+                "MicrosoftAppId is missing while other MicrosoftApp* variables are set: refusing to start with "
+                "Teams authentication off (for local tries without credentials set VPN_DEV_MODE=1)"
+            )
+        if s.teams_app_id:
+            if not s.teams_tenant_id:
+                raise SettingsError(f"MicrosoftAppTenantId is required with MicrosoftAppType={s.teams_app_type}")
+            if s.teams_app_type == "SingleTenant" and not s.teams_app_password:
+                raise SettingsError("MicrosoftAppPassword is required with MicrosoftAppType=SingleTenant")
         if s.groupme_bot_id:
             if len(s.groupme_callback_secret) < 16 or not re.fullmatch(r"[A-Za-z0-9_-]+", s.groupme_callback_secret):
                 raise SettingsError(
@@ -156,6 +178,20 @@ class Settings:
             if bool(s.azure_ssh_public_key) != bool(s.azure_ssh_source):
                 raise SettingsError("AZURE_SSH_PUBLIC_KEY and AZURE_SSH_SOURCE go together: SSH is opened only to that source")
         return s
+
+
+def _app_type(text: str) -> str:
+    for name in ("SingleTenant", "UserAssignedMSI"):
+        if text.lower() == name.lower():
+            return name
+    raise ValueError(text)
+
+
+def _guid_list(text: str) -> tuple[str, ...]:
+    ids = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    if not all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", i) for i in ids):
+        raise ValueError(text)
+    return ids
 
 
 def _digit_list(text: str) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ class Dispatcher:
         self.access = access
         self.store = store
         self.outbox = outbox
-        self._help_card = help_card
+        self.help_card = help_card
         self._clock = clock
 
     async def handle(self, msg: Incoming) -> None:
@@ -58,11 +58,11 @@ class Dispatcher:
         if parsed is None or isinstance(parsed, Usage):
             problem = parsed.problem if isinstance(parsed, Usage) else "I only understand /vpn commands"
             await self._audit(msg, command_text, True, f"usage: {problem}")
-            await self.outbox.card(msg.conversation, self._help_card(role, f"Sorry, {problem}."))
+            await self.outbox.card(msg.conversation, self.help_card(role, f"Sorry, {problem}."))
             return
         spec = self.registry.get(parsed.verb)
         if spec is None:
-            await self.outbox.card(msg.conversation, self._help_card(role, f"Sorry, '{parsed.verb}' is not available."))
+            await self.outbox.card(msg.conversation, self.help_card(role, f"Sorry, '{parsed.verb}' is not available."))
             return
         if spec.admin_only and role is not Role.ADMIN:
             await self._audit(msg, command_text, False, "admin only")

@@ -1,0 +1,248 @@
+"""Teams end to end: real aiohttp app, real botbuilder CloudAdapter, a fake Bot Connector on 127.0.0.1."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from bot.channels.teams import TeamsChannel, TeamsConfig
+from bot.sessions.model import SessionState
+from bot.web import RUNTIME, create_app
+from tests.fake_connector import FakeConnector
+from tests.qrtools import decode_qr
+
+FIXTURES = Path(__file__).parent / "fixtures" / "teams"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+ALICE_AAD = "00000000-0000-0000-0000-00000000a11c"
+BOB_AAD = "00000000-0000-0000-0000-000000000b0b"
+ROOT_AAD = "00000000-0000-0000-0000-0000000000ff"
+_ids = iter(range(10_000, 99_999))
+
+
+def activity(fixture: str, **values) -> dict:
+    text = (FIXTURES / f"{fixture}.json").read_text()
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", str(value))
+    data = json.loads(text)
+    data["id"] = values.get("id", f"{data['id']}-{next(_ids)}")
+    return data
+
+
+class Harness:
+    def __init__(self, connector: FakeConnector, server: TestServer) -> None:
+        self.connector, self.server = connector, server
+        self.runtime = server.app[RUNTIME]
+        self.url = str(server.make_url("/api/messages"))
+
+    async def post(self, data, *, headers=None, raw: bytes | None = None) -> aiohttp.ClientResponse:
+        async with aiohttp.ClientSession() as http:
+            hdrs = {"Content-Type": "application/json", **(headers or {})}
+            payload = raw if raw is not None else json.dumps(data).encode()
+            async with http.post(self.url, data=payload, headers=hdrs) as resp:
+                await resp.read()
+                return resp
+
+    async def say(self, text: str, *, kind: str = "personal_message", aad: str = ALICE_AAD, **extra) -> aiohttp.ClientResponse:
+        return await self.post(activity(kind, serviceUrl=self.connector.base_url, aadObjectId=aad, tenantId=TENANT, text=text, **extra))
+
+    async def settle(self) -> None:
+        await self.runtime.runner.wait_idle(30)
+
+    def everything_sent(self, conversation: str | None = None) -> str:
+        return "\n".join(FakeConnector.text_of(c) for c in self.connector.sent(conversation) + self.connector.updates())
+
+
+@pytest.fixture
+async def make_teams(make_runtime):
+    made = []
+
+    async def build(*, users: str = f"teams:{ALICE_AAD},teams:{BOB_AAD}", admins: str = f"teams:{ROOT_AAD}", config: TeamsConfig | None = None, **env) -> Harness:
+        connector = await FakeConnector(members={
+            "29:1alice-teams-user-id": {"id": "29:1alice-teams-user-id", "name": "Alice", "aadObjectId": ALICE_AAD,
+                                        "email": "alice@contoso.com", "userPrincipalName": "alice@contoso.com", "tenantId": TENANT},
+        }).start()
+        channel = TeamsChannel(config or TeamsConfig(dev_mode=True, backoff=0.01))
+        app = create_app(lambda: make_runtime(users=users, admins=admins, VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env), [channel.routes])
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        made.append((connector, server))
+        return Harness(connector, server)
+
+    yield build
+    for connector, server in made:
+        await server.close()
+        await connector.stop()
+
+
+async def test_personal_chat_happy_path_with_file_consent(make_teams):
+    h = await make_teams()
+    resp = await h.say("/vpn start")
+    assert resp.status == 201
+    await h.settle()
+    conv = "a:1personal-alice"
+    sent = h.connector.sent(conv)
+    assert "starting VPN session" in FakeConnector.text_of(sent[0])  # the acknowledgement comes first
+    assert h.connector.updates(), "progress is one card updated in place"
+    progress_ids = {c.path.rsplit("/", 1)[1] for c in h.connector.updates()}
+    assert len(progress_ids) == 1
+    cards = [c.body for c in sent for a in (c.body.get("attachments") or []) if a["contentType"] == "application/vnd.microsoft.card.adaptive"]
+    qr_card = next(b for b in cards if "data:image/png;base64," in json.dumps(b))
+    image = next(el for el in qr_card["attachments"][0]["content"]["body"] if el["type"] == "Image")
+    config = decode_qr(base64.b64decode(image["url"].split(",", 1)[1]))
+    assert config.startswith("[Interface]\nPrivateKey = ")
+    consent = next(a for c in sent for a in (c.body.get("attachments") or []) if a["contentType"] == "application/vnd.microsoft.teams.card.file.consent")
+    assert consent["name"].endswith(".conf") and consent["content"]["sizeInBytes"] == len(config.encode())
+    token = consent["content"]["acceptContext"]["token"]
+    assert "PrivateKey" not in json.dumps(consent)  # the card carries a token, not the file
+
+    upload_url = h.connector.base_url.split("/teams-prefix/")[0] + "/upload/vpn.conf"
+    (s,) = await h.runtime.store.sessions([SessionState.READY])
+    resp = await h.post(activity("invoke_file_consent", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT,
+                                 conversationId=conv, action="accept", token=token, session=s.id, name=consent["name"], uploadUrl=upload_url))
+    assert resp.status == 200
+    await h.settle()
+    (upload,) = h.connector.uploads
+    assert upload.method == "PUT" and upload.body["bytes"] == config
+    assert upload.headers["Content-Range"] == f"bytes 0-{len(config) - 1}/{len(config)}"
+    info = [a for c in h.connector.sent(conv) for a in (c.body.get("attachments") or []) if a["contentType"] == "application/vnd.microsoft.teams.card.file.info"]
+    assert info and info[0]["contentUrl"].endswith(consent["name"])
+    # The sealed file is gone from the store; a second accept gets a polite note, not the file.
+    resp = await h.post(activity("invoke_file_consent", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT,
+                                 conversationId=conv, action="accept", token=token, session=s.id, name=consent["name"], uploadUrl=upload_url))
+    await h.settle()
+    assert len(h.connector.uploads) == 1 and "no longer available" in h.everything_sent(conv)
+    private = config.split("PrivateKey = ")[1].split("\n")[0]
+    for path in h.runtime.settings.data_dir.iterdir():
+        assert private.encode() not in path.read_bytes()
+
+
+async def test_decline_keeps_the_qr_and_erases_the_file(make_teams):
+    h = await make_teams()
+    await h.say("/vpn start")
+    await h.settle()
+    consent = next(a for c in h.connector.sent() for a in (c.body.get("attachments") or []) if a["contentType"].endswith("file.consent"))
+    token = consent["content"]["declineContext"]["token"]
+    await h.post(activity("invoke_file_consent", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT,
+                          conversationId="a:1personal-alice", action="decline", token=token, session="x", name="x.conf", uploadUrl="http://127.0.0.1:1/never"))
+    await h.settle()
+    assert "the QR code above is all you need" in h.everything_sent()
+    assert h.connector.uploads == []
+    from bot.claims import token_hash
+
+    claim = await h.runtime.store.get_claim(token_hash(token))
+    assert claim.sealed is None
+
+
+@pytest.mark.parametrize("kind, group_conv", [("groupchat_mention", "19:groupchat-abc@thread.v2"), ("channel_mention", "19:general-xyz@thread.tacv2")])
+async def test_group_and_channel_mentions_deliver_privately(make_teams, kind, group_conv):
+    h = await make_teams()
+    resp = await h.say("vpn start", kind=kind)
+    assert resp.status == 201
+    await h.settle()
+    in_group = "\n".join(FakeConnector.text_of(c) for c in h.connector.calls if group_conv in c.path)
+    assert "starting VPN session" in in_group and "privately" in in_group
+    assert "PrivateKey" not in in_group and "data:image" not in in_group and "file.consent" not in in_group
+    created = [c for c in h.connector.calls if c.method == "POST" and c.path.endswith("/v3/conversations")]
+    assert created and created[0].body["members"][0]["id"] == "29:1alice-teams-user-id" and created[0].body["isGroup"] is False
+    assert created[0].body["channelData"] == {"tenant": {"id": TENANT}}
+    private = h.everything_sent("a:1personal-29:1alice-teams-user-id")
+    assert "data:image/png;base64," in private and "file.consent" in private
+
+
+async def test_stranger_is_refused(make_teams):
+    h = await make_teams()
+    await h.say("/vpn start", aad="00000000-0000-0000-0000-0000000bad00")
+    await h.settle()
+    text = h.everything_sent()
+    assert "not allowed" in text and await h.runtime.store.sessions(list(SessionState)) == []
+
+
+async def test_email_rules_use_the_verified_member_email(make_teams):
+    h = await make_teams(users="domain:contoso.com")
+    await h.say("/vpn help")
+    await h.settle()
+    assert "I hand out WireGuard" in h.everything_sent()
+    assert any("/members/29:1alice-teams-user-id" in c.path for c in h.connector.calls)
+
+
+async def test_admin_list_card_with_stop_buttons_and_card_actions_are_authorised(make_teams):
+    h = await make_teams()
+    await h.say("/vpn start")
+    await h.settle()
+    (s,) = await h.runtime.store.sessions([SessionState.READY])
+    await h.say("/vpn list", aad=ROOT_AAD)
+    await h.settle()
+    card = next(c.body["attachments"][0]["content"] for c in reversed(h.connector.sent()) if "Live VPN sessions" in json.dumps(c.body))
+    stop = next(a for el in card["body"] if el["type"] == "ActionSet" for a in el["actions"])
+    assert stop["data"] == {"command": f"/vpn stop {s.id}"}
+    # Bob presses the Stop button on a forwarded card: a card action is authorised like typed text.
+    pressed = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=BOB_AAD, tenantId=TENANT, text="")
+    pressed.pop("text")
+    pressed["value"] = stop["data"]
+    await h.post(pressed)
+    await h.settle()
+    assert "only admins can stop another person's session" in h.everything_sent()
+    assert (await h.runtime.store.sessions([SessionState.READY]))
+    pressed = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ROOT_AAD, tenantId=TENANT, text="")
+    pressed.pop("text")
+    pressed["value"] = stop["data"]
+    await h.post(pressed)
+    await h.settle()
+    assert [x.state for x in await h.runtime.store.sessions(list(SessionState))] == [SessionState.DELETED]
+
+
+async def test_welcome_on_install(make_teams):
+    h = await make_teams()
+    resp = await h.post(activity("installed", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT))
+    assert resp.status in (200, 201)
+    await h.settle()
+    text = h.everything_sent()
+    assert "Hi! I hand out short-lived WireGuard VPN access" in text and "/vpn start" in text and "/vpn list" not in text
+
+
+async def test_bad_requests_get_4xx(make_teams):
+    h = await make_teams()
+    assert (await h.post(None, raw=b"{not json")).status == 400
+    assert (await h.post(None, raw=b"[]")).status == 400
+    assert (await h.post({"text": "no type"})).status == 400
+    assert (await h.post(None, raw=b"{}", headers={"Content-Type": "text/plain"})).status == 415
+    assert (await h.post(None, raw=b'{"type": "message", "x": "' + b"a" * 300_000 + b'"}')).status == 413
+    weird = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT, text="/vpn help")
+    del weird["from"]
+    assert (await h.post(weird)).status < 500
+
+
+async def test_retries_429_and_stops_on_403(make_teams, caplog):
+    h = await make_teams()
+    h.connector.faults.append(("POST", "/activities", 429, {"error": {"code": "TooManyRequests"}}))
+    await h.say("/vpn help")
+    await h.settle()
+    assert "I hand out WireGuard" in h.everything_sent()
+    assert len([c for c in h.connector.calls if c.method == "POST" and "/activities" in c.path]) == 2
+    h.connector.faults.append(("POST", "/activities", 403, {"error": {"code": "MessageWritesBlocked", "message": "blocked"}}))
+    before = len(h.connector.calls)
+    await h.say("/vpn help")
+    await h.settle()
+    assert len(h.connector.calls) - before == 1  # the member lookup is cached; the one send is not retried
+    assert "403" in caplog.text and "not retrying" in caplog.text
+
+
+async def test_duplicate_activity_starts_one_session(make_teams):
+    h = await make_teams()
+    data = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT, text="/vpn start")
+    await asyncio.gather(*(h.post(data) for _ in range(3)))
+    await h.settle()
+    assert len(await h.runtime.store.sessions(list(SessionState))) == 1
+
+
+async def test_tenant_restriction(make_teams):
+    h = await make_teams(config=TeamsConfig(dev_mode=True, allowed_tenants=("11111111-1111-1111-1111-111111111111",), backoff=0.01))
+    await h.say("/vpn start")
+    await h.settle()
+    assert h.connector.sent() == [] and await h.runtime.store.sessions(list(SessionState)) == []
