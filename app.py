@@ -86,13 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="app.py",
         description="A chat bot that hands out short-lived WireGuard VPN access. Configured by environment variables (see README.md).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,console,reap}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,console,reap,teams-manifest}")
     sub.add_parser("serve", help="run the HTTP service (default): /healthz and the chat channels")
     console = sub.add_parser("console", help="chat with the bot in this terminal (or pipe commands, one per line)")
     console.add_argument("--out", type=Path, default=Path("./out"), help="folder for delivered .conf and .png files (default ./out)")
     console.add_argument("--as", dest="as_identity", metavar="CHANNEL:ID", help="act as another identity, e.g. groupme:123 (subject to the allowlist)")
     console.add_argument("--email", help="with --as: the verified email that identity's channel would supply")
     sub.add_parser("reap", help="one teardown/reconcile pass, then exit (for a scheduler)")
+    manifest = sub.add_parser("teams-manifest", help="write the Teams app package (manifest + icons) for sideloading")
+    manifest.add_argument("--out", type=Path, default=Path("vpn-bot.zip"), help="zip file to write (default vpn-bot.zip)")
+    manifest.add_argument("--name", default="VPN Bot", help="the app's name in Teams (≤30 characters)")
+    manifest.add_argument("--website", help="https URL for the developer links (default VPN_PUBLIC_URL)")
+    manifest.add_argument("--version", default="1.0.0", help="app version: bump it on every re-upload")
     return parser
 
 
@@ -188,6 +193,21 @@ async def reap(settings: Settings, provider: Provider, access: AccessPolicy) -> 
         log.info("reap pass done; %d orphaned resource(s) removed", removed)
 
 
+def write_teams_manifest(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.channels.teams_manifest import package
+
+    website = args.website or settings.public_url
+    if not website.startswith("https://"):
+        print("teams-manifest: Teams needs an https website: pass --website https://… or set VPN_PUBLIC_URL", file=sys.stderr)
+        return 2
+    if not settings.teams_app_id:
+        print("teams-manifest: set MicrosoftAppId (the Azure Bot's app id) first", file=sys.stderr)
+        return 2
+    args.out.write_bytes(package(settings.teams_app_id, website=website, name=args.name[:30], version=args.version))
+    print(f"wrote {args.out}: upload it in Teams → Apps → Manage your apps → Upload a custom app")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -201,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     command = args.command or "serve"
+    if command == "teams-manifest":
+        return write_teams_manifest(settings, args)
     try:
         if command == "serve":
             asyncio.run(serve(settings, provider, access))

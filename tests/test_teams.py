@@ -246,3 +246,144 @@ async def test_tenant_restriction(make_teams):
     await h.say("/vpn start")
     await h.settle()
     assert h.connector.sent() == [] and await h.runtime.store.sessions(list(SessionState)) == []
+
+
+async def test_auth_on_refuses_missing_and_bad_tokens(make_teams):
+    """With credentials the SDK checks every request's token; these fail before any key download."""
+    import jwt
+
+    h = await make_teams(config=TeamsConfig(app_id="11111111-2222-3333-4444-555555555555", app_password="secret",
+                                            app_type="SingleTenant", tenant_id=TENANT))
+    data = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT, text="/vpn start")
+    assert (await h.post(data)).status == 401
+    assert (await h.post(data, headers={"Authorization": "Bearer not-a-jwt"})).status == 401
+    forged = jwt.encode({"iss": "https://evil.example", "aud": "11111111-2222-3333-4444-555555555555"}, "k" * 32, algorithm="HS256")
+    assert (await h.post(data, headers={"Authorization": f"Bearer {forged}"})).status == 401
+    await h.settle()
+    assert h.connector.calls == [] and await h.runtime.store.sessions(list(SessionState)) == []
+
+
+async def test_restart_between_ack_and_delivery_still_delivers(make_runtime, tmp_path):
+    """The first process acknowledges, then dies; the next one resumes and its proactive messages arrive."""
+    connector = await FakeConnector(members={}).start()
+    try:
+        first = TeamsChannel(TeamsConfig(dev_mode=True, backoff=0.01))
+        app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=5, channels=[first]), [first.routes])
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        h = Harness(connector, server)
+        await h.say("/vpn start")
+        await asyncio.sleep(0.5)
+        assert "starting VPN session" in h.everything_sent()
+        await server.close()  # shutdown mid-provisioning: the session stays in the store, unfinished
+        assert [s.state for s in await _sessions(tmp_path)] == ["provisioning"]
+        before = len(connector.sent())
+
+        second = TeamsChannel(TeamsConfig(dev_mode=True, backoff=0.01))
+        app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[second]), [second.routes])
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            rt = server.app[RUNTIME]
+            await rt.service.sweep()  # what start-up does
+            await rt.runner.wait_idle(30)
+            later = "\n".join(FakeConnector.text_of(c) for c in connector.sent("a:1personal-alice")[before:])
+            assert "restarted while setting up" in later and "data:image/png;base64," in later and "file.consent" in later
+        finally:
+            await server.close()
+    finally:
+        await connector.stop()
+
+
+async def _sessions(tmp_path):
+    import sqlite3
+    from types import SimpleNamespace
+
+    db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
+    rows = db.execute("SELECT state FROM sessions").fetchall()
+    db.close()
+    return [SimpleNamespace(state=r[0]) for r in rows]
+
+
+def test_manifest_package(tmp_path):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from bot.channels.teams_manifest import package
+
+    data = package("11111111-2222-3333-4444-555555555555", website="https://vpn.example.org", version="1.2.3")
+    z = zipfile.ZipFile(io.BytesIO(data))
+    assert sorted(z.namelist()) == ["color.png", "manifest.json", "outline.png"]
+    m = json.loads(z.read("manifest.json"))
+    assert m["manifestVersion"] == "1.17" and m["version"] == "1.2.3" and re.fullmatch(r"[0-9a-f-]{36}", m["id"])
+    assert len(m["name"]["short"]) <= 30 and len(m["description"]["short"]) <= 80 and len(m["description"]["full"]) <= 4000
+    assert all(m["developer"][k].startswith("https://") for k in ("websiteUrl", "privacyUrl", "termsOfUseUrl"))
+    assert re.fullmatch(r"#[0-9A-F]{6}", m["accentColor"])
+    (b,) = m["bots"]
+    assert b["botId"] == "11111111-2222-3333-4444-555555555555" and b["supportsFiles"] is True
+    assert set(b["scopes"]) == {"personal", "team", "groupChat"}
+    assert len(b["commandLists"]) <= 3 and all(len(cl["commands"]) <= 10 for cl in b["commandLists"])
+    assert all(c["description"] for cl in b["commandLists"] for c in cl["commands"])
+    color = Image.open(io.BytesIO(z.read("color.png")))
+    outline = Image.open(io.BytesIO(z.read("outline.png")))
+    assert color.size == (192, 192) and outline.size == (32, 32) and outline.mode == "RGBA"
+    pixels = list(outline.getdata())
+    assert {p[3] for p in pixels} >= {0, 255}  # transparent background, opaque outline
+    assert all(p[:3] == (255, 255, 255) for p in pixels if p[3])  # the outline is white
+
+
+def test_manifest_command(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.apprun import APP, app_env
+
+    env = app_env(tmp_path / "data", MicrosoftAppId="11111111-2222-3333-4444-555555555555", MicrosoftAppPassword="x",
+                  MicrosoftAppTenantId=TENANT, VPN_PUBLIC_URL="https://vpn.example.org")
+    out = tmp_path / "vpn-bot.zip"
+    result = subprocess.run([sys.executable, APP, "teams-manifest", "--out", str(out)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 500
+
+
+def test_refuses_to_start_with_half_configured_credentials(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.apprun import APP, app_env
+
+    for extra, expect in [
+        ({"MicrosoftAppPassword": "x"}, "MicrosoftAppId is missing"),
+        ({"MicrosoftAppId": "11111111-2222-3333-4444-555555555555", "MicrosoftAppPassword": "x"}, "MicrosoftAppTenantId is required"),
+        ({"MicrosoftAppId": "11111111-2222-3333-4444-555555555555", "MicrosoftAppTenantId": TENANT}, "MicrosoftAppPassword is required"),
+        ({"MicrosoftAppType": "MultiTenant"}, "MicrosoftAppType='MultiTenant' is not valid"),
+    ]:
+        result = subprocess.run([sys.executable, APP, "serve"], env=app_env(tmp_path / "data", PORT="1", **extra), capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and expect in result.stderr, result.stderr
+
+
+async def test_dev_mode_serve_binds_loopback_and_says_so(tmp_path):
+    import signal
+    import sys
+
+    from tests.apprun import APP, app_env
+    from tests.test_web import free_port
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, APP, "serve", env=app_env(tmp_path / "data", PORT=str(port), HOST="0.0.0.0", VPN_DEV_MODE="1"),
+                                                stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    text = err.decode()
+    assert "NOT authenticated" in text and "serving on http://127.0.0.1:" in text and "channels: teams" in text

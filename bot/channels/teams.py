@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import jwt
 from aiohttp import web
 from botbuilder.core import TurnContext
 from botbuilder.core.teams import TeamsActivityHandler, TeamsInfo
@@ -161,7 +162,9 @@ class TeamsChannel:
             return await self._adapter.process(request, self._handler)
         except web.HTTPException:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except jwt.PyJWTError:
+            return web.Response(status=401, text="invalid token")  # a malformed bearer token
+        except Exception as exc:  # the bot's own errors end in on_turn_error: what is left is bad input
             log.warning("Teams: activity refused (%s)", type(exc).__name__)
             return web.Response(status=400, text="invalid activity")
 
