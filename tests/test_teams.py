@@ -329,7 +329,7 @@ def test_manifest_package(tmp_path):
     color = Image.open(io.BytesIO(z.read("color.png")))
     outline = Image.open(io.BytesIO(z.read("outline.png")))
     assert color.size == (192, 192) and outline.size == (32, 32) and outline.mode == "RGBA"
-    pixels = list(outline.getdata())
+    pixels = [outline.getpixel((x, y)) for x in range(32) for y in range(32)]
     assert {p[3] for p in pixels} >= {0, 255}  # transparent background, opaque outline
     assert all(p[:3] == (255, 255, 255) for p in pixels if p[3])  # the outline is white
 
