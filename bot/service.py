@@ -138,7 +138,7 @@ class VpnService:
             log.warning("%s channel cannot deliver configs privately here; see README for what to configure", conv.channel)
             raise Refused(
                 "I cannot send you a config privately from here, and I never post one in a group. "
-                "An admin has been told what to set up. Meanwhile: /vpn start key=<your WireGuard public key> works."
+                "An admin has been told what to set up. Meanwhile: /vpn start key=YOUR-PUBLIC-KEY works (the public key from your WireGuard app)."
             )
         owner = str(who.key)
         lock = self._user_locks.get(owner)

@@ -17,28 +17,24 @@ def render_adaptive(card: Card, *, image_data_uri: str | None = None) -> dict:
     if card.facts:
         body.append({"type": "FactSet", "facts": [{"title": k, "value": v} for k, v in card.facts]})
     if image_data_uri:
-        body.append({"type": "Image", "url": image_data_uri, "size": "Large", "altText": "WireGuard QR code"})
+        # A fixed 300 px: big enough for a phone camera to read off a laptop screen.
+        body.append({"type": "Image", "url": image_data_uri, "width": "300px", "altText": "WireGuard QR code", "horizontalAlignment": "Center"})
     if card.table is not None:
+        # One block per row (bold first column, the rest as facts): columns of eight squeeze to
+        # unreadable slivers in a Teams chat pane, blocks stay readable on a phone too.
         t = card.table
-        header = {
-            "type": "ColumnSet",
-            "columns": [
-                {"type": "Column", "width": "stretch", "items": [{"type": "TextBlock", "text": c, "weight": "Bolder", "wrap": True}]}
-                for c in t.columns
-            ],
-        }
-        body.append(header)
         if not t.rows:
             body.append({"type": "TextBlock", "text": "(none)", "isSubtle": True})
         for i, row in enumerate(t.rows):
-            columns = [
-                {"type": "Column", "width": "stretch", "items": [{"type": "TextBlock", "text": str(v), "wrap": True}]}
-                for v in row
+            values = [str(v) for v in row]
+            block: list[dict] = [
+                {"type": "TextBlock", "text": values[0], "weight": "Bolder", "wrap": True},
+                {"type": "FactSet", "facts": [{"title": str(c), "value": v} for c, v in zip(t.columns[1:], values[1:])]},
             ]
             action = t.row_actions[i] if i < len(t.row_actions) else None
-            body.append({"type": "ColumnSet", "separator": True, "columns": columns})
             if action is not None:
-                body.append({"type": "ActionSet", "actions": [_submit(action)]})
+                block.append({"type": "ActionSet", "actions": [_submit(action)]})
+            body.append({"type": "Container", "separator": True, "spacing": "Medium", "items": block})
     out = {"type": "AdaptiveCard", "$schema": SCHEMA, "version": "1.4", "body": body}
     if card.actions:
         out["actions"] = [_submit(a) for a in card.actions]

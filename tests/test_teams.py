@@ -179,7 +179,7 @@ async def test_admin_list_card_with_stop_buttons_and_card_actions_are_authorised
     await h.say("/vpn list", aad=ROOT_AAD)
     await h.settle()
     card = next(c.body["attachments"][0]["content"] for c in reversed(h.connector.sent()) if "Live VPN sessions" in json.dumps(c.body))
-    stop = next(a for el in card["body"] if el["type"] == "ActionSet" for a in el["actions"])
+    stop = next(a for el in card["body"] if el["type"] == "Container" for item in el["items"] if item["type"] == "ActionSet" for a in item["actions"])
     assert stop["data"] == {"command": f"/vpn stop {s.id}"}
     # Bob presses the Stop button on a forwarded card: a card action is authorised like typed text.
     pressed = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=BOB_AAD, tenantId=TENANT, text="")

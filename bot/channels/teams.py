@@ -355,7 +355,11 @@ class TeamsChannel:
             return
         who = await self.identity_of(turn_context)
         role = self.runtime.access.role_of(who) if who else None
-        card = self.runtime.dispatcher.help_card(role, "Hi! I hand out short-lived WireGuard VPN access.")
+        greeting = "Hi! I hand out short-lived WireGuard VPN access."
+        if role is None:
+            where = f" (your id is {who.key})" if who else ""
+            greeting += f" You are not on the allowlist yet: ask an admin to add you{where}."
+        card = self.runtime.dispatcher.help_card(role, greeting)
         await self.send_card(_conversation(activity), card)
 
     async def on_file_consent(self, turn_context: TurnContext, response: FileConsentCardResponse, accepted: bool) -> None:

@@ -87,7 +87,7 @@ def parse_start(args: tuple[str, ...]) -> StartOptions | Usage:
     for arg in args:
         if arg.lower().startswith("key="):
             if public_key is not None:
-                return Usage("give one key, e.g. /vpn start key=<your WireGuard public key>")
+                return Usage("give one key, e.g. /vpn start key=YOUR-PUBLIC-KEY")
             public_key = arg[4:]
             if not is_valid_key(public_key):
                 return Usage(

@@ -74,7 +74,7 @@ def build_registry(service: VpnService) -> Registry:
     async def usage(ctx: Context, problem: str) -> None:
         await ctx.reply_card(help_card(ctx.role, f"Sorry, {problem}."))
 
-    @registry.command("start", usage="/vpn start [region] [minutes] [key=<public key>]", summary="get a VPN config, sent to you privately (or peer settings for your own key)")
+    @registry.command("start", usage="/vpn start [region] [minutes] [key=YOUR-PUBLIC-KEY]", summary="get a VPN config, sent to you privately (or peer settings for your own key)")
     async def start(ctx: Context, cmd: Command) -> None:
         opts = parse_start(cmd.args)
         if isinstance(opts, Usage):
