@@ -387,3 +387,18 @@ async def test_dev_mode_serve_binds_loopback_and_says_so(tmp_path):
         _, err = await asyncio.wait_for(proc.communicate(), 20)
     text = err.decode()
     assert "NOT authenticated" in text and "serving on http://127.0.0.1:" in text and "channels: teams" in text
+
+
+async def test_progress_updates_are_coalesced(make_teams):
+    from bot.messages import ConversationRef
+
+    h = await make_teams()
+    await h.say("/vpn help")
+    await h.settle()
+    channel = h.runtime.channels[0]
+    conv = ConversationRef("teams", {"reference": {"conversation": {"id": "a:1personal-alice"}, "serviceUrl": h.connector.base_url,
+                                                   "channelId": "msteams", "bot": {"id": "28:vpn-bot-app-id"}}, "conversation_type": "personal"})
+    handle = await channel.send_progress(conv, "step 0", None)
+    await asyncio.gather(*(channel.send_progress(conv, f"step {i}", handle) for i in range(1, 8)))
+    updates = h.connector.updates()
+    assert 1 <= len(updates) < 7 and "step 7" in FakeConnector.text_of(updates[-1])

@@ -123,6 +123,7 @@ class TeamsChannel:
         self._emails: dict[str, tuple[float, str | None]] = {}
         self._last_send: dict[str, float] = {}
         self._send_locks: dict[str, asyncio.Lock] = {}
+        self._latest_progress: dict[str, str] = {}
 
     # ----- lifecycle and route ------------------------------------------------------------------------
 
@@ -230,10 +231,16 @@ class TeamsChannel:
         """One card, updated in place (PUT) as the steps go by."""
         activity = _card_activity(Card(title="VPN", lines=(text,)))
         if handle:
-            try:
-                return await self._send(conv, activity, update_id=handle)
-            except ErrorResponseException:
-                log.info("Teams: progress update failed; posting a new progress card")
+            # Coalesce: while an update waits for its turn, a newer one makes it pointless.
+            self._latest_progress[handle] = text
+            key = ConversationReference().deserialize(conv.data["reference"]).conversation.id
+            async with self._send_locks.setdefault(f"progress:{key}", asyncio.Lock()):
+                if self._latest_progress.get(handle) != text:
+                    return handle
+                try:
+                    return await self._send(conv, activity, update_id=handle)
+                except ErrorResponseException:
+                    log.info("Teams: progress update failed; posting a new progress card")
         return await self._send(conv, activity)
 
     def can_deliver_privately(self, conv: ConversationRef) -> bool:
