@@ -14,6 +14,7 @@ spaced per conversation, and never retried on 403 (the user blocked or removed t
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
@@ -99,7 +100,7 @@ def _tenant_of(activity: Activity) -> str:
     return str((tenant or {}).get("id") or "") if isinstance(tenant, dict) else ""
 
 
-def _conversation(activity: Activity, turn_context: TurnContext | None = None) -> ConversationRef:
+def _conversation(activity: Activity) -> ConversationRef:
     reference = TurnContext.get_conversation_reference(activity).serialize()
     return ConversationRef(
         "teams",
@@ -254,8 +255,6 @@ class TeamsChannel:
             raise DeliveryError(
                 "I could not open a private chat with you; install the VPN bot app for yourself (personal scope) and try again"
             ) from exc
-        import base64
-
         qr_uri = "data:image/png;base64," + base64.b64encode(delivery.qr_png).decode()
         card = Card(
             title="Your VPN config",
