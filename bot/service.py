@@ -271,6 +271,7 @@ class VpnService:
                 client_address=info.client_address,
                 region=info.region,
                 hourly_cost=info.hourly_cost,
+                server_size=info.size,
             )
             await self.store.save(s)
             config_text = render_client_config(

@@ -268,6 +268,7 @@ class AzureProvider:
             client_address=f"{client_ip}/32",
             region=region,
             hourly_cost=self.hourly_cost(region),
+            size=self.config.vm_size,
             ready=False,
         )
 

@@ -37,6 +37,7 @@ class ServerInfo:
     client_address: str  # e.g. "10.77.0.2/32"
     region: str
     hourly_cost: float = 0.0
+    size: str = ""  # e.g. the VM size, for admins and cost estimates
     dns: Sequence[str] = ()
     # False when the config can be delivered before the server finished booting (cloud VMs).
     ready: bool = True

@@ -83,6 +83,9 @@ async def test_config_is_delivered_once_the_address_is_known_then_server_up(make
         assert decode_qr(config.delivery.qr_png) == config.text
         (s,) = await rt.store.sessions([SessionState.READY])
         assert s.provider == "azure" and s.region == "eastus" and s.hourly_cost == pytest.approx(0.0123)
+        assert s.server_size == "Standard_B1ls"
+        await rt.dispatcher.handle(incoming("/vpn list", user="test:root"))
+        assert "azure/eastus (Standard_B1ls)" in channel.all_text()
 
 
 async def test_request_bodies(make_runtime, channel, arm):

@@ -328,3 +328,18 @@ async def test_no_private_delivery_means_no_secret_sessions(make_runtime, channe
         await settle(rt)
         assert "cannot send you a config privately" in channel.all_text() and "key=" in channel.all_text()
         assert await states(rt) == []
+
+
+async def test_an_older_database_gains_new_columns(make_runtime, tmp_path):
+    """A store written before a column existed opens, gains it, and keeps its sessions."""
+    async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
+        await rt.dispatcher.handle(incoming("/vpn start"))
+        await settle(rt)
+    db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
+    db.execute("ALTER TABLE sessions DROP COLUMN server_size")
+    db.execute("ALTER TABLE sessions DROP COLUMN own_key")
+    db.commit()
+    db.close()
+    async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
+        (s,) = await rt.store.sessions([SessionState.READY])
+        assert s.own_key is False and s.server_size == ""

@@ -30,7 +30,7 @@ def session_card(s: Session, now: datetime) -> Card:
     facts = [
         ("Session", s.id),
         ("State", s.state.value),
-        ("Where", f"{s.provider} / {s.region}"),
+        ("Where", f"{s.provider} / {s.region}" + (f" ({s.server_size})" if s.server_size else "")),
         ("Endpoint", s.endpoint or "-"),
         ("Started", _when(s.created_at)),
         ("Time left", _time_left(s, now)),
@@ -47,7 +47,8 @@ def list_card(sessions: list[Session], now: datetime) -> Card:
     for s in sessions:
         cost = s.cost_so_far(now)
         per_user[s.owner_label] += cost
-        rows.append([s.id, s.owner_label, f"{s.provider}/{s.region}", s.endpoint or "-", s.state.value,
+        where = f"{s.provider}/{s.region}" + (f" ({s.server_size})" if s.server_size else "")
+        rows.append([s.id, s.owner_label, where, s.endpoint or "-", s.state.value,
                      f"{s.created_at:%H:%M}", _time_left(s, now), format_cost(cost)])
         stops.append(Action(f"Stop {s.id}", f"/vpn stop {s.id}") if s.state is not SessionState.EXPIRING else None)
     lines = [f"{len(sessions)} live session(s)."]

@@ -75,6 +75,7 @@ class Session:
     worker_id: str = ""
     progress_handle: str = ""
     message_id: str = ""
+    server_size: str = ""  # the VM size where the provider has one
     own_key: bool = False  # the user brought their key pair: nothing secret to deliver
 
     def moved(self, state: SessionState, now: datetime, **changes) -> "Session":

@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     worker_id TEXT NOT NULL DEFAULT '',
     progress_handle TEXT NOT NULL DEFAULT '',
     message_id TEXT NOT NULL DEFAULT '',
-    own_key INTEGER NOT NULL DEFAULT 0
+    own_key INTEGER NOT NULL DEFAULT 0,
+    server_size TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE INDEX IF NOT EXISTS sessions_owner ON sessions(owner, state);
@@ -90,9 +91,27 @@ CREATE TABLE IF NOT EXISTS workers (
 _FIELDS = [
     "id", "owner", "owner_label", "conversation", "state", "provider", "region", "created_at", "expires_at",
     "minutes", "updated_at", "ready_at", "ended_at", "endpoint", "resource_id", "client_address",
-    "client_public_key", "hourly_cost", "warned", "attempts", "error", "worker_id", "progress_handle", "message_id", "own_key",
+    "client_public_key", "hourly_cost", "warned", "attempts", "error", "worker_id", "progress_handle", "message_id", "own_key", "server_size",
 ]
 _TIMES = {"created_at", "expires_at", "updated_at", "ready_at", "ended_at"}
+
+
+# Columns added after the first release: an older database gets them on open (SQLite can add a
+# column with a default in place). New columns go here as well as in SCHEMA.
+ADDED_COLUMNS = {
+    "sessions": {
+        "own_key": "INTEGER NOT NULL DEFAULT 0",
+        "server_size": "TEXT NOT NULL DEFAULT ''",
+    },
+}
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, ddl in columns.items():
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
 
 
 def _to_row(s: Session) -> tuple:
@@ -146,6 +165,7 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
+        _add_missing_columns(conn)
         os.chmod(self._path, 0o600)
         self._conn = conn
 
