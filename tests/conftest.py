@@ -111,3 +111,19 @@ def make_runtime(tmp_path, clock, channel):
         return Runtime(settings, provider, access, [channel] if channels is None else channels, clock=clock, background=False)
 
     return build
+
+
+@pytest.fixture
+def lab():
+    """A two-namespace WireGuard lab (tests/netns.py); skipped where namespaces are impossible, never in CI."""
+    import os
+
+    from tests.netns import Lab, why_no_netns
+
+    reason = why_no_netns()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the tunnel tests, but: {reason}")
+        pytest.skip(reason)
+    with Lab() as made:
+        yield made

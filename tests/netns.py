@@ -13,8 +13,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 WG_ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "WG_PROCESS_FOREGROUND": "1"}
 SERVER_LAN = "10.99.0.1"
 CLIENT_LAN = "10.99.0.2"
@@ -149,14 +147,3 @@ class Lab:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         for name in (self.server_if, self.client_if):
             Path(f"/var/run/wireguard/{name}.sock").unlink(missing_ok=True)
-
-
-@pytest.fixture
-def lab():
-    reason = why_no_netns()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the tunnel tests, but: {reason}")
-        pytest.skip(reason)
-    with Lab() as lab:
-        yield lab

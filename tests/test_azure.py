@@ -212,7 +212,7 @@ async def test_reconcile_deletes_unknown_and_leaves_others_alone(make_runtime, a
         await rt.dispatcher.handle(incoming("/vpn start"))
         await settle(rt)
         (live,) = await rt.store.sessions([SessionState.READY])
-        base = f"/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/vpn-rg/providers/Microsoft.Network/publicIPAddresses"
+        base = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/vpn-rg/providers/Microsoft.Network/publicIPAddresses"
         for name, tags in (
             ("vpn-lost1-ip", {"managed-by": "vpn-bot", "vpn-session": "lost1", "expires-at": "2026-01-01T00:00:00+00:00"}),
             ("theirs-ip", {"managed-by": "another-bot", "vpn-session": "zzz"}),

@@ -14,7 +14,7 @@ from provisioner import bootconfig
 from provisioner.wireguard import Secret, ServerConfig, ServerPeer
 from tests.conftest import incoming
 from tests.fake_arm import FakeArm
-from tests.netns import SERVER_LAN, lab, run  # noqa: F401  (lab is a fixture)
+from tests.netns import SERVER_LAN, run
 from tests.test_azure import azure, customdata_of, settle
 
 

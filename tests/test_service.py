@@ -6,7 +6,6 @@ import asyncio
 import json
 import sqlite3
 
-import pytest
 
 from bot.sessions.model import SessionState
 from tests.conftest import incoming

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.apprun import LiveConsole, app_env, console
-from tests.netns import POOL, SERVER_LAN, lab, run  # noqa: F401  (lab is a fixture)
+from tests.netns import POOL, SERVER_LAN, run
 from tests.qrtools import decode_qr
 
 pytestmark = pytest.mark.netns
