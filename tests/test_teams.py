@@ -402,3 +402,32 @@ async def test_progress_updates_are_coalesced(make_teams):
     await asyncio.gather(*(channel.send_progress(conv, f"step {i}", handle) for i in range(1, 8)))
     updates = h.connector.updates()
     assert 1 <= len(updates) < 7 and "step 7" in FakeConnector.text_of(updates[-1])
+
+
+async def test_file_consent_survives_a_restart(make_runtime):
+    """The sealed file waits in the store; after a restart the Allow still uploads it."""
+    connector = await FakeConnector(members={}).start()
+    try:
+        servers = []
+        for _ in range(2):
+            channel = TeamsChannel(TeamsConfig(dev_mode=True, backoff=0.01))
+            app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel]), [channel.routes])
+            server = TestServer(app, host="127.0.0.1")
+            await server.start_server()
+            servers.append(server)
+            h = Harness(connector, server)
+            if len(servers) == 1:
+                await h.say("/vpn start")
+                await h.settle()
+                consent = next(a for c in connector.sent() for a in (c.body.get("attachments") or []) if a["contentType"].endswith("file.consent"))
+                await server.close()
+        upload_url = connector.base_url.split("/teams-prefix/")[0] + "/upload/vpn.conf"
+        await h.post(activity("invoke_file_consent", serviceUrl=connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT,
+                              conversationId="a:1personal-alice", action="accept", token=consent["content"]["acceptContext"]["token"],
+                              session="s", name=consent["name"], uploadUrl=upload_url))
+        await h.settle()
+        (upload,) = connector.uploads
+        assert upload.body["bytes"].startswith("[Interface]\nPrivateKey = ")
+        await servers[1].close()
+    finally:
+        await connector.stop()
