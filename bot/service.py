@@ -394,9 +394,6 @@ class VpnService:
 
     # ----- time-driven work -------------------------------------------------------------------------
 
-    def wake(self) -> None:
-        self._wake.set()
-
     async def sweep(self, *, resume: bool = True) -> datetime | None:
         """Warn, expire, finish interrupted teardowns, recover orphaned provisioning; returns when to look again."""
         now = self.clock()

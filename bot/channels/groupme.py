@@ -107,7 +107,6 @@ class GroupMeChannel:
         self._per_user = RateLimit(config.per_user_per_minute)
         self._global = RateLimit(config.global_per_minute)
         self._cookie_key = os.urandom(32)  # per process: a restart only means logging in again
-        self._warned_no_dm = False
 
     # ----- lifecycle and routes ---------------------------------------------------------------------
 

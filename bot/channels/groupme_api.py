@@ -67,10 +67,6 @@ class GroupMeApi:
         self._backoff = backoff
         self._post_lock = asyncio.Lock()  # chunks of one reply must not interleave with another's
 
-    @property
-    def can_direct_message(self) -> bool:
-        return bool(self._token)
-
     async def post_bot(self, text: str) -> None:
         async with self._post_lock:
             for i, chunk in enumerate(split_text(text)):

@@ -74,10 +74,6 @@ class TeamsConfig:
     def __repr__(self) -> str:
         return f"TeamsConfig(app_id={self.app_id!r}, type={self.app_type}, dev_mode={self.dev_mode})"
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.app_id) or self.dev_mode
-
 
 class _AdapterSettings:
     """The attribute names ConfigurationBotFrameworkAuthentication reads. Empty APP_ID = auth off."""
@@ -353,7 +349,7 @@ class TeamsChannel:
             await turn_context.send_activity("Sorry, I can only serve people signed in to your organisation's Teams.")
             return
         private = conv.data["conversation_type"] == "personal"
-        await self.runtime.dispatcher.handle(Incoming(who, text.replace("\xa0", " "), conv, message_id=activity.id, is_private=private))
+        await self.runtime.dispatcher.handle(Incoming(who, text, conv, message_id=activity.id, is_private=private))
 
     async def on_installed(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
