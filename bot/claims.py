@@ -6,12 +6,14 @@ nor the link alone reveals it, and it survives a restart. Claiming erases the se
 """
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -65,3 +67,19 @@ def seal(token: str, plaintext: str) -> bytes:
 
 def unseal(token: str, sealed: bytes) -> str:
     return AESGCM(_key(token)).decrypt(sealed[:12], sealed[12:], token_hash(token).encode()).decode()
+
+
+async def hold(store: Any, *, session_id: str, user: str, tunnel_name: str, config: str, now: datetime, lifetime: timedelta) -> str:
+    """Seal `config` in the store for one person; returns the token, the only thing that opens it."""
+    token = new_token()
+    sealed = await asyncio.to_thread(seal, token, config)
+    await store.add_claim(Claim(token_hash(token), session_id, user, tunnel_name, now, now + lifetime, sealed=sealed))
+    return token
+
+
+async def take(store: Any, token: str, now: datetime) -> tuple[Claim, str] | None:
+    """Consume a ready claim, once: its record and the unsealed config; None if used, expired or unknown."""
+    claim = await store.consume_claim(token_hash(token), now)
+    if claim is None or claim.sealed is None:
+        return None
+    return claim, await asyncio.to_thread(unseal, token, claim.sealed)

@@ -28,7 +28,8 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 
 from bot.channels.groupme_api import GroupMeApi, GroupMeError
-from bot.claims import Claim, ClaimState, new_token, seal, token_hash, unseal
+from bot import claims
+from bot.claims import Claim, ClaimState, token_hash
 from bot.commands.parser import Command, parse
 from bot.messages import ConversationRef, Identity, Incoming, InvalidIdentity, UserKey
 from bot.outbox import ConfigDelivery, DeliveryError
@@ -153,18 +154,10 @@ class GroupMeChannel:
             raise DeliveryError("no service account is configured to send direct messages")
         runtime = self._runtime
         assert runtime is not None
-        token = new_token()
-        now = runtime.service.clock()
-        claim = Claim(
-            token_hash=token_hash(token),
-            session_id=delivery.session_id,
-            user=str(recipient.key),
-            tunnel_name=delivery.tunnel_name,
-            created_at=now,
-            expires_at=now + timedelta(minutes=self.config.claim_minutes),
-            sealed=await asyncio.to_thread(seal, token, delivery.config.reveal()),
+        token = await claims.hold(
+            runtime.store, session_id=delivery.session_id, user=str(recipient.key), tunnel_name=delivery.tunnel_name,
+            config=delivery.config.reveal(), now=runtime.service.clock(), lifetime=timedelta(minutes=self.config.claim_minutes),
         )
-        await runtime.store.add_claim(claim)
         link = f"{self.config.public_url}/claim/{token}"
         try:
             await self.api.direct_message(
@@ -291,11 +284,11 @@ class GroupMeChannel:
             return self._message(claim_page.EXPIRED, 404)
         if claim.state(now) is ClaimState.READY and not self._authorised(request, claim):
             return self._message(("Log in first", "Open the link again and log in with GroupMe."), 403)
-        used = await runtime.store.consume_claim(claim.token_hash, now)
-        if used is None:
+        taken = await claims.take(runtime.store, token, now)
+        if taken is None:
             state = (await self._find(token)).state(now)  # type: ignore[union-attr]
             return self._message(claim_page.USED if state is ClaimState.USED else claim_page.EXPIRED, 410)
-        config = await asyncio.to_thread(unseal, token, used.sealed)  # type: ignore[arg-type]
+        used, config = taken
         png = await asyncio.to_thread(qr_png, config)
         log.info("claim for session %s used by its owner", used.session_id)
         return self._respond(lambda nonce: claim_page.config_page(used.tunnel_name, config, png, nonce))

@@ -39,7 +39,7 @@ from botbuilder.schema import (
 )
 from botbuilder.schema.teams import FileConsentCard, FileConsentCardResponse, FileInfoCard
 
-from bot.claims import Claim, new_token, seal, token_hash, unseal
+from bot import claims
 from bot.messages import ConversationRef, Identity, Incoming, InvalidIdentity, UserKey
 from bot.outbox import ConfigDelivery, DeliveryError
 from cards.adaptive import render_adaptive
@@ -262,12 +262,10 @@ class TeamsChannel:
         activity = Activity(type=ActivityTypes.message, attachments=[Attachment(content_type=ADAPTIVE, content=render_adaptive(card, image_data_uri=qr_uri))])
         try:
             await self._send(target, activity)
-            token = new_token()
             data = delivery.config.reveal().encode()
-            now = self.runtime.service.clock()
-            await self.runtime.store.add_claim(
-                Claim(token_hash(token), delivery.session_id, str(recipient.key), delivery.tunnel_name, now,
-                      now + timedelta(minutes=self.config.consent_minutes), sealed=await asyncio.to_thread(seal, token, data.decode()))
+            token = await claims.hold(
+                self.runtime.store, session_id=delivery.session_id, user=str(recipient.key), tunnel_name=delivery.tunnel_name,
+                config=delivery.config.reveal(), now=self.runtime.service.clock(), lifetime=timedelta(minutes=self.config.consent_minutes),
             )
             consent = FileConsentCard(
                 description="Your WireGuard configuration (holds your private key: keep it to yourself).",
@@ -368,15 +366,15 @@ class TeamsChannel:
         context = response.context if isinstance(response.context, dict) else {}
         token = str(context.get("token") or "")
         runtime = self.runtime
-        claim = await runtime.store.consume_claim(token_hash(token), runtime.service.clock()) if token else None
+        taken = await claims.take(runtime.store, token, runtime.service.clock()) if token else None
         conv = _conversation(turn_context.activity)
-        if claim is None:
+        if taken is None:
             await self.send_text(conv, "That file is no longer available (already sent, declined, or its session ended).")
             return
         if not accepted:
             await self.send_text(conv, "No problem: the QR code above is all you need. The file was discarded.")
             return
-        data = (await asyncio.to_thread(unseal, token, claim.sealed)).encode()  # type: ignore[arg-type]
+        data = taken[1].encode()
         upload = response.upload_info
         headers = {"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}", "Content-Length": str(len(data))}
         assert runtime.http is not None
