@@ -76,3 +76,14 @@ def test_log_filter_masks_wireguard_secrets():
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "oops", (), sys.exc_info())
     RedactSecrets().filter(record)
     assert "sekrit" not in (record.exc_text or "")
+
+
+def test_retry_delay_honours_retry_after_and_grows_with_jitter():
+    from bot.backoff import retry_delay
+
+    for _ in range(200):
+        assert 0.25 <= retry_delay(0, 0.5) <= 0.5
+        assert 1.0 <= retry_delay(2, 0.5) <= 2.0
+        assert 1.5 <= retry_delay(0, 0.5, "3") <= 3.0
+        assert 0.25 <= retry_delay(0, 0.5, "Wed, 21 Oct 2026 07:28:00 GMT") <= 0.5
+    assert len({retry_delay(3, 1.0) for _ in range(20)}) > 1  # jittered, not lockstep

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from typing import Any
 
 import aiohttp
+
+from bot.backoff import retry_delay
 
 log = logging.getLogger(__name__)
 MAX_TEXT = 1000
@@ -116,6 +117,5 @@ class GroupMeApi:
                 if attempt + 1 == self._attempts:
                     raise GroupMeError(f"GroupMe {method} {path} failed: {type(exc).__name__}") from None
                 retry_after = ""
-            delay = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else self._backoff * 2**attempt
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            await asyncio.sleep(retry_delay(attempt, self._backoff, retry_after))
         raise GroupMeError(f"GroupMe {method} {path}: out of attempts")

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,6 +39,7 @@ from botbuilder.schema import (
 from botbuilder.schema.teams import FileConsentCard, FileConsentCardResponse, FileInfoCard
 
 from bot import claims
+from bot.backoff import retry_delay
 from bot.messages import ConversationRef, Identity, Incoming, InvalidIdentity, UserKey
 from bot.outbox import ConfigDelivery, DeliveryError
 from cards.adaptive import render_adaptive
@@ -213,9 +213,9 @@ class TeamsChannel:
                 if status not in RETRY_STATUSES or attempt + 1 == self.config.send_attempts:
                     raise
                 retry_after = exc.response.headers.get("Retry-After", "") if exc.response is not None else ""
-                delay = float(retry_after) if retry_after.isdigit() else self.config.backoff * 2**attempt
-                log.info("Teams: send got %d; retrying in ~%.1fs", status, delay)
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = retry_delay(attempt, self.config.backoff, retry_after)
+                log.info("Teams: send got %d; retrying in %.1fs", status, delay)
+                await asyncio.sleep(delay)
         return None
 
     async def send_text(self, conv: ConversationRef, text: str) -> None:
