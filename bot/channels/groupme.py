@@ -237,10 +237,14 @@ class GroupMeChannel:
         resp = web.Response(text=render(nonce), status=status, content_type="text/html", charset="utf-8")
         resp.headers.update(claim_page.SECURITY_HEADERS)
         resp.headers["Content-Security-Policy"] = claim_page.csp(nonce)
-        secure = urlsplit(self.config.public_url).scheme == "https"
         for name, value in (cookies or {}).items():
-            resp.set_cookie(name, value, max_age=self.config.claim_minutes * 60, path="/claim", httponly=True, secure=secure, samesite="Lax")
+            self._set_cookie(resp, name, value)
         return resp
+
+    def _set_cookie(self, resp: web.StreamResponse, name: str, value: str) -> None:
+        """Claim cookies: this path only, not for scripts, as short-lived as the link itself."""
+        secure = urlsplit(self.config.public_url).scheme == "https"
+        resp.set_cookie(name, value, max_age=self.config.claim_minutes * 60, path="/claim", httponly=True, secure=secure, samesite="Lax")
 
     def _message(self, which: tuple[str, str], status: int) -> web.Response:
         return self._respond(lambda nonce: claim_page.message_page(which[0], which[1], nonce), status)
@@ -310,9 +314,7 @@ class GroupMeChannel:
             log.warning("claim for session %s opened by another GroupMe user", claim.session_id)
             return self._message(claim_page.NOT_YOURS, 403)
         redirect = web.HTTPSeeOther(f"/claim/{token}")
-        secure = urlsplit(self.config.public_url).scheme == "https"
-        redirect.set_cookie(AUTH_COOKIE, self._auth_value(claim), max_age=self.config.claim_minutes * 60, path="/claim",
-                            httponly=True, secure=secure, samesite="Lax")
+        self._set_cookie(redirect, AUTH_COOKIE, self._auth_value(claim))
         redirect.headers.update(claim_page.SECURITY_HEADERS)
         raise redirect
 
