@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
-MAX_ACTIVITY_BYTES = 256 * 1024
 RETRY_STATUSES = {412, 429, 502, 504}
 ADAPTIVE = "application/vnd.microsoft.card.adaptive"
 FILE_CONSENT = "application/vnd.microsoft.teams.card.file.consent"
@@ -142,11 +141,9 @@ class TeamsChannel:
         """Invalid or oversized requests get 4xx before the SDK sees them; the SDK checks the token."""
         if "application/json" not in request.headers.get("Content-Type", ""):
             return web.Response(status=415, text="expected application/json")
-        if request.content_length is not None and request.content_length > MAX_ACTIVITY_BYTES:
-            return web.Response(status=413, text="too large")
-        body = await request.content.read(MAX_ACTIVITY_BYTES + 1)
-        if len(body) > MAX_ACTIVITY_BYTES:
-            return web.Response(status=413, text="too large")
+        # read() caches the body for the SDK's own request.json(), and the app's client_max_size
+        # (bot/web.py, 256 KiB) answers anything larger with 413.
+        body = await request.read()
         try:
             data = json.loads(body)
         except ValueError:
@@ -154,7 +151,6 @@ class TeamsChannel:
             return web.Response(status=400, text="malformed JSON")
         if not isinstance(data, dict) or not isinstance(data.get("type"), str) or not data.get("type"):
             return web.Response(status=400, text="not an activity")
-        request._read_bytes = body  # noqa: SLF001 - let the SDK's request.json() read what we already read
         assert self._adapter is not None
         try:
             return await self._adapter.process(request, self._handler)
