@@ -12,6 +12,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from tests.loopback import serve_on_loopback
+
 
 @dataclass
 class Call:
@@ -36,11 +38,8 @@ class FakeConnector:
     async def start(self) -> "FakeConnector":
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/teams-prefix/"  # noqa: SLF001
+        self._runner, base = await serve_on_loopback(app)
+        self.base_url = f"{base}/teams-prefix/"  # a path prefix the SDK must keep
         return self
 
     async def stop(self) -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tests.loopback import serve_on_loopback
+
 
 @dataclass
 class FakeGroupMe:
@@ -28,11 +30,8 @@ class FakeGroupMe:
         app.router.add_post("/v3/direct_messages", self._dm)
         app.router.add_get("/v3/users/me", self._me)
         app.router.add_get("/v3/groups/{group}/messages", self._group_messages)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v3"  # noqa: SLF001
+        self._runner, base = await serve_on_loopback(app)
+        self.base_url = f"{base}/v3"
         return self
 
     async def stop(self) -> None:
