@@ -17,6 +17,7 @@ from provisioner.wireguard import DEFAULT_ALLOWED_IPS, parse_allowed_ips
 
 T = TypeVar("T")
 PROVIDERS = ("dryrun", "host", "azure")
+STORES = ("sqlite", "azure-tables")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -51,6 +52,11 @@ class Settings:
     sweep_seconds: float = 10.0
     reconcile_seconds: float = 60.0
     provision_timeout_seconds: float = 600.0
+    store: str = "sqlite"
+    azure_storage_connection_string: str = ""  # a secret (account key): never logged
+    azure_tables_endpoint: str = ""
+    table_prefix: str = "vpn"
+    lease_seconds: float = 30.0
     log_level: str = "INFO"
     instance_name: str = "vpn-bot"
     public_url: str = ""
@@ -115,6 +121,11 @@ class Settings:
             sweep_seconds=r.number("VPN_SWEEP_SECONDS", 10.0, 0.2, 3600.0),
             reconcile_seconds=r.number("VPN_RECONCILE_SECONDS", 60.0, 1.0, 86400.0),
             provision_timeout_seconds=r.number("VPN_PROVISION_TIMEOUT_SECONDS", 600.0, 5.0, 86400.0),
+            store=r.choice("VPN_STORE", "sqlite", STORES),
+            azure_storage_connection_string=r.text("AZURE_STORAGE_CONNECTION_STRING", ""),
+            azure_tables_endpoint=r.parse("AZURE_TABLES_ENDPOINT", "", _public_url, "an https:// URL such as https://<account>.table.core.windows.net"),
+            table_prefix=r.parse("VPN_TABLE_PREFIX", "vpn", _table_prefix, "1-30 letters or digits, starting with a letter"),
+            lease_seconds=r.number("VPN_LEASE_SECONDS", 30.0, 3.0, 3600.0),
             log_level=r.choice("VPN_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             instance_name=r.parse("VPN_INSTANCE_NAME", "vpn-bot", _resource_name, "1-40 lowercase letters, digits or '-'"),
             public_url=r.parse("VPN_PUBLIC_URL", "", _public_url, "an https:// URL (http:// only for localhost)"),
@@ -149,6 +160,11 @@ class Settings:
             raise SettingsError(
                 f"VPN_MAX_SESSION_MINUTES ({s.max_session_minutes}) must be at least VPN_SESSION_MINUTES ({s.session_minutes})"
             )
+        if s.store == "azure-tables" and not (s.azure_storage_connection_string or s.azure_tables_endpoint):
+            raise SettingsError(
+                "VPN_STORE=azure-tables needs AZURE_STORAGE_CONNECTION_STRING (account keys or Azurite) or "
+                "AZURE_TABLES_ENDPOINT (https://<account>.table.core.windows.net, with a managed identity)"
+            )
         if s.provider == "host" and not s.wg_endpoint:
             raise SettingsError("WG_ENDPOINT is required with VPN_PROVIDER=host: the address clients dial, e.g. vpn.example.org:51820")
         if not s.teams_app_id and (s.teams_app_password or s.teams_tenant_id):
@@ -178,6 +194,13 @@ class Settings:
             if bool(s.azure_ssh_public_key) != bool(s.azure_ssh_source):
                 raise SettingsError("AZURE_SSH_PUBLIC_KEY and AZURE_SSH_SOURCE go together: SSH is opened only to that source")
         return s
+
+
+def _table_prefix(text: str) -> str:
+    # Table names are 3-63 letters or digits starting with a letter; the longest suffix is 10 characters.
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,29}", text):
+        raise ValueError(text)
+    return text
 
 
 def _app_type(text: str) -> str:

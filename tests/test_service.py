@@ -3,8 +3,10 @@
 Time is a fake clock; sweeps are called by hand, so expiry, warnings and recovery are deterministic.
 """
 import asyncio
+import dataclasses
 import json
 import sqlite3
+from datetime import timedelta
 
 
 from bot.sessions.model import SessionState
@@ -249,12 +251,11 @@ async def test_reconcile_removes_resources_no_session_owns(make_runtime):
         assert set(json.loads(state_file.read_text())) == {s.id for s in await rt.store.sessions([SessionState.READY])}
 
 
-def leave_mid_provisioning(tmp_path, attempts: int) -> None:
-    """What a process killed mid-provisioning leaves behind: its session, owned by a worker that is gone."""
-    db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
-    db.execute("UPDATE sessions SET state='provisioning', worker_id='gone:1:x', attempts=?", (attempts,))
-    db.commit()
-    db.close()
+async def leave_mid_provisioning(rt, clock, attempts: int) -> None:
+    """What a process killed mid-provisioning leaves behind: its session, leased to a worker that is gone."""
+    (s,) = await rt.store.sessions(list(SessionState))
+    lease = clock.now + timedelta(seconds=rt.settings.lease_seconds)
+    await rt.store.save(dataclasses.replace(s, state=SessionState.PROVISIONING, lease_owner="gone:1:x", lease_expires_at=lease, attempts=attempts))
 
 
 async def test_interrupted_provisioning_is_resumed_once_then_failed(make_runtime, channel, clock, tmp_path):
@@ -262,10 +263,15 @@ async def test_interrupted_provisioning_is_resumed_once_then_failed(make_runtime
         await rt.dispatcher.handle(incoming("/vpn start"))
         await settle(rt)
         (s,) = await rt.store.sessions([SessionState.READY])
-    # Pretend a dead process left a session mid-provisioning with a server already created.
-    leave_mid_provisioning(tmp_path, attempts=1)
+        # Pretend a dead process left a session mid-provisioning with a server already created.
+        await leave_mid_provisioning(rt, clock, attempts=1)
     channel.sent.clear()
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
+        await rt.service.sweep()
+        await settle(rt)
+        assert await states(rt) == [SessionState.PROVISIONING]  # its lease has not expired: hands off
+        assert channel.sent == []
+        clock.advance(seconds=rt.settings.lease_seconds)
         await rt.service.sweep()
         await settle(rt)
         assert await states(rt) == [SessionState.READY]
@@ -273,8 +279,9 @@ async def test_interrupted_provisioning_is_resumed_once_then_failed(make_runtime
         assert len([x for x in channel.sent if x.kind == "config"]) == 1
         servers = json.loads((rt.settings.data_dir / "dryrun-servers.json").read_text())
         assert list(servers) == [s.id]
-    leave_mid_provisioning(tmp_path, attempts=2)
+        await leave_mid_provisioning(rt, clock, attempts=2)
     channel.sent.clear()
+    clock.advance(seconds=rt.settings.lease_seconds)
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
         await rt.service.sweep()
         await settle(rt)
