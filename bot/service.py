@@ -13,7 +13,7 @@ import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from bot.messages import ConversationRef, Identity, UserKey
 from bot.outbox import ConfigDelivery, DeliveryError, Outbox
@@ -44,6 +44,21 @@ from provisioner.wireguard import (
 log = logging.getLogger(__name__)
 TEARDOWN_ATTEMPTS = 3
 CAS_ATTEMPTS = 100  # re-read and re-decide this often before giving up on a contended session
+SWEEP_CONCURRENCY = 16  # sessions a sweep works on at once (a remote store's latency adds up otherwise)
+
+
+async def _bounded(work: Sequence[Awaitable], limit: int) -> None:
+    """Await all of `work`, at most `limit` at once; one failure is logged and does not stop the rest."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(aw: Awaitable) -> None:
+        async with gate:
+            try:
+                await aw
+            except Exception:
+                log.exception("sweep: one session's work failed; the next sweep tries again")
+
+    await asyncio.gather(*(one(aw) for aw in work))
 
 
 @dataclass(frozen=True)
@@ -601,22 +616,24 @@ class VpnService:
         await self.store.purge_claims(now)
         next_due: datetime | None = None
         warn = timedelta(minutes=self.policy.warn_minutes)
+        due: list[Awaitable] = []  # per-session work, run a few at once (each is a store round trip or more)
         for s in await self.store.sessions([SessionState.READY]):
             if now >= s.expires_at:
-                await self._begin_teardown(s.id, "time is up")
+                due.append(self._begin_teardown(s.id, "time is up"))
                 continue
             if self.policy.warn_minutes and not s.warned and s.minutes > self.policy.warn_minutes:
                 warn_at = s.expires_at - warn
                 if now >= warn_at:
-                    await self._warn(s.id, now)
+                    due.append(self._warn(s.id, now))
                 else:
                     next_due = min(filter(None, (next_due, warn_at)))
             next_due = min(filter(None, (next_due, s.expires_at)))
         for s in await self.store.sessions([SessionState.EXPIRING]):
             if self.runner.get(f"teardown:{s.id}") is None and not s.leased_by_other(self.worker.id, now):
-                await self._begin_teardown(s.id, s.end_reason or "ended")
+                due.append(self._begin_teardown(s.id, s.end_reason or "ended"))
             elif s.lease_expires_at is not None:
                 next_due = min(filter(None, (next_due, s.lease_expires_at)))
+        await _bounded(due, SWEEP_CONCURRENCY)
         next_due = min(filter(None, (next_due, await self._recover_orphans(now, resume=resume))), default=None)
         return next_due
 

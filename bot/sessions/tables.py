@@ -43,6 +43,7 @@ HOUSEKEEPING_EVERY = timedelta(minutes=10)  # purge of old message ids and worke
 # before the session is written); only after this long is it taken for a crash's leftover.
 SLOT_GRACE = timedelta(seconds=60)
 SLOT_ROUNDS = 50
+BLIND_TRIES = 3
 TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses")
 _SESSION_ROW = "s"
 
@@ -141,6 +142,19 @@ class TableStore:
     async def _take_slot(self, partition: str, limit: int, session_id: str, now: datetime) -> str | None:
         """Insert-if-absent one of `limit` numbered slots; None when all are held by live sessions."""
         slots = self._table("slots")
+
+        async def insert(row: str) -> bool:
+            try:
+                await slots.create_entity({"PartitionKey": partition, "RowKey": row, "session_id": session_id, "at": now.isoformat()})
+                return True
+            except ResourceExistsError:
+                return False
+
+        # Usually a random slot is free: try a few blindly before listing the partition (which grows
+        # with the number of live sessions).
+        for n in random.sample(range(limit), min(BLIND_TRIES, limit)):
+            if await insert(f"{n:05d}"):
+                return f"{n:05d}"
         for _ in range(SLOT_ROUNDS):
             taken = {e["RowKey"]: e async for e in self._query("slots", "PartitionKey eq @p", {"p": partition})}
             if len(taken) >= limit:
@@ -149,11 +163,9 @@ class TableStore:
                 continue
             free = [f"{n:05d}" for n in range(limit) if f"{n:05d}" not in taken]
             row = random.choice(free)  # spread concurrent creators over the free slots
-            try:
-                await slots.create_entity({"PartitionKey": partition, "RowKey": row, "session_id": session_id, "at": now.isoformat()})
+            if await insert(row):
                 return row
-            except ResourceExistsError:
-                continue  # another creator won this slot: look again
+            # another creator won this slot: look again
         log.warning("slots %s: gave up after %d contended rounds", partition, SLOT_ROUNDS)
         return None
 
