@@ -220,6 +220,9 @@ async def test_cors_only_for_configured_origins(stack):
         assert status == 403 and not any(h.startswith("Access-Control-") for h in headers)
         status, headers, _ = await alice.call("GET", "/api/sessions", headers={"Origin": evil})
         assert status == 200 and not any(h.startswith("Access-Control-") for h in headers)
+    # Other channels' routes are not ours to answer for.
+    status, headers, _ = await alice.call("OPTIONS", "/api/messages", headers=preflight)
+    assert status in (404, 405) and not any(h.startswith("Access-Control-") for h in headers)
     # No wildcard: the setting refuses one.
     from bot.settings import Settings, SettingsError
 
@@ -266,3 +269,19 @@ async def test_the_web_channel_is_off_without_a_sign_in_method(tmp_path):
         Settings.from_env({"VPN_ENTRA_TENANT_ID": "11111111-2222-3333-4444-555555555555", "VPN_ENTRA_API_AUDIENCE": "x"})
     with pytest.raises(SettingsError, match="at least 32"):
         Settings.from_env({"VPN_LOCAL_AUTH_SECRET": "short"})
+
+
+@pytest.mark.parametrize(
+    "chat, page",
+    [
+        ("Session 9a ends at 23:12 UTC; /vpn stop ends it sooner.", "Session 9a ends at 23:12 UTC."),
+        ("Your VPN session 9a has ended (stopped by you). Use /vpn start for a new one.", "Your VPN session 9a has ended (stopped by you)."),
+        ("Sorry: boom. Nothing was left running. You can try /vpn start again.", "Sorry: boom. Nothing was left running."),
+        ("Your VPN session 1 ends in 5 min. Type /vpn extend 30 to keep it longer.", "Your VPN session 1 ends in 5 min."),
+        ("Peer settings (session 1):\n[Peer]\nPublicKey = abc=", "Peer settings (session 1):\n[Peer]\nPublicKey = abc="),
+    ],
+)
+def test_chat_hints_become_page_text(chat, page):
+    from bot.channels.web import for_the_page
+
+    assert for_the_page(chat) == page

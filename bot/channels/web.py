@@ -52,7 +52,7 @@ MAX_TOKEN = 8192
 MAX_JSON = 16 * 1024
 NOTES_KEPT = 12
 SESSION_ID = r"[0-9a-f]{10}"
-API_PATHS = ("/api/login", "/api/me", "/api/sessions", "/api/openapi.json")
+API_PATHS = frozenset({"/api/login", "/api/me", "/api/sessions", "/api/openapi.json"})  # and /api/sessions/…
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 COMMON_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -148,6 +148,7 @@ class WebChannel:
             notes = json.loads(await store.get_progress(f"{key}:notes") or "[]")
         except ValueError:
             notes = []
+        text = for_the_page(text)
         notes = [*notes, text[:2000]][-NOTES_KEPT:]
         await store.set_progress(f"{key}:notes", json.dumps(notes), now)
         await store.set_progress(key, text.split("\n", 1)[0], now)
@@ -189,7 +190,7 @@ class WebChannel:
     @web.middleware
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
         path = request.path
-        ours = path.startswith(API_PATHS)
+        ours = path in API_PATHS or path.startswith("/api/sessions/")  # not /api/messages or /api/groupme/…
         origin = request.headers.get("Origin")
         allowed = bool(origin) and ours and origin.lower() in self.config.cors_origins
         if ours and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
@@ -346,7 +347,7 @@ class WebChannel:
         try:
             s = await service.start(who, conv, region=region, minutes=minutes, public_key=public_key)
         except Refused as exc:
-            return _json_error(409, str(exc))
+            return _json_error(409, for_the_page(str(exc)))
         location = f"/api/sessions/{s.id}"
         return web.json_response(await self._view(s, who, admin=False), status=202, headers={"Location": location})
 
@@ -391,7 +392,7 @@ class WebChannel:
         try:
             s = await self.runtime.service.extend(UserKey.parse(s.owner), minutes, session_id=s.id)
         except Refused as exc:
-            return _json_error(409, str(exc))
+            return _json_error(409, for_the_page(str(exc)))
         return web.json_response(await self._view(s, who, admin=role is Role.ADMIN))
 
     async def _config(self, request: web.Request, who: Identity, role: Role) -> web.Response:
@@ -483,6 +484,15 @@ async def _json_body(request: web.Request, *, optional: bool = False) -> dict | 
     if not isinstance(body, dict):
         return _json_error(400, "Send a JSON object.")
     return body
+
+
+_CHAT_CLAUSE = re.compile(r";\s*/vpn [^.;]*")  # "…at 23:12 UTC; /vpn stop ends it sooner."
+_CHAT_SENTENCE = re.compile(r"\s*\b(?:Use|Type|You can try|Meanwhile:)\s+/vpn [^.]*\.?", re.IGNORECASE)
+
+
+def for_the_page(text: str) -> str:
+    """The service speaks chat ("/vpn stop ends it sooner"); the page has buttons for that instead."""
+    return _CHAT_SENTENCE.sub("", _CHAT_CLAUSE.sub("", text)).strip()
 
 
 def _unverified_alg(token: str) -> str:
