@@ -160,6 +160,9 @@ async def test_microsoft_sign_in_start_scan_stop_and_the_admin_list(tmp_path):
                 await page.wait_for_selector("#admin-rows tr")
                 assert "erin@contoso.example" in await page.text_content("#admin-rows")
                 await page.screenshot(path=str(ARTIFACTS / "web-page-entra-phone.png"), full_page=True)
+                await page.fill("#extend-minutes", "15")
+                await page.click("#extend")
+                await page.wait_for_function("() => parseInt(document.getElementById('s-left').textContent) >= 44")
                 await page.click("#stop")
                 await page.wait_for_function("() => document.getElementById('s-state').textContent === 'deleted'", timeout=30000)
                 assert entra.fetches["token"] == 1
