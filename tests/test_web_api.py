@@ -285,3 +285,18 @@ def test_chat_hints_become_page_text(chat, page):
     from bot.channels.web import for_the_page
 
     assert for_the_page(chat) == page
+
+
+async def test_notes_keep_the_latest_within_what_the_store_holds(stack):
+    from bot.messages import ConversationRef
+
+    app = await stack()
+    web = next(ch for ch in app.channels if ch.name == "web")
+    conv = ConversationRef("web", {"request": "r1", "user": "local:x@example.org"})
+    for i in range(30):
+        await web.send_text(conv, f"notice {i} " + "y" * 1990)
+    import json
+
+    notes = json.loads(await app.runtime.store.get_progress("web:r1:notes"))
+    assert notes[-1].startswith("notice 29") and 1 <= len(notes) <= 12
+    assert await app.runtime.store.get_progress("web:r1") == notes[-1][:2000]

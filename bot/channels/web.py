@@ -51,6 +51,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "web"
 MAX_TOKEN = 8192
 MAX_JSON = 16 * 1024
 NOTES_KEPT = 12
+NOTE_LIMIT = 2000
+NOTES_BYTES = 15_000
 SESSION_ID = r"[0-9a-f]{10}"
 API_PATHS = frozenset({"/api/login", "/api/me", "/api/sessions", "/api/openapi.json"})  # and /api/sessions/…
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -149,7 +151,9 @@ class WebChannel:
         except ValueError:
             notes = []
         text = for_the_page(text)
-        notes = [*notes, text[:2000]][-NOTES_KEPT:]
+        notes = [*notes, text[:NOTE_LIMIT]][-NOTES_KEPT:]
+        while len(json.dumps(notes)) > NOTES_BYTES:  # what the store keeps (16k); oldest first out
+            notes.pop(0)
         await store.set_progress(f"{key}:notes", json.dumps(notes), now)
         await store.set_progress(key, text.split("\n", 1)[0], now)
 

@@ -23,7 +23,7 @@ MESSAGE_ID_TTL = timedelta(days=2)
 WORKER_TTL = timedelta(days=1)  # long dead processes; their sessions were recovered long ago
 AUDIT_TEXT_LIMIT = 200
 PROGRESS_TTL = timedelta(days=2)
-PROGRESS_TEXT_LIMIT = 500
+PROGRESS_TEXT_LIMIT = 16_000  # a Table Storage string holds 32k characters
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
