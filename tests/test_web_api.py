@@ -233,10 +233,14 @@ async def test_cors_only_for_configured_origins(stack):
 class _Scripts(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.scripts, self.inline_handlers = [], []
+        self.scripts, self.inline_handlers, self.fields, self.labels = [], [], [], []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        if tag in ("input", "select", "textarea"):
+            self.fields.append(attrs.get("id"))
+        if tag == "label":
+            self.labels.append(attrs.get("for"))
         if tag == "script":
             self.scripts.append(attrs.get("src"))
         self.inline_handlers += [k for k in attrs if k.startswith("on")]
@@ -253,6 +257,8 @@ async def test_the_page_is_static_with_a_strict_csp(stack):
     parser = _Scripts()
     parser.feed(body.decode())
     assert parser.scripts == ["/app.js"] and parser.inline_handlers == []
+    assert parser.fields and sorted(parser.fields) == sorted(parser.labels)  # every field has its label
+    assert '<html lang="en">' in body.decode() and 'name="viewport"' in body.decode()
     assert (await anon.call("GET", "/app.js"))[0] == 200 and (await anon.call("GET", "/style.css"))[0] == 200
     status, headers, doc = await anon.json("GET", "/api/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.1")
