@@ -31,7 +31,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 from bot.claims import Claim
 from bot.sessions.codec import decode, encode
 from bot.sessions.model import TERMINAL_STATES, Conflict, Session, SessionState, utcnow
-from bot.sessions.store import AuditEntry, CreateOutcome, Worker
+from bot.sessions.store import AuditEntry, CreateOutcome, LocalUser, Worker
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ HOUSEKEEPING_EVERY = timedelta(minutes=10)  # purge of old message ids and worke
 SLOT_GRACE = timedelta(seconds=60)
 SLOT_ROUNDS = 50
 BLIND_TRIES = 3
-TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses")
+TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress")
+PROGRESS_TTL = timedelta(days=2)
+PROGRESS_TEXT_LIMIT = 16_000  # a string property holds 32k characters
 _SESSION_ROW = "s"
 
 
@@ -80,6 +82,7 @@ class TableStore:
         self._prefix = prefix
         self._t: dict[str, TableClient] = {}
         self._housekept_at: datetime | None = None
+        self._progress_purged_at: datetime | None = None
 
     @classmethod
     def from_connection_string(cls, conn_str: str, *, prefix: str = "vpn") -> "TableStore":
@@ -418,3 +421,97 @@ class TableStore:
                 )
             except ResourceModifiedError:
                 pass
+
+    # ----- web channel: local accounts, attempt counters, progress text ------------------------------
+
+    async def put_user(self, user: LocalUser) -> None:
+        users = self._table("users")
+        entity = {"PartitionKey": "user", "RowKey": _key(user.email), "email": user.email, "password_hash": user.password_hash,
+                  "created_at": user.created_at.isoformat()}
+        try:
+            await users.create_entity(entity)
+        except ResourceExistsError:  # a new password keeps the account (and its creation time)
+            await users.update_entity({"PartitionKey": "user", "RowKey": _key(user.email), "password_hash": user.password_hash}, mode=UpdateMode.MERGE)
+
+    @staticmethod
+    def _user(e: Any) -> LocalUser:
+        return LocalUser(e["email"], e["password_hash"], datetime.fromisoformat(e["created_at"]))
+
+    async def get_user(self, email: str) -> LocalUser | None:
+        try:
+            return self._user(await self._table("users").get_entity("user", _key(email)))
+        except ResourceNotFoundError:
+            return None
+
+    async def delete_user(self, email: str) -> bool:
+        users = self._table("users")
+        try:
+            e = await users.get_entity("user", _key(email))
+            await users.delete_entity("user", _key(email), etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+            return True
+        except ResourceNotFoundError:
+            return False
+        except ResourceModifiedError:  # changed meanwhile (a new password): delete it as it is now
+            await users.delete_entity("user", _key(email))
+            return True
+
+    async def list_users(self) -> list[LocalUser]:
+        found = [self._user(e) async for e in self._query("users", "PartitionKey eq @p", {"p": "user"})]
+        return sorted(found, key=lambda u: u.email)
+
+    async def count_attempt(self, key: str, now: datetime, window: timedelta) -> int:
+        """Add one to the key's counter for the window holding `now`: insert-if-absent, else an ETag update."""
+        table, rk, start = self._table("attempts"), _key(key), _window_start(now, window)
+        for _ in range(200):
+            try:
+                e = await table.get_entity("attempt", rk)
+            except ResourceNotFoundError:
+                try:
+                    await table.create_entity({"PartitionKey": "attempt", "RowKey": rk, "window_start": start, "count": 1})
+                    return 1
+                except ResourceExistsError:
+                    continue
+            count = int(e["count"]) + 1 if e["window_start"] == start else 1
+            try:
+                await table.update_entity(
+                    {"PartitionKey": "attempt", "RowKey": rk, "window_start": start, "count": count},
+                    mode=UpdateMode.REPLACE, etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified,
+                )
+                return count
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+        raise Conflict(f"attempt counter {key}: too many concurrent updates")
+
+    async def attempts(self, key: str, now: datetime, window: timedelta) -> int:
+        try:
+            e = await self._table("attempts").get_entity("attempt", _key(key))
+        except ResourceNotFoundError:
+            return 0
+        return int(e["count"]) if e["window_start"] == _window_start(now, window) else 0
+
+    async def clear_attempts(self, key: str) -> None:
+        await self._table("attempts").delete_entity("attempt", _key(key))
+
+    async def set_progress(self, key: str, text: str, now: datetime) -> None:
+        await self._table("progress").upsert_entity(
+            {"PartitionKey": "progress", "RowKey": _key(key), "text": text[:PROGRESS_TEXT_LIMIT], "updated_at": now.isoformat()},
+            mode=UpdateMode.REPLACE,
+        )
+        if self._progress_purged_at is None or now - self._progress_purged_at >= HOUSEKEEPING_EVERY:
+            self._progress_purged_at = now
+            cutoff = (now - PROGRESS_TTL).isoformat()
+            async for e in self._query("progress", "updated_at lt @t", {"t": cutoff}, select=["PartitionKey", "RowKey"]):
+                await self._table("progress").delete_entity(e["PartitionKey"], e["RowKey"])
+
+    async def get_progress(self, key: str) -> str:
+        try:
+            return (await self._table("progress").get_entity("progress", _key(key)))["text"]
+        except ResourceNotFoundError:
+            return ""
+
+
+def _window_start(now: datetime, window: timedelta) -> str:
+    """The start of the fixed window that holds `now`, the same on every replica."""
+    seconds = int(window.total_seconds())
+    epoch = int(now.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % seconds, tz=now.tzinfo).isoformat()
