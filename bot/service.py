@@ -306,11 +306,10 @@ class VpnService:
 
     @asynccontextmanager
     async def _holding(self, session_id: str, states: Sequence[SessionState]) -> AsyncIterator[_Holding]:
-        """Renew our lease every third of its length while the body works; if the session is taken
-        over or ends meanwhile, cancel the body and say so in `.lost`."""
+        """Renew our lease every third of its length while the body works. A lost lease is only
+        noted: the body finds out at its next write (each is a compare-and-set that checks the
+        lease), never by a cancel that could land after its last write had already succeeded."""
         holding = _Holding()
-        worker = asyncio.current_task()
-        assert worker is not None
 
         async def renew() -> None:
             while True:
@@ -318,9 +317,7 @@ class VpnService:
                 try:
                     await self._owned(session_id, states, lambda s: s)
                 except LeaseLost as lost:
-                    log.warning("session %s: lease lost (%s); stopping work on it", session_id, lost)
                     holding.lost = lost.session
-                    worker.cancel()
                     return
                 except Exception:
                     # A store hiccup: the lease outlives two more tries (renewal is at a third of it).
@@ -387,13 +384,7 @@ class VpnService:
         handle: str | None = None
         try:
             async with self._holding(s.id, IN_FLIGHT_STATES) as holding:
-                try:
-                    await self._provision_owned(s, previous, conv, holding)
-                except asyncio.CancelledError:
-                    if holding.lost is None:
-                        raise
-                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                    raise LeaseLost(holding.lost) from None
+                await self._provision_owned(s, previous, conv, holding)
         except LeaseLost as lost:
             await self._after_lease_lost(s, lost.session)
         except asyncio.CancelledError:
@@ -442,6 +433,8 @@ class VpnService:
             self._handles[s.id] = handle
 
         spec = ServerSpec(s.id, s.owner, s.region, s.expires_at, public, psk, reserve_address=self._address_reserver(s.id))
+        if holding.lost is not None:
+            raise LeaseLost(holding.lost)  # stopped or taken over while we made keys: create nothing
         info = await asyncio.wait_for(self.provider.create(spec, step), self.policy.provision_timeout)
         # Recorded (and the lease renewed) right before delivery: a config goes out only while we own it.
         s = await self._owned(
@@ -486,6 +479,8 @@ class VpnService:
         if not info.ready:
             # Cloud VMs: the config is complete once the address is known; the server boots meanwhile.
             await self.outbox.text(conv, f"{where} The server is still booting: the tunnel comes up within about a minute, and I will tell you when it is up.")
+            if holding.lost is not None:
+                raise LeaseLost(holding.lost)
             await asyncio.wait_for(self.provider.wait_ready(spec, step), self.policy.provision_timeout)
         ready_at = self.clock()
         expires_at = ready_at + timedelta(minutes=s.minutes)
@@ -572,24 +567,18 @@ class VpnService:
         if s is None or s.state is not SessionState.EXPIRING or s.lease_owner != self.worker.id:
             return
         try:
-            async with self._holding(s.id, (SessionState.EXPIRING,)) as holding:
-                try:
-                    for attempt in range(TEARDOWN_ATTEMPTS):
-                        try:
-                            await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
-                            break
-                        except Exception:
-                            log.exception("session %s: teardown attempt %d failed", s.id, attempt + 1)
-                            if attempt + 1 == TEARDOWN_ATTEMPTS:
-                                raise  # still `expiring`: the sweeper tries again on its next pass
-                            await asyncio.sleep(2**attempt)
-                    now = self.clock()
-                    s = await self._owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **self._unleased()))
-                except asyncio.CancelledError:
-                    if holding.lost is None:
-                        raise
-                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                    raise LeaseLost(holding.lost) from None
+            async with self._holding(s.id, (SessionState.EXPIRING,)):
+                for attempt in range(TEARDOWN_ATTEMPTS):
+                    try:
+                        await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
+                        break
+                    except Exception:
+                        log.exception("session %s: teardown attempt %d failed", s.id, attempt + 1)
+                        if attempt + 1 == TEARDOWN_ATTEMPTS:
+                            raise  # still `expiring`: the sweeper tries again on its next pass
+                        await asyncio.sleep(2**attempt)
+                now = self.clock()
+                s = await self._owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **self._unleased()))
         except LeaseLost as lost:
             log.info("session %s: teardown handed over (%s)", session_id, lost)
             return

@@ -209,6 +209,13 @@ async def run(spec: dict) -> dict:
                 while ended_notices() != Counter({1: n}) and time.monotonic() < deadline:
                     await asyncio.sleep(0.3)
                 report["ended_notices_per_user"] = dict(ended_notices())
+                texts = conversation_texts(connector)
+                for i in range(n):
+                    got = texts.get(f"a:1personal-{i}", [])
+                    if not any("has ended (stopped by you)" in t for t in got):
+                        mine = [x for x in ended if x.owner == f"teams:{aad(i)}"]
+                        report.setdefault("missing_notice", []).append(
+                            {"user": i, "sessions": [(x.id, x.state.value, x.end_reason) for x in mine], "texts": [t[:300] for t in got[-4:]]})
             else:  # zero
                 statuses = await asyncio.gather(*(post(replicas[i % 2], i, "/vpn start", 1) for i in range(n)))
                 report["start_http"] = dict(Counter(statuses))
