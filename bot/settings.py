@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
@@ -53,7 +53,7 @@ class Settings:
     reconcile_seconds: float = 60.0
     provision_timeout_seconds: float = 600.0
     store: str = "sqlite"
-    azure_storage_connection_string: str = ""  # a secret (account key): never logged
+    azure_storage_connection_string: str = field(default="", repr=False)  # a secret (account key): never logged
     azure_tables_endpoint: str = ""
     table_prefix: str = "vpn"
     lease_seconds: float = 30.0
