@@ -176,7 +176,9 @@ class VpnService:
         lock = self._user_locks.get(owner)
         if lock is None:
             lock = self._user_locks[owner] = asyncio.Lock()
-        async with lock:  # two quick `/vpn start` from one person cannot make two servers
+        # Two quick `/vpn start` from one person in this process queue here; across processes the
+        # store's atomic caps decide (this lock only saves a doomed create).
+        async with lock:
             now = self.clock()
             session = Session(
                 id=new_session_id(),

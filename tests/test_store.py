@@ -255,3 +255,16 @@ def test_store_settings_are_validated_and_select_the_back_end(tmp_path):
     store = make_store(settings, credential=Credential())
     assert isinstance(store, TableStore) and store._credential is None  # injected: not ours to close
     assert repr(Settings.from_env({**base, "AZURE_STORAGE_CONNECTION_STRING": "AccountKey=sekrit"})).count("sekrit") == 0
+
+
+async def test_table_storage_forgets_long_ended_sessions(spec, stores):
+    if spec["store"] != "azure-tables":
+        pytest.skip("SQLite keeps its history: a local file has no per-listing cost")
+    a, _ = stores
+    for sid, ended in (("old", T0 - timedelta(days=8)), ("recent", T0 - timedelta(days=1))):
+        await a.create_session(new_session(session_id=sid), per_user=5, total=10)
+        s = await a.get(sid)
+        await a.save(s.moved(SessionState.FAILED, ended, ended_at=ended))
+    await a.create_session(new_session(session_id="live"), per_user=5, total=10)
+    await a.purge_claims(T0)  # the sweep's housekeeping
+    assert await a.get("old") is None and await a.get("recent") is not None and await a.get("live") is not None

@@ -39,6 +39,9 @@ MESSAGE_ID_TTL = timedelta(days=2)
 WORKER_TTL = timedelta(days=1)
 AUDIT_TEXT_LIMIT = 200
 HOUSEKEEPING_EVERY = timedelta(minutes=10)  # purge of old message ids and workers, per process
+# Ended sessions are kept this long (the audit log keeps the history): every listing filters the
+# whole sessions table on the server, so the table should hold what is live plus a little past.
+ENDED_RETENTION = timedelta(days=7)
 # A slot whose session is not in the store yet may belong to a create in progress (slots are taken
 # before the session is written); only after this long is it taken for a crash's leftover.
 SLOT_GRACE = timedelta(seconds=60)
@@ -309,6 +312,10 @@ class TableStore:
         cutoff = (now - WORKER_TTL).isoformat()
         async for e in self._query("workers", "heartbeat_at lt @t", {"t": cutoff}, select=["PartitionKey", "RowKey"]):
             await self._table("workers").delete_entity(e["PartitionKey"], e["RowKey"])
+        cutoff = (now - ENDED_RETENTION).isoformat()
+        query = "( state eq @deleted or state eq @failed ) and ended_at lt @t"
+        async for e in self._query("sessions", query, {"deleted": "deleted", "failed": "failed", "t": cutoff}, select=["PartitionKey", "RowKey"]):
+            await self._table("sessions").delete_entity(e["PartitionKey"], e["RowKey"])
 
     # ----- claim links (sealed configs; see bot/claims.py) -----------------------------------------
 
