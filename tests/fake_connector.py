@@ -29,6 +29,7 @@ class Call:
     body: dict | None
     headers: dict
     at: float = field(default_factory=time.time)
+    answered_id: str = ""  # the activity id the connector gave a POST
 
 
 @dataclass
@@ -105,7 +106,7 @@ class FakeConnector:
         for i, (method, fragment, status, payload) in enumerate(self.faults):
             if method == request.method and fragment in path:
                 del self.faults[i]
-                return web.json_response(payload, status=status)
+                return web.json_response(payload, status=status, headers={"Retry-After": "0"} if status == 429 else None)
         if not path.startswith("/teams-prefix/v3/"):
             return web.json_response({"error": {"code": "NotFound"}}, status=404)
         rest = path[len("/teams-prefix/v3/"):]
@@ -129,7 +130,10 @@ class FakeConnector:
                 return web.json_response({"error": {"code": "NotFound", "message": "member"}}, status=404)
             return web.json_response(found)
         if "/activities" in rest and request.method in ("POST", "PUT"):
-            return web.json_response({"id": f"1:act-{next(self._ids)}"}, status=200 if request.method == "PUT" else 201)
+            new_id = f"1:act-{next(self._ids)}"
+            if request.method == "POST":
+                self.calls[-1].answered_id = new_id
+            return web.json_response({"id": new_id}, status=200 if request.method == "PUT" else 201)
         if "/activities/" in rest and request.method == "DELETE":
             return web.Response(status=200)
         return web.json_response({"error": {"code": "NotImplemented"}}, status=404)

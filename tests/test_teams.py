@@ -23,6 +23,12 @@ ALICE_AAD = "00000000-0000-0000-0000-00000000a11c"
 BOB_AAD = "00000000-0000-0000-0000-000000000b0b"
 ROOT_AAD = "00000000-0000-0000-0000-0000000000ff"
 _ids = iter(range(10_000, 99_999))
+# The fake OneDrive upload URL is http on 127.0.0.1: dev mode accepts that host when it is listed.
+LOCAL_UPLOADS = ("*.sharepoint.com", "127.0.0.1")
+
+
+def dev_config(**kw) -> TeamsConfig:
+    return TeamsConfig(**{"dev_mode": True, "backoff": 0.01, "upload_hosts": LOCAL_UPLOADS, **kw})
 
 
 def activity(fixture: str, **values) -> dict:
@@ -67,7 +73,7 @@ async def make_teams(make_runtime):
             "29:1alice-teams-user-id": {"id": "29:1alice-teams-user-id", "name": "Alice", "aadObjectId": ALICE_AAD,
                                         "email": "alice@contoso.com", "userPrincipalName": "alice@contoso.com", "tenantId": TENANT},
         }).start()
-        channel = TeamsChannel(config or TeamsConfig(dev_mode=True, backoff=0.01))
+        channel = TeamsChannel(config or dev_config())
         app = create_app(lambda: make_runtime(users=users, admins=admins, VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env), [channel.routes])
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
@@ -358,7 +364,8 @@ def test_refuses_to_start_with_half_configured_credentials(tmp_path):
         ({"MicrosoftAppPassword": "x"}, "MicrosoftAppId is missing"),
         ({"MicrosoftAppId": "11111111-2222-3333-4444-555555555555", "MicrosoftAppPassword": "x"}, "MicrosoftAppTenantId is required"),
         ({"MicrosoftAppId": "11111111-2222-3333-4444-555555555555", "MicrosoftAppTenantId": TENANT}, "MicrosoftAppPassword is required"),
-        ({"MicrosoftAppType": "MultiTenant"}, "MicrosoftAppType='MultiTenant' is not valid"),
+        ({"MicrosoftAppType": "Nonsense"}, "MicrosoftAppType='Nonsense' is not valid"),
+        ({"MicrosoftAppId": "11111111-2222-3333-4444-555555555555", "MicrosoftAppType": "MultiTenant"}, "MicrosoftAppPassword is required with MicrosoftAppType=MultiTenant"),
     ]:
         result = subprocess.run([sys.executable, APP, "serve"], env=app_env(tmp_path / "data", PORT="1", **extra), capture_output=True, text=True, timeout=30)
         assert result.returncode == 2 and expect in result.stderr, result.stderr
@@ -410,7 +417,7 @@ async def test_file_consent_survives_a_restart(make_runtime):
     try:
         servers = []
         for _ in range(2):
-            channel = TeamsChannel(TeamsConfig(dev_mode=True, backoff=0.01))
+            channel = TeamsChannel(dev_config())
             app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel]), [channel.routes])
             server = TestServer(app, host="127.0.0.1")
             await server.start_server()
