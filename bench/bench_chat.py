@@ -254,16 +254,17 @@ async def main(args: argparse.Namespace) -> None:
             print(f"round {round_no + 1}", flush=True)
             order = ["echo", "project"] if round_no % 2 == 0 else ["project", "echo"]
             echo_tp = None
-            for target in order:
+            for target in ([] if args.only_start else order):
                 r = await run_scenario(target, targets[target], connector, "help", round_no, args.help_rate, args.help_seconds, args.drain)
                 show(r)
                 results.append(r)
                 if target == "echo":
                     echo_tp = r.throughput
                 await asyncio.sleep(1)
-            paced = await run_scenario("project", targets["project"], connector, "paced", round_no, max(1.0, echo_tp or 50), args.help_seconds, args.drain)
-            show(paced)
-            results.append(paced)
+            if not args.only_start:
+                paced = await run_scenario("project", targets["project"], connector, "paced", round_no, max(1.0, echo_tp or 50), args.help_seconds, args.drain)
+                show(paced)
+                results.append(paced)
             if args.start_seconds > 0:
                 r = await run_scenario("project", targets["project"], connector, "start", round_no, args.start_rate, args.start_seconds, args.drain)
                 show(r)
@@ -275,10 +276,11 @@ async def main(args: argparse.Namespace) -> None:
             values = [fn(r) for r in results if r.target == target and r.scenario == scenario]
             return statistics.median(values) if values else float("nan")
 
-        echo_tp = med("echo", "help", lambda r: r.throughput)
-        project_tp = med("project", "help", lambda r: r.throughput)
-        print(f"  /vpn help throughput: project {project_tp:.1f}/s, echo {echo_tp:.1f}/s, ratio {project_tp / echo_tp:.2f}x (goal >= 2x)")
-        print(f"  /vpn help ack p99 at the echo bot's maximum rate: {med('project', 'paced', lambda r: pct(r.acks, .99)) * 1000:.1f} ms (goal <= 100 ms)")
+        if not args.only_start:
+            echo_tp = med("echo", "help", lambda r: r.throughput)
+            project_tp = med("project", "help", lambda r: r.throughput)
+            print(f"  /vpn help throughput: project {project_tp:.1f}/s, echo {echo_tp:.1f}/s, ratio {project_tp / echo_tp:.2f}x (goal >= 2x)")
+            print(f"  /vpn help ack p99 at the echo bot's maximum rate: {med('project', 'paced', lambda r: pct(r.acks, .99)) * 1000:.1f} ms (goal <= 100 ms)")
         if args.start_seconds > 0:
             print(f"  /vpn start at {args.start_rate:.0f}/s for {args.start_seconds:.0f} s: delivery p99 {med('project', 'start', lambda r: pct(r.delivery, .99)):.2f} s "
                   f"(goal <= 5 s), lost {med('project', 'start', lambda r: r.lost):.0f}, duplicated {med('project', 'start', lambda r: r.duplicated):.0f} (goal 0 and 0)")
@@ -306,4 +308,5 @@ if __name__ == "__main__":
     parser.add_argument("--start-rate", type=float, default=50.0)
     parser.add_argument("--start-seconds", type=float, default=10.0, help="0 skips the /vpn start scenario")
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to wait for replies after the last request")
+    parser.add_argument("--only-start", action="store_true", help="skip the /vpn help scenarios (e.g. to profile starts)")
     asyncio.run(main(parser.parse_args()))

@@ -30,6 +30,8 @@ class Call:
     headers: dict
     at: float = field(default_factory=time.time)
     answered_id: str = ""  # the activity id the connector gave a POST
+    has_qr: bool = False  # carries a QR image (a config)
+    has_consent: bool = False  # carries a file-consent card
 
 
 @dataclass
@@ -78,11 +80,11 @@ class FakeConnector:
 
     def summary(self) -> list[list]:
         """Compact view for the bench: [method, path, time, has a QR image, has a file-consent card]."""
-        out = []
-        for c in self.calls:
-            text = json.dumps(c.body) if c.body else ""
-            out.append([c.method, c.path, c.at, "data:image/png;base64," in text, "file.consent" in text])
-        return out
+        return [[c.method, c.path, c.at, c.has_qr, c.has_consent] for c in self.calls]
+
+    def configs(self) -> list[Call]:
+        """Activities that carry a config's QR image."""
+        return [c for c in self.calls if c.method == "POST" and c.has_qr]
 
     # ----- wire -------------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -102,7 +104,8 @@ class FakeConnector:
             return web.json_response({"id": "uploaded"}, status=201)
         if raw:
             body = json.loads(raw)
-        self.calls.append(Call(request.method, path, body, dict(request.headers)))
+        self.calls.append(Call(request.method, path, body, dict(request.headers),
+                               has_qr=b"data:image/png;base64," in raw, has_consent=b"file.consent" in raw))
         for i, (method, fragment, status, payload) in enumerate(self.faults):
             if method == request.method and fragment in path:
                 del self.faults[i]
