@@ -343,7 +343,7 @@ class TeamsChannel:
         self._private_chats: dict[tuple[str, str], str] = {}  # (service url, user id) -> 1:1 conversation id
         self._last_send: dict[str, float] = {}
         self._send_locks: dict[str, asyncio.Lock] = {}
-        self._latest_progress: dict[str, str] = {}
+        self._latest_progress: dict[str, tuple[ConversationRef, str]] = {}
 
     # ----- lifecycle and route ------------------------------------------------------------------------
 
@@ -402,7 +402,7 @@ class TeamsChannel:
         body = await request.read()
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             log.warning("Teams: malformed JSON (%d bytes) refused", len(body))
             return web.Response(status=400, text="malformed JSON")
         try:
@@ -496,25 +496,25 @@ class TeamsChannel:
         await self._post(conv, _card_activity(card))
 
     async def send_progress(self, conv: ConversationRef, text: str, handle: str | None) -> str | None:
-        """One card, updated in place (PUT) as the steps go by."""
-        activity = _card_activity(Card(title="VPN", lines=(text,)))
-        if handle:
-            # Coalesce: while an update waits for its turn, a newer one makes it pointless.
-            self._latest_progress[handle] = text
-            key = conv.data["reference"]["conversation"]["id"]
-            async with self._send_locks.setdefault(f"progress:{key}", asyncio.Lock()):
-                if self._latest_progress.get(handle) != text:
-                    return handle
-                try:
-                    return await self._post(conv, activity, update_id=handle)
-                except SendBlocked:
-                    raise
-                except ConnectorError:
-                    log.info("Teams: progress update failed; posting a new progress card")
-                finally:
-                    if self._latest_progress.get(handle) == text:
-                        del self._latest_progress[handle]
-        return await self._post(conv, activity)
+        """One card, updated in place (PUT) as the steps go by. Updates do not hold up the work: the
+        newest text waits in one slot per card, and one task sends it; steps that come faster than
+        Teams answers are never sent (nobody would have seen them)."""
+        if not handle:
+            return await self._post(conv, _card_activity(Card(title="VPN", lines=(text,))))
+        self._latest_progress[handle] = (conv, text)
+        try:
+            self.runtime.runner.start(f"teams-progress:{handle}", lambda: self._flush_progress(handle))
+        except RuntimeError:  # shutting down: this one update is lost, the next message says more
+            self._latest_progress.pop(handle, None)
+        return handle
+
+    async def _flush_progress(self, handle: str) -> None:
+        while handle in self._latest_progress:
+            conv, text = self._latest_progress.pop(handle)
+            try:
+                await self._post(conv, _card_activity(Card(title="VPN", lines=(text,))), update_id=handle)
+            except ConnectorError as exc:
+                log.info("Teams: progress update failed (%s)", exc.status or exc.code)
 
     def can_deliver_privately(self, conv: ConversationRef) -> bool:
         return True  # personal chat, or a 1:1 chat the bot opens (check_private_delivery asks Teams)
@@ -711,6 +711,9 @@ class TeamsChannel:
 
     async def on_file_consent(self, turn_context: TurnContext, accepted: bool) -> None:
         activity = turn_context.activity
+        if not self.tenant_allowed(activity):
+            log.warning("Teams: file consent from tenant %s ignored (not allowed)", _tenant_of(activity)[:40])
+            return
         value = activity.value if isinstance(activity.value, dict) else {}
         token = str((value.get("context") or {}).get("token") or "")
         upload = value.get("uploadInfo") if accepted else None  # its URL was checked in _messages
