@@ -2,7 +2,7 @@
 # Installs what the test suite needs on a fresh Debian/Ubuntu machine: WireGuard (userspace
 # wireguard-go + wireguard-tools) and iproute2 for the namespace tunnel tests, Debian's Chromium
 # for the claim-page browser test (Playwright drives it; no browser is downloaded), and the Python
-# packages of requirements-dev.txt. Safe to run again: it skips what is already there.
+# packages of requirements-dev.txt (into ./.venv). Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +23,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+# The Python packages go into ./.venv (scripts/venv.sh), which the README's test command runs.
+. scripts/venv.sh
+ensure_venv requirements-dev.txt

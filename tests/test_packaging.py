@@ -9,10 +9,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
     lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.strip().startswith("```") is False and line.strip()]
-    commands = re.findall(r"^\s*(pip install .*|bash scripts/.*)$", (ROOT / "README.md").read_text(), re.M)
-    assert commands[0] == "pip install -r requirements.txt && python app.py console"
-    assert commands[1] == "bash scripts/install-test-deps.sh && python -m pytest"
-    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"^\s*(\./scripts/.*|bash scripts/.*)$", (ROOT / "README.md").read_text(), re.M)
+    assert commands[0] == "./scripts/try"
+    assert commands[1] == "bash scripts/install-test-deps.sh && .venv/bin/python -m pytest"
+    assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+    assert (ROOT / "scripts" / "try").stat().st_mode & 0o111  # runnable as written
     assert lines[0].startswith("# ")
 
 
