@@ -50,7 +50,7 @@ def test_dockerfile_runs_serve_as_non_root_with_a_healthcheck():
 def test_only_the_edges_import_platform_sdks():
     for path in ROOT.rglob("*.py"):
         rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith(("tests/", "bench/")):
+        if rel.startswith(("tests/", "bench/", ".", "venv/")):  # .venv and other tools' folders are not ours
             continue
         text = path.read_text()
         if re.search(r"^\s*(from|import) botbuilder", text, re.M):
