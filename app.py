@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from bot.access import AccessPolicy, RuleError, parse_rules
-from bot.channels.console import ConsoleChannel, operator_key, run_console
+from bot.channels.console import ConsoleChannel, operator_key, qr_style, run_console
 from bot.logs import setup_logging
 from bot.messages import Identity, InvalidIdentity, UserKey
 from bot.runtime import Runtime
@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--out", type=Path, default=Path("./out"), help="folder for delivered .conf and .png files (default ./out)")
     console.add_argument("--as", dest="as_identity", metavar="CHANNEL:ID", help="act as another identity, e.g. groupme:123 (subject to the allowlist)")
     console.add_argument("--email", help="with --as: the verified email that identity's channel would supply")
+    console.add_argument("--qr", choices=("auto", "light", "dark"), default="auto",
+                         help="terminal QR for a light or dark terminal theme (default auto: black on white at a colour terminal)")
     sub.add_parser("reap", help="one teardown/reconcile pass, then exit (for a scheduler)")
     manifest = sub.add_parser("teams-manifest", help="write the Teams app package (manifest + icons) for sideloading")
     manifest.add_argument("--out", type=Path, default=Path("vpn-bot.zip"), help="zip file to write (default vpn-bot.zip)")
@@ -182,9 +184,10 @@ async def console(settings: Settings, provider: Provider, access: AccessPolicy, 
         identity = Identity(UserKey.parse(args.as_identity), email=args.email)
     else:
         identity = Identity(operator)
-    channel = ConsoleChannel(args.out)
+    theme, rows = qr_style(args.qr, sys.stdout)
+    channel = ConsoleChannel(args.out, qr_theme=theme, qr_rows=rows)
     async with Runtime(settings, provider, access, [channel]) as runtime:
-        await run_console(runtime.dispatcher, runtime.runner, identity)
+        await run_console(runtime.dispatcher, runtime.runner, identity, terminal=channel.terminal, log_file=settings.data_dir / "console.log")
 
 
 async def reap(settings: Settings, provider: Provider, access: AccessPolicy) -> None:
