@@ -88,8 +88,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """`env`, or the process environment over the `.env` file (`VPN_ENV_FILE`): the real environment wins."""
-        if env is None:
-            env = {**read_env_file(Path(os.environ.get("VPN_ENV_FILE", ".env"))), **os.environ}
+        env = environment() if env is None else env
         r = _Reader(env)
         s = cls(
             provider=r.choice("VPN_PROVIDER", "dryrun", PROVIDERS),
@@ -180,6 +179,11 @@ class Settings:
             if bool(s.azure_ssh_public_key) != bool(s.azure_ssh_source):
                 raise SettingsError("AZURE_SSH_PUBLIC_KEY and AZURE_SSH_SOURCE go together: SSH is opened only to that source")
         return s
+
+
+def environment() -> dict[str, str]:
+    """The process environment over the `.env` file (`VPN_ENV_FILE`): the real environment wins."""
+    return {**read_env_file(Path(os.environ.get("VPN_ENV_FILE", ".env"))), **os.environ}
 
 
 def read_env_file(path: Path) -> dict[str, str]:
