@@ -5,41 +5,32 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from provisioner.host_setup import HostSetupError, plan
 from tests.apprun import APP, app_env, console
-from tests.netns import POOL, why_no_netns
+from tests.netns import POOL, bare_namespace
 
 UPLINK = "10.98.0.1"
 
 
 @pytest.fixture
 def namespace():
-    reason = why_no_netns()
-    if reason:
-        pytest.skip(reason)
     if not (shutil.which("nft") or shutil.which("iptables")):
         pytest.skip("neither nft nor iptables is installed (scripts/install-test-deps.sh installs nftables)")
-    tag = uuid.uuid4().hex[:6]
-    ns, ifname = f"hs-{tag}", f"wgh{tag}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        for argv in (["link", "set", "lo", "up"], ["link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1"], ["link", "set", "uplink1", "up"],
-                     ["address", "add", f"{UPLINK}/24", "dev", "uplink0"], ["link", "set", "uplink0", "up"]):
-            subprocess.run(["ip", "-n", ns, *argv], check=True)
-        yield ns, ifname
-    finally:
-        subprocess.run(["ip", "-n", ns, "link", "del", ifname], capture_output=True)  # wireguard-go exits with it
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        sock = Path(f"/var/run/wireguard/{ifname}.sock")
-        for _ in range(50):
-            if not sock.exists():
-                break
-            time.sleep(0.1)
+    with bare_namespace(UPLINK) as ns:
+        ifname = f"wgh{ns[-6:]}"
+        try:
+            yield ns, ifname
+        finally:
+            subprocess.run(["ip", "-n", ns, "link", "del", ifname], capture_output=True)  # wireguard-go exits with it
+            sock = Path(f"/var/run/wireguard/{ifname}.sock")
+            for _ in range(50):
+                if not sock.exists():
+                    break
+                time.sleep(0.1)
 
 
 def in_ns(ns: str, *argv: str, env=None, input: str = "") -> subprocess.CompletedProcess:
