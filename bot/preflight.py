@@ -27,7 +27,7 @@ def check(settings: Settings, command: str, out_dir: Path | None = None) -> None
     if settings.provider == "azure":
         reachable("AZURE_ARM_ENDPOINT", settings.azure_arm_endpoint)
     if out_dir is not None:
-        writable_dir("--out", out_dir)
+        writable_dir("--out", out_dir, create=False)  # made at the first delivery
 
 
 def reachable(name: str, url: str, timeout: float = 5.0) -> None:
@@ -43,10 +43,17 @@ def reachable(name: str, url: str, timeout: float = 5.0) -> None:
         raise StartupError(f"{name}={url} is unreachable ({reason}): check the network, proxy or the endpoint") from None
 
 
-def writable_dir(name: str, path: Path) -> None:
+def writable_dir(name: str, path: Path, *, create: bool = True) -> None:
+    """`path` is (or, without `create`, could be made) a folder this process can write in."""
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tempfile.TemporaryFile(dir=path).close()
+        if create:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as exc:
         raise StartupError(f"{name} {path}: cannot write there ({exc.strerror or exc}); choose another folder") from None
 

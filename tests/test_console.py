@@ -182,13 +182,19 @@ class PtyConsole:
             os.execve(sys.executable, [sys.executable, APP, "console", *args], env)
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         self.output = b""
+        self.mark = 0
 
     def read_until(self, needle: bytes, timeout: float = 20) -> bool:
         import select
 
         deadline = time.monotonic() + timeout
-        start = len(self.output)
-        while time.monotonic() < deadline:
+        while True:
+            found = self.output.find(needle, self.mark)  # after the previous match: one read may hold both
+            if found >= 0:
+                self.mark = found + len(needle)
+                return True
+            if time.monotonic() >= deadline:
+                return False
             if select.select([self.fd], [], [], 0.05)[0]:
                 try:
                     data = os.read(self.fd, 65536)
@@ -197,9 +203,6 @@ class PtyConsole:
                 if not data:
                     return False
                 self.output += data
-                if needle in self.output[start:]:
-                    return True
-        return False
 
     def send(self, keys: bytes) -> None:
         os.write(self.fd, keys)

@@ -72,12 +72,15 @@ def test_config_carries_traffic_until_stopped(lab, tmp_path):
     lab.apply_client_config(conf)
     assert lab.tcp_through_tunnel() == "echo:through the tunnel"
 
+    saved = tmp_path / "saved.conf"  # the console deletes the delivered file when the session ends
+    saved.write_text(text)
     stopped = console(["/vpn stop"], env, "--out", str(out), prefix=lab.in_server())
     assert stopped.returncode == 0, stopped.stderr
     assert "has ended (stopped by you)" in stopped.stdout
+    assert not conf.exists()
     assert lab.server_peers() == []
     assert lab.tcp_through_tunnel(timeout=3).startswith("FAILED")
-    assert_no_secrets(conf, started.stderr, stopped.stderr, stopped.stdout, data_dir=tmp_path / "data")
+    assert_no_secrets(saved, started.stderr, stopped.stderr, stopped.stdout, data_dir=tmp_path / "data")
 
 
 def test_second_user_gets_the_next_free_address(lab, tmp_path):
