@@ -245,31 +245,9 @@ def write_teams_manifest(args: argparse.Namespace) -> int:
 
 
 def host_setup(settings: Settings, args: argparse.Namespace) -> int:
-    """Plan, show, ask, apply: the WireGuard interface of the `host` provider, with forwarding and NAT."""
-    from provisioner.host_setup import HostSetupError, apply, plan
+    from provisioner.host_setup import run_interactive
 
-    try:
-        steps = plan(settings.wg_interface, settings.wg_pool, args.port)
-        if not steps:
-            print(f"{settings.wg_interface} is set up already: nothing to change")
-            return 0
-        print(f"host-setup will change this machine ({settings.wg_interface}, pool {settings.wg_pool}):")
-        for number, step in enumerate(steps, 1):
-            print(f"  {number}. {step.shown()}")
-        if not args.yes:
-            if not sys.stdin.isatty():
-                print("host-setup: not a terminal to ask at: pass --yes to apply", file=sys.stderr)
-                return 2
-            if input("Apply these changes? [y/N] ").strip().lower() not in ("y", "yes"):
-                print("nothing changed")
-                return 1
-        apply(steps)
-    except HostSetupError as exc:
-        print(f"host-setup: {exc}", file=sys.stderr)
-        return 1
-    print(f"done. Now: VPN_PROVIDER=host WG_INTERFACE={settings.wg_interface} WG_ENDPOINT=<address clients dial>:{args.port}. "
-          "The interface does not survive a reboot: run host-setup again at boot.")
-    return 0
+    return run_interactive(settings.wg_interface, settings.wg_pool, args.port, yes=args.yes)
 
 
 def main(argv: list[str] | None = None) -> int:

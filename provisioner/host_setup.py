@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -161,3 +162,29 @@ def _run(argv: Sequence[str], step: Step) -> str | None:
     if done.returncode != 0:
         return f"`{' '.join(argv)}` failed: {done.stderr.decode(errors='replace').strip()[:300]}"
     return None
+
+
+def run_interactive(interface: str, pool: Network, port: int, *, yes: bool = False, ask: Callable[[str], str] = input) -> int:
+    """`app.py host-setup`: show the plan, ask (unless `yes`), apply; an exit status."""
+    try:
+        steps = plan(interface, pool, port)
+        if not steps:
+            print(f"{interface} is set up already: nothing to change")
+            return 0
+        print(f"host-setup will change this machine ({interface}, pool {pool}):")
+        for number, step in enumerate(steps, 1):
+            print(f"  {number}. {step.shown()}")
+        if not yes:
+            if not sys.stdin.isatty():
+                print("host-setup: not a terminal to ask at: pass --yes to apply", file=sys.stderr)
+                return 2
+            if ask("Apply these changes? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("nothing changed")
+                return 1
+        apply(steps)
+    except HostSetupError as exc:
+        print(f"host-setup: {exc}", file=sys.stderr)
+        return 1
+    print(f"done. Now: VPN_PROVIDER=host WG_INTERFACE={interface} WG_ENDPOINT=<address clients dial>:{port}. "
+          "The interface does not survive a reboot: run host-setup again at boot.")
+    return 0
