@@ -336,6 +336,7 @@ class TeamsChannel:
         self._adapter: CloudAdapter | None = None
         self._client: ConnectorClient | None = None
         self._credentials: ConfigurationServiceClientCredentialFactory | None = None
+        self._app_credentials: Any = None
         self._token_cache: tuple[float, str] | None = None
         self._token_lock = asyncio.Lock()
         self._handler = _Handler(self)
@@ -384,11 +385,12 @@ class TeamsChannel:
             if cached and cached[0] > time.monotonic():
                 return cached[1]
             assert self._credentials is not None
-            credentials = await self._credentials.create_credentials(
-                self.config.app_id, AuthenticationConstants.TO_CHANNEL_FROM_BOT_OAUTH_SCOPE,
-                AuthenticationConstants.TO_CHANNEL_FROM_BOT_LOGIN_URL, True,
-            )
-            token = await asyncio.to_thread(credentials.get_access_token)
+            if self._app_credentials is None:  # one MSAL client (and its token cache) for the process
+                self._app_credentials = await self._credentials.create_credentials(
+                    self.config.app_id, AuthenticationConstants.TO_CHANNEL_FROM_BOT_OAUTH_SCOPE,
+                    AuthenticationConstants.TO_CHANNEL_FROM_BOT_LOGIN_URL, True,
+                )
+            token = await asyncio.to_thread(self._app_credentials.get_access_token)
             # Tokens live an hour or more; MSAL renews its own cache when one nears expiry.
             self._token_cache = (time.monotonic() + 300, token)
             return token
