@@ -44,6 +44,8 @@ class FakeConnector:
     member_domain: str = ""
     # Conversations 1:1 chats cannot be opened with (the app is not installed for that member).
     not_installed: set[str] = field(default_factory=set)
+    # While set and cleared, every Bot Connector call waits for it (a Teams that answers slowly).
+    gate: asyncio.Event | None = None
 
     def __post_init__(self) -> None:
         self.base_url = ""
@@ -106,6 +108,8 @@ class FakeConnector:
             body = json.loads(raw)
         self.calls.append(Call(request.method, path, body, dict(request.headers),
                                has_qr=b"data:image/png;base64," in raw, has_consent=b"file.consent" in raw))
+        if self.gate is not None:
+            await self.gate.wait()
         for i, (method, fragment, status, payload) in enumerate(self.faults):
             if method == request.method and fragment in path:
                 del self.faults[i]

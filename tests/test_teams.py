@@ -618,6 +618,18 @@ async def test_one_retry_rule(make_teams):
     assert len(h.connector.updates()) == 3
 
 
+async def test_acks_do_not_wait_for_teams(make_teams):
+    """Teams gets its answer while every outbound call is still unanswered; the reply follows."""
+    h = await make_teams()
+    h.connector.gate = asyncio.Event()
+    resp = await asyncio.wait_for(h.say("/vpn help"), 10)  # before: the turn waited for the lookup and the reply
+    assert resp.status == 201
+    assert h.connector.sent() == [] or all(c.answered_id == "" for c in h.connector.sent())
+    h.connector.gate.set()
+    await h.settle()
+    assert "I hand out WireGuard" in h.everything_sent()
+
+
 async def test_multitenant_is_accepted_with_a_warning(make_teams, caplog):
     import logging
 
