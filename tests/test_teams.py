@@ -86,7 +86,10 @@ async def make_teams(make_runtime):
         await connector.stop()
 
 
-async def test_personal_chat_happy_path_with_file_consent(make_teams):
+async def test_personal_chat_happy_path_with_file_consent(make_teams, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     h = await make_teams()
     resp = await h.say("/vpn start")
     assert resp.status == 201
@@ -126,6 +129,7 @@ async def test_personal_chat_happy_path_with_file_consent(make_teams):
     private = config.split("PrivateKey = ")[1].split("\n")[0]
     for path in h.runtime.settings.data_dir.iterdir():
         assert private.encode() not in path.read_bytes()
+    assert private not in caplog.text  # not even at DEBUG
 
 
 async def test_decline_keeps_the_qr_and_erases_the_file(make_teams):
