@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         access = make_access(settings)
         provider = make_provider(settings)
         if args.command == "console" and args.as_identity:
