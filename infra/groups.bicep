@@ -14,6 +14,9 @@ param name string = 'vpn-bot'
 @description('Azure region for the bot\'s resources.')
 param location string = deployment().location
 
+@description('Create the container registry (ACR Basic, about $5 a month): false when main.bicep runs a public image instead.')
+param createRegistry bool = true
+
 @description('Create the session resource group; false to use one that exists (give its name).')
 param createSessionResourceGroup bool = true
 
@@ -39,7 +42,7 @@ resource sessionGroup 'Microsoft.Resources/resourceGroups@2024-03-01' = if (crea
   }
 }
 
-module registry 'modules/registry.bicep' = {
+module registry 'modules/registry.bicep' = if (createRegistry) {
   name: 'registry'
   scope: botGroup
   params: {
@@ -49,6 +52,6 @@ module registry 'modules/registry.bicep' = {
 }
 
 @description('Pass to `az acr build -r` and to main.bicep as registryName.')
-output registryName string = registry.outputs.name
+output registryName string = createRegistry ? registry.outputs.name : ''
 output resourceGroup string = botGroup.name
 output sessionResourceGroup string = sessionResourceGroupName

@@ -153,6 +153,8 @@ def test_ingress_probes_and_settings_match_the_app():
     ingress = app["properties"]["configuration"]["ingress"]
     assert ingress["external"] is True and ingress["allowInsecure"] is False
     assert ingress["targetPort"] == "port" and variables["port"]["value"] == 3978
+    # /metrics only inside the environment, on its own port.
+    assert ingress["additionalPortMappings"] == [{"external": False, "targetPort": "metricsPort"}]
     (container,) = app["properties"]["template"]["containers"]
     probes = {p["type"]: p["httpGet"]["path"] for p in container["probes"]}
     assert probes == {"Startup": "/healthz", "Readiness": "/readyz", "Liveness": "/healthz"}

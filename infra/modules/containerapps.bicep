@@ -222,6 +222,14 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
         targetPort: port
         transport: 'auto'
         allowInsecure: false
+        // /metrics: reachable by other apps in this environment (a Prometheus or OpenTelemetry
+        // collector), never from the internet.
+        additionalPortMappings: [
+          {
+            external: false
+            targetPort: metricsPort
+          }
+        ]
       }
       registries: registries
       secrets: secrets
