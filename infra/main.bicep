@@ -170,7 +170,8 @@ module apps 'modules/containerapps.bicep' = {
 module bot 'modules/bot-service.bicep' = if (enableTeams) {
   name: 'bot-service'
   params: {
-    name: name
+    name: '${name}-${uniqueString(resourceGroup().id)}'
+    displayName: name
     endpoint: 'https://${apps.outputs.fqdn}/api/messages'
     identityClientId: identity.properties.clientId
     identityResourceId: identity.id

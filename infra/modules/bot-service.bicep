@@ -1,6 +1,9 @@
 // The Azure Bot registration: the bot's managed identity is its Bot Framework identity
 // (UserAssignedMSI, so no app password exists anywhere), Teams channel on.
+@description('The bot\'s handle: unique across Azure.')
 param name string
+@description('What Teams users see as the bot\'s name.')
+param displayName string
 @description('https URL of the bot\'s /api/messages on the Container App.')
 param endpoint string
 param identityClientId string
@@ -21,7 +24,7 @@ resource bot 'Microsoft.BotService/botServices@2022-09-15' = {
     name: sku
   }
   properties: {
-    displayName: name
+    displayName: displayName
     endpoint: endpoint
     msaAppId: identityClientId
     msaAppType: 'UserAssignedMSI'
@@ -38,6 +41,7 @@ resource teams 'Microsoft.BotService/botServices/channels@2022-09-15' = {
     channelName: 'MsTeamsChannel'
     properties: {
       isEnabled: true
+      acceptedTerms: true
     }
   }
 }
