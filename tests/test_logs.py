@@ -48,10 +48,11 @@ def test_console_session_logs_are_json_with_session_ids_and_no_secrets(tmp_path)
     out = tmp_path / "out"
     started = console(["/vpn start"], env, "--out", str(out))
     assert started.returncode == 0, started.stderr
-    stopped = console(["/vpn stop"], env, "--out", str(out))
-    assert stopped.returncode == 0, stopped.stderr
     (conf,) = out.glob("*.conf")
     session_id = conf.stem.removeprefix("vpn-")
+    keys = secrets_of(conf)  # read now: the console may delete the file at stop
+    stopped = console(["/vpn stop"], env, "--out", str(out))
+    assert stopped.returncode == 0, stopped.stderr
 
     records = json_lines(started.stderr) + json_lines(stopped.stderr)
     about_session = [r for r in records if session_id in r["message"]]
@@ -62,7 +63,6 @@ def test_console_session_logs_are_json_with_session_ids_and_no_secrets(tmp_path)
     assert audit and all(r["user"].startswith("console:") for r in audit)
     assert all(r["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") for r in records)
 
-    keys = secrets_of(conf)
     assert len(keys) == 2  # the private and the preshared key: the scan has something to look for
     for key in keys:
         assert key not in started.stderr and key not in stopped.stderr
