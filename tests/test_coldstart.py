@@ -60,5 +60,7 @@ async def test_a_message_resent_during_a_cold_start_starts_one_session(tmp_path)
     assert "Traceback" not in log
     with sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3") as db:
         assert db.execute("select count(*) from sessions").fetchone()[0] == 1
-    acks = [c for c in connector.sent() if "Setting up your VPN" in json.dumps(c.body)]
-    assert len(acks) == 1
+        assert db.execute("select count(*) from audit where command like 'start%'").fetchone()[0] == 1  # run once, not refused twice
+    everything = [json.dumps(c.body) for c in connector.sent() + connector.updates()]
+    assert len([c for c in connector.sent() if "Setting up your VPN" in json.dumps(c.body)]) == 1  # one progress card
+    assert not any("already have a VPN session" in t for t in everything)
