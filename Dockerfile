@@ -15,6 +15,7 @@ COPY app.py ./
 COPY bot ./bot
 COPY provisioner ./provisioner
 COPY cards ./cards
+COPY web ./web
 
 ENV HOST=0.0.0.0 \
     PORT=3978 \

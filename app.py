@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="app.py",
         description="A chat bot that hands out short-lived WireGuard VPN access. Configured by environment variables (see README.md).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,console,reap,teams-manifest}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,console,reap,teams-manifest,users}")
     sub.add_parser("serve", help="run the HTTP service (default): /healthz and the chat channels")
     console = sub.add_parser("console", help="chat with the bot in this terminal (or pipe commands, one per line)")
     console.add_argument("--out", type=Path, default=Path("./out"), help="folder for delivered .conf and .png files (default ./out)")
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--name", default="VPN Bot", help="the app's name in Teams (≤30 characters)")
     manifest.add_argument("--website", help="https URL for the developer links (default VPN_PUBLIC_URL)")
     manifest.add_argument("--version", default="1.0.0", help="app version: bump it on every re-upload")
+    users = sub.add_parser("users", help="local web accounts: add (password from stdin, never argv), remove, list")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="{add,remove,list}")
+    add = users_sub.add_parser("add", help="add an account or set its password; the password is read from stdin")
+    add.add_argument("email")
+    remove = users_sub.add_parser("remove", help="remove an account (its tokens stop working at once)")
+    remove.add_argument("email")
+    users_sub.add_parser("list", help="list the accounts")
     return parser
 
 
@@ -139,6 +146,23 @@ def make_channels(settings: Settings) -> list:
                 )
             )
         )
+    if settings.web_enabled:
+        from bot.channels.web import WebChannel, WebConfig
+
+        channels.append(
+            WebChannel(
+                WebConfig(
+                    local_secret=settings.local_auth_secret,
+                    entra_tenant_id=settings.entra_tenant_id,
+                    entra_audience=settings.entra_api_audience,
+                    entra_spa_client_id=settings.entra_spa_client_id,
+                    entra_authority=settings.entra_authority,
+                    cors_origins=settings.cors_origins,
+                )
+            )
+        )
+    else:
+        log.info("The web page and API are off: set VPN_LOCAL_AUTH_SECRET (and VPN_ENTRA_* for Microsoft sign-in)")
     return channels
 
 
@@ -193,6 +217,56 @@ async def reap(settings: Settings, provider: Provider, access: AccessPolicy) -> 
         log.info("reap pass done; %d orphaned resource(s) removed", removed)
 
 
+def read_password() -> str:
+    """From the terminal without echo, or the first line of piped stdin; never from argv."""
+    import getpass
+
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise ValueError("the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def users(settings: Settings, provider: Provider, access: AccessPolicy, args: argparse.Namespace) -> int:
+    from bot.auth.local import MIN_PASSWORD, hash_password, normalize_email
+    from bot.sessions.store import LocalUser
+
+    async with Runtime(settings, provider, access, background=False) as runtime:
+        store = runtime.store
+        if args.users_command == "list":
+            for user in await store.list_users():
+                print(f"{user.email}\tlocal:{user.email}\tadded {user.created_at:%Y-%m-%d}")
+            return 0
+        try:
+            email = normalize_email(args.email)
+        except ValueError:
+            print(f"{args.email[:80]!r} is not an email address", file=sys.stderr)
+            return 2
+        if args.users_command == "remove":
+            if not await store.delete_user(email):
+                print(f"no account {email}", file=sys.stderr)
+                return 1
+            print(f"removed {email}")
+            return 0
+        try:
+            password = read_password()
+        except (ValueError, EOFError) as exc:
+            print(f"no password set: {exc}", file=sys.stderr)
+            return 2
+        if len(password) < MIN_PASSWORD:
+            print(f"a password needs at least {MIN_PASSWORD} characters", file=sys.stderr)
+            return 2
+        hashed = await asyncio.to_thread(hash_password, password)
+        del password
+        await store.put_user(LocalUser(email, hashed, runtime.service.clock()))
+        print(f"saved {email}: it signs in as local:{email} (allow it with VPN_USERS=local:{email} or an email:/domain: rule)")
+        if not settings.local_auth_secret:
+            print("note: VPN_LOCAL_AUTH_SECRET is not set, so local sign-in is off until it is", file=sys.stderr)
+        return 0
+
+
 def write_teams_manifest(settings: Settings, args: argparse.Namespace) -> int:
     from bot.channels.teams_manifest import package
 
@@ -223,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "serve"
     if command == "teams-manifest":
         return write_teams_manifest(settings, args)
+    if command == "users":
+        return asyncio.run(users(settings, provider, access, args))
     try:
         if command == "serve":
             asyncio.run(serve(settings, provider, access))

@@ -207,8 +207,8 @@ class VpnService:
                 stopped.append(s)
         return stopped
 
-    async def extend(self, who: UserKey, minutes: int | None) -> Session:
-        mine = [s for s in await self.sessions_of(who) if s.state is SessionState.READY]
+    async def extend(self, who: UserKey, minutes: int | None, session_id: str | None = None) -> Session:
+        mine = [s for s in await self.sessions_of(who) if s.state is SessionState.READY and session_id in (None, s.id)]
         if not mine:
             raise Refused("You have no running VPN session to extend. Use /vpn start for a new one.")
         s = mine[0]

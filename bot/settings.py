@@ -82,6 +82,17 @@ class Settings:
     azure_boot_timeout_seconds: float = 300.0
     azure_poll_seconds: float = 2.0
     azure_hourly_cost: float = 0.0
+    entra_tenant_id: str = ""
+    entra_api_audience: str = ""
+    entra_spa_client_id: str = ""
+    entra_authority: str = "https://login.microsoftonline.com"
+    local_auth_secret: str = ""
+    cors_origins: tuple[str, ...] = ()
+
+    @property
+    def web_enabled(self) -> bool:
+        """The web page and HTTP API run when some way to sign in is configured."""
+        return bool(self.entra_tenant_id or self.local_auth_secret)
 
     @property
     def store_path(self) -> Path:
@@ -148,6 +159,12 @@ class Settings:
             azure_boot_timeout_seconds=r.number("AZURE_BOOT_TIMEOUT_SECONDS", 300.0, 10.0, 3600.0),
             azure_poll_seconds=r.number("AZURE_POLL_SECONDS", 2.0, 0.0, 60.0),
             azure_hourly_cost=r.number("AZURE_HOURLY_COST", 0.0, 0.0, 1000.0),
+            entra_tenant_id=r.parse("VPN_ENTRA_TENANT_ID", "", _guid_or_empty, "a tenant id (GUID)"),
+            entra_api_audience=r.text("VPN_ENTRA_API_AUDIENCE", ""),
+            entra_spa_client_id=r.parse("VPN_ENTRA_SPA_CLIENT_ID", "", _guid_or_empty, "the SPA app registration's client id (GUID)"),
+            entra_authority=r.parse("VPN_ENTRA_AUTHORITY", "https://login.microsoftonline.com", _public_url, "an https:// URL (http:// only for localhost)"),
+            local_auth_secret=r.text("VPN_LOCAL_AUTH_SECRET", ""),
+            cors_origins=r.parse("VPN_CORS_ORIGINS", "", _origin_list, "comma-separated origins like https://vpn.example.org (no paths, no '*')"),
         )
         if s.max_session_minutes < s.session_minutes:
             raise SettingsError(
@@ -183,7 +200,32 @@ class Settings:
                     raise SettingsError(f"{name} is required with VPN_PROVIDER=azure")
             if bool(s.azure_ssh_public_key) != bool(s.azure_ssh_source):
                 raise SettingsError("AZURE_SSH_PUBLIC_KEY and AZURE_SSH_SOURCE go together: SSH is opened only to that source")
+        if s.entra_tenant_id and not s.entra_api_audience:
+            raise SettingsError("VPN_ENTRA_API_AUDIENCE is required with VPN_ENTRA_TENANT_ID: the API app registration's client id")
+        if (s.entra_api_audience or s.entra_spa_client_id) and not s.entra_tenant_id:
+            raise SettingsError("VPN_ENTRA_TENANT_ID is required with VPN_ENTRA_API_AUDIENCE/VPN_ENTRA_SPA_CLIENT_ID")
+        if s.local_auth_secret and len(s.local_auth_secret) < 32:
+            raise SettingsError("VPN_LOCAL_AUTH_SECRET must be at least 32 characters (e.g. `openssl rand -base64 32`)")
+        if s.entra_tenant_id and not s.local_auth_secret:
+            raise SettingsError(
+                "VPN_LOCAL_AUTH_SECRET is required with VPN_ENTRA_TENANT_ID: besides signing local-account tokens it seals "
+                "configs waiting for download, so every replica can open them (local accounts exist only after `app.py users add`)"
+            )
         return s
+
+
+def _guid_or_empty(text: str) -> str:
+    return _guid_list(text)[0] if text else ""
+
+
+def _origin_list(text: str) -> tuple[str, ...]:
+    origins = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        parts = urlsplit(item)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.path not in ("", "/") or parts.query or "*" in item:
+            raise ValueError(text)
+        origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+    return tuple(origins)
 
 
 def _app_type(text: str) -> str:
