@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 import aiohttp
+from aiohttp import web
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -156,3 +157,28 @@ async def test_serve_exposes_metrics_and_readiness_on_their_ports(tmp_path):
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in err
+
+
+async def test_http_latency_is_labelled_by_route_template_never_the_path(make_runtime):
+    """A path can hold a secret (GroupMe's callback, claim tokens): only the template is a label."""
+    port = free_port()
+    runtime = make_runtime(VPN_METRICS_PORT=port)
+
+    def hook(app: web.Application) -> None:
+        async def callback(request: web.Request) -> web.Response:
+            return web.Response(status=204)
+
+        app.router.add_post("/api/groupme/{secret}", callback)
+
+    runner, base = await serve_on_loopback(create_app(lambda: runtime, [hook]))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/api/groupme/s3cr3t-callback-path-value", data=b"{}") as resp:
+                assert resp.status == 204
+            async with http.request("BREW", f"{base}/coffee") as resp:  # a made-up method is folded, not a label
+                assert 400 <= resp.status < 500
+        text = await scrape(port)
+    finally:
+        await runner.cleanup()
+    assert "s3cr3t" not in text and "BREW" not in text and "coffee" not in text
+    assert value(text, "vpn_http_request_seconds_count", route="/api/groupme/{secret}", method="POST", status="204") == 1
