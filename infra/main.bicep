@@ -159,10 +159,10 @@ module apps 'modules/containerapps.bicep' = {
     groupmeCallbackSecret: groupmeCallbackSecret
     groupmeAccessToken: groupmeAccessToken
   }
-  // The image pull, the tables and the VM group must be allowed before the first replica starts.
+  // The image pull and the VM group must be allowed before the first replica starts (the table
+  // role comes with `storage`, whose output this module already uses).
   dependsOn: [
     registryPull
-    storage
     sessionAccess
   ]
 }
