@@ -242,6 +242,9 @@ def test_one_user_assigned_identity_is_used_everywhere():
     assert registries == [{"server": "registryServer", "identity": "identityResourceId"}]  # AcrPull with the identity, no password
     for module in ("storage", "registryPull", "sessionAccess"):
         assert ref(body(main["modules"][module])["params"]["principalId"]) == "identity.properties.principalId"
+    # The first replica starts only once it may pull the image and work in the session group.
+    assert {"registryPull", "sessionAccess"} <= set(body(main["modules"]["apps"])["dependsOn"])
+    assert "storage.outputs.name" in json.dumps(body(main["modules"]["apps"])["params"]["tableEndpoint"])
 
 
 # ----- secrets ---------------------------------------------------------------------------------------------
