@@ -239,7 +239,7 @@ async def main(args: argparse.Namespace) -> None:
         env.update({
             "VPN_DEV_MODE": "1", "PORT": str(project_port), "VPN_DATA_DIR": str(tmp / "data"), "VPN_PROVIDER": "dryrun",
             "VPN_DRYRUN_STEP_SECONDS": "0", "VPN_MAX_SESSIONS": "10000",
-            "WG_POOL": "10.64.0.0/12", "VPN_USERS": ",".join(f"teams:{u}" for u in users), "PYTHONUNBUFFERED": "1",
+            "WG_POOL": "10.64.0.0/12", "VPN_METRICS_PORT": "0", "VPN_USERS": ",".join(f"teams:{u}" for u in users), "PYTHONUNBUFFERED": "1",
         })
         project_log = open(tmp / "project.log", "w")
         project = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "serve"], env=env, cwd=ROOT, stderr=project_log, stdout=project_log)
