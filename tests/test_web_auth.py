@@ -275,3 +275,28 @@ async def test_entra_users_share_the_teams_allowlist_entry(entra, tmp_path):
             assert await app.runtime.service.live_sessions() == []
     finally:
         await app.close()
+
+
+# ----- found by review -------------------------------------------------------------------------------
+
+def test_an_email_that_cannot_be_stored_is_not_an_email():
+    """A lone surrogate survives json.loads but not SQLite's UTF-8 encoding."""
+    for text in ("a\ud800@example.org", "alice@example.org\udfff"):
+        with pytest.raises(ValueError):
+            local.normalize_email(text)
+
+
+async def test_a_login_with_a_lone_surrogate_is_refused_like_any_other(store):
+    auth = local.LocalAuth(SECRET, store, Clock())
+    for email, password in (("a\ud800@example.org", PASSWORD), ("alice@example.org", "x\udfff" * 6)):
+        with pytest.raises(local.LoginRefused):
+            await auth.login(email, password, "127.0.0.1")
+
+
+async def test_a_deeply_nested_entra_token_is_refused_not_a_crash(entra, verifier):
+    """The unverified payload is parsed before any signature check; json's RecursionError is no ValueError."""
+    deep = _b64(b'{"tid": ' + b"[" * 5000 + b"}")
+    for token in (_b64(json.dumps({"alg": "RS256", "kid": entra.kid}).encode()) + "." + deep + "." + _b64(b"sig"),
+                  _b64(b'{"alg": "RS256", "kid": ' + b"[" * 3000 + b"}") + ".e30." + _b64(b"sig")):
+        with pytest.raises(InvalidToken):
+            await verifier.verify(token)

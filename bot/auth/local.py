@@ -51,6 +51,7 @@ class InvalidToken(Exception):
 
 def normalize_email(text: str) -> str:
     email = unicodedata.normalize("NFKC", text).strip().casefold()
+    email.encode()  # a lone surrogate (valid in JSON) is no address, and the store could not encode it: ValueError
     local, at, domain = email.rpartition("@")
     if not (at and local and "." in domain) or len(email) > 254 or any(c.isspace() or ord(c) < 32 for c in email):
         raise ValueError("not an email address")
