@@ -300,3 +300,38 @@ async def test_a_deeply_nested_entra_token_is_refused_not_a_crash(entra, verifie
                   _b64(b'{"alg": "RS256", "kid": ' + b"[" * 3000 + b"}") + ".e30." + _b64(b"sig")):
         with pytest.raises(InvalidToken):
             await verifier.verify(token)
+
+
+async def test_a_burst_of_logins_does_not_queue_other_threaded_work(store, monkeypatch):
+    """Hashing runs in its own small pool: a burst of logins (one address may send 30) must not hold up key
+    generation, sealing or QR rendering, which share asyncio's default executor."""
+    import asyncio
+    import os
+
+    monkeypatch.setattr(local, "_DUMMY_HASH", local.hash_password("x", iterations=100_000))  # cheaper, still slow
+    n = min(32, (os.cpu_count() or 1) + 4) + 10  # more than the default executor's workers
+    auth = local.LocalAuth(SECRET, store, Clock())
+    finished = 0
+
+    async def one(i: int) -> None:
+        nonlocal finished
+        with pytest.raises(local.LoginRefused):
+            await auth.login(f"nobody{i}@example.org", PASSWORD, f"192.0.2.{i}")  # the dummy hash: the real cost
+        finished += 1
+
+    looked_up = 0
+    get_user = store.get_user
+
+    async def counting_get_user(email):
+        nonlocal looked_up
+        looked_up += 1  # the last step before the hash is handed to a thread
+        return await get_user(email)
+
+    store.get_user = counting_get_user
+    burst = [asyncio.create_task(one(i)) for i in range(n)]
+    while looked_up < n:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.01)
+    finished_before = await asyncio.to_thread(lambda: finished)
+    await asyncio.gather(*burst)
+    assert finished_before < 3, f"{finished_before} of {n} logins finished before one other threaded call ran"
