@@ -397,3 +397,18 @@ async def test_a_config_that_never_existed_is_not_called_downloaded(stack):
     assert status == 410 and "already downloaded" not in body["error"] and "your own key" in body["error"]
     status, _, body = await alice.json("POST", f"/api/sessions/{s['id']}/extend", json={"minutes": 20_000})
     assert status == 400 and "10080" in body["error"]
+
+
+async def test_twenty_concurrent_takes_over_two_replicas_hand_out_each_once(stack):
+    import asyncio
+
+    a = await stack()
+    b = await stack()
+    alice_a = await signed_in(stack, a, ALICE)
+    alice_b = Client(stack.http, b.base, alice_a.token)
+    _, headers, s = await alice_a.json("POST", "/api/sessions")
+    await alice_a.wait_for(headers["Location"], lambda body: body["config_ready"])
+    for path in ("config.png", "config"):
+        results = await asyncio.gather(*[(alice_a, alice_b)[i % 2].call("GET", f"/api/sessions/{s['id']}/{path}") for i in range(20)])
+        statuses = sorted(status for status, _, _ in results)
+        assert statuses == [200] + [410] * 19, statuses
