@@ -335,3 +335,34 @@ async def test_a_burst_of_logins_does_not_queue_other_threaded_work(store, monke
     finished_before = await asyncio.to_thread(lambda: finished)
     await asyncio.gather(*burst)
     assert finished_before < 3, f"{finished_before} of {n} logins finished before one other threaded call ran"
+
+
+async def test_while_entra_is_down_plausible_tokens_do_not_each_fetch():
+    """With no keys yet and the tenant failing, every plausible token used to start another fetch (10 s timeout, one at
+    a time behind the lock): a queue of outbound calls built by anonymous requests. A failure now holds for a moment."""
+    import asyncio
+
+    from aiohttp import web
+
+    from tests.loopback import serve_on_loopback
+
+    hits = 0
+
+    async def down(request):
+        nonlocal hits
+        hits += 1
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", down)
+    runner, base = await serve_on_loopback(app)
+    try:
+        async with aiohttp.ClientSession() as http:
+            v = EntraVerifier(http, base, TENANT, API_CLIENT_ID)
+            fake = FakeEntra()
+            fake.base = base
+            results = await asyncio.gather(*[v.verify(fake.issue(kid=f"k{i}")) for i in range(20)], return_exceptions=True)
+            assert all(isinstance(r, EntraUnavailable) for r in results), results
+            assert hits == 1
+    finally:
+        await runner.cleanup()
