@@ -34,3 +34,17 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING if level != "DEBUG" else logging.DEBUG)
+
+
+def route_to_file(path, inline: logging.Handler) -> None:
+    """Console mode: every record to `path` (0600, appended), only `inline`'s level (warnings) on screen."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    root = logging.getLogger()
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    for handler in (to_file, inline):  # same format and secret filter as the configured handler
+        handler.setFormatter(root.handlers[0].formatter if root.handlers else logging.Formatter())
+        handler.addFilter(RedactSecrets())
+    root.handlers[:] = [to_file, inline]

@@ -98,7 +98,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
+        """`env`, or the process environment over the `.env` file (`VPN_ENV_FILE`): the real environment wins."""
+        env = environment() if env is None else env
         r = _Reader(env)
         s = cls(
             provider=r.choice("VPN_PROVIDER", "dryrun", PROVIDERS),
@@ -206,6 +207,34 @@ class Settings:
                 "configs waiting for download, so every replica can open them (local accounts exist only after `app.py users add`)"
             )
         return s
+
+
+def environment() -> dict[str, str]:
+    """The process environment over the `.env` file (`VPN_ENV_FILE`): the real environment wins."""
+    return {**read_env_file(Path(os.environ.get("VPN_ENV_FILE", ".env"))), **os.environ}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`NAME=value` lines as docker's --env-file reads them (plus `export ` and quotes); missing file: {}."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        return {}
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
+    values = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise SettingsError(f"{path} line {number}: expected NAME=value")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name] = value
+    return values
 
 
 def _guid_or_empty(text: str) -> str:

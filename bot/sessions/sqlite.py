@@ -177,13 +177,17 @@ class SqliteStore:
 
     def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SQLite gives -wal/-shm the database file's mode: make that 0600 before they exist.
+        os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (self._path, *(self._path.with_name(self._path.name + s) for s in ("-wal", "-shm"))):
+            if path.exists():
+                os.chmod(path, 0o600)
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
         _add_missing_columns(conn)
-        os.chmod(self._path, 0o600)
         self._conn = conn
 
     async def close(self) -> None:
