@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         return write_teams_manifest(args)
     try:
         settings = Settings.from_env()
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         access = make_access(settings)
         if args.command == "console" and args.as_identity:
             UserKey.parse(args.as_identity)

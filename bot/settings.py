@@ -52,6 +52,8 @@ class Settings:
     reconcile_seconds: float = 60.0
     provision_timeout_seconds: float = 600.0
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_port: int = 9464
     instance_name: str = "vpn-bot"
     public_url: str = ""
     teams_app_id: str = ""
@@ -128,6 +130,8 @@ class Settings:
             reconcile_seconds=r.number("VPN_RECONCILE_SECONDS", 60.0, 1.0, 86400.0),
             provision_timeout_seconds=r.number("VPN_PROVISION_TIMEOUT_SECONDS", 600.0, 5.0, 86400.0),
             log_level=r.choice("VPN_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+            log_format=r.choice("VPN_LOG_FORMAT", "text", ("text", "json")),
+            metrics_port=r.integer("VPN_METRICS_PORT", 9464, 0, 65535),
             instance_name=r.parse("VPN_INSTANCE_NAME", "vpn-bot", _resource_name, "1-40 lowercase letters, digits or '-'"),
             public_url=r.parse("VPN_PUBLIC_URL", "", _public_url, "an https:// URL (http:// only for localhost)"),
             teams_app_id=r.text("MicrosoftAppId", ""),
@@ -167,6 +171,8 @@ class Settings:
             raise SettingsError(
                 f"VPN_MAX_SESSION_MINUTES ({s.max_session_minutes}) must be at least VPN_SESSION_MINUTES ({s.session_minutes})"
             )
+        if s.metrics_port and s.metrics_port == s.port:
+            raise SettingsError(f"VPN_METRICS_PORT={s.metrics_port} is the bot's PORT: metrics are never served on the public port (0 turns them off)")
         if s.provider == "host" and not s.wg_endpoint:
             raise SettingsError("WG_ENDPOINT is required with VPN_PROVIDER=host: the address clients dial, e.g. vpn.example.org:51820")
         if not s.teams_app_id and (s.teams_app_password or s.teams_tenant_id):

@@ -15,7 +15,8 @@ APP = str(ROOT / "app.py")
 def app_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """This interpreter's environment minus any VPN_/WG_ settings from outside, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VPN_", "WG_", "AZURE_", "GROUPME_", "Microsoft"))}
-    env.update({"VPN_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "VPN_DRYRUN_STEP_SECONDS": "0.05", "VPN_ENV_FILE": os.devnull})
+    # No /metrics unless a test asks (a fixed port would collide between concurrent test runs).
+    env.update({"VPN_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "VPN_DRYRUN_STEP_SECONDS": "0.05", "VPN_ENV_FILE": os.devnull, "VPN_METRICS_PORT": "0"})
     env.setdefault("TEST_CWD", str(data_dir.parent))  # a default --out (./out) lands in the test's folder, never the tree
     env.update(extra)
     return env
