@@ -163,7 +163,7 @@ def _names(session_id: str, deployment_id: str) -> dict[str, str]:
 
 def _throwaway_ssh_key() -> str:
     """Azure requires an SSH key for a Linux VM; one whose private half is discarded lets nobody in."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # Azure's minimum; nobody holds the private half
     return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
@@ -239,6 +239,7 @@ class AzureProvider:
         self._shared: dict[str, asyncio.Task] = {}  # region -> task making sure VNet and NSG exist
         self._pending: dict[str, _Pending] = {}
         self._ssh_key = config.ssh_public_key
+        self._ssh_key_task: asyncio.Future | None = None
         self._deployment = config.deployment_id or config.instance_name
         self._http: aiohttp.ClientSession | None = None  # boot diagnostics blobs
 
@@ -294,6 +295,7 @@ class AzureProvider:
         complete). The NIC and VM start at once in the background; `wait_ready` waits for them."""
         names, region = self._names(spec.session_id), spec.region
         await progress("reserving address")
+        self._ssh_public_key_task()  # CPU work in a thread, done long before the VM PUT needs it
         shared = self._shared_network(region)  # never on the config's path; the NIC waits for it
         try:
             ip = await self._lro(
@@ -482,10 +484,17 @@ class AzureProvider:
             return False
         return f"{bootconfig.SERIAL_MARKER} {name}" in text.splitlines()
 
+    def _ssh_public_key_task(self) -> asyncio.Future:
+        if self._ssh_key_task is None or (self._ssh_key_task.done() and self._ssh_key_task.exception() is not None):
+            if self._ssh_key:
+                self._ssh_key_task = asyncio.get_running_loop().create_future()
+                self._ssh_key_task.set_result(self._ssh_key)
+            else:
+                self._ssh_key_task = asyncio.ensure_future(asyncio.to_thread(_throwaway_ssh_key))
+        return self._ssh_key_task
+
     async def _ssh_public_key(self) -> str:
-        if not self._ssh_key:
-            self._ssh_key = await asyncio.to_thread(_throwaway_ssh_key)
-        return self._ssh_key
+        return await asyncio.shield(self._ssh_public_key_task())
 
     # ----- shared network -------------------------------------------------------------------------
 
