@@ -41,7 +41,7 @@ from provisioner.wireguard import (
 
 log = logging.getLogger(__name__)
 TEARDOWN_ATTEMPTS = 3
-CLEANUP_PATIENCE = 30 * 60.0  # how long one task keeps retrying resources the cloud still holds
+CLEANUP_PATIENCE = 5 * 60.0  # how long one teardown keeps retrying what the cloud still holds (a NIC: ~3 min)
 
 
 @dataclass(frozen=True)
@@ -352,16 +352,15 @@ class VpnService:
         tail = "Nothing was left running."
         try:
             await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
-        except CleanupIncomplete as exc:
-            # The cloud still holds part of it (e.g. a failed VM's NIC, for minutes): keep trying in a
-            # tracked task; reconcile (any replica, any restart) is the backstop.
-            log.warning("session %s: %s; retrying in the background", s.id, exc)
-            tail = "Azure still holds its network address for a few minutes; I keep removing it, and it is released within a few minutes."
-            self.runner.start(f"cleanup:{s.id}", lambda: self._clean_up_later(s.id, exc.retry_after))
+        except CleanupIncomplete as held:
+            # The cloud still holds part of it (a failed VM's NIC, for about three minutes): the
+            # reconcile pass (every replica's sweeper, every `reap`) retries until it is gone.
+            log.warning("session %s: %s; reconcile removes it once Azure lets go", s.id, held)
+            tail = "Azure still holds its network address after a failed start; the address is released within a few minutes, automatically."
         except Exception:
             tail = "Its leftovers will be removed automatically."  # the reconcile pass: a failed session owns nothing
             log.exception("session %s: cleanup after failure failed; reconcile will retry", s.id)
-        if s.endpoint and not s.own_key:
+        if s.endpoint and not s.own_key and not isinstance(exc, DeliveryError):
             tail = f"The config I sent for it will not work; please delete it. {tail}"
         now = self.clock()
         if s.state in IN_FLIGHT_STATES:
@@ -412,27 +411,11 @@ class VpnService:
         log.info("session %s deleted (%s)", s.id, reason)
         await self.outbox.text(s.conversation, f"Your VPN session {s.id} has ended ({reason}). Use /vpn start for a new one.")
 
-    async def _clean_up_later(self, session_id: str, delay: float) -> None:
-        """Retry a failed session's cleanup with backoff until the cloud lets go (idempotent, so a
-        reconcile on another replica doing the same is harmless)."""
-        waited = 0.0
-        while True:
-            await asyncio.sleep(delay)
-            waited += delay
-            try:
-                await self.provider.destroy(session_id)
-                log.info("session %s: leftovers removed", session_id)
-                return
-            except CleanupIncomplete as exc:
-                if waited >= CLEANUP_PATIENCE:
-                    raise  # logged; reconcile keeps trying
-                delay = min(max(exc.retry_after, delay * 2), 120.0)
-
     async def _on_task_error(self, name: str, exc: BaseException) -> None:
         kind, _, session_id = name.partition(":")
         s = await self.store.get(session_id) if session_id else None
-        if s is not None and kind in ("teardown", "cleanup"):
-            return  # logged already; the sweeper or reconcile retries, and the user hears once it is done
+        if s is not None and kind == "teardown":
+            return  # logged already; the sweeper retries, and the user hears once it is done
         if s is not None:
             await self.outbox.text(s.conversation, f"Something went wrong with your VPN session {s.id}; an admin has been told.")
 
@@ -506,6 +489,8 @@ class VpnService:
             try:
                 await self.provider.destroy(r.session_id or "", resource_id=r.resource_id, peer_public_key=r.peer_public_key)
                 removed += 1
+            except CleanupIncomplete as exc:
+                log.warning("reconcile: %s; trying again on the next pass", exc)
             except Exception:
                 log.exception("reconcile: could not delete %s", r.resource_id)
         return removed

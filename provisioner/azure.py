@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
+from azure.core import AzureClouds
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
 from azure.mgmt.compute.aio import ComputeManagementClient
@@ -41,6 +42,7 @@ from azure.mgmt.compute.models import (
     VirtualMachine,
 )
 from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
+from azure.mgmt.core.tools import get_arm_endpoints
 from azure.mgmt.network.aio import NetworkManagementClient
 from azure.mgmt.network.models import (
     AddressSpace,
@@ -151,6 +153,18 @@ class _AllowLoopbackHttp(SansIOHTTPPolicy):
 _DISK_NAME = re.compile(r"^vpn-(?P<session>[0-9a-f]{1,32})-osdisk-(?P<deployment>[0-9a-f]{8})$")
 
 
+def credential_scopes(arm_endpoint: str) -> list[str]:
+    """The token scope for an ARM endpoint, from the SDK's own cloud table where it knows the cloud:
+    US Government's ARM is management.usgovcloudapi.net but its token audience is
+    management.core.usgovcloudapi.net. Other endpoints (tests, emulators): the endpoint itself."""
+    wanted = arm_endpoint.rstrip("/").lower()
+    for cloud in AzureClouds:
+        known = get_arm_endpoints(cloud)
+        if known["resource_manager"].rstrip("/").lower() == wanted:
+            return list(known["credential_scopes"])
+    return [f"{arm_endpoint.rstrip('/')}/.default"]
+
+
 def deployment_mark(deployment_id: str) -> str:
     """8 hex characters naming a deployment where a tag cannot: in OS disk names (disks get no tags)."""
     return hashlib.sha256(deployment_id.encode()).hexdigest()[:8]
@@ -223,9 +237,10 @@ class AzureProvider:
         self.config = config
         self._credential = credential
         endpoint = urlsplit(config.arm_endpoint)
+        self.credential_scopes = credential_scopes(config.arm_endpoint)
         kwargs: dict[str, Any] = {
             "base_url": config.arm_endpoint,
-            "credential_scopes": [f"{config.arm_endpoint.rstrip('/')}/.default"],
+            "credential_scopes": self.credential_scopes,
             "polling_interval": config.polling_interval,
             "retry_policy": JitteredRetryPolicy(retry_total=config.retry_total, retry_backoff_factor=config.retry_backoff),
         }

@@ -66,14 +66,15 @@ async def test_config_is_delivered_once_the_address_is_known_then_server_up(make
     original = channel.deliver_config
 
     async def spy(conv, recipient, delivery):
-        delivered_at["vms"] = len(arm.of_type("virtualMachines"))
+        delivered_at["vms"] = [arm._state(vm) for vm in arm.of_type("virtualMachines")]
         return await original(conv, recipient, delivery)
 
     channel.deliver_config = spy
+    arm.op_seconds["PUT virtualMachines"] = 0.5
     async with make_runtime(provider=azure(arm), VPN_HOURLY_COST=0) as rt:
         await rt.dispatcher.handle(incoming("/vpn start"))
         await settle(rt)
-        assert delivered_at["vms"] == 0  # the config went out before the VM existed
+        assert "Succeeded" not in delivered_at["vms"]  # the config went out while the VM was still being made
         progress = channel.texts("progress")
         for step in ("reserving address", "creating server", "server booting"):
             assert any(step in p for p in progress), progress
@@ -381,6 +382,8 @@ async def test_a_failed_operation_at_each_step_is_told_and_cleaned_up(make_runti
         await settle(rt)
         (s,) = await rt.store.sessions(list(SessionState))
         assert s.state is SessionState.FAILED
+        await asyncio.sleep(0.4)
+        await rt.service.reconcile()  # what the sweeper does every minute
     text = channel.all_text()
     assert "could not set up your VPN" in text and "Your VPN server is up" not in text
     if rtype == "virtualMachines":
@@ -403,8 +406,11 @@ async def test_a_nic_held_after_a_failed_vm_is_removed_once_azure_lets_go(make_r
         text = channel.all_text()
         assert "released within a few minutes" in text and "Nothing was left running" not in text
         assert "will not work; please delete it" in text  # the config went out before the VM failed
-        assert rt.runner.get(f"cleanup:{s.id}") is not None
         await settle(rt)
+        assert await rt.service.reconcile() == 0  # still held: tried, kept for the next pass
+        assert f"vpn-{s.id}-nic" in arm.billed()
+        await asyncio.sleep(0.7)  # Azure lets go
+        assert await rt.service.reconcile() == 1
     assert arm.billed() == []
     codes = [r for r in arm.requests if r.method == "DELETE" and r.path.endswith(f"vpn-{s.id}-nic")]
     assert len(codes) >= 2  # refused while reserved, retried until it went
@@ -516,3 +522,11 @@ async def test_full_tunnel_gets_the_servers_resolver_unless_wg_dns_is_set(make_r
     provider = azure(arm, dns=("9.9.9.9",))
     assert provider.tunnel_dns is False
     assert azure(arm, full_tunnel=False).tunnel_dns is False
+
+
+def test_token_scope_follows_the_sdks_cloud_table():
+    from provisioner.azure import credential_scopes
+
+    assert credential_scopes("https://management.usgovcloudapi.net") == ["https://management.core.usgovcloudapi.net/.default"]
+    assert credential_scopes("https://management.azure.com") == ["https://management.azure.com/.default"]
+    assert credential_scopes("https://management.chinacloudapi.cn/") == ["https://management.chinacloudapi.cn/.default"]
