@@ -163,7 +163,9 @@ async def main(args) -> None:
             up += u
         print(title)
         print(f"  config delivered: {summary(config)}")
-        print(f"  server up:        {summary(up)}   floor {floor:.1f} s, goal <= {floor * 1.05:.1f} s")
+        # On a region's first session the NIC waits for the VNet/NSG too.
+        case_floor = floor if kw["warm"] else max(args.ip, args.shared) + args.nic + args.vm + args.boot
+        print(f"  server up:        {summary(up)}   floor {case_floor:.1f} s, goal <= {case_floor * 1.05:.1f} s")
     old = []
     for _ in range(args.runs):
         old += await old_design(args)

@@ -14,7 +14,6 @@ import base64
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Sequence
 
 from provisioner.wireguard import Secret, ServerConfig
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
 import re
 import uuid
@@ -121,7 +120,6 @@ class FakeArm:
 
     def __post_init__(self) -> None:
         self._ops: dict[str, dict] = {}
-        self._ip_counter = itertools.count(10)
         self.base_url = ""
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task] = set()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -14,7 +13,7 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from bot.sessions.model import SessionState
-from bot.web import RUNTIME, create_app
+from bot.web import create_app
 from provisioner import bootconfig
 from bot import server_up
 from provisioner.azure import AzureConfig, AzureProvider, deployment_mark
@@ -208,7 +207,7 @@ async def test_boot_timeout_fails_cleanly(make_runtime, channel, arm):
         (s,) = await rt.store.sessions(list(SessionState))
     assert s.state is SessionState.FAILED
     assert "the server did not come up" in channel.all_text()
-    assert arm.session_resources(s.id) == []
+    assert arm.session_resources(s.id) == [] and arm.billed() == []
 
 
 async def test_reconcile_deletes_unknown_and_leaves_others_alone(make_runtime, arm):
