@@ -74,6 +74,7 @@ class Recorded:
     path: str
     query: dict
     body: Any
+    status: int = 0  # what the fake answered
 
 
 class FakeCredential:
@@ -168,8 +169,14 @@ class FakeArm:
         if request.can_read_body:
             raw = await request.read()
             body = json.loads(raw) if raw else None
+        record = Recorded(request.method, request.path, dict(request.query), body)
+        self.requests.append(record)
+        response = await self._answer(request, body)
+        record.status = response.status
+        return response
+
+    async def _answer(self, request: web.Request, body: Any) -> web.StreamResponse:
         path = request.path
-        self.requests.append(Recorded(request.method, path, dict(request.query), body))
         if path.startswith("/fakearm/operations/"):
             return self._operation(path.rsplit("/", 1)[1])
         if path.startswith("/fakeblob/serial/"):

@@ -346,6 +346,11 @@ async def test_retry_after_is_capped_by_our_own_poll_interval(make_runtime, chan
             elapsed = loop.time() - started
             assert [s.state for s in await rt.store.sessions(list(SessionState))] == [SessionState.READY]
         assert elapsed < 4, elapsed
+        # The NIC went out the moment the IP had succeeded, never while it was still Creating (ARM
+        # refuses that with ReferencedResourceNotProvisioned); the address was read only once it existed.
+        assert not [r for r in arm.requests if r.status >= 400 and not (r.method == "GET" and r.status == 404)]  # 404: shared network looked up
+        ip_reads = [r for r in arm.requests if r.method == "GET" and r.path.endswith("-ip")]
+        assert ip_reads and all(r.status == 200 for r in ip_reads)
         assert "Endpoint = 203.0.113.10:51820" in next(x for x in channel.sent if x.kind == "config").text
     finally:
         await arm.stop()
@@ -429,7 +434,8 @@ async def test_stop_while_creating_meets_conflicts_and_still_removes_everything(
         (s,) = await rt.store.sessions(list(SessionState))
         assert s.state is SessionState.DELETED
     assert arm.billed() == []
-    assert any(r.method == "DELETE" and "networkInterfaces" in r.path for r in arm.requests)
+    nic_deletes = [r.status for r in arm.requests if r.method == "DELETE" and "networkInterfaces" in r.path]
+    assert nic_deletes[0] == 409 and nic_deletes[-1] in (202, 204)  # refused while its PUT ran, then gone
 
 
 async def test_the_wireguard_step_failing_never_reports_up(make_runtime, channel, arm):
