@@ -1,11 +1,15 @@
 """Ephemeral WireGuard VMs on Azure: the only module that imports the Azure SDKs.
 
 Per session, three dependent PUTs: a Standard static public IP (its address completes the client
-config, which is delivered at once), a NIC, and a VM that boots straight into WireGuard from
-customData. Delete options make deleting the VM remove its NIC, IP and disk. Names derive from the
-session id and every resource is tagged, so creates and deletes are idempotent and reconciliation
-finds whatever a crash or a lost store left behind. Shared per-region infrastructure (VNet, subnet,
-NSG allowing only UDP to WireGuard) is free and created once.
+config, which is delivered at once), a NIC (PUT the moment the IP succeeded), and a VM (the moment
+the NIC did) that boots straight into WireGuard from customData and proves its tunnel up before it
+says so. Every operation is polled at our own short interval (ARM's Retry-After of 10 s is capped).
+Delete options make deleting the VM remove its NIC, IP and disk; `destroy` also tries each one and
+reports what Azure still holds. Names derive from the session id and every resource carries this
+deployment's id (OS disks in their name), so creates and deletes are idempotent and reconciliation
+finds whatever a crash or a lost store left behind, and nothing of another deployment's. Shared
+per-region infrastructure (VNet, subnet, NSG allowing only UDP to WireGuard) is free, found by
+name, and created once.
 """
 from __future__ import annotations
 
