@@ -535,3 +535,14 @@ def test_token_scope_follows_the_sdks_cloud_table():
     assert credential_scopes("https://management.usgovcloudapi.net") == ["https://management.core.usgovcloudapi.net/.default"]
     assert credential_scopes("https://management.azure.com") == ["https://management.azure.com/.default"]
     assert credential_scopes("https://management.chinacloudapi.cn/") == ["https://management.chinacloudapi.cn/.default"]
+
+
+async def test_unreachable_public_url_falls_back_to_the_serial_console(make_runtime, channel, arm):
+    """The VMs cannot reach VPN_PUBLIC_URL: the boot script's line on the serial console still says up."""
+    async with make_runtime(provider=azure(arm), VPN_PUBLIC_URL=f"http://127.0.0.1:{_free_port()}") as rt:
+        await rt.dispatcher.handle(incoming("/vpn start"))
+        await settle(rt)
+        (s,) = await rt.store.sessions(list(SessionState))
+    assert s.state is SessionState.READY and s.server_up_at is None
+    assert [status for _, status in arm.callbacks] == [0]  # the callback was tried and could not arrive
+    assert "Your VPN server is up" in channel.all_text()
