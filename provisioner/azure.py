@@ -469,8 +469,12 @@ class AzureProvider:
         console_every = interval * (10 if spec.callback_url is not None and spec.server_up is not None else 1)
         next_console = loop.time()
         while True:
-            if spec.server_up is not None and await spec.server_up():
-                return "callback"
+            if spec.server_up is not None:
+                try:
+                    if await spec.server_up():
+                        return "callback"
+                except Exception:  # the store hiccuped: look again next round (the console still counts)
+                    log.warning("%s: could not read the server-up record; trying again", name, exc_info=True)
             if loop.time() >= next_console:
                 next_console = loop.time() + console_every
                 if await self._console_says_up(name):
