@@ -394,6 +394,8 @@ class AzureProvider:
                 ),
             )
         except HttpResponseError as exc:
+            if _code(exc) in ("InvalidResourceReference", "ReferencedResourceNotProvisioned"):
+                self._shared.pop(spec.region, None)  # the shared network went away: look again next time
             raise _friendly(exc, "network interface") from exc
         render = bootconfig.ignition if self.config.image == "flatcar" else bootconfig.cloud_config
         boot = render(server, callback_url=spec.callback_url, tunnel_dns=self.tunnel_dns)
