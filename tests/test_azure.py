@@ -199,6 +199,7 @@ async def test_a_failure_at_any_step_tells_the_user_and_deletes_what_was_made(ma
     assert fault.code in caplog.text  # the admin's log line names ARM's error code
 
 
+@pytest.mark.slow
 async def test_boot_timeout_fails_cleanly(make_runtime, channel, arm):
     arm.vm_agent_ready = False
     async with make_runtime(provider=azure(arm, boot_timeout=0.5)) as rt:
@@ -395,6 +396,7 @@ async def test_a_failed_operation_at_each_step_is_told_and_cleaned_up(make_runti
     assert arm.billed() == []
 
 
+@pytest.mark.slow
 async def test_a_nic_held_after_a_failed_vm_is_removed_once_azure_lets_go(make_runtime, channel, arm):
     arm.nic_reserved_seconds = 0.6
     arm.lro_failures.append(LroFailure("PUT", "virtualMachines", "AllocationFailed"))
@@ -438,6 +440,7 @@ async def test_stop_while_creating_meets_conflicts_and_still_removes_everything(
     assert nic_deletes[0] == 409 and nic_deletes[-1] in (202, 204)  # refused while its PUT ran, then gone
 
 
+@pytest.mark.slow
 async def test_the_wireguard_step_failing_never_reports_up(make_runtime, channel, arm):
     """cloud-init reports the VM agent Ready before the boot script ran: that alone is not "up"."""
     arm.boot_ok = False

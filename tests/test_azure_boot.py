@@ -154,6 +154,7 @@ async def test_boot_config_carries_the_delivered_clients_traffic_and_names(lab, 
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", ["networkctl fails", "interface never configured"])
 def test_a_boot_whose_wireguard_step_fails_never_reports_up(lab, tmp_path, broken):
     files = {f.path: f.content for f in bootconfig.boot_files(_server(), tunnel_dns=False)}
