@@ -28,37 +28,8 @@ import aiohttp
 from azure.core import AzureClouds
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
-from azure.mgmt.compute.aio import ComputeManagementClient
-from azure.mgmt.compute.models import (
-    BootDiagnostics,
-    DiagnosticsProfile,
-    HardwareProfile,
-    ImageReference,
-    LinuxConfiguration,
-    ManagedDiskParameters,
-    NetworkInterfaceReference,
-    NetworkProfile,
-    OSDisk,
-    OSProfile,
-    SshConfiguration,
-    SshPublicKey,
-    StorageProfile,
-    VirtualMachine,
-)
 from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 from azure.mgmt.core.tools import get_arm_endpoints
-from azure.mgmt.network.aio import NetworkManagementClient
-from azure.mgmt.network.models import (
-    AddressSpace,
-    NetworkInterface,
-    NetworkInterfaceIPConfiguration,
-    NetworkSecurityGroup,
-    PublicIPAddress,
-    PublicIPAddressSku,
-    SecurityRule,
-    Subnet,
-    VirtualNetwork,
-)
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -76,11 +47,61 @@ TAG_OWNER = "vpn-owner"
 TAG_EXPIRES = "expires-at"
 ADMIN_USER = "vpnadmin"
 
-IMAGES = {
-    "ubuntu": ImageReference(publisher="Canonical", offer="ubuntu-24_04-lts", sku="minimal", version="latest"),
-    # The corevm offer needs no marketplace plan or terms (the -free offer does).
-    "flatcar": ImageReference(publisher="kinvolk", offer="flatcar-container-linux-corevm-amd64", sku="stable-gen2", version="latest"),
-}
+IMAGES: dict = {}  # name -> ImageReference, filled by _load_sdk()
+_sdk_loaded = False
+
+
+def _load_sdk() -> None:
+    """Import the management SDKs (about half a second of CPU) when the first client is built, not at
+    start-up: a replica woken by a message answers it without them. Binds the names used below."""
+    global _sdk_loaded, ComputeManagementClient, NetworkManagementClient
+    global BootDiagnostics, DiagnosticsProfile
+    global HardwareProfile, ImageReference, LinuxConfiguration, ManagedDiskParameters, NetworkInterfaceReference
+    global NetworkProfile, OSDisk, OSProfile, SshConfiguration, SshPublicKey, StorageProfile, VirtualMachine
+    global AddressSpace, NetworkInterface, NetworkInterfaceIPConfiguration, NetworkSecurityGroup, PublicIPAddress
+    global PublicIPAddressSku, SecurityRule, Subnet, VirtualNetwork
+    if _sdk_loaded:
+        return
+    from azure.mgmt.compute.aio import ComputeManagementClient
+    from azure.mgmt.compute.models import (
+        BootDiagnostics,
+        DiagnosticsProfile,
+        HardwareProfile,
+        ImageReference,
+        LinuxConfiguration,
+        ManagedDiskParameters,
+        NetworkInterfaceReference,
+        NetworkProfile,
+        OSDisk,
+        OSProfile,
+        SshConfiguration,
+        SshPublicKey,
+        StorageProfile,
+        VirtualMachine,
+    )
+    from azure.mgmt.network.aio import NetworkManagementClient
+    from azure.mgmt.network.models import (
+        AddressSpace,
+        NetworkInterface,
+        NetworkInterfaceIPConfiguration,
+        NetworkSecurityGroup,
+        PublicIPAddress,
+        PublicIPAddressSku,
+        SecurityRule,
+        Subnet,
+        VirtualNetwork,
+    )
+
+    IMAGES.update(
+        {
+            "ubuntu": ImageReference(publisher="Canonical", offer="ubuntu-24_04-lts", sku="minimal", version="latest"),
+            # The corevm offer needs no marketplace plan or terms (the -free offer does).
+            "flatcar": ImageReference(publisher="kinvolk", offer="flatcar-container-linux-corevm-amd64", sku="stable-gen2", version="latest"),
+        }
+    )
+    _sdk_loaded = True
+
+
 # East US, Linux, pay-as-you-go, USD/hour (Azure retail price catalog). Unknown sizes fall back to
 # AZURE_HOURLY_COST. Public IP $0.005/h and an S4 HDD OS disk ≈ $0.0021/h are added to every VM.
 VM_PRICES = {
@@ -253,14 +274,36 @@ class AzureProvider:
             if not ipaddress.ip_address("127.0.0.1" if host == "localhost" else host).is_loopback:
                 raise ValueError("AZURE_ARM_ENDPOINT may use http:// only on loopback (tests, emulators)")
             kwargs["per_call_policies"] = [_AllowLoopbackHttp()]
-        self.compute = ComputeManagementClient(credential, config.subscription_id, **kwargs)
-        self.network = NetworkManagementClient(credential, config.subscription_id, **kwargs)
+        self._client_kwargs = kwargs
+        self._compute = self._network = None  # built on first use (see _load_sdk)
         self._shared: dict[str, asyncio.Task] = {}  # region -> task making sure VNet and NSG exist
         self._pending: dict[str, _Pending] = {}
         self._ssh_key = config.ssh_public_key
         self._ssh_key_task: asyncio.Future | None = None
         self._deployment = config.deployment_id or config.instance_name
         self._http: aiohttp.ClientSession | None = None  # boot diagnostics blobs
+
+    async def _clients(self) -> None:
+        """Build the SDK clients, importing the SDKs in a worker thread so the event loop keeps serving."""
+        if self._compute is None:
+            await asyncio.to_thread(_load_sdk)
+            self._build_clients()
+
+    def _build_clients(self) -> None:
+        if self._compute is None:
+            _load_sdk()
+            self._compute = ComputeManagementClient(self._credential, self.config.subscription_id, **self._client_kwargs)
+            self._network = NetworkManagementClient(self._credential, self.config.subscription_id, **self._client_kwargs)
+
+    @property
+    def compute(self):
+        self._build_clients()
+        return self._compute
+
+    @property
+    def network(self):
+        self._build_clients()
+        return self._network
 
     @property
     def regions(self) -> Sequence[str]:
@@ -313,6 +356,7 @@ class AzureProvider:
         """Reserve the public IP and return once its address is known (the client config is then
         complete). The NIC and VM start at once in the background; `wait_ready` waits for them."""
         names, region = self._names(spec.session_id), spec.region
+        await self._clients()
         await progress("reserving address")
         self._ssh_public_key_task()  # CPU work in a thread, done long before the VM PUT needs it
         shared = self._shared_network(region)  # never on the config's path; the NIC waits for it
@@ -440,6 +484,7 @@ class AzureProvider:
 
     async def wait_ready(self, spec: ServerSpec, progress: ProgressFn) -> None:
         """NIC and VM created, then a positive "tunnel up" signal, or ProvisionError."""
+        await self._clients()
         pending = self._pending.get(spec.session_id)
         if pending is None:
             raise ProvisionError("the server's set-up was lost; please start again", detail="wait_ready without create")
@@ -618,6 +663,7 @@ class AzureProvider:
         anything is left (Azure holds a failed VM's NIC for about three minutes)."""
         if not session_id:
             return
+        await self._clients()
         names = self._names(session_id)
         await self._forget(session_id)
         refused: dict[str, str] = {}
@@ -646,6 +692,7 @@ class AzureProvider:
         """Every per-session resource this deployment owns, one entry per session: tagged VMs, NICs
         and public IPs, and OS disks by name (disks get no tags). Another deployment's resources in
         the same group carry another deployment id and are never listed."""
+        await self._clients()
         rg, found = self.config.resource_group, {}
         mark = deployment_mark(self._deployment)
 
@@ -687,8 +734,9 @@ class AzureProvider:
         await asyncio.gather(*self._shared.values(), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
-        await self.compute.close()
-        await self.network.close()
+        if self._compute is not None:
+            await self._compute.close()
+            await self._network.close()
         close = getattr(self._credential, "close", None)
         if close is not None:
             await close()
