@@ -148,6 +148,7 @@ def make_channels(settings: Settings) -> list:
                     tenant_id=settings.teams_tenant_id,
                     dev_mode=settings.dev_mode,
                     allowed_tenants=settings.teams_allowed_tenants,
+                    upload_hosts=settings.teams_upload_hosts,
                 )
             )
         )

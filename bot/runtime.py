@@ -77,9 +77,9 @@ class Runtime:
         if bind is not None:
             bind(self.settings.deployment_id or await self.store.deployment_id())
         stack.push_async_callback(self.provider.close)
-        stack.push_async_callback(self.runner.shutdown)
         self.http = aiohttp.ClientSession()
-        stack.push_async_callback(self.http.close)
+        stack.push_async_callback(self.http.close)  # after the runner: tasks finishing in its grace period still send
+        stack.push_async_callback(self.runner.shutdown)
         for ch in self.channels:
             attach = getattr(ch, "attach", None)  # channels that need the store, runner or HTTP client
             if attach is not None:

@@ -144,6 +144,10 @@ class VpnService:
                 "I cannot send you a config privately from here, and I never post one in a group. "
                 "An admin has been told what to set up. Meanwhile: /vpn start key=YOUR-PUBLIC-KEY works (the public key from your WireGuard app)."
             )
+        if public_key is None:
+            refusal = await self.outbox.check_private_delivery(conv, who)  # e.g. Teams opens the 1:1 chat first
+            if refusal:
+                raise Refused(refusal)
         owner = str(who.key)
         lock = self._user_locks.get(owner)
         if lock is None:
@@ -370,6 +374,7 @@ class VpnService:
             s = s.moved(SessionState.FAILED, now, error=reason[:300], ended_at=now)
             await self.store.save(s)
             metrics.session_failed(exc)
+        await self.outbox.retract(s.conversation, s.id)  # a config already sent is worthless now: take it back
         await self.store.purge_claims(now, session_id=s.id)
         await self.outbox.progress(s.conversation, f"Setting up your VPN failed (session {s.id}).", handle)
         await self.outbox.text(s.conversation, f"Sorry, I could not set up your VPN: {reason}. {tail} You can try /vpn start again.")
@@ -412,6 +417,7 @@ class VpnService:
         s = s.moved(SessionState.DELETED, now, ended_at=now)
         await self.store.save(s)
         metrics.teardown_done(s)
+        await self.outbox.retract(s.conversation, s.id)
         await self.store.purge_claims(now, session_id=s.id)  # an unclaimed config is worthless now: erase it
         log.info("session %s deleted (%s)", s.id, reason)
         await self.outbox.text(s.conversation, f"Your VPN session {s.id} has ended ({reason}). Use /vpn start for a new one.")

@@ -62,6 +62,7 @@ class Settings:
     teams_app_type: str = "SingleTenant"
     teams_tenant_id: str = ""
     teams_allowed_tenants: tuple[str, ...] = ()
+    teams_upload_hosts: tuple[str, ...] = ("*.sharepoint.com",)
     dev_mode: bool = False
     groupme_bot_id: str = ""
     groupme_group_ids: tuple[str, ...] = ()
@@ -138,9 +139,10 @@ class Settings:
             public_url=r.parse("VPN_PUBLIC_URL", "", _public_url, "an https:// URL (http:// only for localhost)"),
             teams_app_id=r.text("MicrosoftAppId", ""),
             teams_app_password=r.text("MicrosoftAppPassword", ""),
-            teams_app_type=r.parse("MicrosoftAppType", "SingleTenant", _app_type, "SingleTenant or UserAssignedMSI (new bots cannot be multi-tenant)"),
+            teams_app_type=r.parse("MicrosoftAppType", "SingleTenant", _app_type, "SingleTenant, UserAssignedMSI or (existing registrations only) MultiTenant"),
             teams_tenant_id=r.text("MicrosoftAppTenantId", ""),
             teams_allowed_tenants=r.parse("TEAMS_ALLOWED_TENANTS", "", _guid_list, "comma-separated tenant ids (GUIDs)"),
+            teams_upload_hosts=r.parse("TEAMS_UPLOAD_HOSTS", "*.sharepoint.com", _host_patterns, "comma-separated host names, '*.' for subdomains (e.g. *.sharepoint.com, *.sharepoint.us)"),
             dev_mode=r.choice("VPN_DEV_MODE", "0", ("0", "1")) == "1",
             groupme_bot_id=r.text("GROUPME_BOT_ID", ""),
             groupme_group_ids=r.parse("GROUPME_GROUP_ID", "", _digit_list, "comma-separated numeric GroupMe group ids"),
@@ -183,10 +185,10 @@ class Settings:
                 "Teams authentication off (for local tries without credentials set VPN_DEV_MODE=1)"
             )
         if s.teams_app_id:
-            if not s.teams_tenant_id:
+            if not s.teams_tenant_id and s.teams_app_type != "MultiTenant":
                 raise SettingsError(f"MicrosoftAppTenantId is required with MicrosoftAppType={s.teams_app_type}")
-            if s.teams_app_type == "SingleTenant" and not s.teams_app_password:
-                raise SettingsError("MicrosoftAppPassword is required with MicrosoftAppType=SingleTenant")
+            if s.teams_app_type in ("SingleTenant", "MultiTenant") and not s.teams_app_password:
+                raise SettingsError(f"MicrosoftAppPassword is required with MicrosoftAppType={s.teams_app_type}")
         if s.groupme_bot_id:
             if len(s.groupme_callback_secret) < 16 or not re.fullmatch(r"[A-Za-z0-9_-]+", s.groupme_callback_secret):
                 raise SettingsError(
@@ -265,10 +267,18 @@ def _origin_list(text: str) -> tuple[str, ...]:
 
 
 def _app_type(text: str) -> str:
-    for name in ("SingleTenant", "UserAssignedMSI"):
+    # MultiTenant: existing registrations still work (the channel warns); new ones cannot be made.
+    for name in ("SingleTenant", "UserAssignedMSI", "MultiTenant"):
         if text.lower() == name.lower():
             return name
     raise ValueError(text)
+
+
+def _host_patterns(text: str) -> tuple[str, ...]:
+    hosts = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    if not hosts or not all(re.fullmatch(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", h) for h in hosts):
+        raise ValueError(text)
+    return hosts
 
 
 def _guid_list(text: str) -> tuple[str, ...]:

@@ -57,10 +57,11 @@ class Dispatcher:
         command_text = parsed.verb if isinstance(parsed, Command) else "(unparsed)"
         if role is None:
             await self._audit(msg, command_text, False, "not on the allowlist")
+            # An id is said only in a private chat, never in a group or channel.
+            where = f" (your id is {msg.identity.key})" if msg.is_private else " (message me privately to learn your id)"
             await self.outbox.text(
                 msg.conversation,
-                "Sorry, you are not allowed to use this VPN bot. "
-                f"If you should be, ask an admin to add you (your id is {msg.identity.key}).",
+                f"Sorry, you are not allowed to use this VPN bot. If you should be, ask an admin to add you{where}.",
             )
             return "refused"
         if parsed is None or isinstance(parsed, Usage):
