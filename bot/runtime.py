@@ -40,6 +40,7 @@ def policy_from(settings: Settings) -> SessionPolicy:
         sweep_seconds=settings.sweep_seconds,
         reconcile_seconds=settings.reconcile_seconds,
         lease_seconds=settings.lease_seconds,
+        public_url=settings.public_url,
     )
 
 
@@ -85,19 +86,22 @@ class Runtime:
         stack = self._stack
         await self.store.open()
         stack.push_async_callback(self.store.close)
+        bind = getattr(self.provider, "bind_deployment", None)  # cloud providers tag what they make with it
+        if bind is not None:
+            bind(self.settings.deployment_id or await self.store.deployment_id())
         stack.push_async_callback(self.provider.close)
-        stack.push_async_callback(self.runner.shutdown)
         self.http = aiohttp.ClientSession()
-        stack.push_async_callback(self.http.close)
+        stack.push_async_callback(self.http.close)  # after the runner: tasks finishing in its grace period still send
+        stack.push_async_callback(self.runner.shutdown)
         for ch in self.channels:
             attach = getattr(ch, "attach", None)  # channels that need the store, runner or HTTP client
             if attach is not None:
                 await attach(self)
         if self._background:
             # First pass before taking commands: resume or clean up what a crash left, expire what is due.
+            # Reconcile (provider list calls, seconds on a cloud) is the sweeper's first job instead: off the cold-start path.
             try:
                 await self.service.sweep()
-                await self.service.reconcile()
             except Exception:
                 log.exception("start-up sweep failed; the sweeper will try again")
             sweeper = asyncio.get_running_loop().create_task(self.service.run_sweeper(), name="sweeper")

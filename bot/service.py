@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import AsyncIterator, Awaitable, Callable, Sequence
 
+from bot import metrics
 from bot.messages import ConversationRef, Identity, UserKey
+from bot import server_up
 from bot.outbox import ConfigDelivery, DeliveryError, Outbox
 from bot.sessions.model import (
     ACTIVE_STATES,
@@ -31,7 +33,7 @@ from bot.sessions.store import CreateOutcome, Store, Worker
 from bot.tasks import TaskRunner
 from cards.qr import qr_png
 from cards.text import format_minutes
-from provisioner.base import Provider, ProvisionError, ServerSpec
+from provisioner.base import CleanupIncomplete, Provider, ProvisionError, ServerSpec
 from provisioner.wireguard import (
     DEFAULT_ALLOWED_IPS,
     ClientConfig,
@@ -43,6 +45,7 @@ from provisioner.wireguard import (
 
 log = logging.getLogger(__name__)
 TEARDOWN_ATTEMPTS = 3
+CLEANUP_PATIENCE = 5 * 60.0  # how long one teardown keeps retrying what the cloud still holds (a NIC: ~3 min)
 CAS_ATTEMPTS = 100  # re-read and re-decide this often before giving up on a contended session
 SWEEP_CONCURRENCY = 16  # sessions a sweep works on at once (a remote store's latency adds up otherwise)
 
@@ -78,6 +81,7 @@ class SessionPolicy:
     # Whoever works on a session holds a lease this long and renews it every third of it; another
     # worker takes the work over only once the lease has expired (docs/decisions.md, "Leases").
     lease_seconds: float = 30.0
+    public_url: str = ""  # where servers that boot by themselves call back "tunnel up"
 
     @property
     def renew_seconds(self) -> float:
@@ -172,6 +176,10 @@ class VpnService:
                 "I cannot send you a config privately from here, and I never post one in a group. "
                 "An admin has been told what to set up. Meanwhile: /vpn start key=YOUR-PUBLIC-KEY works (the public key from your WireGuard app)."
             )
+        if public_key is None:
+            refusal = await self.outbox.check_private_delivery(conv, who)  # e.g. Teams opens the 1:1 chat first
+            if refusal:
+                raise Refused(refusal)
         owner = str(who.key)
         lock = self._user_locks.get(owner)
         if lock is None:
@@ -265,6 +273,17 @@ class VpnService:
         self._wake.set()
         log.info("session %s extended by %d min", s.id, minutes)
         return s
+
+    async def record_server_up(self, session_id: str) -> Session | None:
+        """The server's "tunnel up" callback reached this replica: note it once, by compare-and-set."""
+
+        def change(s: Session) -> Session | None:
+            if s.state is not SessionState.PROVISIONING or s.server_up_at is not None:
+                return None
+            now = self.clock()
+            return s.with_changes(now, server_up_at=now)
+
+        return await self._update(session_id, change)
 
     # ----- compare-and-set and leases --------------------------------------------------------------
 
@@ -427,14 +446,24 @@ class VpnService:
             public = keys.public
         # The public key is stored before anything is created, so reconciliation can tie the
         # resource to this session even if we crash before `create` returns.
-        s = await self._owned(s.id, IN_FLIGHT_STATES, lambda x: x.with_changes(x.updated_at, client_public_key=public, progress_handle=handle or ""))
+        callback_url, token_hash = server_up.new_callback(self.policy.public_url, s.id)
+        s = await self._owned(
+            s.id,
+            IN_FLIGHT_STATES,
+            lambda x: x.with_changes(
+                x.updated_at, client_public_key=public, progress_handle=handle or "", ready_token_hash=token_hash, server_up_at=None
+            ),
+        )
 
         async def step(text: str) -> None:
             nonlocal handle
             handle = await self.outbox.progress(conv, f"Setting up your VPN: {text}…", handle)
             self._handles[s.id] = handle
 
-        spec = ServerSpec(s.id, s.owner, s.region, s.expires_at, public, psk, reserve_address=self._address_reserver(s.id))
+        spec = ServerSpec(
+            s.id, s.owner, s.region, s.expires_at, public, psk, reserve_address=self._address_reserver(s.id),
+            callback_url=callback_url, server_up=server_up.recorded(self.store, s.id),
+        )
         if holding.lost is not None:
             raise LeaseLost(holding.lost)  # stopped or taken over while we made keys: create nothing
         info = await asyncio.wait_for(self.provider.create(spec, step), self.policy.provision_timeout)
@@ -478,6 +507,7 @@ class VpnService:
             del config_text, keys  # the private key lives only in `delivery` until the channel has it
             where = await self.outbox.deliver(conv, Identity(UserKey.parse(s.owner), display_name=s.owner_label), delivery)
             del delivery
+        metrics.config_delivered(s, self.clock())
         if not info.ready:
             # Cloud VMs: the config is complete once the address is known; the server boots meanwhile.
             await self.outbox.text(conv, f"{where} The server is still booting: the tunnel comes up within about a minute, and I will tell you when it is up.")
@@ -489,8 +519,10 @@ class VpnService:
         s = await self._owned(
             s.id,
             IN_FLIGHT_STATES,
+            # x is the stored session: a server-up callback recorded meanwhile (any replica) is kept.
             lambda x: x.moved(SessionState.READY, ready_at, ready_at=ready_at, expires_at=expires_at, error="", **self._unleased()),
         )
+        metrics.session_ready(s)
         await self.outbox.progress(conv, f"Your VPN is ready (session {s.id}).", handle)
         if info.ready:
             await self.outbox.text(conv, f"{where} Session {s.id} ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
@@ -524,15 +556,23 @@ class VpnService:
         if s is None:
             log.info("session %s: not failing it, it moved on meanwhile", session_id)
             return
-        cleaned = True
+        tail = "Nothing was left running."
         try:
             await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
+        except CleanupIncomplete as held:
+            # The cloud still holds part of it (a failed VM's NIC, for about three minutes): the
+            # reconcile pass (every replica's sweeper, every `reap`) retries until it is gone.
+            log.warning("session %s: %s; reconcile removes it once Azure lets go", s.id, held)
+            tail = "Azure still holds its network address after a failed start; the address is released within a few minutes, automatically."
         except Exception:
-            cleaned = False  # the reconcile pass removes it: a failed session owns nothing
+            tail = "Its leftovers will be removed automatically."  # the reconcile pass: a failed session owns nothing
             log.exception("session %s: cleanup after failure failed; reconcile will retry", s.id)
+        if s.endpoint and not s.own_key and not isinstance(exc, DeliveryError):
+            tail = f"The config I sent for it will not work; please delete it. {tail}"
+        metrics.session_failed(exc)
+        await self.outbox.retract(s.conversation, s.id)  # a config already sent is worthless now: take it back
         await self._ended(s)
         await self.outbox.progress(s.conversation, f"Setting up your VPN failed (session {s.id}).", handle or s.progress_handle or None)
-        tail = "Nothing was left running." if cleaned else "Its leftovers will be removed automatically."
         await self.outbox.text(s.conversation, f"Sorry, I could not set up your VPN: {reason}. {tail} You can try /vpn start again.")
 
     async def _ended(self, s: Session) -> None:
@@ -570,20 +610,30 @@ class VpnService:
             return
         try:
             async with self._holding(s.id, (SessionState.EXPIRING,)):
-                for attempt in range(TEARDOWN_ATTEMPTS):
+                attempt, waited = 0, 0.0
+                while True:
                     try:
                         await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
                         break
+                    except CleanupIncomplete as exc:  # the cloud is still holding something: not a failed attempt
+                        if waited >= CLEANUP_PATIENCE:
+                            raise  # still `expiring`: the sweeper starts over
+                        log.warning("session %s: %s; trying again in %.0f s", s.id, exc, exc.retry_after)
+                        await asyncio.sleep(exc.retry_after)
+                        waited += exc.retry_after
                     except Exception:
-                        log.exception("session %s: teardown attempt %d failed", s.id, attempt + 1)
-                        if attempt + 1 == TEARDOWN_ATTEMPTS:
+                        attempt += 1
+                        log.exception("session %s: teardown attempt %d failed", s.id, attempt)
+                        if attempt == TEARDOWN_ATTEMPTS:
                             raise  # still `expiring`: the sweeper tries again on its next pass
-                        await asyncio.sleep(2**attempt)
+                        await asyncio.sleep(2 ** (attempt - 1))
                 now = self.clock()
                 s = await self._owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **self._unleased()))
         except LeaseLost as lost:
             log.info("session %s: teardown handed over (%s)", session_id, lost)
             return
+        metrics.teardown_done(s)
+        await self.outbox.retract(s.conversation, s.id)
         await self._ended(s)
         log.info("session %s deleted (%s)", s.id, s.end_reason or reason)
         await self.outbox.text(s.conversation, f"Your VPN session {s.id} has ended ({s.end_reason or reason}). Use /vpn start for a new one.")
@@ -688,6 +738,9 @@ class VpnService:
             try:
                 await self.provider.destroy(r.session_id or "", resource_id=r.resource_id, peer_public_key=r.peer_public_key)
                 removed += 1
+                metrics.reconcile_deleted(self.provider.name)
+            except CleanupIncomplete as exc:
+                log.warning("reconcile: %s; trying again on the next pass", exc)
             except Exception:
                 log.exception("reconcile: could not delete %s", r.resource_id)
         return removed

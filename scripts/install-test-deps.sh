@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian/Ubuntu machine: WireGuard (userspace
-# wireguard-go + wireguard-tools) and iproute2 for the namespace tunnel tests, Debian's Chromium
+# wireguard-go + wireguard-tools), iproute2 and nftables for the namespace tests, Debian's Chromium
 # for the claim-page browser test (Playwright drives it; no browser is downloaded), Azurite (npm) for
-# the Table Storage store, and the Python
-# packages of requirements-dev.txt. Safe to run again: it skips what is already there.
+# the Table Storage store's tests, and the Python packages of requirements-dev.txt (into ./.venv).
+# Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,7 @@ command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v nft >/dev/null 2>&1 || command -v iptables >/dev/null 2>&1 || missing+=(nftables)  # host-setup's NAT
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq
@@ -35,4 +36,6 @@ if ! command -v azurite-table >/dev/null 2>&1 || [ "$(azurite-table --version 2>
   fi
 fi
 
-python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+# The Python packages go into ./.venv (scripts/venv.sh), which the README's test command runs.
+. scripts/venv.sh
+ensure_venv requirements-dev.txt

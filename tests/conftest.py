@@ -127,7 +127,7 @@ def make_runtime(tmp_path, clock, channel, store_env):
     """Build a Runtime on tmp_path with settings from keyword overrides; enter it with `async with`."""
 
     def build(*, users: str = "test:alice,test:bob", admins: str = "test:root", provider=None, channels=None, clock_fn=None, **env) -> Runtime:
-        values = {"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": users, "VPN_ADMINS": admins, **store_env}
+        values = {"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": users, "VPN_ADMINS": admins, "VPN_METRICS_PORT": "0", **store_env}
         values.update({k: str(v) for k, v in env.items()})
         settings = Settings.from_env(values)
         settings.data_dir.mkdir(parents=True, exist_ok=True)

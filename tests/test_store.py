@@ -268,3 +268,9 @@ async def test_table_storage_forgets_long_ended_sessions(spec, stores):
     await a.create_session(new_session(session_id="live"), per_user=5, total=10)
     await a.purge_claims(T0)  # the sweep's housekeeping
     assert await a.get("old") is None and await a.get("recent") is not None and await a.get("live") is not None
+
+
+async def test_one_deployment_id_for_every_replica(stores):
+    a, b = stores
+    ids = await asyncio.gather(*((a if i % 2 else b).deployment_id() for i in range(6)))
+    assert len(set(ids)) == 1 and ids[0].startswith("d")

@@ -306,3 +306,109 @@ async def test_notes_keep_the_latest_within_what_the_store_holds(stack):
     notes = json.loads(await app.runtime.store.get_progress("web:r1:notes"))
     assert notes[-1].startswith("notice 29") and 1 <= len(notes) <= 12
     assert await app.runtime.store.get_progress("web:r1") == notes[-1][:2000]
+
+
+# ----- found by review: hostile input, split bodies, HEAD, the form without script ------------------
+
+def _b64url(raw: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+async def test_hostile_bodies_and_tokens_are_4xx_never_5xx(stack):
+    """Deeply nested JSON (RecursionError in json), lone surrogates (SQLite cannot encode them), a nested token header."""
+    app = await stack()
+    alice = await signed_in(stack, app, ALICE)
+    _, headers, s = await alice.json("POST", "/api/sessions")
+    await alice.wait_for(headers["Location"], lambda b: b["state"] == "ready")
+    deep = b"[" * 15_000
+    as_json = {"Content-Type": "application/json"}
+    anon = Client(stack.http, app.base)
+    for client, path, body in (
+        (anon, "/api/login", deep),
+        (anon, "/api/login", b'{"email": "a\\ud800@example.org", "password": "whatever-it-is"}'),
+        (anon, "/api/login", b'{"email": "alice@example.org", "password": "x\\udfff"}'),
+        (alice, "/api/sessions", deep),
+        (alice, f"/api/sessions/{s['id']}/extend", deep),
+    ):
+        status, _, answer = await client.call("POST", path, data=body, headers=as_json)
+        assert 400 <= status < 500, (path, body[:40], status, answer[:80])
+    for token in (_b64url(b"[" * 1400) + ".e30.x", _b64url(b'{"alg": "HS256", "x": ' + b"[" * 1300 + b"}") + ".e30.x"):
+        status, headers, _ = await Client(stack.http, app.base, token).call("GET", "/api/sessions")
+        assert status == 401 and headers["Cache-Control"] == "no-store"
+
+
+async def test_a_body_sent_in_pieces_is_read_whole(stack):
+    """A chunked body arrives in several reads; the first piece alone is not the body."""
+    import asyncio
+    import json
+
+    app = await stack()
+    await app.add_user(ALICE)
+    body = json.dumps({"email": ALICE, "password": "correct horse battery staple"}).encode()
+
+    async def pieces():
+        for i in range(0, len(body), 10):
+            yield body[i:i + 10]
+            await asyncio.sleep(0.02)
+
+    async with stack.http.post(app.base + "/api/login", data=pieces(), headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 200, await resp.text()
+
+    async def too_big():
+        for _ in range(3):
+            yield b" " * 10_000
+            await asyncio.sleep(0.02)
+
+    async with stack.http.post(app.base + "/api/login", data=too_big(), headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 413
+
+
+async def test_head_does_not_spend_the_config(stack):
+    """HEAD is a safe method: a download manager's size check must not burn the one-time config."""
+    app = await stack()
+    alice = await signed_in(stack, app, ALICE)
+    _, headers, s = await alice.json("POST", "/api/sessions")
+    await alice.wait_for(headers["Location"], lambda b: b["config_ready"])
+    for path in ("config.png", "config"):
+        status, _, _ = await alice.call("HEAD", f"/api/sessions/{s['id']}/{path}")
+        assert status == 405
+    assert (await alice.call("GET", f"/api/sessions/{s['id']}/config.png"))[0] == 200
+    assert (await alice.call("GET", f"/api/sessions/{s['id']}/config"))[0] == 200
+
+
+async def test_the_sign_in_form_never_puts_the_password_in_a_url(stack):
+    """Before app.js runs (or if it fails to load) a submitted form goes by its own method: GET would put the password in the URL."""
+    app = await stack()
+    _, _, body = await Client(stack.http, app.base).call("GET", "/")
+    forms = dict(re.findall(r'<form id="(\w[\w-]*)"([^>]*)>', body.decode()))
+    assert 'method="post"' in forms["local"]
+
+
+async def test_a_config_that_never_existed_is_not_called_downloaded(stack):
+    from provisioner.wireguard import generate_keypair
+
+    app = await stack()
+    alice = await signed_in(stack, app, ALICE)
+    _, headers, s = await alice.json("POST", "/api/sessions", json={"public_key": generate_keypair().public})
+    await alice.wait_for(headers["Location"], lambda b: b["state"] == "ready")
+    status, _, body = await alice.json("GET", f"/api/sessions/{s['id']}/config")
+    assert status == 410 and "already downloaded" not in body["error"] and "your own key" in body["error"]
+    status, _, body = await alice.json("POST", f"/api/sessions/{s['id']}/extend", json={"minutes": 20_000})
+    assert status == 400 and "10080" in body["error"]
+
+
+async def test_twenty_concurrent_takes_over_two_replicas_hand_out_each_once(stack):
+    import asyncio
+
+    a = await stack()
+    b = await stack()
+    alice_a = await signed_in(stack, a, ALICE)
+    alice_b = Client(stack.http, b.base, alice_a.token)
+    _, headers, s = await alice_a.json("POST", "/api/sessions")
+    await alice_a.wait_for(headers["Location"], lambda body: body["config_ready"])
+    for path in ("config.png", "config"):
+        results = await asyncio.gather(*[(alice_a, alice_b)[i % 2].call("GET", f"/api/sessions/{s['id']}/{path}") for i in range(20)])
+        statuses = sorted(status for status, _, _ in results)
+        assert statuses == [200] + [410] * 19, statuses

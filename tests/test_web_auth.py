@@ -275,3 +275,94 @@ async def test_entra_users_share_the_teams_allowlist_entry(entra, tmp_path):
             assert await app.runtime.service.live_sessions() == []
     finally:
         await app.close()
+
+
+# ----- found by review -------------------------------------------------------------------------------
+
+def test_an_email_that_cannot_be_stored_is_not_an_email():
+    """A lone surrogate survives json.loads but not SQLite's UTF-8 encoding."""
+    for text in ("a\ud800@example.org", "alice@example.org\udfff"):
+        with pytest.raises(ValueError):
+            local.normalize_email(text)
+
+
+async def test_a_login_with_a_lone_surrogate_is_refused_like_any_other(store):
+    auth = local.LocalAuth(SECRET, store, Clock())
+    for email, password in (("a\ud800@example.org", PASSWORD), ("alice@example.org", "x\udfff" * 6)):
+        with pytest.raises(local.LoginRefused):
+            await auth.login(email, password, "127.0.0.1")
+
+
+async def test_a_deeply_nested_entra_token_is_refused_not_a_crash(entra, verifier):
+    """The unverified payload is parsed before any signature check; json's RecursionError is no ValueError."""
+    deep = _b64(b'{"tid": ' + b"[" * 5000 + b"}")
+    for token in (_b64(json.dumps({"alg": "RS256", "kid": entra.kid}).encode()) + "." + deep + "." + _b64(b"sig"),
+                  _b64(b'{"alg": "RS256", "kid": ' + b"[" * 3000 + b"}") + ".e30." + _b64(b"sig")):
+        with pytest.raises(InvalidToken):
+            await verifier.verify(token)
+
+
+async def test_a_burst_of_logins_does_not_queue_other_threaded_work(store, monkeypatch):
+    """Hashing runs in its own small pool: a burst of logins (one address may send 30) must not hold up key
+    generation, sealing or QR rendering, which share asyncio's default executor."""
+    import asyncio
+    import os
+
+    monkeypatch.setattr(local, "_DUMMY_HASH", local.hash_password("x", iterations=100_000))  # cheaper, still slow
+    n = min(32, (os.cpu_count() or 1) + 4) + 10  # more than the default executor's workers
+    auth = local.LocalAuth(SECRET, store, Clock())
+    finished = 0
+
+    async def one(i: int) -> None:
+        nonlocal finished
+        with pytest.raises(local.LoginRefused):
+            await auth.login(f"nobody{i}@example.org", PASSWORD, f"192.0.2.{i}")  # the dummy hash: the real cost
+        finished += 1
+
+    looked_up = 0
+    get_user = store.get_user
+
+    async def counting_get_user(email):
+        nonlocal looked_up
+        looked_up += 1  # the last step before the hash is handed to a thread
+        return await get_user(email)
+
+    store.get_user = counting_get_user
+    burst = [asyncio.create_task(one(i)) for i in range(n)]
+    while looked_up < n:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.01)
+    finished_before = await asyncio.to_thread(lambda: finished)
+    await asyncio.gather(*burst)
+    assert finished_before < 3, f"{finished_before} of {n} logins finished before one other threaded call ran"
+
+
+async def test_while_entra_is_down_plausible_tokens_do_not_each_fetch():
+    """With no keys yet and the tenant failing, every plausible token used to start another fetch (10 s timeout, one at
+    a time behind the lock): a queue of outbound calls built by anonymous requests. A failure now holds for a moment."""
+    import asyncio
+
+    from aiohttp import web
+
+    from tests.loopback import serve_on_loopback
+
+    hits = 0
+
+    async def down(request):
+        nonlocal hits
+        hits += 1
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", down)
+    runner, base = await serve_on_loopback(app)
+    try:
+        async with aiohttp.ClientSession() as http:
+            v = EntraVerifier(http, base, TENANT, API_CLIENT_ID)
+            fake = FakeEntra()
+            fake.base = base
+            results = await asyncio.gather(*[v.verify(fake.issue(kid=f"k{i}")) for i in range(20)], return_exceptions=True)
+            assert all(isinstance(r, EntraUnavailable) for r in results), results
+            assert hits == 1
+    finally:
+        await runner.cleanup()

@@ -47,7 +47,7 @@ class EntraIdentity:
 class EntraVerifier:
     def __init__(
         self, http: aiohttp.ClientSession, authority: str, tenant_id: str, audience: str, *,
-        cache_seconds: float = 24 * 3600, refresh_seconds: float = 300,
+        cache_seconds: float = 24 * 3600, refresh_seconds: float = 300, retry_seconds: float = 10,
     ) -> None:
         self._http = http
         self.tenant_id = tenant_id.lower()
@@ -59,6 +59,8 @@ class EntraVerifier:
         self._jwks_uri: str | None = None
         self._keys: dict[str, Any] = {}
         self._fetched_at = float("-inf")
+        self._retry_seconds = retry_seconds
+        self._failed_at = float("-inf")  # with no keys yet, a failed fetch answers for this long: no fetch per request
         self._lock = asyncio.Lock()
 
     async def verify(self, token: str) -> EntraIdentity:
@@ -95,6 +97,8 @@ class EntraVerifier:
             return self._keys[kid]
         async with self._lock:
             now = time.monotonic()
+            if not self._keys and now - self._failed_at < self._retry_seconds:
+                raise EntraUnavailable("the tenant's keys could not be fetched a moment ago")
             stale = now - self._fetched_at >= self._cache_seconds
             may_refresh = now - self._fetched_at >= self._refresh_seconds
             if stale or (kid not in self._keys and may_refresh):
@@ -119,6 +123,7 @@ class EntraVerifier:
                 log.warning("Entra keys could not be refreshed (%s); keeping the ones we have", exc)
                 self._fetched_at = time.monotonic() - self._cache_seconds + self._refresh_seconds
                 return
+            self._failed_at = time.monotonic()
             log.error("Entra metadata/keys unavailable from %s: %s", self.metadata_url, exc)
             raise EntraUnavailable(str(exc)) from None
         self._issuer, self._jwks_uri, self._keys = issuer, jwks_uri, keys

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
@@ -51,6 +52,7 @@ class InvalidToken(Exception):
 
 def normalize_email(text: str) -> str:
     email = unicodedata.normalize("NFKC", text).strip().casefold()
+    email.encode()  # a lone surrogate (valid in JSON) is no address, and the store could not encode it: ValueError
     local, at, domain = email.rpartition("@")
     if not (at and local and "." in domain) or len(email) > 254 or any(c.isspace() or ord(c) < 32 for c in email):
         raise ValueError("not an email address")
@@ -74,6 +76,10 @@ def verify_password(password: str, stored: str) -> bool:
         return False
     return hmac.compare_digest(got, expected)
 
+
+# Logins hash here, not in asyncio's default executor: a burst of them must not hold up key
+# generation, config sealing or QR rendering queued behind it there. Two workers: the machine's cores.
+_HASHING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="password-hash")
 
 # Checked when the account does not exist, so a miss costs what a hit costs.
 _DUMMY_HASH = f"pbkdf2_sha256${ITERATIONS}${'A' * 22}${'A' * 43}"
@@ -119,7 +125,7 @@ class LocalAuth:
             raise TooManyAttempts(self._retry_after(now))
         user = await self._store.get_user(email) if email else None
         stored = user.password_hash if user else _DUMMY_HASH
-        ok = await asyncio.to_thread(verify_password, password, stored)
+        ok = await asyncio.get_running_loop().run_in_executor(_HASHING, verify_password, password, stored)
         if not (ok and user):
             raise LoginRefused()
         await self._store.clear_attempts(account_key)

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "web"
 MAX_TOKEN = 8192
 MAX_JSON = 16 * 1024
+MAX_EXTEND = 7 * 24 * 60  # the service applies the real cap; this only bounds the input
 NOTES_KEPT = 12
 NOTE_LIMIT = 2000
 NOTES_BYTES = 15_000
@@ -136,8 +137,9 @@ class WebChannel:
         r.add_get(f"/api/sessions/{{id:{SESSION_ID}}}", self._authed(self._get))
         r.add_delete(f"/api/sessions/{{id:{SESSION_ID}}}", self._authed(self._stop))
         r.add_post(f"/api/sessions/{{id:{SESSION_ID}}}/extend", self._authed(self._extend))
-        r.add_get(f"/api/sessions/{{id:{SESSION_ID}}}/config", self._authed(self._config))
-        r.add_get(f"/api/sessions/{{id:{SESSION_ID}}}/config.png", self._authed(self._config_png))
+        # No HEAD: it would run the handler and spend the once-only config on a body nobody receives.
+        r.add_get(f"/api/sessions/{{id:{SESSION_ID}}}/config", self._authed(self._config), allow_head=False)
+        r.add_get(f"/api/sessions/{{id:{SESSION_ID}}}/config.png", self._authed(self._config_png), allow_head=False)
 
     # ----- Channel interface: everything lands in the store, keyed by the request ------------------
 
@@ -390,8 +392,8 @@ class WebChannel:
         if isinstance(body, web.Response):
             return body
         minutes = body.get("minutes")
-        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 7 * 24 * 60):
-            return _json_error(400, "minutes must be a whole number of at least 1")
+        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= MAX_EXTEND):
+            return _json_error(400, f"minutes must be a whole number from 1 to {MAX_EXTEND}")
         await self._audit(who, f"extend {s.id} {minutes or ''}".strip(), True, role.value)
         try:
             s = await self.runtime.service.extend(UserKey.parse(s.owner), minutes, session_id=s.id)
@@ -431,6 +433,8 @@ class WebChannel:
         held = await rt.store.get_claim(claims.token_hash(self._token(purpose, s.id)))
         if held is None and s.state in IN_FLIGHT_STATES:
             return _json_error(409, "The config is not ready yet: poll the session until config_ready is true.")
+        if s.own_key:
+            return _json_error(410, "This session uses your own key: there is no config to download (the peer settings are in its messages).")
         return _json_error(410, "This config was already downloaded (or the session ended). Each config is handed out once; start a new session for another.")
 
     async def _view(self, s: Session, who: Identity, *, admin: bool) -> dict:
@@ -476,14 +480,19 @@ class WebChannel:
 async def _json_body(request: web.Request, *, optional: bool = False) -> dict | web.Response:
     if request.content_length is not None and request.content_length > MAX_JSON:
         return _json_error(413, "Request body too large.")
-    raw = await request.content.read(MAX_JSON + 1)
+    raw = b""
+    while len(raw) <= MAX_JSON:  # read(n) returns what has arrived so far, not the whole body
+        piece = await request.content.read(MAX_JSON + 1 - len(raw))
+        if not piece:
+            break
+        raw += piece
     if len(raw) > MAX_JSON:
         return _json_error(413, "Request body too large.")
     if not raw.strip():
         return {} if optional else _json_error(400, "Send a JSON object.")
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # 16 KiB of "[" nests deeper than json's recursion limit
         return _json_error(400, "The body is not valid JSON.")
     if not isinstance(body, dict):
         return _json_error(400, "Send a JSON object.")
@@ -506,7 +515,7 @@ def _unverified_alg(token: str) -> str:
         return ""
     try:
         header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     alg = header.get("alg") if isinstance(header, dict) else None
     return alg if isinstance(alg, str) else ""

@@ -144,7 +144,7 @@ def openapi_document(max_minutes: int) -> dict:
                     "Keep a ready session longer",
                     {"200": {"description": "Extended", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}}},
                     "400", "409", "413",
-                    body={"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {"minutes": {"type": "integer", "minimum": 1}}}}}},
+                    body={"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 7 * 24 * 60}}}}}},
                 ),
             },
             "/api/sessions/{id}/config": {

@@ -85,6 +85,10 @@ class Session:
     message_id: str = ""
     server_size: str = ""  # the VM size where the provider has one
     own_key: bool = False  # the user brought their key pair: nothing secret to deliver
+    # SHA-256 (hex) of the one-time token in the server's "tunnel up" callback URL; the token itself
+    # is only in the VM's boot config. Any replica verifies a callback against it.
+    ready_token_hash: str = ""
+    server_up_at: datetime | None = None  # when that callback arrived (on whichever replica)
     lease_owner: str = ""  # the worker provisioning or tearing it down; empty when nobody works on it
     lease_expires_at: datetime | None = None  # after this, another worker may take the work over
     end_reason: str = ""  # why it is ending ("stopped by you"): told by whoever finishes the teardown

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import secrets
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -114,6 +115,10 @@ CREATE TABLE IF NOT EXISTS addresses (
     PRIMARY KEY (scope, address)
 );
 CREATE INDEX IF NOT EXISTS addresses_session ON addresses(session_id);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 _FIELDS = [f.name for f in FIELDS]
@@ -161,13 +166,17 @@ class SqliteStore:
 
     def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SQLite gives -wal/-shm the database file's mode: make that 0600 before they exist.
+        os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (self._path, *(self._path.with_name(self._path.name + s) for s in ("-wal", "-shm"))):
+            if path.exists():
+                os.chmod(path, 0o600)
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
         _add_missing_columns(conn)
-        os.chmod(self._path, 0o600)
         self._conn = conn
 
     async def close(self) -> None:
@@ -279,6 +288,17 @@ class SqliteStore:
             c.execute("DELETE FROM workers WHERE heartbeat_at < ?", ((worker.heartbeat_at - WORKER_TTL).isoformat(),))
 
         await self._run(op)
+
+    async def deployment_id(self) -> str:
+        """A random id made the first time and kept: it tells this deployment's cloud resources from
+        another's in a shared resource group (every replica on this store gets the same one)."""
+
+        def get_or_make() -> str:
+            candidate = "d" + secrets.token_hex(8)
+            self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment_id', ?)", (candidate,))
+            return self.conn.execute("SELECT value FROM meta WHERE key='deployment_id'").fetchone()[0]
+
+        return await self._run(get_or_make)
 
     async def workers(self) -> list[Worker]:
         rows = await self._run(lambda: self.conn.execute("SELECT * FROM workers").fetchall())

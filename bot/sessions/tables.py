@@ -47,7 +47,7 @@ ENDED_RETENTION = timedelta(days=7)
 SLOT_GRACE = timedelta(seconds=60)
 SLOT_ROUNDS = 50
 BLIND_TRIES = 3
-TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress")
+TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta")
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a string property holds 32k characters
 _SESSION_ROW = "s"
@@ -428,6 +428,15 @@ class TableStore:
                 )
             except ResourceModifiedError:
                 pass
+
+    async def deployment_id(self) -> str:
+        """A random id made once per store (insert-if-absent): every replica on this store reads the same."""
+        meta = self._table("meta")
+        try:
+            await meta.create_entity({"PartitionKey": "meta", "RowKey": "deployment_id", "value": "d" + secrets.token_hex(8)})
+        except ResourceExistsError:
+            pass
+        return (await meta.get_entity("meta", "deployment_id"))["value"]
 
     # ----- web channel: local accounts, attempt counters, progress text ------------------------------
 
