@@ -726,8 +726,11 @@ class VpnService:
 
     async def reconcile(self) -> int:
         """Delete provider resources that no active session owns (a lost store, a crash, a bug)."""
+        # Active before the listing (a teardown finishing meanwhile destroys its own) or after it (a
+        # session created meanwhile stored its key before making anything): not orphans.
+        before = await self.store.sessions(ACTIVE_STATES)
         resources = await self.provider.list_managed()
-        active = await self.store.sessions(ACTIVE_STATES)
+        active = before + await self.store.sessions(ACTIVE_STATES)
         ids = {s.id for s in active}
         keys = {s.client_public_key for s in active if s.client_public_key}
         removed = 0
