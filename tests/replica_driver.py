@@ -153,15 +153,29 @@ async def run(spec: dict) -> dict:
             await store.open()
 
             async def post(replica: Replica, i: int, text: str, k: int) -> int:
-                try:
-                    async with http.post(replica.url + "/api/messages", json=activity(connector, i, text, k)) as r:
-                        return r.status
-                except aiohttp.ClientError:
-                    return 0
+                """Like the Bot Connector: a delivery that fails (or times out) is retried, same activity id,
+                and may land on the other replica; de-duplication keeps it to one answer."""
+                status = 0
+                for attempt in range(3):
+                    target = replica if attempt % 2 == 0 else next(r for r in replicas if r is not replica)
+                    try:
+                        async with http.post(target.url + "/api/messages", json=activity(connector, i, text, k),
+                                             timeout=aiohttp.ClientTimeout(total=15)) as r:
+                            status = r.status
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                        status = 0
+                    if 200 <= status < 300:
+                        break
+                return status
 
             if spec["mode"] == "kill":
                 statuses = await asyncio.gather(*(post(replicas[i % 2], i, "/vpn start", 1) for i in range(n)))
                 report["start_http"] = dict(Counter(statuses))
+                # Kill once every request is recorded in the store (the replicas answered), while
+                # provisioning is under way.
+                deadline = time.monotonic() + 60
+                while len(await store.sessions(list(SessionState))) < n and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
                 await asyncio.sleep(spec["kill_after"])
                 in_flight = [s for s in await store.sessions([SessionState.REQUESTED, SessionState.PROVISIONING])]
                 report["in_flight_at_kill"] = len(in_flight)

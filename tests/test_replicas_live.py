@@ -31,7 +31,7 @@ def drive(lab, tmp_path: Path, **spec) -> dict:
 
 def test_two_replicas_one_killed_mid_provisioning(lab, tmp_path):
     n = 40
-    r = drive(lab, tmp_path, mode="kill", users=n, lease=4, kill_after=1.0)
+    r = drive(lab, tmp_path, mode="kill", users=n, lease=4, kill_after=0.3)
     assert r["start_http"] == {"201": n} or sum(r["start_http"].values()) == n
     assert r["in_flight_of_killed"] > 0, "the kill must catch the replica mid-provisioning"
     ready, failed = r["states"].get("ready", 0), r["states"].get("failed", 0)
