@@ -78,11 +78,57 @@ def settings_env(container: dict) -> list[dict]:
     parts = env["function"]["parameters"].values() if isinstance(env, dict) and "function" in env else [env]
     out = []
     for part in parts:
-        value = variables[part]["value"] if isinstance(part, str) else part
-        if isinstance(value, dict) and "operator" in value:  # cond ? [...] : []
-            value = value["operator"]["operands"]["true_value"]
-        out.extend(value)
+        out.extend(every_branch(variables[part]["value"] if isinstance(part, str) else part))
     return out
+
+
+def every_branch(value) -> list:
+    """A list built from `cond ? [...] : []` and concat(): every item any branch may add."""
+    if isinstance(value, dict) and "operator" in value and value["operator"]["type"] == "conditional":
+        return every_branch(value["operator"]["operands"]["true_value"])
+    if isinstance(value, dict) and "function" in value and value["function"]["type"] == "concat":
+        return [item for arg in value["function"]["parameters"].values() for item in every_branch(arg)]
+    return list(value)
+
+
+class Unsupported(Exception):
+    pass
+
+
+def evaluate(expr, scope: dict, variables: dict):
+    """The value of a pycep expression, for the few forms the GroupMe lists use: names (parameters from
+    `scope`, variables on demand), literals, lists, objects, `? :`, `!`, `&&`, `||`, concat(), empty()."""
+    def ev(e):
+        if isinstance(e, str):
+            if e in scope:
+                return scope[e]
+            if e in variables:
+                return ev(variables[e]["value"])
+            return e
+        if isinstance(e, list):
+            return [ev(item) for item in e]
+        if not isinstance(e, dict):
+            return e
+        if "operator" in e:
+            kind, ops = e["operator"]["type"], e["operator"]["operands"]
+            if kind == "conditional":
+                return ev(ops["true_value"]) if ev(ops["condition"]) else ev(ops["false_value"])
+            if kind == "not":
+                return not ev(ops["bool_value"])
+            if kind in ("and", "or"):
+                a, b = ev(ops["operand_1"]), ev(ops["operand_2"])
+                return (a and b) if kind == "and" else (a or b)
+            raise Unsupported(kind)
+        if "function" in e:
+            fn = e["function"]
+            args = [ev(v) for v in (fn.get("parameters") or {}).values()]
+            if fn["type"] == "concat":
+                return [item for arg in args for item in arg]
+            if fn["type"] == "empty":
+                return args[0] in ("", [], {}, None)
+            raise Unsupported(fn["type"])
+        return {k: ev(v) for k, v in e.items()}
+    return ev(expr)
 
 
 # ----- the graph is whole --------------------------------------------------------------------------
@@ -271,12 +317,35 @@ def test_no_secret_in_a_plain_parameter_or_an_output():
     env = {e["name"]: e for e in settings_env(container)}
     for name in ("GROUPME_BOT_ID", "GROUPME_CALLBACK_SECRET", "GROUPME_ACCESS_TOKEN"):
         assert "value" not in env[name] and env[name]["secretRef"]
-    secrets = parse("modules/containerapps.bicep")["variables"]["secrets"]["value"]["operator"]["operands"]["true_value"]
+    secrets = every_branch(parse("modules/containerapps.bicep")["variables"]["secrets"]["value"])
     assert {s["name"] for s in secrets} == {env[n]["secretRef"] for n in ("GROUPME_BOT_ID", "GROUPME_CALLBACK_SECRET", "GROUPME_ACCESS_TOKEN")}
     main = parse("main.bicep")
     for name in ("groupmeBotId", "groupmeCallbackSecret", "groupmeAccessToken"):
         assert {"type": "secure"} in main["parameters"][name]["decorators"]
     assert "MicrosoftAppPassword" not in "".join(p.read_text() for p in INFRA.rglob("*.bicep"))
+
+
+def test_no_container_apps_secret_is_ever_empty_and_every_secret_ref_exists():
+    """Container Apps refuses a secret without a value (ContainerAppSecretInvalid), and an env var whose
+    secretRef names no secret: the GroupMe access token is optional, so every combination must deploy."""
+    doc = parse("modules/containerapps.bicep")
+    variables = doc["variables"]
+    for bot_id, token in (("", ""), ("4242bot", ""), ("4242bot", "tok")):
+        scope = {"groupmeBotId": bot_id, "groupmeCallbackSecret": "c" * 24 if bot_id else "",
+                 "groupmeAccessToken": token, "groupmeGroupId": "4242" if bot_id else ""}
+        secrets = evaluate("secrets", scope, variables)
+        env = evaluate("groupmeEnv", scope, variables)
+        assert all(s["value"] for s in secrets), f"an empty secret with bot id {bot_id!r}, token {token!r}: {secrets}"
+        refs = {e["secretRef"] for e in env if "secretRef" in e}
+        assert refs == {s["name"] for s in secrets}, (refs, secrets)
+        names = {e["name"] for e in env}
+        assert ("GROUPME_BOT_ID" in names) == bool(bot_id) and ("GROUPME_ACCESS_TOKEN" in names) == bool(token)
+    # Both the app and the job carry these same lists.
+    for res in ("app", "reap"):
+        props = body(doc["resources"][res])["properties"]
+        assert props["configuration"]["secrets"] == "secrets"
+        (container,) = props["template"]["containers"]
+        assert ref(container["env"]) == "concat(settings,groupmeEnv)"
 
 
 # ----- the Bot ------------------------------------------------------------------------------------------------

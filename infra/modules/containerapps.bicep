@@ -44,7 +44,11 @@ var registries = empty(registryServer) ? [] : [
   }
 ]
 // GroupMe's tokens are Container Apps secrets; the containers see them only through secretRef.
-var secrets = useGroupMe ? [
+// Container Apps refuses a secret with an empty value (ContainerAppSecretInvalid: "value or
+// keyVaultUrl and identity should be provided"), and the access token is optional (claim links
+// only): it becomes a secret, and an env var, only when given.
+var useGroupMeToken = useGroupMe && !empty(groupmeAccessToken)
+var secrets = concat(useGroupMe ? [
   {
     name: 'groupme-bot-id'
     value: groupmeBotId
@@ -53,12 +57,13 @@ var secrets = useGroupMe ? [
     name: 'groupme-callback-secret'
     value: groupmeCallbackSecret
   }
+] : [], useGroupMeToken ? [
   {
     name: 'groupme-access-token'
     value: groupmeAccessToken
   }
-] : []
-var groupmeEnv = useGroupMe ? [
+] : [])
+var groupmeEnv = concat(useGroupMe ? [
   {
     name: 'GROUPME_BOT_ID'
     secretRef: 'groupme-bot-id'
@@ -68,14 +73,15 @@ var groupmeEnv = useGroupMe ? [
     secretRef: 'groupme-callback-secret'
   }
   {
-    name: 'GROUPME_ACCESS_TOKEN'
-    secretRef: 'groupme-access-token'
-  }
-  {
     name: 'GROUPME_GROUP_ID'
     value: groupmeGroupId
   }
-] : []
+] : [], useGroupMeToken ? [
+  {
+    name: 'GROUPME_ACCESS_TOKEN'
+    secretRef: 'groupme-access-token'
+  }
+] : [])
 var publicUrl = 'https://${name}.${managedEnv.properties.defaultDomain}'
 // One set of settings for the app and the job: they are the same bot on the same store.
 var settings = [
