@@ -161,6 +161,27 @@ def test_the_custom_role_is_docs_azure_role_json():
     assert ref(definition["permissions"][0]["actions"]) == "role.Actions"
 
 
+def test_the_custom_role_name_is_unique_in_the_tenant_and_tear_down_finds_it():
+    """Custom role names are unique per tenant: the same group name in a second subscription must not
+    collide. The role is assignable on the session group only, and role definitions are listed "at scope
+    and above", so `az role definition delete` finds it only when asked at that group, before it goes."""
+    definition = body(parse("modules/session-access.bicep")["resources"]["operatorRole"])["properties"]
+    assert "${subscription().subscriptionId}" in definition["roleName"] and "${resourceGroup().name}" in definition["roleName"]
+    outputs = parse("main.bicep")["outputs"]
+    assert ref(outputs["operatorRoleName"]["value"]) == "sessionAccess.outputs.roleName"
+    assert ref(parse("modules/session-access.bicep")["outputs"]["roleName"]["value"]) == "operatorRole.properties.roleName"
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    teardown = guide[guide.index("## Tear-down"):]
+    lines = [line for line in teardown.splitlines() if line.startswith(("ROLE=", "az "))]
+    read = next(i for i, line in enumerate(lines) if "outputs.operatorRoleName" in line)
+    delete = next(i for i, line in enumerate(lines) if line.startswith("az role definition delete"))
+    assert re.search(r"(-g|--resource-group|--scope) ", lines[delete]), lines[delete]
+    groups = [i for i, line in enumerate(lines) if line.startswith("az group delete")]
+    assert len(groups) == 2 and read < delete < min(groups)
+    unassign = next(i for i, line in enumerate(lines) if line.startswith("az role assignment delete"))
+    assert unassign < delete  # a role that is still assigned cannot be deleted
+
+
 # ----- scale to zero, the job --------------------------------------------------------------------------
 
 
