@@ -182,6 +182,25 @@ def test_the_custom_role_name_is_unique_in_the_tenant_and_tear_down_finds_it():
     assert unassign < delete  # a role that is still assigned cannot be deleted
 
 
+# Built-in roles and whether they may create a custom role (Microsoft.Authorization/roleDefinitions/write):
+# Contributor's NotActions exclude Microsoft.Authorization/*/Write; Role Based Access Control
+# Administrator holds only roleAssignments/write and /delete (Microsoft Learn, "Azure built-in roles").
+DEFINES_ROLES = {"Owner": True, "User Access Administrator": True, "Role Based Access Control Administrator": False}
+
+
+def test_the_guide_asks_for_a_role_that_can_create_the_custom_role():
+    assert any(res["type"] == "Microsoft.Authorization/roleDefinitions"
+               for doc in all_files().values() for res in doc.get("resources", {}).values())
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    section = guide[guide.index("## Before you start"):guide.index("## Deploy")]
+    bullet = next(b for b in section.split("\n* ") if "On that subscription" in b)
+    offered = re.split(r"\bNot\b", bullet)[0]  # what follows "Not" is what will not do
+    named = {role for role in DEFINES_ROLES if role in offered.replace("\n  ", " ")}
+    assert named and all(DEFINES_ROLES[role] for role in named), named
+    # Free-trial subscriptions refuse ACR Tasks: step 2 must offer a way without `az acr build`.
+    assert "TasksOperationsNotAllowed" in guide and "docker push" in guide
+
+
 # ----- scale to zero, the job --------------------------------------------------------------------------
 
 
