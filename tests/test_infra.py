@@ -201,6 +201,50 @@ def test_the_guide_asks_for_a_role_that_can_create_the_custom_role():
     assert "TasksOperationsNotAllowed" in guide and "docker push" in guide
 
 
+async def test_the_session_network_is_the_one_the_azure_provider_would_create():
+    """createSessionNetwork makes the VNet and NSG the bot would otherwise make on its first session: the
+    provider, run against the fake ARM, must PUT the same names, tags, subnet and WireGuard rule, or the
+    bot would build a second network beside the template's (or rewrite its rule)."""
+    from provisioner.azure import AzureConfig, AzureProvider
+    from tests.fake_arm import FakeArm, FakeCredential
+
+    arm = await FakeArm().start()
+    try:
+        provider = AzureProvider(AzureConfig("00000000-0000-0000-0000-000000000001", "vpn-bot-sessions", "eastus",
+                                             arm_endpoint=arm.base_url, polling_interval=0, instance_name="vpn-bot"), FakeCredential())
+        try:
+            await provider._clients()
+            await provider._ensure_shared("eastus")
+        finally:
+            await provider.close()
+    finally:
+        await arm.stop()
+    (nsg_put,) = arm.puts("networkSecurityGroups")
+    (vnet_put,) = arm.puts("virtualNetworks")
+
+    doc = parse("modules/session-access.bicep")
+    params = {name: p.get("default") for name, p in doc["parameters"].items()}
+    params.update(instanceName="vpn-bot", location="eastus")
+
+    def fill(text: str) -> str:
+        return re.sub(r"\$\{(\w+)\}", lambda m: str(params[m.group(1)]), text)
+
+    tags = {k.strip("'"): params.get(v, v) for k, v in doc["variables"]["tags"]["value"].items()}
+    nsg, vnet = body(doc["resources"]["nsg"]), body(doc["resources"]["vnet"])
+    assert nsg_put.path.rsplit("/", 1)[1] == fill(nsg["name"]) and vnet_put.path.rsplit("/", 1)[1] == fill(vnet["name"])
+    assert nsg_put.body["tags"] == tags == vnet_put.body["tags"]
+    (rule,) = nsg["properties"]["securityRules"]
+    (sent,) = nsg_put.body["properties"]["securityRules"]
+    expected = {k: (str(params[v["function"]["parameters"]["value_to_convert"]]) if isinstance(v, dict) else v)
+                for k, v in rule["properties"].items()}
+    assert sent["name"] == rule["name"] and {k: sent["properties"][k] for k in expected} == expected
+    (subnet,) = vnet["properties"]["subnets"]
+    (sent_subnet,) = vnet_put.body["properties"]["subnets"]
+    assert sent_subnet["name"] == subnet["name"]
+    assert sent_subnet["properties"]["addressPrefix"] == params[subnet["properties"]["addressPrefix"]]
+    assert vnet_put.body["properties"]["addressSpace"]["addressPrefixes"] == [params[p] for p in vnet["properties"]["addressSpace"]["addressPrefixes"]]
+
+
 # ----- scale to zero, the job --------------------------------------------------------------------------
 
 
