@@ -6,6 +6,7 @@ so references are compared by name, and the few literal values that matter by va
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from functools import lru_cache
@@ -450,6 +451,53 @@ def test_the_bot_endpoint_is_the_apps_fqdn_and_its_identity_the_managed_identity
     assert teams["name"] == "MsTeamsChannel" and teams["properties"]["properties"]["isEnabled"] is True
     # /api/messages is where the Teams channel listens.
     assert "/api/messages" in (ROOT / "bot" / "channels" / "teams.py").read_text()
+
+
+async def test_user_assigned_msi_gets_the_bots_token_from_the_container_apps_identity_endpoint(monkeypatch):
+    """The template's Teams settings (MicrosoftAppType=UserAssignedMSI, MicrosoftAppId = the identity's
+    client id, MicrosoftAppTenantId) through app.make_channels and botbuilder 4.17's credentials factory:
+    the Bot Framework token comes from the endpoint Container Apps injects (IDENTITY_ENDPOINT and
+    IDENTITY_HEADER, App Service style), asked for that user-assigned identity, with no password."""
+    import time
+    import uuid
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+    from botframework.connector.auth import AuthenticationConstants, ClaimsIdentity
+
+    from app import make_channels
+
+    asked = []
+
+    async def token(request: web.Request) -> web.Response:
+        asked.append((dict(request.query), request.headers.get("X-IDENTITY-HEADER")))
+        return web.json_response({"access_token": "msi-token", "expires_on": str(int(time.time()) + 3600),
+                                  "resource": request.query.get("resource", ""), "token_type": "Bearer"})
+
+    endpoint = web.Application()
+    endpoint.router.add_get("/msi/token", token)
+    server = TestServer(endpoint, host="127.0.0.1")
+    await server.start_server()
+    try:
+        monkeypatch.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{server.port}/msi/token")
+        monkeypatch.setenv("IDENTITY_HEADER", "header-from-container-apps")
+        client_id = str(uuid.uuid4())  # fresh: botbuilder's MSI token cache is process-wide
+        (container,) = body(app_resources()["app"])["properties"]["template"]["containers"]
+        env = {e["name"]: e["value"] for e in settings_env(container) if "value" in e and e["name"].startswith("Microsoft")}
+        assert env == {"MicrosoftAppId": "identityClientId", "MicrosoftAppType": "UserAssignedMSI", "MicrosoftAppTenantId": "tenantId"}
+        settings = Settings.from_env({"MicrosoftAppId": client_id, "MicrosoftAppType": "UserAssignedMSI",
+                                      "MicrosoftAppTenantId": "00000000-0000-0000-0000-000000000002"})
+        (channel,) = make_channels(settings)
+        await channel.attach(None)
+        auth = channel._adapter.bot_framework_authentication
+        identity = ClaimsIdentity({AuthenticationConstants.AUDIENCE_CLAIM: client_id, AuthenticationConstants.APP_ID_CLAIM: client_id}, True)
+        connector = await auth.create_connector_factory(identity).create("http://127.0.0.1:9/", None)
+        assert await asyncio.to_thread(connector.config.credentials.get_access_token) == "msi-token"
+    finally:
+        await server.close()
+    ((query, header),) = asked
+    assert header == "header-from-container-apps"
+    assert query["client_id"] == client_id and query["resource"] == "https://api.botframework.com"
 
 
 def test_outputs_feed_teams_manifest():
