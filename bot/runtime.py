@@ -38,6 +38,7 @@ def policy_from(settings: Settings) -> SessionPolicy:
         keepalive=settings.wg_keepalive,
         sweep_seconds=settings.sweep_seconds,
         reconcile_seconds=settings.reconcile_seconds,
+        public_url=settings.public_url,
     )
 
 
@@ -72,6 +73,9 @@ class Runtime:
         stack = self._stack
         await self.store.open()
         stack.push_async_callback(self.store.close)
+        bind = getattr(self.provider, "bind_deployment", None)  # cloud providers tag what they make with it
+        if bind is not None:
+            bind(self.settings.deployment_id or await self.store.deployment_id())
         stack.push_async_callback(self.provider.close)
         stack.push_async_callback(self.runner.shutdown)
         self.http = aiohttp.ClientSession()
