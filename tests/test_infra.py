@@ -310,12 +310,16 @@ def test_ingress_probes_and_settings_match_the_app():
         "sessionResourceGroup": "vpn-bot-sessions", "sessionLocation": "eastus", "vmSize": "Standard_B1ls", "name": "vpn-bot",
         "publicUrl": "https://vpn-bot.example.azurecontainerapps.io", "users": "domain:contoso.com", "admins": "email:admin@contoso.com",
         "dns": "1.1.1.1", "string(sessionMinutes)": "30", "string(maxSessions)": "10", "string(port)": "3978", "string(metricsPort)": "9464",
-        "groupmeGroupId": "4242",
+        "groupmeGroupId": "4242", "${name}-${uniqueString(resourceGroup().id)}": "vpn-bot-x2kd7fqzu3mbe",
     }
     values = {name: example.get(ref(e["value"]), ref(e["value"])) if "value" in e else "s" * 24 for name, e in env.items()}
     settings = Settings.from_env(values)
     assert (settings.provider, settings.teams_app_type, settings.port, settings.metrics_port) == ("azure", "UserAssignedMSI", 3978, 9464)
     assert settings.groupme_bot_id and settings.public_url.startswith("https://")
+    # Reconcile's notion of "ours" is fixed by the deployment, not by whatever id a store happens to keep:
+    # a new storage account or tablePrefix must still recognise the VMs this deployment left running.
+    deployment_id = env["VPN_DEPLOYMENT_ID"]["value"]
+    assert "uniqueString(resourceGroup().id)" in deployment_id and settings.deployment_id == "vpn-bot-x2kd7fqzu3mbe"
 
 
 # ----- identity and roles --------------------------------------------------------------------------------

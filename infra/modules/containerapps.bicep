@@ -127,6 +127,13 @@ var settings = [
     value: name
   }
   {
+    // Which VMs, IPs and disks in the session group are this deployment's (reconcile removes only
+    // those). Fixed here rather than the random id the store would keep, so that a new storage
+    // account or tablePrefix still recognises, and cleans up, what this deployment left running.
+    name: 'VPN_DEPLOYMENT_ID'
+    value: '${name}-${uniqueString(resourceGroup().id)}'
+  }
+  {
     name: 'VPN_PUBLIC_URL'
     value: publicUrl
   }
