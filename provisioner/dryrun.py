@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from provisioner.base import ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec
-from provisioner.wireguard import DEFAULT_PORT, free_address, generate_keypair
+from provisioner.wireguard import DEFAULT_PORT, generate_keypair
 
 STEPS = ("reserving address", "creating server", "starting WireGuard")
 
@@ -42,6 +42,7 @@ class DryRunProvider:
         self._cost = hourly_cost
         self._pending: list[tuple[Callable[[dict], Any], asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
+        self._taken: tuple[dict | None, set[int]] = (None, set())  # (state of the running batch, its addresses)
 
     @property
     def regions(self) -> Sequence[str]:
@@ -83,12 +84,8 @@ class DryRunProvider:
         entry = state.get(spec.session_id)
         if entry is not None and entry["client_ip"] not in refused:
             return entry, False
-        taken = {ipaddress.ip_address(e["client_ip"]) for e in state.values()}
-        taken.add(next(self._pool.hosts()))  # the simulated server's own address
-        taken.update(ipaddress.ip_address(ip) for ip in refused)
-        ip = free_address(self._pool, taken)
-        if ip is None:
-            raise ProvisionError("no tunnel address is free; try again later", detail=f"pool {self._pool} full")
+        ip = self._free_ip(state, refused)
+        self._taken[1].add(int(ip))
         if entry is not None:
             entry["client_ip"] = str(ip)
             return entry, True
@@ -103,6 +100,19 @@ class DryRunProvider:
             "expires_at": spec.expires_at.isoformat(),
         }
         return entry, True
+
+    def _free_ip(self, state: dict, refused: set[str]) -> ipaddress.IPv4Address:
+        """The lowest free address; the taken set is built once per locked batch (state object),
+        not once per create (parsing every live session's address made each create O(sessions))."""
+        if self._taken[0] is not state:
+            self._taken = (state, {int(ipaddress.ip_address(e["client_ip"])) for e in state.values()})
+        taken, refused_ints = self._taken[1], {int(ipaddress.ip_address(ip)) for ip in refused}
+        net, size = int(self._pool.network_address), self._pool.num_addresses
+        first, last = (net + 1, net + size - 2) if size > 2 else (net, net + size - 1)  # as pool.hosts()
+        for host in range(first + 1, last + 1):  # `first` is the simulated server's own address
+            if host not in taken and host not in refused_ints:
+                return type(self._pool.network_address)(host)
+        raise ProvisionError("no tunnel address is free; try again later", detail=f"pool {self._pool} full")
 
     async def wait_ready(self, spec: ServerSpec, progress: ProgressFn) -> None:
         return None  # create() returns a working server
