@@ -183,3 +183,16 @@ async def test_user_assigned_managed_identity_token_on_every_send(make_teams, bf
     (token,) = entra.issued
     assert entra.token_requests == [("msi", APP_ID)]
     assert h.connector.calls and all(c.headers.get("Authorization") == f"Bearer {token}" for c in h.connector.calls)
+
+
+@pytest.mark.slow
+async def test_a_key_download_that_never_ends_is_cut_off(make_teams, bf, entra, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    bf.jwks_delay = 5.0
+    h = await make_teams(config=prod_config(bf, entra, auth_timeout=0.5))
+    started = time.monotonic()
+    resp = await h.post(message(h), headers={"Authorization": f"Bearer {bf.issue(APP_ID, h.connector.base_url)}"})
+    assert resp.status == 401 and time.monotonic() - started < 3
+    assert "could not download the Bot Framework signing keys" in caplog.text and "TimeoutError" in caplog.text

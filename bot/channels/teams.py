@@ -97,7 +97,7 @@ class TeamsConfig:
     emulator_keys_url: str = ""  # ... for tokens with Entra issuers (the SDK's emulator/skill path)
     login_url: str = AuthenticationConstants.TO_CHANNEL_FROM_BOT_LOGIN_URL_PREFIX  # + tenant = the MSAL authority
     validate_authority: bool = True  # MSAL authority validation and instance discovery (off only for a fake)
-    auth_timeout: float = 10.0  # per key or token download
+    auth_timeout: float = 10.0  # the whole key download (metadata + JWKS); each token HTTP call
 
     def __repr__(self) -> str:
         return f"TeamsConfig(app_id={self.app_id!r}, type={self.app_type}, dev_mode={self.dev_mode})"
@@ -162,8 +162,7 @@ class _SigningKeys:
                             _host(self.fetch_from), type(exc).__name__, self.RETRY_AFTER_FAILURE)
 
     async def _download(self) -> dict[str, _OpenIdConfig]:
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as http:
+        async with asyncio.timeout(self.timeout), aiohttp.ClientSession(trust_env=True) as http:
             async with http.get(self.fetch_from) as resp:
                 resp.raise_for_status()
                 jwks_uri = (await resp.json(content_type=None))["jwks_uri"]
@@ -529,8 +528,8 @@ class TeamsChannel:
                 return cached[1]
             try:
                 token, lifetime = await asyncio.to_thread(self._bot_token.acquire)
-            except (PermissionError, ValueError, requests.RequestException, msal.ManagedIdentityError) as exc:
-                log.warning("Teams: could not get the bot's token (%s)", str(exc)[:120])
+            except Exception as exc:  # MSAL raises what it likes (ValueError, requests', its own): all mean no token
+                log.warning("Teams: could not get the bot's token (%s: %s)", type(exc).__name__, str(exc)[:120])
                 raise ConnectorError(0, "NoBotToken") from None
             # Kept until five minutes before it expires; MSAL keeps its own cache too.
             self._token_cache = (time.monotonic() + max(lifetime - 300, 30), token)
