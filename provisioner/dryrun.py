@@ -7,6 +7,7 @@ restarts, `reap` and reconciliation behave as they would against a real back end
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import json
 import os
@@ -65,11 +66,15 @@ class DryRunProvider:
             if entry is None:
                 taken = [ipaddress.ip_address(e["client_ip"]) for e in state.values()]
                 taken.append(next(self._pool.hosts()))  # the simulated server's own address
-                ip = free_address(self._pool, taken)
-                if ip is None:
-                    raise ProvisionError("no tunnel address is free; try again later", detail=f"pool {self._pool} full")
+                while True:
+                    ip = free_address(self._pool, taken)
+                    if ip is None:
+                        raise ProvisionError("no tunnel address is free; try again later", detail=f"pool {self._pool} full")
+                    if spec.reserve_address is None or await spec.reserve_address(str(ip)):
+                        break
+                    taken.append(ip)  # another process holds it
                 host_octet = 10 + len(state) % 240
-                entry = {
+                new = {
                     "session_id": spec.session_id,
                     "owner": spec.owner,
                     "region": spec.region,
@@ -79,8 +84,7 @@ class DryRunProvider:
                     "endpoint": f"192.0.2.{host_octet}:{DEFAULT_PORT}",
                     "expires_at": spec.expires_at.isoformat(),
                 }
-                state[spec.session_id] = entry
-                await asyncio.to_thread(self._save, state)
+                entry = await asyncio.to_thread(self._mutate, lambda st: st.setdefault(spec.session_id, new))
         return ServerInfo(
             resource_id=f"dryrun-{spec.session_id}",
             endpoint=entry["endpoint"],
@@ -95,9 +99,7 @@ class DryRunProvider:
 
     async def destroy(self, session_id: str, *, resource_id: str | None = None, peer_public_key: str | None = None) -> None:
         async with self._lock:
-            state = await asyncio.to_thread(self._load)
-            if state.pop(session_id, None) is not None:
-                await asyncio.to_thread(self._save, state)
+            await asyncio.to_thread(self._mutate, lambda st: st.pop(session_id, None))
 
     async def list_managed(self) -> list[ManagedResource]:
         state = await asyncio.to_thread(self._load)
@@ -122,7 +124,19 @@ class DryRunProvider:
         except json.JSONDecodeError:
             return {}
 
+    def _mutate(self, change):
+        """Load, change, save under an exclusive file lock: several bot processes may share the file."""
+        with open(self._state_file.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = self._load()
+                result = change(state)
+                self._save(state)
+                return result
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _save(self, state: dict) -> None:
-        tmp = self._state_file.with_suffix(".tmp")
+        tmp = self._state_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
         os.replace(tmp, self._state_file)
