@@ -1,6 +1,7 @@
 """Microsoft Teams through the Bot Framework SDK: the only module that imports botbuilder.
 
-Inbound: `CloudAdapter` at `POST /api/messages` checks the token and parses the activity; a
+Inbound: `CloudAdapter` at `POST /api/messages` checks the token (against the Bot Framework's keys,
+which `_SigningKeys` downloads off the event loop) and parses the activity; a
 `TeamsActivityHandler` hands it to this channel, which answers the HTTP request at once and does
 the work (member lookup, command, replies) in a tracked task, so an ack never waits on Teams.
 
