@@ -241,7 +241,9 @@ async def console(settings: Settings, provider: Provider, access: AccessPolicy, 
 
 
 async def reap(settings: Settings, provider: Provider, access: AccessPolicy) -> None:
-    async with Runtime(settings, provider, access, background=False) as runtime:
+    # The chat channels too (send-only: no HTTP server runs), so that with zero replicas the people
+    # whose sessions this pass warns, ends or fails are still told, through the stored conversation.
+    async with Runtime(settings, provider, access, make_channels(settings), background=False) as runtime:
         removed = await runtime.service.reap_once()
         log.info("reap pass done; %d orphaned resource(s) removed", removed)
 
