@@ -5,7 +5,7 @@ middleware guards every route: what a client can break by sending bytes (nesting
 exhaust the parser's recursion, text that is not valid UTF-8 or holds lone surrogates) is answered
 400 with one log line; anything else that escapes a handler is a bug: 500 with a reference and no
 traceback in the body, and the traceback logged once per route and error type, so nobody can flood
-the log by repeating a request.
+the log by repeating a request. Requests aiohttp's own parser refuses (400) are logged in one line too.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import secrets
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.runtime import Runtime
 
@@ -59,6 +60,22 @@ def error_middleware() -> Callable:
     return guard
 
 
+class _OneLineForBadHttp(logging.Filter):
+    """aiohttp's own parser logs a full traceback for every malformed request line or header (bad
+    method, bytes a header may not hold): that is input, not a bug. One warning line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "malformed HTTP request refused (%s)", (type(exc).__name__,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_BAD_HTTP_FILTER = _OneLineForBadHttp()
+
+
 async def healthz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     try:
@@ -71,6 +88,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def create_app(make_runtime: Callable[[], Runtime], hooks: list[RouteHook] = ()) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware()])
+    logging.getLogger("aiohttp.server").addFilter(_BAD_HTTP_FILTER)  # a no-op when already added
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         async with make_runtime() as runtime:
