@@ -2,9 +2,15 @@
 
 Two layers, as in aiogram: the allowlist runs before anything else (strangers get a polite refusal
 and nothing else happens); the admin check runs after a command matched, from its registration.
+
+Each channel has its own lane: at most `per_channel` messages of one channel are handled at once,
+the rest wait their turn in that lane. A burst in one channel (a thousand Teams `/vpn start`) then
+holds a bounded share of the loop, the store's thread and the thread pool, and another channel's
+messages (GroupMe) are handled beside it instead of behind it.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from typing import Callable
@@ -30,6 +36,7 @@ class Dispatcher:
         help_card: Callable[[Role | None, str], object],
         *,
         clock: Callable = utcnow,
+        per_channel: int = 16,
     ) -> None:
         self.registry = registry
         self.access = access
@@ -37,8 +44,15 @@ class Dispatcher:
         self.outbox = outbox
         self.help_card = help_card
         self._clock = clock
+        self._per_channel = per_channel
+        self._lanes: dict[str, asyncio.Semaphore] = {}
 
     async def handle(self, msg: Incoming) -> None:
+        lane = self._lanes.setdefault(msg.conversation.channel, asyncio.Semaphore(self._per_channel))
+        async with lane:
+            await self._handle(msg)
+
+    async def _handle(self, msg: Incoming) -> None:
         if msg.message_id and not await self.store.first_seen(msg.conversation.channel, msg.message_id, self._clock()):
             log.info("ignoring re-sent message %s from %s", msg.message_id[:64], msg.identity.key)
             return
