@@ -154,8 +154,8 @@ class GroupMeChannel:
         self._api = GroupMeApi(runtime.http, self.config.api_url, self.config.bot_id, self.config.access_token, spacing=self.config.post_spacing)
         if not self.can_deliver_privately(None):
             log.warning(
-                "GroupMe: no GROUPME_ACCESS_TOKEN/VPN_PUBLIC_URL: configs cannot be delivered privately; "
-                "only /vpn start key=<public key> works until an admin sets them"
+                "GroupMe: no GROUPME_ACCESS_TOKEN/VPN_PUBLIC_URL: callbacks cannot be verified and configs cannot be "
+                "delivered privately; only /vpn help is answered until an admin sets them"
             )
 
     def routes(self, app: web.Application) -> None:
