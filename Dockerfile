@@ -15,6 +15,8 @@ COPY app.py ./
 COPY bot ./bot
 COPY provisioner ./provisioner
 COPY cards ./cards
+COPY web ./web
+COPY scripts/healthcheck.py ./
 
 ENV HOST=0.0.0.0 \
     PORT=3978 \
@@ -24,6 +26,7 @@ ENV HOST=0.0.0.0 \
 VOLUME /data
 USER vpnbot
 EXPOSE 3978
+# Healthy only when /healthz answers on the container's own address, as peers reach it (not loopback).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '3978'), timeout=4)" || exit 1
+  CMD python healthcheck.py || exit 1
 CMD ["python", "app.py", "serve"]

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bot import preflight
 from bot.access import AccessPolicy, RuleError, parse_rules
-from bot.channels.console import ConsoleChannel, operator_key, run_console
+from bot.channels.console import ConsoleChannel, operator_key, qr_style, run_console
 from bot.logs import setup_logging
 from bot.messages import Identity, InvalidIdentity, UserKey
 from bot.runtime import Runtime
-from bot.settings import Settings, SettingsError
+from bot.settings import Settings, SettingsError, environment
 from bot.web import create_app
 from provisioner.base import Provider
 
@@ -81,23 +82,54 @@ def make_access(settings: Settings) -> AccessPolicy:
     return AccessPolicy(rules["VPN_USERS"], rules["VPN_ADMINS"])
 
 
+ENV_HELP = """\
+environment (all optional; ./.env is read too, the real environment wins; README.md "Configuration"
+has every variable with its default, .env.example lists them):
+  VPN_PROVIDER            dryrun (default), host or azure
+  VPN_USERS, VPN_ADMINS   who may use it: teams:<id>, groupme:<id>, console:<name>, email:<a>, domain:<d>
+  VPN_SESSION_MINUTES     session length (30); VPN_MAX_SESSION_MINUTES, VPN_WARN_MINUTES, VPN_MAX_SESSIONS
+  VPN_DATA_DIR            SQLite store, provider state and console.log (./data)
+  HOST, PORT              where serve listens (127.0.0.1:3978)
+  VPN_LOG_LEVEL           DEBUG, INFO (default), WARNING, ERROR
+  WG_INTERFACE, WG_ENDPOINT, WG_POOL, WG_DNS, WG_ALLOWED_IPS   WireGuard (host provider; client configs)
+  MicrosoftAppId, MicrosoftAppPassword, MicrosoftAppTenantId   Teams
+  GROUPME_BOT_ID, GROUPME_GROUP_ID, GROUPME_CALLBACK_SECRET     GroupMe
+  AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZURE_LOCATION  azure provider
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="app.py",
         description="A chat bot that hands out short-lived WireGuard VPN access. Configured by environment variables (see README.md).",
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,console,reap,teams-manifest}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,console,reap,host-setup,teams-manifest,users}")
     sub.add_parser("serve", help="run the HTTP service (default): /healthz and the chat channels")
     console = sub.add_parser("console", help="chat with the bot in this terminal (or pipe commands, one per line)")
     console.add_argument("--out", type=Path, default=Path("./out"), help="folder for delivered .conf and .png files (default ./out)")
     console.add_argument("--as", dest="as_identity", metavar="CHANNEL:ID", help="act as another identity, e.g. groupme:123 (subject to the allowlist)")
     console.add_argument("--email", help="with --as: the verified email that identity's channel would supply")
+    console.add_argument("--qr", choices=("auto", "light", "dark"), default="auto",
+                         help="terminal QR for a light or dark terminal theme (default auto: black on white at a colour terminal)")
     sub.add_parser("reap", help="one teardown/reconcile pass, then exit (for a scheduler)")
+    setup = sub.add_parser("host-setup", help="create the WireGuard interface for VPN_PROVIDER=host, with IP forwarding and NAT (asks first)")
+    setup.add_argument("--port", type=int, default=51820, help="UDP port the interface listens on (default 51820)")
+    setup.add_argument("--yes", action="store_true", help="apply without asking")
     manifest = sub.add_parser("teams-manifest", help="write the Teams app package (manifest + icons) for sideloading")
     manifest.add_argument("--out", type=Path, default=Path("vpn-bot.zip"), help="zip file to write (default vpn-bot.zip)")
+    manifest.add_argument("--app-id", help="the Azure Bot's app id (default MicrosoftAppId); no secret is needed")
     manifest.add_argument("--name", default="VPN Bot", help="the app's name in Teams (≤30 characters)")
     manifest.add_argument("--website", help="https URL for the developer links (default VPN_PUBLIC_URL)")
     manifest.add_argument("--version", default="1.0.0", help="app version: bump it on every re-upload")
+    users = sub.add_parser("users", help="local web accounts: add (password from stdin, never argv), remove, list")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="{add,remove,list}")
+    add = users_sub.add_parser("add", help="add an account or set its password; the password is read from stdin")
+    add.add_argument("email")
+    remove = users_sub.add_parser("remove", help="remove an account (its tokens stop working at once)")
+    remove.add_argument("email")
+    users_sub.add_parser("list", help="list the accounts")
     return parser
 
 
@@ -142,6 +174,23 @@ def make_channels(settings: Settings) -> list:
                 )
             )
         )
+    if settings.web_enabled:
+        from bot.channels.web import WebChannel, WebConfig
+
+        channels.append(
+            WebChannel(
+                WebConfig(
+                    local_secret=settings.local_auth_secret,
+                    entra_tenant_id=settings.entra_tenant_id,
+                    entra_audience=settings.entra_api_audience,
+                    entra_spa_client_id=settings.entra_spa_client_id,
+                    entra_authority=settings.entra_authority,
+                    cors_origins=settings.cors_origins,
+                )
+            )
+        )
+    else:
+        log.info("The web page and API are off: set VPN_LOCAL_AUTH_SECRET (and VPN_ENTRA_* for Microsoft sign-in)")
     return channels
 
 
@@ -162,7 +211,11 @@ async def serve(settings: Settings, provider: Provider, access: AccessPolicy) ->
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, settings.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise preflight.listen_error(host, settings.port, exc) from None
     log.info(
         "serving on http://%s:%d (provider %s; channels: %s)",
         host, settings.port, provider.name, ", ".join(ch.name for ch in channels) or "none",
@@ -185,9 +238,10 @@ async def console(settings: Settings, provider: Provider, access: AccessPolicy, 
         identity = Identity(UserKey.parse(args.as_identity), email=args.email)
     else:
         identity = Identity(operator)
-    channel = ConsoleChannel(args.out)
+    theme, rows = qr_style(args.qr, sys.stdout)
+    channel = ConsoleChannel(args.out, qr_theme=theme, qr_rows=rows)
     async with Runtime(settings, provider, access, [channel]) as runtime:
-        await run_console(runtime.dispatcher, runtime.runner, identity)
+        await run_console(runtime.dispatcher, runtime.runner, identity, terminal=channel.terminal, log_file=settings.data_dir / "console.log")
 
 
 async def reap(settings: Settings, provider: Provider, access: AccessPolicy) -> None:
@@ -196,36 +250,107 @@ async def reap(settings: Settings, provider: Provider, access: AccessPolicy) -> 
         log.info("reap pass done; %d orphaned resource(s) removed", removed)
 
 
-def write_teams_manifest(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.channels.teams_manifest import package
+def read_password() -> str:
+    """From the terminal without echo, or the first line of piped stdin; never from argv."""
+    import getpass
 
-    website = args.website or settings.public_url
-    if not website.startswith("https://"):
-        print("teams-manifest: Teams needs an https website: pass --website https://… or set VPN_PUBLIC_URL", file=sys.stderr)
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise ValueError("the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def users(settings: Settings, provider: Provider, access: AccessPolicy, args: argparse.Namespace) -> int:
+    from bot.auth.local import MIN_PASSWORD, hash_password, normalize_email
+    from bot.sessions.store import LocalUser
+
+    async with Runtime(settings, provider, access, background=False) as runtime:
+        store = runtime.store
+        if args.users_command == "list":
+            for user in await store.list_users():
+                print(f"{user.email}\tlocal:{user.email}\tadded {user.created_at:%Y-%m-%d}")
+            return 0
+        try:
+            email = normalize_email(args.email)
+        except ValueError:
+            print(f"{args.email[:80]!r} is not an email address", file=sys.stderr)
+            return 2
+        if args.users_command == "remove":
+            if not await store.delete_user(email):
+                print(f"no account {email}", file=sys.stderr)
+                return 1
+            print(f"removed {email}")
+            return 0
+        try:
+            password = read_password()
+        except (ValueError, EOFError) as exc:
+            print(f"no password set: {exc}", file=sys.stderr)
+            return 2
+        if len(password) < MIN_PASSWORD:
+            print(f"a password needs at least {MIN_PASSWORD} characters", file=sys.stderr)
+            return 2
+        hashed = await asyncio.to_thread(hash_password, password)
+        del password
+        await store.put_user(LocalUser(email, hashed, runtime.service.clock()))
+        print(f"saved {email}: it signs in as local:{email} (allow it with VPN_USERS=local:{email} or an email:/domain: rule)")
+        if not settings.local_auth_secret:
+            print("note: VPN_LOCAL_AUTH_SECRET is not set, so local sign-in is off until it is", file=sys.stderr)
+        return 0
+
+
+def write_teams_manifest(args: argparse.Namespace) -> int:
+    """Needs only the public app id and a website: no secret, and every problem reported at once."""
+    from bot.channels.teams_manifest import package, problems
+
+    env = environment()
+    app_id = (args.app_id or env.get("MicrosoftAppId", "")).strip()
+    website = (args.website or env.get("VPN_PUBLIC_URL", "")).strip()
+    found = problems(app_id, website=website, name=args.name, version=args.version)
+    if found:
+        print("teams-manifest: cannot build the package:\n" + "\n".join(f"  - {p}" for p in found), file=sys.stderr)
         return 2
-    if not settings.teams_app_id:
-        print("teams-manifest: set MicrosoftAppId (the Azure Bot's app id) first", file=sys.stderr)
+    data = package(app_id, website=website, name=args.name.strip(), version=args.version)
+    try:
+        args.out.write_bytes(data)
+    except OSError as exc:
+        print(f"teams-manifest: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 2
-    args.out.write_bytes(package(settings.teams_app_id, website=website, name=args.name[:30], version=args.version))
     print(f"wrote {args.out}: upload it in Teams → Apps → Manage your apps → Upload a custom app")
     return 0
 
 
+def host_setup(settings: Settings, args: argparse.Namespace) -> int:
+    from provisioner.host_setup import run_interactive
+
+    return run_interactive(settings.wg_interface, settings.wg_pool, args.port, yes=args.yes)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "teams-manifest":
+        return write_teams_manifest(args)
     try:
         settings = Settings.from_env()
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         access = make_access(settings)
-        provider = make_provider(settings)
         if args.command == "console" and args.as_identity:
             UserKey.parse(args.as_identity)
     except (SettingsError, InvalidIdentity) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     command = args.command or "serve"
-    if command == "teams-manifest":
-        return write_teams_manifest(settings, args)
+    if command == "host-setup":
+        return host_setup(settings, args)
+    try:
+        preflight.check(settings, command, args.out if command == "console" else None)
+        provider = make_provider(settings)
+    except preflight.StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if command == "users":
+        return asyncio.run(users(settings, provider, access, args))
     try:
         if command == "serve":
             asyncio.run(serve(settings, provider, access))
@@ -235,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(reap(settings, provider, access))
     except KeyboardInterrupt:
         pass
+    except preflight.StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

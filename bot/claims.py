@@ -69,9 +69,13 @@ def unseal(token: str, sealed: bytes) -> str:
     return AESGCM(_key(token)).decrypt(sealed[:12], sealed[12:], token_hash(token).encode()).decode()
 
 
-async def hold(store: Any, *, session_id: str, user: str, tunnel_name: str, config: str, now: datetime, lifetime: timedelta) -> str:
-    """Seal `config` in the store for one person; returns the token, the only thing that opens it."""
-    token = new_token()
+async def hold(
+    store: Any, *, session_id: str, user: str, tunnel_name: str, config: str, now: datetime, lifetime: timedelta, token: str | None = None
+) -> str:
+    """Seal `config` in the store for one person; returns the token, the only thing that opens it.
+
+    A caller that can re-derive a secret token later (the web channel: from a server secret) passes it."""
+    token = token or new_token()
     sealed = await asyncio.to_thread(seal, token, config)
     await store.add_claim(Claim(token_hash(token), session_id, user, tunnel_name, now, now + lifetime, sealed=sealed))
     return token

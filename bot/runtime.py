@@ -82,9 +82,9 @@ class Runtime:
                 await attach(self)
         if self._background:
             # First pass before taking commands: resume or clean up what a crash left, expire what is due.
+            # Reconcile (provider list calls, seconds on a cloud) is the sweeper's first job instead: off the cold-start path.
             try:
                 await self.service.sweep()
-                await self.service.reconcile()
             except Exception:
                 log.exception("start-up sweep failed; the sweeper will try again")
             sweeper = asyncio.get_running_loop().create_task(self.service.run_sweeper(), name="sweeper")

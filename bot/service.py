@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
+from bot import metrics
 from bot.messages import ConversationRef, Identity, UserKey
 from bot.outbox import ConfigDelivery, DeliveryError, Outbox
 from bot.sessions.model import (
@@ -206,8 +207,8 @@ class VpnService:
                 stopped.append(s)
         return stopped
 
-    async def extend(self, who: UserKey, minutes: int | None) -> Session:
-        mine = [s for s in await self.sessions_of(who) if s.state is SessionState.READY]
+    async def extend(self, who: UserKey, minutes: int | None, session_id: str | None = None) -> Session:
+        mine = [s for s in await self.sessions_of(who) if s.state is SessionState.READY and session_id in (None, s.id)]
         if not mine:
             raise Refused("You have no running VPN session to extend. Use /vpn start for a new one.")
         s = mine[0]
@@ -300,6 +301,7 @@ class VpnService:
                 del config_text, keys  # the private key lives only in `delivery` until the channel has it
                 where = await self.outbox.deliver(conv, Identity(UserKey.parse(s.owner), display_name=s.owner_label), delivery)
                 del delivery
+            metrics.config_delivered(s, self.clock())
             if not info.ready:
                 # Cloud VMs: the config is complete once the address is known; the server boots meanwhile.
                 await self.outbox.text(conv, f"{where} The server is still booting: the tunnel comes up within about a minute, and I will tell you when it is up.")
@@ -308,6 +310,7 @@ class VpnService:
             expires_at = ready_at + timedelta(minutes=s.minutes)
             s = s.moved(SessionState.READY, ready_at, ready_at=ready_at, expires_at=expires_at, error="")
             await self.store.save(s)
+            metrics.session_ready(s)
             await self.outbox.progress(conv, f"Your VPN is ready (session {s.id}).", handle)
             if info.ready:
                 await self.outbox.text(conv, f"{where} Session {s.id} ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
@@ -346,6 +349,7 @@ class VpnService:
         if s.state in IN_FLIGHT_STATES:
             s = s.moved(SessionState.FAILED, now, error=reason[:300], ended_at=now)
             await self.store.save(s)
+            metrics.session_failed(exc)
         await self.store.purge_claims(now, session_id=s.id)
         await self.outbox.progress(s.conversation, f"Setting up your VPN failed (session {s.id}).", handle)
         tail = "Nothing was left running." if cleaned else "Its leftovers will be removed automatically."
@@ -380,6 +384,7 @@ class VpnService:
         now = self.clock()
         s = s.moved(SessionState.DELETED, now, ended_at=now)
         await self.store.save(s)
+        metrics.teardown_done(s)
         await self.store.purge_claims(now, session_id=s.id)  # an unclaimed config is worthless now: erase it
         log.info("session %s deleted (%s)", s.id, reason)
         await self.outbox.text(s.conversation, f"Your VPN session {s.id} has ended ({reason}). Use /vpn start for a new one.")
@@ -462,6 +467,7 @@ class VpnService:
             try:
                 await self.provider.destroy(r.session_id or "", resource_id=r.resource_id, peer_public_key=r.peer_public_key)
                 removed += 1
+                metrics.reconcile_deleted(self.provider.name)
             except Exception:
                 log.exception("reconcile: could not delete %s", r.resource_id)
         return removed

@@ -52,6 +52,8 @@ class Settings:
     reconcile_seconds: float = 60.0
     provision_timeout_seconds: float = 600.0
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_port: int = 9464
     instance_name: str = "vpn-bot"
     public_url: str = ""
     teams_app_id: str = ""
@@ -83,6 +85,17 @@ class Settings:
     azure_boot_timeout_seconds: float = 300.0
     azure_poll_seconds: float = 2.0
     azure_hourly_cost: float = 0.0
+    entra_tenant_id: str = ""
+    entra_api_audience: str = ""
+    entra_spa_client_id: str = ""
+    entra_authority: str = "https://login.microsoftonline.com"
+    local_auth_secret: str = ""
+    cors_origins: tuple[str, ...] = ()
+
+    @property
+    def web_enabled(self) -> bool:
+        """The web page and HTTP API run when some way to sign in is configured."""
+        return bool(self.entra_tenant_id or self.local_auth_secret)
 
     @property
     def store_path(self) -> Path:
@@ -90,7 +103,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
+        """`env`, or the process environment over the `.env` file (`VPN_ENV_FILE`): the real environment wins."""
+        env = environment() if env is None else env
         r = _Reader(env)
         try:  # not r.parse: its message would repeat the value, and bot ids are credentials
             bots = _groupme_bots(r.text("GROUPME_BOT_ID", ""))
@@ -126,6 +140,8 @@ class Settings:
             reconcile_seconds=r.number("VPN_RECONCILE_SECONDS", 60.0, 1.0, 86400.0),
             provision_timeout_seconds=r.number("VPN_PROVISION_TIMEOUT_SECONDS", 600.0, 5.0, 86400.0),
             log_level=r.choice("VPN_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+            log_format=r.choice("VPN_LOG_FORMAT", "text", ("text", "json")),
+            metrics_port=r.integer("VPN_METRICS_PORT", 9464, 0, 65535),
             instance_name=r.parse("VPN_INSTANCE_NAME", "vpn-bot", _resource_name, "1-40 lowercase letters, digits or '-'"),
             public_url=r.parse("VPN_PUBLIC_URL", "", _public_url, "an https:// URL (http:// only for localhost)"),
             teams_app_id=r.text("MicrosoftAppId", ""),
@@ -157,11 +173,19 @@ class Settings:
             azure_boot_timeout_seconds=r.number("AZURE_BOOT_TIMEOUT_SECONDS", 300.0, 10.0, 3600.0),
             azure_poll_seconds=r.number("AZURE_POLL_SECONDS", 2.0, 0.0, 60.0),
             azure_hourly_cost=r.number("AZURE_HOURLY_COST", 0.0, 0.0, 1000.0),
+            entra_tenant_id=r.parse("VPN_ENTRA_TENANT_ID", "", _guid_or_empty, "a tenant id (GUID)"),
+            entra_api_audience=r.text("VPN_ENTRA_API_AUDIENCE", ""),
+            entra_spa_client_id=r.parse("VPN_ENTRA_SPA_CLIENT_ID", "", _guid_or_empty, "the SPA app registration's client id (GUID)"),
+            entra_authority=r.parse("VPN_ENTRA_AUTHORITY", "https://login.microsoftonline.com", _public_url, "an https:// URL (http:// only for localhost)"),
+            local_auth_secret=r.text("VPN_LOCAL_AUTH_SECRET", ""),
+            cors_origins=r.parse("VPN_CORS_ORIGINS", "", _origin_list, "comma-separated origins like https://vpn.example.org (no paths, no '*')"),
         )
         if s.max_session_minutes < s.session_minutes:
             raise SettingsError(
                 f"VPN_MAX_SESSION_MINUTES ({s.max_session_minutes}) must be at least VPN_SESSION_MINUTES ({s.session_minutes})"
             )
+        if s.metrics_port and s.metrics_port == s.port:
+            raise SettingsError(f"VPN_METRICS_PORT={s.metrics_port} is the bot's PORT: metrics are never served on the public port (0 turns them off)")
         if s.provider == "host" and not s.wg_endpoint:
             raise SettingsError("WG_ENDPOINT is required with VPN_PROVIDER=host: the address clients dial, e.g. vpn.example.org:51820")
         if not s.teams_app_id and (s.teams_app_password or s.teams_tenant_id):
@@ -197,7 +221,60 @@ class Settings:
                     raise SettingsError(f"{name} is required with VPN_PROVIDER=azure")
             if bool(s.azure_ssh_public_key) != bool(s.azure_ssh_source):
                 raise SettingsError("AZURE_SSH_PUBLIC_KEY and AZURE_SSH_SOURCE go together: SSH is opened only to that source")
+        if s.entra_tenant_id and not s.entra_api_audience:
+            raise SettingsError("VPN_ENTRA_API_AUDIENCE is required with VPN_ENTRA_TENANT_ID: the API app registration's client id")
+        if (s.entra_api_audience or s.entra_spa_client_id) and not s.entra_tenant_id:
+            raise SettingsError("VPN_ENTRA_TENANT_ID is required with VPN_ENTRA_API_AUDIENCE/VPN_ENTRA_SPA_CLIENT_ID")
+        if s.local_auth_secret and len(s.local_auth_secret) < 32:
+            raise SettingsError("VPN_LOCAL_AUTH_SECRET must be at least 32 characters (e.g. `openssl rand -base64 32`)")
+        if s.entra_tenant_id and not s.local_auth_secret:
+            raise SettingsError(
+                "VPN_LOCAL_AUTH_SECRET is required with VPN_ENTRA_TENANT_ID: besides signing local-account tokens it seals "
+                "configs waiting for download, so every replica can open them (local accounts exist only after `app.py users add`)"
+            )
         return s
+
+
+def environment() -> dict[str, str]:
+    """The process environment over the `.env` file (`VPN_ENV_FILE`): the real environment wins."""
+    return {**read_env_file(Path(os.environ.get("VPN_ENV_FILE", ".env"))), **os.environ}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`NAME=value` lines as docker's --env-file reads them (plus `export ` and quotes); missing file: {}."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        return {}
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
+    values = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise SettingsError(f"{path} line {number}: expected NAME=value")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name] = value
+    return values
+
+
+def _guid_or_empty(text: str) -> str:
+    return _guid_list(text)[0] if text else ""
+
+
+def _origin_list(text: str) -> tuple[str, ...]:
+    origins = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        parts = urlsplit(item)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.path not in ("", "/") or parts.query or "*" in item:
+            raise ValueError(text)
+        origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+    return tuple(origins)
 
 
 def _app_type(text: str) -> str:

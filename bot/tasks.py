@@ -6,8 +6,11 @@ whose name is already running returns the running one, so a job can never run tw
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Awaitable, Callable, Coroutine
+
+from bot.logs import bind
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,11 @@ class TaskRunner:
         running = self._tasks.get(name)
         if running is not None and not running.done():
             return running
-        task = asyncio.get_running_loop().create_task(factory(), name=name)
+        context = contextvars.copy_context()
+        kind, _, subject = name.partition(":")
+        if kind in ("provision", "teardown"):  # its log lines carry the session id
+            context.run(bind, session_id=subject)
+        task = asyncio.get_running_loop().create_task(factory(), name=name, context=context)
         self._tasks[name] = task
         task.add_done_callback(self._finished)
         return task

@@ -16,6 +16,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from bot import metrics
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -77,26 +78,33 @@ _BAD_HTTP_FILTER = _OneLineForBadHttp()
 
 
 async def healthz(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    """Liveness: cheap, touches nothing outside the process (a probe may call it every few seconds)."""
+    return web.json_response({"status": "ok", "provider": request.app[RUNTIME].provider.name})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the store answers, so a message routed here can be handled."""
     try:
-        await runtime.store.sessions([])
+        await request.app[RUNTIME].store.sessions([])
     except Exception:
-        log.exception("health check: store unavailable")
+        log.exception("readiness check: store unavailable")
         return web.json_response({"status": "unavailable"}, status=503)
-    return web.json_response({"status": "ok", "provider": runtime.provider.name})
+    return web.json_response({"status": "ready"})
 
 
 def create_app(make_runtime: Callable[[], Runtime], hooks: list[RouteHook] = ()) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware()])
+    # Metrics outermost, so they count the 400/500 the error guard answers.
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[metrics.observe_requests, error_middleware()])
     logging.getLogger("aiohttp.server").addFilter(_BAD_HTTP_FILTER)  # a no-op when already added
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with make_runtime() as runtime:
+        async with make_runtime() as runtime, metrics.serving(runtime):
             app[RUNTIME] = runtime
             yield
 
     app.cleanup_ctx.append(runtime_ctx)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     for hook in hooks:
         hook(app)
     return app

@@ -8,7 +8,7 @@ import io
 
 import qrcode
 from PIL import Image
-from qrcode.constants import ERROR_CORRECT_M
+from qrcode.constants import ERROR_CORRECT_L, ERROR_CORRECT_M
 
 # 8 px modules with the standard 4-module quiet zone: a ~300-char config gives a ~450 px image that
 # phones read from a laptop screen at arm's length; medium error correction tolerates glare.
@@ -39,8 +39,51 @@ def qr_png(text: str) -> bytes:
     return buf.getvalue()
 
 
-def qr_terminal(text: str) -> str:
-    """Half-block rendering, dark on light as phones expect, two modules per character row."""
-    out = io.StringIO()
-    _qr(text).print_ascii(out=out, invert=True)
-    return out.getvalue()
+# The terminal rendering: lowest error correction (a screen has no dirt or glare to repair) and a
+# 2-module quiet zone drawn in light colour, so it scans whatever the terminal's background is.
+TERMINAL_BORDER = 2
+THEMES = ("ansi", "dark", "light")
+_SGR_BLACK_ON_WHITE, _SGR_RESET = "\x1b[30;107m", "\x1b[0m"
+
+
+def qr_terminal(text: str, *, theme: str = "dark", max_rows: int | None = None) -> str:
+    """The QR code as text: dark-on-light whatever the terminal theme, as few rows as fit.
+
+    `theme` is the terminal's: "dark" (light text on dark) draws the light modules, "light" draws
+    the dark ones, "ansi" sets black on white itself (right on either). Half blocks give two
+    modules per row (square modules); when that exceeds `max_rows`, sextants (U+1FB00, 2×3 per
+    character) give three, so a typical config fits an 80×24 terminal.
+    """
+    if theme not in THEMES:
+        raise ValueError(f"theme must be one of {THEMES}")
+    qr = qrcode.QRCode(error_correction=ERROR_CORRECT_L, border=TERMINAL_BORDER)
+    qr.add_data(text.encode("utf-8"))
+    qr.make(fit=True)
+    matrix = qr.get_matrix()  # True = dark module, quiet zone included
+    draw_dark = theme != "dark"
+    per_row = 2 if max_rows is None or (len(matrix) + 1) // 2 <= max_rows else 3
+    glyph = _half_block if per_row == 2 else _sextant
+    lines = []
+    for top in range(0, len(matrix), per_row):
+        rows = [matrix[top + i] if top + i < len(matrix) else [False] * len(matrix) for i in range(per_row)]
+        cells = []
+        for left in range(0, len(matrix), 2 if per_row == 3 else 1):
+            cols = range(left, min(left + 2, len(matrix))) if per_row == 3 else (left,)
+            bits = [[rows[r][c] == draw_dark for c in cols] for r in range(per_row)]
+            cells.append(glyph(bits))
+        line = "".join(cells)
+        lines.append(f"{_SGR_BLACK_ON_WHITE}{line}{_SGR_RESET}" if theme == "ansi" else line)
+    return "\n".join(lines) + "\n"
+
+
+def _half_block(bits: list[list[bool]]) -> str:
+    upper, lower = bits[0][0], bits[1][0]
+    return "█" if upper and lower else "▀" if upper else "▄" if lower else " "
+
+
+def _sextant(bits: list[list[bool]]) -> str:
+    value = sum(1 << (2 * r + c) for r in range(3) for c, on in enumerate(bits[r]) if on)
+    special = {0: " ", 63: "█", 21: "▌", 42: "▐"}
+    if value in special:
+        return special[value]
+    return chr(0x1FB00 + value - 1 - (value > 21) - (value > 42))

@@ -23,33 +23,6 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
-from azure.mgmt.compute.aio import ComputeManagementClient
-from azure.mgmt.compute.models import (
-    HardwareProfile,
-    ImageReference,
-    LinuxConfiguration,
-    ManagedDiskParameters,
-    NetworkInterfaceReference,
-    NetworkProfile,
-    OSDisk,
-    OSProfile,
-    SshConfiguration,
-    SshPublicKey,
-    StorageProfile,
-    VirtualMachine,
-)
-from azure.mgmt.network.aio import NetworkManagementClient
-from azure.mgmt.network.models import (
-    AddressSpace,
-    NetworkInterface,
-    NetworkInterfaceIPConfiguration,
-    NetworkSecurityGroup,
-    PublicIPAddress,
-    PublicIPAddressSku,
-    SecurityRule,
-    Subnet,
-    VirtualNetwork,
-)
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -66,11 +39,56 @@ TAG_OWNER = "vpn-owner"
 TAG_EXPIRES = "expires-at"
 ADMIN_USER = "vpnadmin"
 
-IMAGES = {
-    "ubuntu": ImageReference(publisher="Canonical", offer="ubuntu-24_04-lts", sku="minimal", version="latest"),
-    # The corevm offer needs no marketplace plan or terms (the -free offer does).
-    "flatcar": ImageReference(publisher="kinvolk", offer="flatcar-container-linux-corevm-amd64", sku="stable-gen2", version="latest"),
-}
+IMAGES: dict = {}  # name -> ImageReference, filled by _load_sdk()
+_sdk_loaded = False
+
+
+def _load_sdk() -> None:
+    """Import the management SDKs (about half a second of CPU) when the first client is built, not at
+    start-up: a replica woken by a message answers it without them. Binds the names used below."""
+    global _sdk_loaded, ComputeManagementClient, NetworkManagementClient
+    global HardwareProfile, ImageReference, LinuxConfiguration, ManagedDiskParameters, NetworkInterfaceReference
+    global NetworkProfile, OSDisk, OSProfile, SshConfiguration, SshPublicKey, StorageProfile, VirtualMachine
+    global AddressSpace, NetworkInterface, NetworkInterfaceIPConfiguration, NetworkSecurityGroup, PublicIPAddress
+    global PublicIPAddressSku, SecurityRule, Subnet, VirtualNetwork
+    if _sdk_loaded:
+        return
+    from azure.mgmt.compute.aio import ComputeManagementClient
+    from azure.mgmt.compute.models import (
+        HardwareProfile,
+        ImageReference,
+        LinuxConfiguration,
+        ManagedDiskParameters,
+        NetworkInterfaceReference,
+        NetworkProfile,
+        OSDisk,
+        OSProfile,
+        SshConfiguration,
+        SshPublicKey,
+        StorageProfile,
+        VirtualMachine,
+    )
+    from azure.mgmt.network.aio import NetworkManagementClient
+    from azure.mgmt.network.models import (
+        AddressSpace,
+        NetworkInterface,
+        NetworkInterfaceIPConfiguration,
+        NetworkSecurityGroup,
+        PublicIPAddress,
+        PublicIPAddressSku,
+        SecurityRule,
+        Subnet,
+        VirtualNetwork,
+    )
+
+    IMAGES.update(
+        {
+            "ubuntu": ImageReference(publisher="Canonical", offer="ubuntu-24_04-lts", sku="minimal", version="latest"),
+            # The corevm offer needs no marketplace plan or terms (the -free offer does).
+            "flatcar": ImageReference(publisher="kinvolk", offer="flatcar-container-linux-corevm-amd64", sku="stable-gen2", version="latest"),
+        }
+    )
+    _sdk_loaded = True
 # East US, Linux, pay-as-you-go, USD/hour (Azure retail price catalog). Unknown sizes fall back to
 # AZURE_HOURLY_COST. Public IP $0.005/h and an S4 HDD OS disk ≈ $0.0021/h are added to every VM.
 VM_PRICES = {
@@ -194,12 +212,34 @@ class AzureProvider:
             if not ipaddress.ip_address("127.0.0.1" if host == "localhost" else host).is_loopback:
                 raise ValueError("AZURE_ARM_ENDPOINT may use http:// only on loopback (tests, emulators)")
             kwargs["per_call_policies"] = [_AllowLoopbackHttp()]
-        self.compute = ComputeManagementClient(credential, config.subscription_id, **kwargs)
-        self.network = NetworkManagementClient(credential, config.subscription_id, **kwargs)
+        self._client_kwargs = kwargs
+        self._compute = self._network = None  # built on first use (see _load_sdk)
         self._shared: dict[str, tuple[str, str]] = {}  # region -> (subnet id, nsg id)
         self._shared_lock = asyncio.Lock()
         self._pending: dict[str, _Pending] = {}
         self._ssh_key = config.ssh_public_key
+
+    async def _clients(self) -> None:
+        """Build the SDK clients, importing the SDKs in a worker thread so the event loop keeps serving."""
+        if self._compute is None:
+            await asyncio.to_thread(_load_sdk)
+            self._build_clients()
+
+    def _build_clients(self) -> None:
+        if self._compute is None:
+            _load_sdk()
+            self._compute = ComputeManagementClient(self._credential, self.config.subscription_id, **self._client_kwargs)
+            self._network = NetworkManagementClient(self._credential, self.config.subscription_id, **self._client_kwargs)
+
+    @property
+    def compute(self):
+        self._build_clients()
+        return self._compute
+
+    @property
+    def network(self):
+        self._build_clients()
+        return self._network
 
     @property
     def regions(self) -> Sequence[str]:
@@ -227,6 +267,7 @@ class AzureProvider:
         """Reserve the public IP and return: with its address the client config is complete.
         `wait_ready` then creates the NIC and the VM and waits for the server to come up."""
         names, region = _names(spec.session_id), spec.region
+        await self._clients()
         await progress("reserving address")
 
         async def reserve_ip() -> PublicIPAddress:
@@ -274,6 +315,7 @@ class AzureProvider:
 
     async def wait_ready(self, spec: ServerSpec, progress: ProgressFn) -> None:
         """NIC, then VM (booting straight into WireGuard), then a positive "up" signal, or ProvisionError."""
+        await self._clients()
         pending = self._pending.get(spec.session_id)
         if pending is None:
             raise ProvisionError("the server's set-up was lost; please start again", detail="wait_ready without create")
@@ -449,6 +491,7 @@ class AzureProvider:
         """Delete the VM (its NIC, IP and disk go with it), then whatever a half-done create left."""
         if not session_id:
             return
+        await self._clients()
         names, rg = _names(session_id), self.config.resource_group
         self._pending.pop(session_id, None)
         steps = (
@@ -466,6 +509,7 @@ class AzureProvider:
 
     async def list_managed(self) -> list[ManagedResource]:
         """Every per-session resource tagged as ours, one entry per session."""
+        await self._clients()
         rg, found = self.config.resource_group, {}
         listings = (
             self.compute.virtual_machines.list(rg),
@@ -492,8 +536,9 @@ class AzureProvider:
         return ready_route(self)
 
     async def close(self) -> None:
-        await self.compute.close()
-        await self.network.close()
+        if self._compute is not None:
+            await self._compute.close()
+            await self._network.close()
         close = getattr(self._credential, "close", None)
         if close is not None:
             await close()

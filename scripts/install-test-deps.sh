@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian/Ubuntu machine: WireGuard (userspace
-# wireguard-go + wireguard-tools) and iproute2 for the namespace tunnel tests, Debian's Chromium
+# wireguard-go + wireguard-tools), iproute2 and nftables for the namespace tests, Debian's Chromium
 # for the claim-page browser test (Playwright drives it; no browser is downloaded), and the Python
-# packages of requirements-dev.txt. Safe to run again: it skips what is already there.
+# packages of requirements-dev.txt (into ./.venv). Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,7 @@ command -v wireguard-go >/dev/null 2>&1 || missing+=(wireguard-go)
 command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v nft >/dev/null 2>&1 || command -v iptables >/dev/null 2>&1 || missing+=(nftables)  # host-setup's NAT
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq
@@ -23,4 +24,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+# The Python packages go into ./.venv (scripts/venv.sh), which the README's test command runs.
+. scripts/venv.sh
+ensure_venv requirements-dev.txt

@@ -15,7 +15,9 @@ APP = str(ROOT / "app.py")
 def app_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """This interpreter's environment minus any VPN_/WG_ settings from outside, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VPN_", "WG_", "AZURE_", "GROUPME_", "Microsoft"))}
-    env.update({"VPN_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "VPN_DRYRUN_STEP_SECONDS": "0.05"})
+    # No /metrics unless a test asks (a fixed port would collide between concurrent test runs).
+    env.update({"VPN_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "VPN_DRYRUN_STEP_SECONDS": "0.05", "VPN_ENV_FILE": os.devnull, "VPN_METRICS_PORT": "0"})
+    env.setdefault("TEST_CWD", str(data_dir.parent))  # a default --out (./out) lands in the test's folder, never the tree
     env.update(extra)
     return env
 
@@ -46,6 +48,7 @@ class LiveConsole:
             env=env,
             bufsize=1,
             start_new_session=True,  # its own process group, so a "crash" takes its children with it
+            cwd=env.get("TEST_CWD"),
         )
         self.lines: list[str] = []
 

@@ -102,7 +102,7 @@ def make_runtime(tmp_path, clock, channel):
     """Build a Runtime on tmp_path with settings from keyword overrides; enter it with `async with`."""
 
     def build(*, users: str = "test:alice,test:bob", admins: str = "test:root", provider=None, channels=None, **env) -> Runtime:
-        values = {"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": users, "VPN_ADMINS": admins}
+        values = {"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": users, "VPN_ADMINS": admins, "VPN_METRICS_PORT": "0"}
         values.update({k: str(v) for k, v in env.items()})
         settings = Settings.from_env(values)
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ a per-run suffix, and every process started here is stopped on close.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -147,3 +148,22 @@ class Lab:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         for name in (self.server_if, self.client_if):
             Path(f"/var/run/wireguard/{name}.sock").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def bare_namespace(address: str):
+    """A namespace with loopback and one "uplink" holding `address`/24, as a fresh host has; skips where impossible."""
+    import pytest
+
+    reason = why_no_netns()
+    if reason:
+        pytest.skip(reason)
+    ns = f"bare-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for argv in (["link", "set", "lo", "up"], ["link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1"],
+                     ["link", "set", "uplink1", "up"], ["address", "add", f"{address}/24", "dev", "uplink0"], ["link", "set", "uplink0", "up"]):
+            subprocess.run(["ip", "-n", ns, *argv], check=True, capture_output=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

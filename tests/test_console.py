@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
 from tests.apprun import APP, LiveConsole, app_env, console
 from tests.qrtools import decode_qr
@@ -36,8 +37,9 @@ def test_start_status_stop(tmp_path):
     print(f"\nconsole: start -> config delivered (whole process, dryrun 3 x 0.05 s steps): {elapsed:.2f}s")
 
     # Sessions live on in the store: a later console sees and stops them.
-    second = console(["/vpn status", "/vpn stop", "/vpn status"], env)
+    second = console(["/vpn status", "/vpn stop", "/vpn status"], env)  # its default ./out is tmp_path/out
     assert second.returncode == 0, second.stderr
+    assert not conf.exists() and not png.exists()  # the key in them died with the session
     session_id = re.search(r"vpn-(\w+)\.conf", conf.name).group(1)
     assert f"Session    {session_id}" in second.stdout and "State      ready" in second.stdout
     assert f"Your VPN session {session_id} has ended (stopped by you)" in second.stdout
@@ -77,14 +79,25 @@ def test_bad_input_gets_help_not_a_traceback(tmp_path):
     assert result.stdout.count("I hand out WireGuard VPN access") == 5
 
 
-def test_expiry_with_a_one_minute_session(tmp_path):
+def test_expiry_of_a_running_session_removes_its_files(tmp_path):
     env = app_env(tmp_path / "data", VPN_SESSION_MINUTES="1", VPN_SWEEP_SECONDS="1")
     live = LiveConsole(env, "--out", str(tmp_path / "out"))
     try:
         live.type("/vpn start")
         live.wait_for("Your VPN is ready")
-        ended = live.wait_for("has ended (time is up)", timeout=90)
+        (conf,) = (tmp_path / "out").glob("*.conf")
+        # The store is the clock the sweeper reads: move this session's end to now instead of waiting a minute.
+        db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
+        now = datetime.now(timezone.utc).isoformat()
+        assert db.execute("UPDATE sessions SET expires_at=? WHERE state='ready'", (now,)).rowcount == 1
+        db.commit()
+        db.close()
+        ended = live.wait_for("has ended (time is up)", timeout=15)
         assert "time is up" in ended
+        deadline = time.monotonic() + 5
+        while conf.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not conf.exists() and not conf.with_suffix(".png").exists()
     finally:
         live.kill()
 
@@ -150,4 +163,92 @@ def test_os_user_is_the_console_identity(tmp_path):
 
     db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
     assert db.execute("SELECT owner FROM sessions").fetchall() == [(f"console:{getpass.getuser()}",)]
-    assert os.path.isdir(tmp_path / "out") and result.returncode == 0
+    assert list((tmp_path / "out").glob("vpn-*.conf")) and result.returncode == 0  # ./out of its cwd, not of the tree
+
+
+class PtyConsole:
+    """`app.py console` on a pseudo-terminal of 80×24, as a person at a terminal runs it."""
+
+    def __init__(self, tmp_path, *args: str) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        env = app_env(tmp_path / "data", TERM="xterm")
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the pty is its controlling terminal, so Ctrl-C is a real SIGINT
+            os.chdir(tmp_path)
+            os.execve(sys.executable, [sys.executable, APP, "console", *args], env)
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.output = b""
+        self.mark = 0
+
+    def read_until(self, needle: bytes, timeout: float = 20) -> bool:
+        import select
+
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.output.find(needle, self.mark)  # after the previous match: one read may hold both
+            if found >= 0:
+                self.mark = found + len(needle)
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            if select.select([self.fd], [], [], 0.05)[0]:
+                try:
+                    data = os.read(self.fd, 65536)
+                except OSError:
+                    return False
+                if not data:
+                    return False
+                self.output += data
+
+    def send(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.read_until(b"\0", 0.05)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+        os.kill(self.pid, 9)
+        os.waitpid(self.pid, 0)
+        return None
+
+
+def test_at_a_terminal_logs_go_to_a_file_history_works_and_ctrl_c_leaves_at_once(tmp_path):
+    term = PtyConsole(tmp_path, "--out", str(tmp_path / "out"))
+    assert term.read_until(b"vpn> "), term.output
+    assert f"Logs: {tmp_path / 'data' / 'console.log'}".encode() in term.output
+    term.send(b"/vpn start\r")
+    assert term.read_until(b"Config:"), term.output
+    assert term.read_until(b"vpn> ", 5)  # the prompt is drawn again below the background output
+    time.sleep(0.5)
+    term.read_until(b"\0", 0.3)
+    assert term.output.endswith(b"vpn> "), term.output[-200:]
+    screen = term.output.decode(errors="replace")
+    assert " INFO " not in screen and "audit" not in screen  # logs are in the file, not in the chat
+    log = (tmp_path / "data" / "console.log").read_text()
+    assert "audit user=console:" in log and "ready at" in log
+    assert oct((tmp_path / "data" / "console.log").stat().st_mode & 0o777) == "0o600"
+    secret = re.search(r"PrivateKey = (\S+)", screen).group(1)
+    assert secret not in log
+
+    term.send(b"\x1b[A")  # up-arrow: the last command again, not "control characters"
+    assert term.read_until(b"/vpn start", 5)
+    t0 = time.monotonic()
+    term.send(b"\x03")  # Ctrl-C, without Enter
+    assert term.wait_exit(5) == 0
+    assert time.monotonic() - t0 < 3
+    assert b"interrupted: leaving now" in term.output
+
+
+def test_at_a_terminal_ctrl_d_leaves_on_a_new_line(tmp_path):
+    term = PtyConsole(tmp_path, "--out", str(tmp_path / "out"))
+    assert term.read_until(b"vpn> ")
+    term.send(b"\x04")
+    assert term.wait_exit(10) == 0
+    assert term.output.endswith(b"vpn> \r\n"), term.output[-40:]

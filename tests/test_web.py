@@ -89,3 +89,29 @@ async def test_serve_wires_groupme_from_the_environment(tmp_path):
         await gm.stop()
     assert proc.returncode == 0, err.decode()
     assert "channels: groupme" in err.decode() and "service-token" not in err.decode()
+
+
+async def test_readyz_fails_when_the_store_does_not_answer_while_healthz_stays_cheap(make_runtime):
+    from bot.web import create_app
+    from tests.loopback import serve_on_loopback
+
+    runtime = make_runtime()
+    runner, base = await serve_on_loopback(create_app(lambda: runtime))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/readyz") as resp:
+                assert resp.status == 200
+            calls = []
+
+            async def unreachable(*args, **kwargs):
+                calls.append(args)
+                raise ConnectionError("store unreachable")
+
+            runtime.store.sessions = unreachable
+            async with http.get(f"{base}/readyz") as resp:
+                assert resp.status == 503 and (await resp.json()) == {"status": "unavailable"}
+            async with http.get(f"{base}/healthz") as resp:
+                assert resp.status == 200
+            assert len(calls) == 1  # /healthz never touched the store
+    finally:
+        await runner.cleanup()

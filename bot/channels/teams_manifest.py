@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import uuid
 import zipfile
+from urllib.parse import urlsplit
 
 from PIL import Image, ImageDraw
 
@@ -87,6 +89,23 @@ def manifest(bot_id: str, *, name: str = "VPN Bot", website: str, version: str =
         "permissions": ["identity", "messageTeamMembers"],
         "validDomains": [],
     }
+
+
+def problems(bot_id: str, *, website: str, name: str, version: str) -> list[str]:
+    """Every reason Teams would refuse this package, at once (no secret is needed to build one)."""
+    found = []
+    if not re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", bot_id):
+        found.append(f"app id {bot_id!r} is not a GUID: set MicrosoftAppId (or --app-id) to the Azure Bot's app id" if bot_id
+                     else "no app id: set MicrosoftAppId (or --app-id) to the Azure Bot's app id")
+    parts = urlsplit(website)
+    if parts.scheme != "https" or not parts.hostname:
+        found.append(f"website {website!r} is not an https:// URL: pass --website https://… or set VPN_PUBLIC_URL" if website
+                     else "no website: pass --website https://… or set VPN_PUBLIC_URL (Teams shows it as the developer's site)")
+    if not 1 <= len(name.strip()) <= 30:
+        found.append(f"name {name!r} must be 1 to 30 characters")
+    if not re.fullmatch(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)", version):
+        found.append(f"version {version!r} is not MAJOR.MINOR.PATCH, e.g. 1.0.1 (bump it on every re-upload)")
+    return found
 
 
 def package(bot_id: str, *, website: str, name: str = "VPN Bot", version: str = "1.0.0") -> bytes:

@@ -15,7 +15,9 @@ import logging
 import secrets
 from typing import Callable
 
+from bot import metrics
 from bot.access import AccessPolicy, Role
+from bot.logs import bind
 from bot.commands.parser import Command, Usage, parse
 from bot.commands.registry import Context, Registry
 from bot.messages import Incoming
@@ -48,17 +50,20 @@ class Dispatcher:
         self._lanes: dict[str, asyncio.Semaphore] = {}
 
     async def handle(self, msg: Incoming) -> None:
+        bind(user=str(msg.identity.key))
         lane = self._lanes.setdefault(msg.conversation.channel, asyncio.Semaphore(self._per_channel))
         async with lane:
-            await self._handle(msg)
+            outcome = await self._handle(msg)
+        metrics.chat_message(msg.conversation.channel, outcome)
 
-    async def _handle(self, msg: Incoming) -> None:
+    async def _handle(self, msg: Incoming) -> str:
+        """Runs the message; returns its outcome for the metrics (handled, duplicate, ignored, refused, usage, error)."""
         if msg.message_id and not await self.store.first_seen(msg.conversation.channel, msg.message_id, self._clock()):
             log.info("ignoring re-sent message %s from %s", msg.message_id[:64], msg.identity.key)
-            return
+            return "duplicate"
         parsed = parse(msg.text)
         if parsed is None and not msg.is_private:
-            return  # group chatter that is not for us
+            return "ignored"  # group chatter that is not for us
         role = self.access.role_of(msg.identity)
         command_text = parsed.verb if isinstance(parsed, Command) else "(unparsed)"
         if role is None:
@@ -68,20 +73,20 @@ class Dispatcher:
                 "Sorry, you are not allowed to use this VPN bot. "
                 f"If you should be, ask an admin to add you (your id is {msg.identity.key}).",
             )
-            return
+            return "refused"
         if parsed is None or isinstance(parsed, Usage):
             problem = parsed.problem if isinstance(parsed, Usage) else "I only understand /vpn commands"
             await self._audit(msg, command_text, True, f"usage: {problem}")
             await self.outbox.card(msg.conversation, self.help_card(role, f"Sorry, {problem}."))
-            return
+            return "usage"
         spec = self.registry.get(parsed.verb)
         if spec is None:
             await self.outbox.card(msg.conversation, self.help_card(role, f"Sorry, '{parsed.verb}' is not available."))
-            return
+            return "usage"
         if spec.admin_only and role is not Role.ADMIN:
             await self._audit(msg, command_text, False, "admin only")
             await self.outbox.text(msg.conversation, f"Sorry, only admins can use /vpn {spec.verb}.")
-            return
+            return "refused"
         await self._audit(msg, _describe(parsed), True, role.value)
         try:
             await spec.handler(Context(msg, role, self.outbox), parsed)
@@ -89,6 +94,8 @@ class Dispatcher:
             ref = secrets.token_hex(3)
             log.exception("command %s from %s failed (ref %s)", parsed.verb, msg.identity.key, ref)
             await self.outbox.text(msg.conversation, f"Sorry, something went wrong. An admin can look it up in the log (ref {ref}).")
+            return "error"
+        return "handled"
 
     async def _audit(self, msg: Incoming, command: str, allowed: bool, reason: str) -> None:
         entry = AuditEntry(

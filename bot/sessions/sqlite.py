@@ -16,12 +16,14 @@ from typing import Any, Callable, Sequence, TypeVar
 from bot.claims import Claim
 from bot.messages import ConversationRef
 from bot.sessions.model import ACTIVE_STATES, Session, SessionState
-from bot.sessions.store import AuditEntry, CreateOutcome, Worker
+from bot.sessions.store import AuditEntry, CreateOutcome, LocalUser, Worker
 
 T = TypeVar("T")
 MESSAGE_ID_TTL = timedelta(days=2)
 WORKER_TTL = timedelta(days=1)  # long dead processes; their sessions were recovered long ago
 AUDIT_TEXT_LIMIT = 200
+PROGRESS_TTL = timedelta(days=2)
+PROGRESS_TEXT_LIMIT = 16_000  # a Table Storage string holds 32k characters
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -80,6 +82,21 @@ CREATE TABLE IF NOT EXISTS claims (
     sealed BLOB
 );
 CREATE INDEX IF NOT EXISTS claims_session ON claims(session_id);
+CREATE TABLE IF NOT EXISTS users (
+    email TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    key TEXT PRIMARY KEY,
+    window_start TEXT NOT NULL,
+    count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS progress (
+    key TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     host TEXT NOT NULL,
@@ -160,13 +177,17 @@ class SqliteStore:
 
     def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SQLite gives -wal/-shm the database file's mode: make that 0600 before they exist.
+        os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (self._path, *(self._path.with_name(self._path.name + s) for s in ("-wal", "-shm"))):
+            if path.exists():
+                os.chmod(path, 0o600)
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
         _add_missing_columns(conn)
-        os.chmod(self._path, 0o600)
         self._conn = conn
 
     async def close(self) -> None:
@@ -315,6 +336,76 @@ class SqliteStore:
             c.execute("DELETE FROM claims WHERE expires_at < ?", ((now - timedelta(days=1)).isoformat(),))
 
         await self._run(op)
+
+    # ----- web channel: local accounts, attempt counters, progress text ------------------------------
+
+    async def put_user(self, user: LocalUser) -> None:
+        row = (user.email, user.password_hash, user.created_at.isoformat())
+        await self._run(lambda: self.conn.execute(
+            "INSERT INTO users VALUES (?,?,?) ON CONFLICT(email) DO UPDATE SET password_hash=excluded.password_hash", row))
+
+    async def get_user(self, email: str) -> LocalUser | None:
+        row = await self._run(lambda: self.conn.execute("SELECT * FROM users WHERE email=?", (email,)).fetchone())
+        return LocalUser(row["email"], row["password_hash"], datetime.fromisoformat(row["created_at"])) if row else None
+
+    async def delete_user(self, email: str) -> bool:
+        cur = await self._run(lambda: self.conn.execute("DELETE FROM users WHERE email=?", (email,)))
+        return cur.rowcount == 1
+
+    async def list_users(self) -> list[LocalUser]:
+        rows = await self._run(lambda: self.conn.execute("SELECT * FROM users ORDER BY email").fetchall())
+        return [LocalUser(r["email"], r["password_hash"], datetime.fromisoformat(r["created_at"])) for r in rows]
+
+    async def count_attempt(self, key: str, now: datetime, window: timedelta) -> int:
+        start = _window_start(now, window)
+
+        def op() -> int:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute("DELETE FROM attempts WHERE window_start < ?", ((now - 2 * window - timedelta(days=1)).isoformat(),))
+                c.execute(
+                    "INSERT INTO attempts (key, window_start, count) VALUES (?,?,1) ON CONFLICT(key) DO UPDATE SET "
+                    "count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END, window_start = excluded.window_start",
+                    (key, start),
+                )
+                (count,) = c.execute("SELECT count FROM attempts WHERE key=?", (key,)).fetchone()
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return count
+
+        return await self._run(op)
+
+    async def attempts(self, key: str, now: datetime, window: timedelta) -> int:
+        row = await self._run(lambda: self.conn.execute("SELECT * FROM attempts WHERE key=?", (key,)).fetchone())
+        return row["count"] if row and row["window_start"] == _window_start(now, window) else 0
+
+    async def clear_attempts(self, key: str) -> None:
+        await self._run(lambda: self.conn.execute("DELETE FROM attempts WHERE key=?", (key,)))
+
+    async def set_progress(self, key: str, text: str, now: datetime) -> None:
+        def op() -> None:
+            c = self.conn
+            c.execute(
+                "INSERT INTO progress VALUES (?,?,?) ON CONFLICT(key) DO UPDATE SET text=excluded.text, updated_at=excluded.updated_at",
+                (key, text[:PROGRESS_TEXT_LIMIT], now.isoformat()),
+            )
+            c.execute("DELETE FROM progress WHERE updated_at < ?", ((now - PROGRESS_TTL).isoformat(),))
+
+        await self._run(op)
+
+    async def get_progress(self, key: str) -> str:
+        row = await self._run(lambda: self.conn.execute("SELECT text FROM progress WHERE key=?", (key,)).fetchone())
+        return row["text"] if row else ""
+
+
+def _window_start(now: datetime, window: timedelta) -> str:
+    """The start of the fixed window that holds `now`, the same on every replica."""
+    seconds = int(window.total_seconds())
+    epoch = int(now.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % seconds, tz=now.tzinfo).isoformat()
 
 
 def _claim(row: sqlite3.Row) -> Claim:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, Sequence
 
 from bot.claims import Claim
@@ -25,6 +25,15 @@ class AuditEntry:
     command: str
     allowed: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    """A web account that signs in with a password; only the hash is ever stored."""
+
+    email: str
+    password_hash: str
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -53,3 +62,16 @@ class Store(Protocol):
     async def consume_claim(self, token_hash: str, now: datetime) -> Claim | None: ...
     async def purge_claims(self, now: datetime, session_id: str | None = None) -> None: ...
     async def workers(self) -> list[Worker]: ...
+    # Web channel (bot/channels/web.py): local accounts, shared attempt counters, per-request progress text.
+    async def put_user(self, user: LocalUser) -> None:
+        """Insert or replace the account with this email."""
+    async def get_user(self, email: str) -> LocalUser | None: ...
+    async def delete_user(self, email: str) -> bool: ...
+    async def list_users(self) -> list[LocalUser]: ...
+    async def count_attempt(self, key: str, now: datetime, window: timedelta) -> int:
+        """Atomically add one to `key`'s counter for the fixed window holding `now`; returns the new count."""
+    async def attempts(self, key: str, now: datetime, window: timedelta) -> int:
+        """The counter of the window holding `now`, without adding to it."""
+    async def clear_attempts(self, key: str) -> None: ...
+    async def set_progress(self, key: str, text: str, now: datetime) -> None: ...
+    async def get_progress(self, key: str) -> str: ...

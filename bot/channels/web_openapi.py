@@ -1,0 +1,167 @@
+"""The OpenAPI 3.1 description of the web API, served at /api/openapi.json (pure data)."""
+from __future__ import annotations
+
+from typing import Any
+
+SESSION_ID = {"type": "string", "pattern": "^[0-9a-f]{10}$"}
+ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "user": {"type": "string"}}}
+TIME = {"type": "string", "format": "date-time"}
+
+
+def _err(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+AUTH_ERRORS = {
+    "401": _err("No token, or a token that is invalid or expired"),
+    "403": _err("Signed in, but not on the allowlist"),
+    "503": _err("Microsoft Entra keys cannot be fetched right now (Entra tokens only)"),
+}
+
+
+def _session_op(summary: str, ok: dict, *extra: str, body: dict | None = None) -> dict:
+    responses = {**ok, **AUTH_ERRORS, "404": _err("No such session, or not yours")}
+    for code in extra:
+        responses[code] = _err({"400": "Invalid input", "409": "Not possible in this state", "410": "Already handed out",
+                                "413": "Body too large"}[code])
+    op: dict[str, Any] = {"summary": summary, "security": [{"bearer": []}], "responses": responses}
+    if body:
+        op["requestBody"] = body
+    return op
+
+
+def openapi_document(max_minutes: int) -> dict:
+    minutes = {"type": "integer", "minimum": 1, "maximum": max_minutes}
+    session_path_param = [{"name": "id", "in": "path", "required": True, "schema": SESSION_ID}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "VPN bot web API",
+            "version": "1.0.0",
+            "description": "Short-lived WireGuard sessions. Bearer tokens: Microsoft Entra ID access tokens (scope access_as_user) or local-account tokens from POST /api/login.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {
+                "Error": ERROR,
+                "Session": {
+                    "type": "object",
+                    "required": ["id", "state", "progress", "region", "endpoint", "created_at", "expires_at", "error"],
+                    "properties": {
+                        "id": SESSION_ID,
+                        "state": {"enum": ["requested", "provisioning", "ready", "expiring", "deleted", "failed"]},
+                        "progress": {"type": "string", "description": "The latest progress step or message"},
+                        "region": {"type": "string"},
+                        "endpoint": {"type": "string"},
+                        "created_at": TIME,
+                        "expires_at": TIME,
+                        "error": {"type": "string"},
+                        "minutes": {"type": "integer"},
+                        "time_left": {"type": ["integer", "null"], "description": "Seconds left while ready"},
+                        "config_ready": {"type": "boolean", "description": "The config (and QR) wait for download"},
+                        "messages": {"type": "array", "items": {"type": "string"}, "description": "Recent notices to the owner"},
+                        "owner": {"type": "string", "description": "Admins only"},
+                        "owner_label": {"type": "string", "description": "Admins only"},
+                        "cost": {"type": "number", "description": "Admins only: estimated cost so far"},
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/api/login": {
+                "post": {
+                    "summary": "Sign in with a local account",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["email", "password"],
+                        "properties": {"email": {"type": "string"}, "password": {"type": "string"}},
+                    }}}},
+                    "responses": {
+                        "200": {"description": "A bearer token", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["token", "expires_in"],
+                            "properties": {"token": {"type": "string"}, "expires_in": {"type": "integer"}, "token_type": {"type": "string"}},
+                        }}}},
+                        "400": _err("Invalid input"),
+                        "401": _err("Wrong email or password"),
+                        "413": _err("Body too large"),
+                        "429": _err("Too many attempts for this account or address; see Retry-After"),
+                    },
+                }
+            },
+            "/api/me": {
+                "get": {
+                    "summary": "Who the token belongs to, their role, and the choices for a new session",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {"description": "The caller", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["user", "role", "regions"],
+                            "properties": {"user": {"type": "string"}, "email": {"type": ["string", "null"]}, "name": {"type": "string"},
+                                           "role": {"enum": ["user", "admin"]}, "regions": {"type": "array", "items": {"type": "string"}},
+                                           "session_minutes": {"type": "integer"}, "max_session_minutes": {"type": "integer"}},
+                        }}}},
+                        **AUTH_ERRORS,
+                    },
+                }
+            },
+            "/api/sessions": {
+                "get": {
+                    "summary": "Your live sessions (admins: everyone's, with owner and cost)",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {"description": "Live sessions", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["sessions"],
+                            "properties": {"sessions": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}}},
+                        }}}},
+                        **AUTH_ERRORS,
+                    },
+                },
+                "post": {
+                    "summary": "Start a session; poll the Location until config_ready",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "properties": {"region": {"type": "string"}, "minutes": minutes,
+                                       "public_key": {"type": "string", "description": "Bring your own WireGuard key pair: only its public key"}},
+                    }}}},
+                    "responses": {
+                        "202": {"description": "Accepted; provisioning runs in the background",
+                                "headers": {"Location": {"schema": {"type": "string"}, "description": "/api/sessions/{id}"}},
+                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}},
+                        "400": _err("Invalid input"),
+                        "409": _err("Refused: you already have a session, or every slot is in use"),
+                        "413": _err("Body too large"),
+                        **AUTH_ERRORS,
+                    },
+                },
+            },
+            "/api/sessions/{id}": {
+                "parameters": session_path_param,
+                "get": _session_op("One session (owner or admin)", {"200": {"description": "The session", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}}}),
+                "delete": _session_op("Stop a session (owner or admin)", {"202": {"description": "Stopping", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}}}, "409"),
+            },
+            "/api/sessions/{id}/extend": {
+                "parameters": session_path_param,
+                "post": _session_op(
+                    "Keep a ready session longer",
+                    {"200": {"description": "Extended", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}}},
+                    "400", "409", "413",
+                    body={"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 7 * 24 * 60}}}}}},
+                ),
+            },
+            "/api/sessions/{id}/config": {
+                "parameters": session_path_param,
+                "get": _session_op(
+                    "The WireGuard .conf, once (owner only); taking it also erases the QR",
+                    {"200": {"description": "The config file", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                    "409", "410",
+                ),
+            },
+            "/api/sessions/{id}/config.png": {
+                "parameters": session_path_param,
+                "get": _session_op(
+                    "The config as a QR code, once, and only until the .conf was taken (owner only)",
+                    {"200": {"description": "PNG image", "content": {"image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}}}}},
+                    "409", "410",
+                ),
+            },
+        },
+    }
