@@ -101,6 +101,7 @@ def _serve(mode: str, data_dir: Path, ready: threading.Event, box: dict, stop: t
             "GROUPME_BOT_ID": "bot-1", "GROUPME_GROUP_ID": GROUP, "GROUPME_CALLBACK_SECRET": SECRET,
             "GROUPME_ACCESS_TOKEN": "service-token", "GROUPME_API_URL": gm.base_url,
             "GROUPME_USER_PER_MINUTE": "1000", "GROUPME_GROUP_PER_MINUTE": "10000",
+            "VPN_LOCAL_AUTH_SECRET": "fuzz-local-auth-secret-0123456789abcdef",  # the web page and API too (no Entra: no network)
         }
         if mode == "production":
             env.update({"MicrosoftAppId": APP_ID, "MicrosoftAppPassword": "secret", "MicrosoftAppTenantId": TENANT})
