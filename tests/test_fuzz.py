@@ -376,3 +376,18 @@ def _where(record: logging.LogRecord) -> str:
     ours = [f for f in frames if "/site-packages/" not in f.filename] or frames
     where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno} {ours[-1].name}" if ours else "?"
     return f"{record.name}: {record.getMessage()[:80]} -> {exc_type.__name__}: {str(exc)[:100]} at {where}"
+
+
+def test_deep_nesting_and_broken_text_are_400_with_one_log_line(served: Served):
+    """Issue 9 item 1: `'[' * 5000` raised RecursionError (not a ValueError) before any token was
+    checked, a 500 and a traceback per request. Now 400 and one line, on every route that reads JSON."""
+    client = Client(served.port)
+    bodies = [b"[" * 5000, b'{"a":' * 5000, b'{"type": "message", "text": "\xed\xa0\x80"}', b"\xff\xfe{}"]
+    for path in ("/api/messages", f"/api/groupme/{SECRET}", "/api/sessions", "/api/login"):
+        for body in bodies:
+            served.tap.records.clear()  # type: ignore[attr-defined]
+            status, data = client.send("POST", path, {"Content-Type": "application/json"}, body)
+            deep = body.startswith((b"[[", b'{"a":{')) and path.startswith(("/api/messages", "/api/groupme"))  # read before any auth
+            assert (status == 400 if deep else 400 <= status < 500 or status == 200) and b"Traceback" not in data, (path, body[:20], status, data[:200])
+            records = [r for r in served.tap.records if r.levelno >= logging.WARNING]  # type: ignore[attr-defined]
+            assert len(records) <= 1 and not any(r.exc_info for r in records), [r.getMessage() for r in records]
