@@ -1,7 +1,7 @@
 """Isolation between channels (issue 10, item 4): a backlog in one channel must not hold up another.
 
-The real numbers (acks under a 50/s Teams burst) are in bench/bench_isolation.py; these tests check
-the mechanism and a generous functional bound.
+The real numbers (acks under a 50/s Teams burst) are in bench/bench_isolation.py; this test holds
+a generous functional bound: GroupMe's ack never waits for its own work, let alone Teams'.
 """
 from __future__ import annotations
 
@@ -15,34 +15,12 @@ from bot.channels.groupme import GroupMeChannel, GroupMeConfig
 from bot.channels.teams import TeamsChannel, TeamsConfig
 from bot.sessions.model import SessionState
 from bot.web import RUNTIME, create_app
-from tests.conftest import RecordingChannel, incoming
 from tests.fake_connector import FakeConnector
 from tests.fake_groupme import FakeGroupMe
 from tests.test_teams import TENANT, activity
 
 SECRET = "iso-secret-0123456789abc"
 GROUP = "4242"
-
-
-async def test_a_burst_in_one_channel_does_not_queue_another_behind_it(make_runtime):
-    """200 messages from one channel, then one from another: the other is handled among the first,
-    not after the whole burst (each message's store work queues on the store's one thread)."""
-    busy, other = RecordingChannel(name="test"), RecordingChannel(name="other")
-    users = ",".join([f"test:u{i}" for i in range(200)] + ["other:o"])
-    async with make_runtime(users=users, channels=[busy, other]) as runtime:
-        done: list[str] = []
-
-        async def one(msg):
-            await runtime.dispatcher.handle(msg)
-            done.append(msg.conversation.channel)
-
-        burst = [asyncio.create_task(one(incoming("/vpn status", f"test:u{i}", message_id=f"m{i}"))) for i in range(200)]
-        await asyncio.sleep(0)  # the burst is in flight before the other channel's message arrives
-        late = asyncio.create_task(one(incoming("/vpn status", "other:o", message_id="o1", channel="other")))
-        await asyncio.gather(*burst, late)
-    position = done.index("other")
-    assert position < 100, f"the other channel's message was handled {position + 1}th of 201"
-    assert "no VPN session" in other.all_text()
 
 
 async def test_groupme_is_acked_quickly_during_a_teams_start_burst(make_runtime):

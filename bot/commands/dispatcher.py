@@ -2,15 +2,9 @@
 
 Two layers, as in aiogram: the allowlist runs before anything else (strangers get a polite refusal
 and nothing else happens); the admin check runs after a command matched, from its registration.
-
-Each channel has its own lane: at most `per_channel` messages of one channel are handled at once,
-the rest wait their turn in that lane. A burst in one channel (a thousand Teams `/vpn start`) then
-holds a bounded share of the loop, the store's thread and the thread pool, and another channel's
-messages (GroupMe) are handled beside it instead of behind it.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from typing import Callable
@@ -38,7 +32,6 @@ class Dispatcher:
         help_card: Callable[[Role | None, str], object],
         *,
         clock: Callable = utcnow,
-        per_channel: int = 16,
     ) -> None:
         self.registry = registry
         self.access = access
@@ -46,14 +39,10 @@ class Dispatcher:
         self.outbox = outbox
         self.help_card = help_card
         self._clock = clock
-        self._per_channel = per_channel
-        self._lanes: dict[str, asyncio.Semaphore] = {}
 
     async def handle(self, msg: Incoming) -> None:
         bind(user=str(msg.identity.key))
-        lane = self._lanes.setdefault(msg.conversation.channel, asyncio.Semaphore(self._per_channel))
-        async with lane:
-            outcome = await self._handle(msg)
+        outcome = await self._handle(msg)
         metrics.chat_message(msg.conversation.channel, outcome)
 
     async def _handle(self, msg: Incoming) -> str:
@@ -68,10 +57,11 @@ class Dispatcher:
         command_text = parsed.verb if isinstance(parsed, Command) else "(unparsed)"
         if role is None:
             await self._audit(msg, command_text, False, "not on the allowlist")
+            # An id is said only in a private chat, never in a group or channel.
+            where = f" (your id is {msg.identity.key})" if msg.is_private else " (message me privately to learn your id)"
             await self.outbox.text(
                 msg.conversation,
-                "Sorry, you are not allowed to use this VPN bot. "
-                f"If you should be, ask an admin to add you (your id is {msg.identity.key}).",
+                f"Sorry, you are not allowed to use this VPN bot. If you should be, ask an admin to add you{where}.",
             )
             return "refused"
         if parsed is None or isinstance(parsed, Usage):
