@@ -111,7 +111,7 @@ class DryRunProvider:
             self._save(state)
 
     async def list_managed(self) -> list[ManagedResource]:
-        state = await asyncio.to_thread(self._load)
+        state = await self._in_turn(self._load)  # ordered after every create/destroy already asked for
         return [
             ManagedResource(
                 resource_id=f"dryrun-{sid}",
