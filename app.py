@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import shlex
 import signal
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot import preflight
+from bot import preflight, server_up
 from bot.access import AccessPolicy, RuleError, parse_rules
 from bot.channels.console import ConsoleChannel, operator_key, qr_style, run_console
 from bot.logs import setup_logging
@@ -49,11 +48,12 @@ def make_provider(settings: Settings, azure_credential=None) -> Provider:
             image=settings.azure_image,
             arm_endpoint=settings.azure_arm_endpoint,
             instance_name=settings.instance_name,
+            deployment_id=settings.deployment_id,
             tunnel_network=str(settings.wg_pool),
             ssh_public_key=settings.azure_ssh_public_key,
             ssh_source=settings.azure_ssh_source,
-            public_url=settings.public_url,
-            ready_secret=os.urandom(32),  # per process: a restart re-provisions what was booting
+            dns=settings.wg_dns,
+            full_tunnel="0.0.0.0/0" in settings.wg_allowed_ips,
             boot_timeout=settings.azure_boot_timeout_seconds,
             polling_interval=settings.azure_poll_seconds,
             hourly_cost_override=settings.azure_hourly_cost,
@@ -148,6 +148,7 @@ def make_channels(settings: Settings) -> list:
                     tenant_id=settings.teams_tenant_id,
                     dev_mode=settings.dev_mode,
                     allowed_tenants=settings.teams_allowed_tenants,
+                    upload_hosts=settings.teams_upload_hosts,
                 )
             )
         )
@@ -204,9 +205,7 @@ async def serve(settings: Settings, provider: Provider, access: AccessPolicy) ->
         host = "127.0.0.1"
     channels = make_channels(settings)
     hooks = [ch.routes for ch in channels if hasattr(ch, "routes")]
-    route_hook = getattr(provider, "route_hook", None)  # e.g. Azure VMs calling back "server up"
-    if route_hook:
-        hooks.append(route_hook())
+    hooks.append(server_up.routes)  # servers (Azure VMs) calling back "tunnel up", verified against the store
     app = create_app(lambda: Runtime(settings, provider, access, channels), hooks)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -53,6 +53,14 @@ class Channel(Protocol):
         """False when this channel is not set up to reach one person privately (then only
         bring-your-own-key sessions, which carry no secret, can be started from it)."""
 
+    # Optional (the Outbox asks with getattr; a channel without them needs no such step):
+    #   async def check_private_delivery(self, conv, recipient) -> str | None
+    #       Before provisioning: None if `recipient` can be reached privately now, else the sentence
+    #       that tells them why not and what to do (e.g. Teams opens the 1:1 chat first).
+    #   async def retract_config(self, conv, session_id, handle) -> None
+    #       At teardown, before the session's claims are purged: take the config (QR card) back out
+    #       of the chat. Must work on any replica: whatever it needs lives in the store.
+
 
 class Outbox:
     """Routes a message to the channel a conversation belongs to; a missing channel is logged, not fatal."""
@@ -98,6 +106,27 @@ class Outbox:
     def can_deliver_privately(self, conv: ConversationRef) -> bool:
         ch = self.channel(conv)
         return ch is not None and ch.can_deliver_privately(conv)
+
+    async def check_private_delivery(self, conv: ConversationRef, recipient: Identity) -> str | None:
+        ch = self.channel(conv)
+        check = getattr(ch, "check_private_delivery", None)
+        if check is None:
+            return None
+        try:
+            return await check(conv, recipient)
+        except Exception:
+            log.exception("checking private delivery on %s failed", conv.channel)
+            return "I could not check whether I can reach you privately. Please try again in a minute."
+
+    async def retract(self, conv: ConversationRef, session_id: str, handle: str | None = None) -> None:
+        """Logged, never raised: a card left in a chat must not stop a teardown."""
+        hook = getattr(self.channel(conv), "retract_config", None)
+        if hook is None:
+            return
+        try:
+            await hook(conv, session_id, handle)
+        except Exception:
+            log.exception("retracting the config of session %s on %s failed", session_id, conv.channel)
 
     async def deliver(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
         ch = self.channel(conv)

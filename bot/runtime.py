@@ -38,6 +38,7 @@ def policy_from(settings: Settings) -> SessionPolicy:
         keepalive=settings.wg_keepalive,
         sweep_seconds=settings.sweep_seconds,
         reconcile_seconds=settings.reconcile_seconds,
+        public_url=settings.public_url,
     )
 
 
@@ -72,10 +73,13 @@ class Runtime:
         stack = self._stack
         await self.store.open()
         stack.push_async_callback(self.store.close)
+        bind = getattr(self.provider, "bind_deployment", None)  # cloud providers tag what they make with it
+        if bind is not None:
+            bind(self.settings.deployment_id or await self.store.deployment_id())
         stack.push_async_callback(self.provider.close)
-        stack.push_async_callback(self.runner.shutdown)
         self.http = aiohttp.ClientSession()
-        stack.push_async_callback(self.http.close)
+        stack.push_async_callback(self.http.close)  # after the runner: tasks finishing in its grace period still send
+        stack.push_async_callback(self.runner.shutdown)
         for ch in self.channels:
             attach = getattr(ch, "attach", None)  # channels that need the store, runner or HTTP client
             if attach is not None:

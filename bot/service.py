@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from bot import metrics
 from bot.messages import ConversationRef, Identity, UserKey
+from bot import server_up
 from bot.outbox import ConfigDelivery, DeliveryError, Outbox
 from bot.sessions.model import (
     ACTIVE_STATES,
@@ -29,7 +30,7 @@ from bot.sessions.store import CreateOutcome, Store, Worker
 from bot.tasks import TaskRunner
 from cards.qr import qr_png
 from cards.text import format_minutes
-from provisioner.base import Provider, ProvisionError, ServerSpec
+from provisioner.base import CleanupIncomplete, Provider, ProvisionError, ServerSpec
 from provisioner.wireguard import (
     DEFAULT_ALLOWED_IPS,
     ClientConfig,
@@ -41,6 +42,7 @@ from provisioner.wireguard import (
 
 log = logging.getLogger(__name__)
 TEARDOWN_ATTEMPTS = 3
+CLEANUP_PATIENCE = 5 * 60.0  # how long one teardown keeps retrying what the cloud still holds (a NIC: ~3 min)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class SessionPolicy:
     keepalive: int = 25
     sweep_seconds: float = 10.0
     reconcile_seconds: float = 60.0
+    public_url: str = ""  # where servers that boot by themselves call back "tunnel up"
 
 
 class Refused(Exception):
@@ -141,6 +144,10 @@ class VpnService:
                 "I cannot send you a config privately from here, and I never post one in a group. "
                 "An admin has been told what to set up. Meanwhile: /vpn start key=YOUR-PUBLIC-KEY works (the public key from your WireGuard app)."
             )
+        if public_key is None:
+            refusal = await self.outbox.check_private_delivery(conv, who)  # e.g. Teams opens the 1:1 chat first
+            if refusal:
+                raise Refused(refusal)
         owner = str(who.key)
         lock = self._user_locks.get(owner)
         if lock is None:
@@ -256,14 +263,20 @@ class VpnService:
                 public = keys.public
             # The public key is stored before anything is created, so reconciliation can tie the
             # resource to this session even if we crash before `create` returns.
-            s = s.with_changes(self.clock(), client_public_key=public, progress_handle=handle or "")
+            callback_url, token_hash = server_up.new_callback(self.policy.public_url, s.id)
+            s = s.with_changes(
+                self.clock(), client_public_key=public, progress_handle=handle or "", ready_token_hash=token_hash, server_up_at=None
+            )
             await self.store.save(s)
 
             async def step(text: str) -> None:
                 nonlocal handle
                 handle = await self.outbox.progress(conv, f"Setting up your VPN: {text}…", handle)
 
-            spec = ServerSpec(s.id, s.owner, s.region, s.expires_at, public, psk)
+            spec = ServerSpec(
+                s.id, s.owner, s.region, s.expires_at, public, psk,
+                callback_url=callback_url, server_up=server_up.recorded(self.store, s.id),
+            )
             info = await asyncio.wait_for(self.provider.create(spec, step), self.policy.provision_timeout)
             s = s.with_changes(
                 self.clock(),
@@ -308,7 +321,11 @@ class VpnService:
                 await asyncio.wait_for(self.provider.wait_ready(spec, step), self.policy.provision_timeout)
             ready_at = self.clock()
             expires_at = ready_at + timedelta(minutes=s.minutes)
-            s = s.moved(SessionState.READY, ready_at, ready_at=ready_at, expires_at=expires_at, error="")
+            recorded = await self.store.get(s.id)  # the server-up callback may have been recorded meanwhile, by any replica
+            s = s.moved(
+                SessionState.READY, ready_at, ready_at=ready_at, expires_at=expires_at, error="",
+                server_up_at=recorded.server_up_at if recorded else None,
+            )
             await self.store.save(s)
             metrics.session_ready(s)
             await self.outbox.progress(conv, f"Your VPN is ready (session {s.id}).", handle)
@@ -339,20 +356,27 @@ class VpnService:
         s = await self.store.get(session_id)
         if s is None:
             return
-        cleaned = True
+        tail = "Nothing was left running."
         try:
             await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
+        except CleanupIncomplete as held:
+            # The cloud still holds part of it (a failed VM's NIC, for about three minutes): the
+            # reconcile pass (every replica's sweeper, every `reap`) retries until it is gone.
+            log.warning("session %s: %s; reconcile removes it once Azure lets go", s.id, held)
+            tail = "Azure still holds its network address after a failed start; the address is released within a few minutes, automatically."
         except Exception:
-            cleaned = False  # the reconcile pass removes it: a failed session owns nothing
+            tail = "Its leftovers will be removed automatically."  # the reconcile pass: a failed session owns nothing
             log.exception("session %s: cleanup after failure failed; reconcile will retry", s.id)
+        if s.endpoint and not s.own_key and not isinstance(exc, DeliveryError):
+            tail = f"The config I sent for it will not work; please delete it. {tail}"
         now = self.clock()
         if s.state in IN_FLIGHT_STATES:
             s = s.moved(SessionState.FAILED, now, error=reason[:300], ended_at=now)
             await self.store.save(s)
             metrics.session_failed(exc)
+        await self.outbox.retract(s.conversation, s.id)  # a config already sent is worthless now: take it back
         await self.store.purge_claims(now, session_id=s.id)
         await self.outbox.progress(s.conversation, f"Setting up your VPN failed (session {s.id}).", handle)
-        tail = "Nothing was left running." if cleaned else "Its leftovers will be removed automatically."
         await self.outbox.text(s.conversation, f"Sorry, I could not set up your VPN: {reason}. {tail} You can try /vpn start again.")
 
     # ----- teardown ------------------------------------------------------------------------------
@@ -372,19 +396,28 @@ class VpnService:
         s = await self.store.get(session_id)
         if s is None or s.state is not SessionState.EXPIRING:
             return
-        for attempt in range(TEARDOWN_ATTEMPTS):
+        attempt, waited = 0, 0.0
+        while True:
             try:
                 await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
                 break
+            except CleanupIncomplete as exc:  # the cloud is still holding something: not a failed attempt
+                if waited >= CLEANUP_PATIENCE:
+                    raise  # still `expiring`: the sweeper starts over
+                log.warning("session %s: %s; trying again in %.0f s", s.id, exc, exc.retry_after)
+                await asyncio.sleep(exc.retry_after)
+                waited += exc.retry_after
             except Exception:
-                log.exception("session %s: teardown attempt %d failed", s.id, attempt + 1)
-                if attempt + 1 == TEARDOWN_ATTEMPTS:
+                attempt += 1
+                log.exception("session %s: teardown attempt %d failed", s.id, attempt)
+                if attempt == TEARDOWN_ATTEMPTS:
                     raise  # still `expiring`: the sweeper tries again on its next pass
-                await asyncio.sleep(2**attempt)
+                await asyncio.sleep(2 ** (attempt - 1))
         now = self.clock()
         s = s.moved(SessionState.DELETED, now, ended_at=now)
         await self.store.save(s)
         metrics.teardown_done(s)
+        await self.outbox.retract(s.conversation, s.id)
         await self.store.purge_claims(now, session_id=s.id)  # an unclaimed config is worthless now: erase it
         log.info("session %s deleted (%s)", s.id, reason)
         await self.outbox.text(s.conversation, f"Your VPN session {s.id} has ended ({reason}). Use /vpn start for a new one.")
@@ -468,6 +501,8 @@ class VpnService:
                 await self.provider.destroy(r.session_id or "", resource_id=r.resource_id, peer_public_key=r.peer_public_key)
                 removed += 1
                 metrics.reconcile_deleted(self.provider.name)
+            except CleanupIncomplete as exc:
+                log.warning("reconcile: %s; trying again on the next pass", exc)
             except Exception:
                 log.exception("reconcile: could not delete %s", r.resource_id)
         return removed

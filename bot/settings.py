@@ -55,12 +55,14 @@ class Settings:
     log_format: str = "text"
     metrics_port: int = 9464
     instance_name: str = "vpn-bot"
+    deployment_id: str = ""  # empty: a random id the store keeps (see Runtime)
     public_url: str = ""
     teams_app_id: str = ""
     teams_app_password: str = ""
     teams_app_type: str = "SingleTenant"
     teams_tenant_id: str = ""
     teams_allowed_tenants: tuple[str, ...] = ()
+    teams_upload_hosts: tuple[str, ...] = ("*.sharepoint.com",)
     dev_mode: bool = False
     groupme_bot_id: str = ""  # the bot for groups without a `group:bot` pair of their own
     groupme_bots: tuple[tuple[str, str], ...] = ()  # (group id, bot id) pairs
@@ -83,7 +85,7 @@ class Settings:
     azure_ssh_public_key: str = ""
     azure_ssh_source: str = ""
     azure_boot_timeout_seconds: float = 300.0
-    azure_poll_seconds: float = 2.0
+    azure_poll_seconds: float = 0.5
     azure_hourly_cost: float = 0.0
     entra_tenant_id: str = ""
     entra_api_audience: str = ""
@@ -143,12 +145,14 @@ class Settings:
             log_format=r.choice("VPN_LOG_FORMAT", "text", ("text", "json")),
             metrics_port=r.integer("VPN_METRICS_PORT", 9464, 0, 65535),
             instance_name=r.parse("VPN_INSTANCE_NAME", "vpn-bot", _resource_name, "1-40 lowercase letters, digits or '-'"),
+            deployment_id=r.parse("VPN_DEPLOYMENT_ID", "", _deployment_id, "1-64 lowercase letters, digits or '-'"),
             public_url=r.parse("VPN_PUBLIC_URL", "", _public_url, "an https:// URL (http:// only for localhost)"),
             teams_app_id=r.text("MicrosoftAppId", ""),
             teams_app_password=r.text("MicrosoftAppPassword", ""),
-            teams_app_type=r.parse("MicrosoftAppType", "SingleTenant", _app_type, "SingleTenant or UserAssignedMSI (new bots cannot be multi-tenant)"),
+            teams_app_type=r.parse("MicrosoftAppType", "SingleTenant", _app_type, "SingleTenant, UserAssignedMSI or (existing registrations only) MultiTenant"),
             teams_tenant_id=r.text("MicrosoftAppTenantId", ""),
             teams_allowed_tenants=r.parse("TEAMS_ALLOWED_TENANTS", "", _guid_list, "comma-separated tenant ids (GUIDs)"),
+            teams_upload_hosts=r.parse("TEAMS_UPLOAD_HOSTS", "*.sharepoint.com", _host_patterns, "comma-separated host names, '*.' for subdomains (e.g. *.sharepoint.com, *.sharepoint.us)"),
             dev_mode=r.choice("VPN_DEV_MODE", "0", ("0", "1")) == "1",
             groupme_bot_id=bots[0],
             groupme_bots=bots[1],
@@ -171,7 +175,7 @@ class Settings:
             azure_ssh_public_key=r.text("AZURE_SSH_PUBLIC_KEY", ""),
             azure_ssh_source=r.text("AZURE_SSH_SOURCE", ""),
             azure_boot_timeout_seconds=r.number("AZURE_BOOT_TIMEOUT_SECONDS", 300.0, 10.0, 3600.0),
-            azure_poll_seconds=r.number("AZURE_POLL_SECONDS", 2.0, 0.0, 60.0),
+            azure_poll_seconds=r.number("AZURE_POLL_SECONDS", 0.5, 0.0, 60.0),
             azure_hourly_cost=r.number("AZURE_HOURLY_COST", 0.0, 0.0, 1000.0),
             entra_tenant_id=r.parse("VPN_ENTRA_TENANT_ID", "", _guid_or_empty, "a tenant id (GUID)"),
             entra_api_audience=r.text("VPN_ENTRA_API_AUDIENCE", ""),
@@ -194,10 +198,10 @@ class Settings:
                 "Teams authentication off (for local tries without credentials set VPN_DEV_MODE=1)"
             )
         if s.teams_app_id:
-            if not s.teams_tenant_id:
+            if not s.teams_tenant_id and s.teams_app_type != "MultiTenant":
                 raise SettingsError(f"MicrosoftAppTenantId is required with MicrosoftAppType={s.teams_app_type}")
-            if s.teams_app_type == "SingleTenant" and not s.teams_app_password:
-                raise SettingsError("MicrosoftAppPassword is required with MicrosoftAppType=SingleTenant")
+            if s.teams_app_type in ("SingleTenant", "MultiTenant") and not s.teams_app_password:
+                raise SettingsError(f"MicrosoftAppPassword is required with MicrosoftAppType={s.teams_app_type}")
         if s.groupme_bot_id or s.groupme_bots:
             if len(s.groupme_callback_secret) < 16 or not re.fullmatch(r"[A-Za-z0-9_-]+", s.groupme_callback_secret):
                 raise SettingsError(
@@ -219,6 +223,11 @@ class Settings:
             for name, value in (("AZURE_SUBSCRIPTION_ID", s.azure_subscription_id), ("AZURE_RESOURCE_GROUP", s.azure_resource_group)):
                 if not value:
                     raise SettingsError(f"{name} is required with VPN_PROVIDER=azure")
+            if s.wg_pool.version != 4:
+                raise SettingsError(
+                    f"WG_POOL={s.wg_pool} is IPv6: Azure VMs forward and masquerade IPv4 only, so an IPv6 tunnel "
+                    "would carry nothing. Use an IPv4 pool such as 10.77.0.0/24 with VPN_PROVIDER=azure"
+                )
             if bool(s.azure_ssh_public_key) != bool(s.azure_ssh_source):
                 raise SettingsError("AZURE_SSH_PUBLIC_KEY and AZURE_SSH_SOURCE go together: SSH is opened only to that source")
         if s.entra_tenant_id and not s.entra_api_audience:
@@ -278,10 +287,18 @@ def _origin_list(text: str) -> tuple[str, ...]:
 
 
 def _app_type(text: str) -> str:
-    for name in ("SingleTenant", "UserAssignedMSI"):
+    # MultiTenant: existing registrations still work (the channel warns); new ones cannot be made.
+    for name in ("SingleTenant", "UserAssignedMSI", "MultiTenant"):
         if text.lower() == name.lower():
             return name
     raise ValueError(text)
+
+
+def _host_patterns(text: str) -> tuple[str, ...]:
+    hosts = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    if not hosts or not all(re.fullmatch(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", h) for h in hosts):
+        raise ValueError(text)
+    return hosts
 
 
 def _guid_list(text: str) -> tuple[str, ...]:
@@ -323,6 +340,12 @@ def _digit_list(text: str) -> tuple[str, ...]:
 
 def _resource_name(text: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", text):
+        raise ValueError(text)
+    return text
+
+
+def _deployment_id(text: str) -> str:
+    if text and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", text):
         raise ValueError(text)
     return text
 

@@ -187,5 +187,7 @@ output publicUrl string = 'https://${apps.outputs.fqdn}'
 output messagingEndpoint string = 'https://${apps.outputs.fqdn}/api/messages'
 output storageAccount string = storage.outputs.name
 output reapJob string = apps.outputs.jobName
+@description('The custom role on the session group: custom roles outlive their group, delete it by this name (docs/deploy.md, Tear-down).')
+output operatorRoleName string = sessionAccess.outputs.roleName
 @description('Builds the Teams app package (vpn-bot.zip) from this deployment; run it in the repository.')
 output teamsManifestCommand string = 'MicrosoftAppId=${identity.properties.clientId} MicrosoftAppType=UserAssignedMSI MicrosoftAppTenantId=${tenantId} VPN_PUBLIC_URL=https://${apps.outputs.fqdn} python app.py teams-manifest --out vpn-bot.zip'

@@ -1,39 +1,47 @@
 """Ephemeral WireGuard VMs on Azure: the only module that imports the Azure SDKs.
 
 Per session, three dependent PUTs: a Standard static public IP (its address completes the client
-config, which is delivered at once), a NIC, and a VM that boots straight into WireGuard from
-customData. Delete options make deleting the VM remove its NIC, IP and disk. Names derive from the
-session id and every resource is tagged, so creates and deletes are idempotent and reconciliation
-finds whatever a crash or a lost store left behind. Shared per-region infrastructure (VNet, subnet,
-NSG allowing only UDP to WireGuard) is free and created once.
+config, which is delivered at once), a NIC (PUT the moment the IP succeeded), and a VM (the moment
+the NIC did) that boots straight into WireGuard from customData and proves its tunnel up before it
+says so. Every operation is polled at our own short interval (ARM's Retry-After of 10 s is capped).
+Delete options make deleting the VM remove its NIC, IP and disk; `destroy` also tries each one and
+reports what Azure still holds. Names derive from the session id and every resource carries this
+deployment's id (OS disks in their name), so creates and deletes are idempotent and reconciliation
+finds whatever a crash or a lost store left behind, and nothing of another deployment's. Shared
+per-region infrastructure (VNet, subnet, NSG allowing only UDP to WireGuard) is free, found by
+name, and created once.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import ipaddress
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
-from aiohttp import web
+import aiohttp
+from azure.core import AzureClouds
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
+from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
+from azure.mgmt.core.tools import get_arm_endpoints
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from provisioner import bootconfig
-from provisioner.base import ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec
+from provisioner.base import CleanupIncomplete, ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec
 from provisioner.wireguard import DEFAULT_PORT, ServerConfig, ServerPeer, generate_keypair
 
 log = logging.getLogger(__name__)
 
 PUBLIC_ARM = "https://management.azure.com"
 TAG_MANAGED_BY = "managed-by"
+TAG_DEPLOYMENT = "vpn-deployment"
 TAG_SESSION = "vpn-session"
 TAG_OWNER = "vpn-owner"
 TAG_EXPIRES = "expires-at"
@@ -47,6 +55,7 @@ def _load_sdk() -> None:
     """Import the management SDKs (about half a second of CPU) when the first client is built, not at
     start-up: a replica woken by a message answers it without them. Binds the names used below."""
     global _sdk_loaded, ComputeManagementClient, NetworkManagementClient
+    global BootDiagnostics, DiagnosticsProfile
     global HardwareProfile, ImageReference, LinuxConfiguration, ManagedDiskParameters, NetworkInterfaceReference
     global NetworkProfile, OSDisk, OSProfile, SshConfiguration, SshPublicKey, StorageProfile, VirtualMachine
     global AddressSpace, NetworkInterface, NetworkInterfaceIPConfiguration, NetworkSecurityGroup, PublicIPAddress
@@ -55,6 +64,8 @@ def _load_sdk() -> None:
         return
     from azure.mgmt.compute.aio import ComputeManagementClient
     from azure.mgmt.compute.models import (
+        BootDiagnostics,
+        DiagnosticsProfile,
         HardwareProfile,
         ImageReference,
         LinuxConfiguration,
@@ -89,6 +100,8 @@ def _load_sdk() -> None:
         }
     )
     _sdk_loaded = True
+
+
 # East US, Linux, pay-as-you-go, USD/hour (Azure retail price catalog). Unknown sizes fall back to
 # AZURE_HOURLY_COST. Public IP $0.005/h and an S4 HDD OS disk ≈ $0.0021/h are added to every VM.
 VM_PRICES = {
@@ -111,15 +124,24 @@ class AzureConfig:
     image: str = "ubuntu"
     arm_endpoint: str = PUBLIC_ARM
     instance_name: str = "vpn-bot"
+    # Which deployment owns a resource; two deployments may share a resource group and an instance
+    # name. Empty: bound at start-up from the store (`bind_deployment`), else the instance name.
+    deployment_id: str = ""
     tunnel_network: str = "10.77.0.0/24"
     listen_port: int = DEFAULT_PORT
     vnet_prefix: str = "10.200.0.0/24"
     ssh_public_key: str = ""  # set (with ssh_source) to allow SSH; otherwise nobody can log in
     ssh_source: str = ""
-    public_url: str = ""  # where the VM calls back "server up"; empty: watch the VM's boot status
-    ready_secret: bytes = b""
+    dns: Sequence[str] = ()  # WG_DNS; empty with a full tunnel: a resolver on the VM's tunnel address
+    full_tunnel: bool = True
     boot_timeout: float = 300.0
-    polling_interval: float = 2.0
+    # Our own poll interval for every long-running operation: ARM's Retry-After (commonly 10 s) is
+    # capped at it, since each of the steps on the way to "server up" would otherwise lose that much.
+    polling_interval: float = 0.5
+    # Deliver the config only once the VM PUT is accepted (refusals such as quota or SKU then never
+    # leave a dead config), instead of as soon as the address is known. See docs/azure.md.
+    config_after_vm_accepted: bool = False
+    cleanup_retry_seconds: float = 15.0  # a resource Azure still holds: try again after this (twice it for a reserved NIC)
     retry_total: int = 6
     retry_backoff: float = 0.8
     hourly_cost_override: float = 0.0
@@ -128,6 +150,14 @@ class AzureConfig:
     def regions(self) -> tuple[str, ...]:
         regions = [self.location.lower()] + [r.lower() for r in self.allowed_locations]
         return tuple(dict.fromkeys(regions))
+
+
+class CappedPolling(AsyncARMPolling):
+    """ARM's long-running-operation polling, waiting at most our interval between polls: ARM's
+    `Retry-After` (commonly 10 s) is a hint, honoured only when it is shorter."""
+
+    def _extract_delay(self) -> float:
+        return min(super()._extract_delay(), self._timeout)
 
 
 class JitteredRetryPolicy(AsyncRetryPolicy):
@@ -145,30 +175,55 @@ class _AllowLoopbackHttp(SansIOHTTPPolicy):
         request.context["enforce_https"] = False
 
 
-def _names(session_id: str) -> dict[str, str]:
+_DISK_NAME = re.compile(r"^vpn-(?P<session>[0-9a-f]{1,32})-osdisk-(?P<deployment>[0-9a-f]{8})$")
+
+
+def credential_scopes(arm_endpoint: str) -> list[str]:
+    """The token scope for an ARM endpoint, from the SDK's own cloud table where it knows the cloud:
+    US Government's ARM is management.usgovcloudapi.net but its token audience is
+    management.core.usgovcloudapi.net. Other endpoints (tests, emulators): the endpoint itself."""
+    wanted = arm_endpoint.rstrip("/").lower()
+    for cloud in AzureClouds:
+        known = get_arm_endpoints(cloud)
+        if known["resource_manager"].rstrip("/").lower() == wanted:
+            return list(known["credential_scopes"])
+    return [f"{arm_endpoint.rstrip('/')}/.default"]
+
+
+def deployment_mark(deployment_id: str) -> str:
+    """8 hex characters naming a deployment where a tag cannot: in OS disk names (disks get no tags)."""
+    return hashlib.sha256(deployment_id.encode()).hexdigest()[:8]
+
+
+def _names(session_id: str, deployment_id: str) -> dict[str, str]:
     base = f"vpn-{session_id}"
-    return {"ip": f"{base}-ip", "nic": f"{base}-nic", "vm": f"{base}-vm", "disk": f"{base}-osdisk"}
-
-
-def ready_signature(secret: bytes, session_id: str) -> str:
-    return hmac.new(secret, f"vpn-ready:{session_id}".encode(), hashlib.sha256).hexdigest()
+    return {"ip": f"{base}-ip", "nic": f"{base}-nic", "vm": f"{base}-vm", "disk": f"{base}-osdisk-{deployment_mark(deployment_id)}"}
 
 
 def _throwaway_ssh_key() -> str:
     """Azure requires an SSH key for a Linux VM; one whose private half is discarded lets nobody in."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # Azure's minimum; nobody holds the private half
     return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def _code(exc: HttpResponseError) -> str:
+    return getattr(getattr(exc, "error", None), "code", "") or ""
 
 
 def _friendly(exc: HttpResponseError, step: str) -> ProvisionError:
     """ARM errors a user can understand, with an actionable line for the admin's log."""
-    code = getattr(getattr(exc, "error", None), "code", "") or ""
+    code = _code(exc)
     status = exc.status_code
     text = f"{code} {exc.message or ''}".lower()
     if status in (401, 403) or code in ("AuthorizationFailed", "LinkedAuthorizationFailed", "InvalidAuthenticationToken"):
         return ProvisionError(
             "the bot is not allowed to create servers in Azure; an admin has been told",
             detail=f"{step}: {code or status}: assign the role in docs/azure-role.json on the resource group",
+        )
+    if code == "MissingSubscriptionRegistration":
+        return ProvisionError(
+            "the Azure subscription is not set up for this yet; an admin has been told",
+            detail=f"{step}: {code}: register the resource providers (docs/azure.md, 'az provider register')",
         )
     if "quota" in text or code in ("QuotaExceeded", "OperationNotAllowed", "PublicIPCountLimitReached"):
         return ProvisionError(
@@ -180,15 +235,21 @@ def _friendly(exc: HttpResponseError, step: str) -> ProvisionError:
             "that server size is not available in this region right now; try another region or later",
             detail=f"{step}: {code}: choose another AZURE_VM_SIZE or region ({exc.message})",
         )
+    if code == "RequestDisallowedByPolicy":
+        return ProvisionError(
+            "an Azure policy does not allow this server; an admin has been told",
+            detail=f"{step}: {code}: {exc.message}",
+        )
     return ProvisionError("Azure refused to create the server; an admin has been told", detail=f"{step}: {status} {code}: {exc.message}")
 
 
 @dataclass
 class _Pending:
-    """What `create` made that `wait_ready` needs: the server's boot config (secret) and a ready flag."""
+    """One provisioning attempt in this process, between `create` and `wait_ready`: the NIC-and-VM
+    task (started the moment the address exists) and whether its VM PUT was accepted."""
 
-    server: ServerConfig
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task
+    vm_accepted: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __repr__(self) -> str:
         return "_Pending(<secret>)"
@@ -201,9 +262,10 @@ class AzureProvider:
         self.config = config
         self._credential = credential
         endpoint = urlsplit(config.arm_endpoint)
+        self.credential_scopes = credential_scopes(config.arm_endpoint)
         kwargs: dict[str, Any] = {
             "base_url": config.arm_endpoint,
-            "credential_scopes": [f"{config.arm_endpoint.rstrip('/')}/.default"],
+            "credential_scopes": self.credential_scopes,
             "polling_interval": config.polling_interval,
             "retry_policy": JitteredRetryPolicy(retry_total=config.retry_total, retry_backoff_factor=config.retry_backoff),
         }
@@ -214,10 +276,12 @@ class AzureProvider:
             kwargs["per_call_policies"] = [_AllowLoopbackHttp()]
         self._client_kwargs = kwargs
         self._compute = self._network = None  # built on first use (see _load_sdk)
-        self._shared: dict[str, tuple[str, str]] = {}  # region -> (subnet id, nsg id)
-        self._shared_lock = asyncio.Lock()
+        self._shared: dict[str, asyncio.Task] = {}  # region -> task making sure VNet and NSG exist
         self._pending: dict[str, _Pending] = {}
         self._ssh_key = config.ssh_public_key
+        self._ssh_key_task: asyncio.Future | None = None
+        self._deployment = config.deployment_id or config.instance_name
+        self._http: aiohttp.ClientSession | None = None  # boot diagnostics blobs
 
     async def _clients(self) -> None:
         """Build the SDK clients, importing the SDKs in a worker thread so the event loop keeps serving."""
@@ -245,6 +309,15 @@ class AzureProvider:
     def regions(self) -> Sequence[str]:
         return self.config.regions
 
+    @property
+    def deployment_id(self) -> str:
+        return self._deployment
+
+    def bind_deployment(self, deployment_id: str) -> None:
+        """The store's deployment id, when the settings name none (called once at start-up)."""
+        if not self.config.deployment_id and deployment_id:
+            self._deployment = deployment_id
+
     def hourly_cost(self, region: str) -> float:
         if self.config.hourly_cost_override:
             return self.config.hourly_cost_override
@@ -253,42 +326,54 @@ class AzureProvider:
     def _id(self, rtype: str, name: str) -> str:
         return f"/subscriptions/{self.config.subscription_id}/resourceGroups/{self.config.resource_group}/providers/{rtype}/{name}"
 
+    def _polling(self) -> CappedPolling:
+        """A fresh polling method per operation (they keep state)."""
+        return CappedPolling(self.config.polling_interval, path_format_arguments={"endpoint": self.config.arm_endpoint})
+
+    async def _lro(self, begin, *args, **kwargs):
+        return await (await begin(self.config.resource_group, *args, polling=self._polling(), **kwargs)).result()
+
+    def _names(self, session_id: str) -> dict[str, str]:
+        return _names(session_id, self._deployment)
+
     def _tags(self, spec: ServerSpec) -> dict[str, str]:
         return {
             TAG_MANAGED_BY: self.config.instance_name,
+            TAG_DEPLOYMENT: self._deployment,
             TAG_SESSION: spec.session_id,
             TAG_OWNER: spec.owner,
             TAG_EXPIRES: spec.expires_at.astimezone(timezone.utc).isoformat(timespec="seconds"),
         }
 
+    @property
+    def tunnel_dns(self) -> bool:
+        """A resolver on the VM's tunnel address: for full tunnels when WG_DNS names none."""
+        return self.config.full_tunnel and not self.config.dns
+
     # ----- create ---------------------------------------------------------------------------------
 
     async def create(self, spec: ServerSpec, progress: ProgressFn) -> ServerInfo:
-        """Reserve the public IP and return: with its address the client config is complete.
-        `wait_ready` then creates the NIC and the VM and waits for the server to come up."""
-        names, region = _names(spec.session_id), spec.region
+        """Reserve the public IP and return once its address is known (the client config is then
+        complete). The NIC and VM start at once in the background; `wait_ready` waits for them."""
+        names, region = self._names(spec.session_id), spec.region
         await self._clients()
         await progress("reserving address")
-
-        async def reserve_ip() -> PublicIPAddress:
-            try:
-                poller = await self.network.public_ip_addresses.begin_create_or_update(
-                    self.config.resource_group,
-                    names["ip"],
-                    PublicIPAddress(
-                        location=region,
-                        tags=self._tags(spec),
-                        sku=PublicIPAddressSku(name="Standard", tier="Regional"),
-                        public_ip_allocation_method="Static",
-                        public_ip_address_version="IPv4",
-                    ),
-                )
-                return await poller.result()
-            except HttpResponseError as exc:
-                raise _friendly(exc, "public IP") from exc
-
-        # The address does not depend on the shared network: both proceed at once.
-        ip, _ = await asyncio.gather(reserve_ip(), self._ensure_shared(region))
+        self._ssh_public_key_task()  # CPU work in a thread, done long before the VM PUT needs it
+        shared = self._shared_network(region)  # never on the config's path; the NIC waits for it
+        try:
+            ip = await self._lro(
+                self.network.public_ip_addresses.begin_create_or_update,
+                names["ip"],
+                PublicIPAddress(
+                    location=region,
+                    tags=self._tags(spec),
+                    sku=PublicIPAddressSku(name="Standard", tier="Regional"),
+                    public_ip_allocation_method="Static",
+                    public_ip_address_version="IPv4",
+                ),
+            )
+        except HttpResponseError as exc:
+            raise _friendly(exc, "public IP") from exc
         if not ip.ip_address:
             raise ProvisionError("Azure did not assign an address", detail=f"public IP {names['ip']} has no ip_address")
         net = ipaddress.ip_network(self.config.tunnel_network)
@@ -301,241 +386,354 @@ class AzureProvider:
             listen_port=self.config.listen_port,
             peers=(ServerPeer(spec.client_public_key, spec.preshared_key, (f"{client_ip}/32",)),),
         )
-        self._pending[spec.session_id] = _Pending(server)
+        server_public = keys.public
+        del keys
+        await self._forget(spec.session_id)
+        accepted = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(
+            self._nic_and_vm(spec, server, ip.id, shared, accepted), name=f"azure-vm:{spec.session_id}"
+        )
+        del server  # the private key now lives only in that task, until the VM PUT has sent it
+        self._pending[spec.session_id] = _Pending(task, accepted)
+        if self.config.config_after_vm_accepted:
+            waiter = asyncio.ensure_future(accepted.wait())
+            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if not accepted.is_set():
+                self._pending.pop(spec.session_id, None)
+                await task  # raises what refused the NIC or the VM: no config was delivered
+        dns = tuple(self.config.dns) or ((str(server_ip),) if self.tunnel_dns else ())
         return ServerInfo(
             resource_id=names["vm"],
             endpoint=f"{ip.ip_address}:{self.config.listen_port}",
-            server_public_key=keys.public,
+            server_public_key=server_public,
             client_address=f"{client_ip}/32",
             region=region,
             hourly_cost=self.hourly_cost(region),
             size=self.config.vm_size,
+            dns=dns,
             ready=False,
         )
 
+    async def _nic_and_vm(self, spec: ServerSpec, server: ServerConfig, ip_id: str, shared: asyncio.Task, accepted: asyncio.Event) -> None:
+        """NIC (as soon as the IP exists and the shared network is there), then the VM until Succeeded."""
+        names, rg = self._names(spec.session_id), self.config.resource_group
+        subnet_id, nsg_id = await asyncio.shield(shared)
+        try:
+            nic = await self._lro(
+                self.network.network_interfaces.begin_create_or_update,
+                names["nic"],
+                NetworkInterface(
+                    location=spec.region,
+                    tags=self._tags(spec),
+                    network_security_group=NetworkSecurityGroup(id=nsg_id),
+                    ip_configurations=[
+                        NetworkInterfaceIPConfiguration(
+                            name="ipconfig1",
+                            subnet=Subnet(id=subnet_id),
+                            private_ip_allocation_method="Dynamic",
+                            public_ip_address=PublicIPAddress(id=ip_id, delete_option="Delete"),
+                        )
+                    ],
+                ),
+            )
+        except HttpResponseError as exc:
+            if _code(exc) in ("InvalidResourceReference", "ReferencedResourceNotProvisioned"):
+                self._shared.pop(spec.region, None)  # the shared network went away: look again next time
+            raise _friendly(exc, "network interface") from exc
+        render = bootconfig.ignition if self.config.image == "flatcar" else bootconfig.cloud_config
+        boot = render(server, callback_url=spec.callback_url, tunnel_dns=self.tunnel_dns)
+        vm = VirtualMachine(
+            location=spec.region,
+            tags=self._tags(spec),
+            hardware_profile=HardwareProfile(vm_size=self.config.vm_size),
+            storage_profile=StorageProfile(
+                image_reference=IMAGES[self.config.image],
+                os_disk=OSDisk(
+                    name=names["disk"],
+                    create_option="FromImage",
+                    delete_option="Delete",
+                    managed_disk=ManagedDiskParameters(storage_account_type="Standard_LRS"),
+                ),
+            ),
+            os_profile=OSProfile(
+                computer_name=names["vm"],
+                admin_username=ADMIN_USER,
+                custom_data=bootconfig.custom_data(boot),
+                linux_configuration=LinuxConfiguration(
+                    disable_password_authentication=True,
+                    ssh=SshConfiguration(
+                        public_keys=[SshPublicKey(path=f"/home/{ADMIN_USER}/.ssh/authorized_keys", key_data=await self._ssh_public_key())]
+                    ),
+                ),
+            ),
+            network_profile=NetworkProfile(
+                network_interfaces=[NetworkInterfaceReference(id=nic.id, primary=True, delete_option="Delete")]
+            ),
+            # Managed boot diagnostics: the serial log is the fallback proof that the tunnel is up.
+            diagnostics_profile=DiagnosticsProfile(boot_diagnostics=BootDiagnostics(enabled=True)),
+        )
+        del boot, server
+        try:
+            poller = await self.compute.virtual_machines.begin_create_or_update(rg, names["vm"], vm, polling=self._polling())
+            del vm
+            accepted.set()
+            await poller.result()
+        except HttpResponseError as exc:
+            raise _friendly(exc, "virtual machine") from exc
+
     async def wait_ready(self, spec: ServerSpec, progress: ProgressFn) -> None:
-        """NIC, then VM (booting straight into WireGuard), then a positive "up" signal, or ProvisionError."""
+        """NIC and VM created, then a positive "tunnel up" signal, or ProvisionError."""
         await self._clients()
         pending = self._pending.get(spec.session_id)
         if pending is None:
             raise ProvisionError("the server's set-up was lost; please start again", detail="wait_ready without create")
+        name = self._names(spec.session_id)["vm"]
         try:
             await progress("creating server")
-            subnet_id, nsg_id = await self._ensure_shared(spec.region)
-            names, rg = _names(spec.session_id), self.config.resource_group
-            ip_id = self._id("Microsoft.Network/publicIPAddresses", names["ip"])
-            try:
-                poller = await self.network.network_interfaces.begin_create_or_update(
-                    rg,
-                    names["nic"],
-                    NetworkInterface(
-                        location=spec.region,
-                        tags=self._tags(spec),
-                        network_security_group=NetworkSecurityGroup(id=nsg_id),
-                        ip_configurations=[
-                            NetworkInterfaceIPConfiguration(
-                                name="ipconfig1",
-                                subnet=Subnet(id=subnet_id),
-                                private_ip_allocation_method="Dynamic",
-                                public_ip_address=PublicIPAddress(id=ip_id, delete_option="Delete"),
-                            )
-                        ],
-                    ),
-                )
-                nic = await poller.result()
-            except HttpResponseError as exc:
-                raise _friendly(exc, "network interface") from exc
-            ready_url = self._ready_url(spec.session_id)
-            boot = (bootconfig.ignition if self.config.image == "flatcar" else bootconfig.cloud_config)(pending.server, ready_url=ready_url)
-            vm = VirtualMachine(
-                location=spec.region,
-                tags=self._tags(spec),
-                hardware_profile=HardwareProfile(vm_size=self.config.vm_size),
-                storage_profile=StorageProfile(
-                    image_reference=IMAGES[self.config.image],
-                    os_disk=OSDisk(
-                        name=names["disk"],
-                        create_option="FromImage",
-                        delete_option="Delete",
-                        managed_disk=ManagedDiskParameters(storage_account_type="Standard_LRS"),
-                    ),
-                ),
-                os_profile=OSProfile(
-                    computer_name=names["vm"],
-                    admin_username=ADMIN_USER,
-                    custom_data=bootconfig.custom_data(boot),
-                    linux_configuration=LinuxConfiguration(
-                        disable_password_authentication=True,
-                        ssh=SshConfiguration(
-                            public_keys=[SshPublicKey(path=f"/home/{ADMIN_USER}/.ssh/authorized_keys", key_data=await self._ssh_public_key())]
-                        ),
-                    ),
-                ),
-                network_profile=NetworkProfile(
-                    network_interfaces=[NetworkInterfaceReference(id=nic.id, primary=True, delete_option="Delete")]
-                ),
-            )
-            del boot
-            try:
-                poller = await self.compute.virtual_machines.begin_create_or_update(rg, names["vm"], vm)
-                del vm
-                await poller.result()
-            except HttpResponseError as exc:
-                raise _friendly(exc, "virtual machine") from exc
+            await pending.task
             await progress("server booting")
             try:
-                await asyncio.wait_for(self._booted(spec.session_id, pending), self.config.boot_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.config.boot_timeout):
+                    how = await self._booted(spec, name)
+            except TimeoutError:
                 raise ProvisionError(
                     f"the server did not come up within {int(self.config.boot_timeout)} seconds",
-                    detail=f"{names['vm']}: no ready signal; check boot diagnostics",
+                    detail=f"{name}: no server-up callback and no '{bootconfig.SERIAL_MARKER}' on the serial console; check boot diagnostics",
                 ) from None
+            log.info("%s: tunnel up (%s)", name, how)
         finally:
-            self._pending.pop(spec.session_id, None)
+            await self._forget(spec.session_id)
 
-    def _ready_url(self, session_id: str) -> str | None:
-        if not (self.config.public_url and self.config.ready_secret):
-            return None
-        sig = ready_signature(self.config.ready_secret, session_id)
-        return f"{self.config.public_url.rstrip('/')}/api/azure/ready/{session_id}/{sig}"
-
-    async def _booted(self, session_id: str, pending: _Pending) -> None:
-        """The VM's own callback when a public URL is set; otherwise its boot status (agent ready)."""
-        if self._ready_url(session_id):
-            await pending.ready.wait()
-            return
-        name = _names(session_id)["vm"]
+    async def _booted(self, spec: ServerSpec, name: str) -> str:
+        """Either signal the boot script gives once it has proven wg0 up: its callback, recorded in
+        the store by whichever replica received it, or its line on the serial console (boot
+        diagnostics) once the VM agent is Ready. The agent's Ready alone is not proof: cloud-init
+        reports ready before the boot script runs."""
+        loop = asyncio.get_running_loop()
+        interval = max(self.config.polling_interval, 0.01)
+        # With a callback coming, the console is only the fallback: look there less often.
+        console_every = interval * (10 if spec.callback_url is not None and spec.server_up is not None else 1)
+        next_console = loop.time()
         while True:
-            vm = await self.compute.virtual_machines.get(self.config.resource_group, name, expand="instanceView")
+            if spec.server_up is not None:
+                try:
+                    if await spec.server_up():
+                        return "callback"
+                except Exception:  # the store hiccuped: look again next round (the console still counts)
+                    log.warning("%s: could not read the server-up record; trying again", name, exc_info=True)
+            if loop.time() >= next_console:
+                next_console = loop.time() + console_every
+                if await self._console_says_up(name):
+                    return "serial console"
+            await asyncio.sleep(interval)
+
+    async def _console_says_up(self, name: str) -> bool:
+        rg = self.config.resource_group
+        try:
+            vm = await self.compute.virtual_machines.get(rg, name, expand="instanceView")
             view = vm.instance_view
             codes = {s.code for s in (view.statuses or [])} if view else set()
             agent = {s.display_status for s in (view.vm_agent.statuses or [])} if view and view.vm_agent else set()
-            if "PowerState/running" in codes and "Ready" in agent:
-                return
-            await asyncio.sleep(self.config.polling_interval)
+            if "PowerState/running" not in codes or "Ready" not in agent:
+                return False
+            blobs = await self.compute.virtual_machines.retrieve_boot_diagnostics_data(rg, name, sas_uri_expiration_time_in_minutes=5)
+        except HttpResponseError as exc:
+            log.warning("%s: boot status unavailable (%s)", name, _code(exc) or exc.status_code)
+            return False
+        if not blobs.serial_console_log_blob_uri:
+            return False
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
+        try:  # the SAS URL is a credential: never logged
+            async with self._http.get(blobs.serial_console_log_blob_uri) as resp:
+                if resp.status != 200:
+                    return False
+                text = await resp.text(errors="replace")
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+        return f"{bootconfig.SERIAL_MARKER} {name}" in text.splitlines()
 
-    def signal_ready(self, session_id: str, signature: str) -> bool:
-        """The VM's callback; True when the signature is right (constant-time) for a session we await."""
-        if not self.config.ready_secret:
-            return False
-        expected = ready_signature(self.config.ready_secret, session_id)
-        if not hmac.compare_digest(expected, signature):
-            return False
-        pending = self._pending.get(session_id)
-        if pending is not None:
-            pending.ready.set()
-        return True
+    def _ssh_public_key_task(self) -> asyncio.Future:
+        if self._ssh_key_task is None or (self._ssh_key_task.done() and self._ssh_key_task.exception() is not None):
+            if self._ssh_key:
+                self._ssh_key_task = asyncio.get_running_loop().create_future()
+                self._ssh_key_task.set_result(self._ssh_key)
+            else:
+                self._ssh_key_task = asyncio.ensure_future(asyncio.to_thread(_throwaway_ssh_key))
+        return self._ssh_key_task
 
     async def _ssh_public_key(self) -> str:
-        if not self._ssh_key:
-            self._ssh_key = await asyncio.to_thread(_throwaway_ssh_key)
-        return self._ssh_key
+        return await asyncio.shield(self._ssh_public_key_task())
+
+    # ----- shared network -------------------------------------------------------------------------
+
+    def _shared_ids(self, region: str) -> tuple[str, str, str, str]:
+        inst = self.config.instance_name
+        vnet, nsg = f"{inst}-vnet-{region}", f"{inst}-nsg-{region}"
+        vnet_id = self._id("Microsoft.Network/virtualNetworks", vnet)
+        return vnet, nsg, f"{vnet_id}/subnets/vpn", self._id("Microsoft.Network/networkSecurityGroups", nsg)
+
+    def _shared_network(self, region: str) -> asyncio.Task:
+        """A task (one per region, shared by every session, retried after a failure) that makes sure
+        the VNet and NSG exist. Their ids follow from their names, so nothing waits for them but the NIC."""
+        task = self._shared.get(region)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._shared[region] = asyncio.get_running_loop().create_task(self._ensure_shared(region), name=f"azure-shared:{region}")
+        return task
+
+    def _security_rules(self) -> list[SecurityRule]:
+        rules = [
+            SecurityRule(
+                name="allow-wireguard", protocol="Udp", direction="Inbound", access="Allow", priority=100,
+                source_address_prefix="*", source_port_range="*", destination_address_prefix="*",
+                destination_port_range=str(self.config.listen_port),
+            )
+        ]
+        if self.config.ssh_public_key and self.config.ssh_source:
+            rules.append(
+                SecurityRule(
+                    name="allow-ssh-admin", protocol="Tcp", direction="Inbound", access="Allow", priority=110,
+                    source_address_prefix=self.config.ssh_source, source_port_range="*", destination_address_prefix="*",
+                    destination_port_range="22",
+                )
+            )
+        return rules
 
     async def _ensure_shared(self, region: str) -> tuple[str, str]:
-        """VNet, subnet and NSG for a region: free, created once, reused by every session."""
-        async with self._shared_lock:
-            if region in self._shared:
-                return self._shared[region]
-            rg, inst = self.config.resource_group, self.config.instance_name
-            tags = {TAG_MANAGED_BY: inst, "role": "shared"}
-            rules = [
-                SecurityRule(
-                    name="allow-wireguard",
-                    protocol="Udp",
-                    direction="Inbound",
-                    access="Allow",
-                    priority=100,
-                    source_address_prefix="*",
-                    source_port_range="*",
-                    destination_address_prefix="*",
-                    destination_port_range=str(self.config.listen_port),
-                )
-            ]
-            if self.config.ssh_public_key and self.config.ssh_source:
-                rules.append(
-                    SecurityRule(
-                        name="allow-ssh-admin",
-                        protocol="Tcp",
-                        direction="Inbound",
-                        access="Allow",
-                        priority=110,
-                        source_address_prefix=self.config.ssh_source,
-                        source_port_range="*",
-                        destination_address_prefix="*",
-                        destination_port_range="22",
-                    )
-                )
-            async def put(operations, name, body):
-                return await (await operations.begin_create_or_update(rg, name, body)).result()
+        """VNet, subnet and NSG for a region: free, created once, reused by every session and every
+        restart (a GET finds them; a PUT only when missing or different)."""
+        vnet_name, nsg_name, subnet_id, nsg_id = self._shared_ids(region)
+        tags = {TAG_MANAGED_BY: self.config.instance_name, "role": "shared"}
+        rules = self._security_rules()
+        wanted_rules = {(r.name, r.destination_port_range, r.source_address_prefix) for r in rules}
 
-            vnet_body = VirtualNetwork(
-                location=region,
-                tags=tags,
-                address_space=AddressSpace(address_prefixes=[self.config.vnet_prefix]),
-                subnets=[Subnet(name="vpn", address_prefix=self.config.vnet_prefix)],
+        async def ensure(operations, name, body, fits) -> None:
+            for _ in range(60):
+                try:
+                    current = await operations.get(self.config.resource_group, name)
+                except ResourceNotFoundError:
+                    current = None
+                if current is not None and current.provisioning_state in ("Creating", "Updating"):
+                    await asyncio.sleep(self.config.polling_interval or 0.05)  # someone else is making it
+                    continue
+                if current is not None and current.provisioning_state == "Succeeded" and fits(current):
+                    return
+                try:
+                    await self._lro(operations.begin_create_or_update, name, body)
+                    return
+                except HttpResponseError as exc:
+                    if exc.status_code != 409:  # 409: another replica's PUT is running; look again
+                        raise
+                    await asyncio.sleep(self.config.polling_interval or 0.05)
+            raise ProvisionError("the shared network did not settle", detail=f"{name} stays busy")
+
+        vnet_body = VirtualNetwork(
+            location=region,
+            tags=tags,
+            address_space=AddressSpace(address_prefixes=[self.config.vnet_prefix]),
+            subnets=[Subnet(name="vpn", address_prefix=self.config.vnet_prefix)],
+        )
+        nsg_body = NetworkSecurityGroup(location=region, tags=tags, security_rules=rules)
+        try:
+            await asyncio.gather(
+                ensure(self.network.virtual_networks, vnet_name, vnet_body, lambda v: any(s.name == "vpn" for s in v.subnets or [])),
+                ensure(
+                    self.network.network_security_groups, nsg_name, nsg_body,
+                    lambda n: {(r.name, r.destination_port_range, r.source_address_prefix) for r in n.security_rules or []} == wanted_rules,
+                ),
             )
-            try:
-                nsg, vnet = await asyncio.gather(
-                    put(self.network.network_security_groups, f"{inst}-nsg-{region}", NetworkSecurityGroup(location=region, tags=tags, security_rules=rules)),
-                    put(self.network.virtual_networks, f"{inst}-vnet-{region}", vnet_body),
-                )
-            except HttpResponseError as exc:
-                raise _friendly(exc, "shared network") from exc
-            subnet_id = next(sn.id for sn in vnet.subnets if sn.name == "vpn")
-            self._shared[region] = (subnet_id, nsg.id)
-            return self._shared[region]
+        except HttpResponseError as exc:
+            raise _friendly(exc, "shared network") from exc
+        return subnet_id, nsg_id
 
     # ----- destroy and reconcile ----------------------------------------------------------------------
 
+    async def _forget(self, session_id: str) -> None:
+        """Stop this process's work on a session (if any) before deleting or starting over."""
+        pending = self._pending.pop(session_id, None)
+        if pending is not None and not pending.task.done():
+            pending.task.cancel()
+        if pending is not None:
+            await asyncio.gather(pending.task, return_exceptions=True)
+
     async def destroy(self, session_id: str, *, resource_id: str | None = None, peer_public_key: str | None = None) -> None:
-        """Delete the VM (its NIC, IP and disk go with it), then whatever a half-done create left."""
+        """Delete the VM (its NIC, IP and disk go with it), then each of those by name in case a create
+        stopped half-way. Tries every one even when another refuses; raises CleanupIncomplete if
+        anything is left (Azure holds a failed VM's NIC for about three minutes)."""
         if not session_id:
             return
         await self._clients()
-        names, rg = _names(session_id), self.config.resource_group
-        self._pending.pop(session_id, None)
-        steps = (
-            (self.compute.virtual_machines.begin_delete, names["vm"], {"force_deletion": True}),
-            (self.network.network_interfaces.begin_delete, names["nic"], {}),
-            (self.network.public_ip_addresses.begin_delete, names["ip"], {}),
-            (self.compute.disks.begin_delete, names["disk"], {}),
-        )
-        for begin, name, extra in steps:
+        names = self._names(session_id)
+        await self._forget(session_id)
+        refused: dict[str, str] = {}
+
+        async def delete(begin, name: str, **extra) -> None:
             try:
-                await (await begin(rg, name, **extra)).result()
+                await self._lro(begin, name, **extra)
             except ResourceNotFoundError:
                 pass
+            except HttpResponseError as exc:
+                refused[name] = _code(exc) or str(exc.status_code)
+
+        await delete(self.compute.virtual_machines.begin_delete, names["vm"], force_deletion=True)
+        await asyncio.gather(
+            delete(self.network.network_interfaces.begin_delete, names["nic"]),
+            delete(self.compute.disks.begin_delete, names["disk"]),
+        )
+        await delete(self.network.public_ip_addresses.begin_delete, names["ip"])  # after its NIC
+        if refused:
+            detail = ", ".join(f"{n} ({c})" for n, c in refused.items())
+            retry = self.config.cleanup_retry_seconds * (2 if "NicReservedForAnotherVm" in refused.values() else 1)
+            raise CleanupIncomplete(sorted(refused), retry_after=retry, detail=f"session {session_id}: not deleted yet: {detail}")
         log.info("azure resources of session %s deleted", session_id)
 
     async def list_managed(self) -> list[ManagedResource]:
-        """Every per-session resource tagged as ours, one entry per session."""
+        """Every per-session resource this deployment owns, one entry per session: tagged VMs, NICs
+        and public IPs, and OS disks by name (disks get no tags). Another deployment's resources in
+        the same group carry another deployment id and are never listed."""
         await self._clients()
         rg, found = self.config.resource_group, {}
+        mark = deployment_mark(self._deployment)
+
+        def owner(res) -> tuple[str, str] | None:
+            tags = res.tags or {}
+            if tags.get(TAG_MANAGED_BY) == self.config.instance_name and tags.get(TAG_DEPLOYMENT) == self._deployment and TAG_SESSION in tags:
+                return tags[TAG_SESSION], tags.get(TAG_EXPIRES, "")
+            m = _DISK_NAME.match(res.name or "") if res.type and res.type.lower().endswith("/disks") else None
+            if m and m["deployment"] == mark:
+                return m["session"], ""
+            return None
+
         listings = (
             self.compute.virtual_machines.list(rg),
             self.network.network_interfaces.list(rg),
             self.network.public_ip_addresses.list(rg),
+            self.compute.disks.list_by_resource_group(rg),
         )
         for listing in listings:
             async for res in listing:
-                tags = res.tags or {}
-                if tags.get(TAG_MANAGED_BY) != self.config.instance_name or TAG_SESSION not in tags:
+                owned = owner(res)
+                if owned is None:
                     continue
-                sid = tags[TAG_SESSION]
+                sid, expires_text = owned
                 expires = None
                 try:
-                    expires = datetime.fromisoformat(tags.get(TAG_EXPIRES, ""))
+                    expires = datetime.fromisoformat(expires_text)
                 except ValueError:
                     pass
-                entry = found.setdefault(sid, ManagedResource(resource_id=_names(sid)["vm"], session_id=sid, expires_at=expires, details={"names": []}))
+                entry = found.setdefault(sid, ManagedResource(resource_id=self._names(sid)["vm"], session_id=sid, expires_at=expires, details={"names": []}))
                 entry.details["names"].append(res.name)
         return list(found.values())
 
-    def route_hook(self):
-        """The HTTP route the VMs call back when they are up (added to `serve`)."""
-        return ready_route(self)
-
     async def close(self) -> None:
+        for sid in list(self._pending):
+            await self._forget(sid)
+        for task in self._shared.values():
+            task.cancel()
+        await asyncio.gather(*self._shared.values(), return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
         if self._compute is not None:
             await self._compute.close()
             await self._network.close()
@@ -549,16 +747,3 @@ def default_credential() -> Any:
     from azure.identity.aio import DefaultAzureCredential
 
     return DefaultAzureCredential()
-
-
-def ready_route(provider: AzureProvider):
-    """`POST /api/azure/ready/{session}/{signature}`: the VM says it is up. 404 for anything not right."""
-
-    async def handler(request: web.Request) -> web.Response:
-        ok = provider.signal_ready(request.match_info["session"], request.match_info["signature"])
-        return web.Response(status=204 if ok else 404)
-
-    def hook(app: web.Application) -> None:
-        app.router.add_post("/api/azure/ready/{session:[0-9a-f]{1,32}}/{signature:[0-9a-f]{64}}", handler)
-
-    return hook

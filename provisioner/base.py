@@ -25,6 +25,10 @@ class ServerSpec:
     expires_at: datetime
     client_public_key: str
     preshared_key: Secret | None
+    # Where the server POSTs "my tunnel is up" (the URL carries a one-time token: secret), and how
+    # the waiting side learns that it did, from whichever replica received it (None: no callback).
+    callback_url: Secret | None = None
+    server_up: Callable[[], Awaitable[bool]] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,17 @@ class ProvisionError(Exception):
         self.user_message = user_message
 
 
+class CleanupIncomplete(Exception):
+    """`destroy` tried everything, but some resources could not be deleted yet (Azure holds a NIC for
+    minutes after a failed VM create, an operation is still running): call `destroy` again after
+    `retry_after` seconds. `remaining` names what is left, for the log and an honest user message."""
+
+    def __init__(self, remaining: Sequence[str], *, retry_after: float, detail: str = "") -> None:
+        super().__init__(detail or f"not deleted yet: {', '.join(remaining)}")
+        self.remaining = tuple(remaining)
+        self.retry_after = retry_after
+
+
 class Provider(Protocol):
     name: str
 
@@ -77,7 +92,8 @@ class Provider(Protocol):
 
     async def destroy(self, session_id: str, *, resource_id: str | None, peer_public_key: str | None) -> None:
         """Remove everything of that session; a no-op when nothing is left. Either id may be unknown
-        (a crash before `create` returned leaves only the session id and the client's public key)."""
+        (a crash before `create` returned leaves only the session id and the client's public key).
+        Tries every resource even when one refuses; raises `CleanupIncomplete` if some remain."""
 
     async def list_managed(self) -> list[ManagedResource]:
         """Everything this provider manages, for reconciliation against the store."""

@@ -2,23 +2,29 @@
 
 systemd-networkd does the work (in-kernel WireGuard since Linux 5.6, configured over netlink, no
 packages to install): a `.netdev` with the keys and the peer, a `.network` with the address and
-masquerading, and IP forwarding in sysctl. Ubuntu gets it as cloud-init `#cloud-config`
-(`write_files` + `runcmd`), Flatcar as Ignition JSON. At the end of boot the VM may call back a
-signed URL so the service hears "server up" from the server itself.
+masquerading, and IP forwarding in sysctl; for full tunnels systemd-resolved also listens on the
+server's tunnel address so clients resolve names through the tunnel. Ubuntu gets it as cloud-init
+`#cloud-config` (`write_files` + `runcmd`), Flatcar as Ignition JSON. The last step is one
+`set -euo pipefail` script that proves the interface is up before it says so: on the serial
+console (read through boot diagnostics) and, when the bot is reachable, by POSTing a one-time URL.
 """
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Sequence
 
-from provisioner.wireguard import ServerConfig
+from provisioner.wireguard import Secret, ServerConfig
 
 NETDEV = "/etc/systemd/network/50-wg0.netdev"
 NETWORK = "/etc/systemd/network/50-wg0.network"
 KEY = "/etc/systemd/network/50-wg0.key"
 SYSCTL = "/etc/sysctl.d/90-wireguard-forward.conf"
+RESOLVED_DROPIN = "/etc/systemd/resolved.conf.d/90-vpn-tunnel-dns.conf"
+SERVER_UP = "/opt/vpn-bot/server-up"
+CALLBACK_FILE = "/etc/vpn-bot/server-up-url"
+SERIAL_MARKER = "vpn-wg-up"  # + the VM's name, on the serial console once the tunnel is proven up
 CUSTOM_DATA_LIMIT = 64 * 1024
 
 
@@ -66,16 +72,98 @@ def wireguard_files(server: ServerConfig, *, interface: str = "wg0") -> list[Boo
     return files
 
 
-def _ready_command(ready_url: str) -> list[str]:
-    # python3 is always there (cloud-init is Python); curl is not on every minimal image.
-    script = (
-        "import time,urllib.request\n"
-        "for i in range(30):\n"
-        "    try:\n"
-        f"        urllib.request.urlopen(urllib.request.Request({ready_url!r}, method='POST'), timeout=10); break\n"
-        "    except Exception: time.sleep(5)\n"
-    )
-    return ["python3", "-c", script]
+SERVER_UP_SCRIPT = r"""#!/bin/bash
+# Brings the WireGuard server up and proves it before anyone hears "server up"; any failure stops
+# here, loudly (cloud-init logs it, the serial console shows it) and nothing is signalled.
+set -euo pipefail
+IFACE="${VPN_WG_IF:-wg0}"
+ADDRESS="__ADDRESS__"
+PORT="__PORT__"
+DNS_ADDR="__DNS_ADDR__"
+CONSOLE="${VPN_CONSOLE:-/dev/ttyS0}"
+CALLBACK_FILE="${VPN_CALLBACK_FILE:-__CALLBACK_FILE__}"
+WAIT="${VPN_UP_WAIT_SECONDS:-90}"
+
+say() { echo "$*" > "$CONSOLE" 2>/dev/null || true; echo "$*" >&2; }
+trap 'say "vpn-boot: failed at line $LINENO; the tunnel is not up"' ERR
+
+tunnel_up() {
+  [ -n "$(ip -o link show dev "$IFACE" up 2>/dev/null)" ] || return 1
+  ip -o addr show dev "$IFACE" | grep -qF " $ADDRESS " || return 1
+  ss -Hlun "sport = :$PORT" | grep -q . || return 1
+  if command -v wg >/dev/null 2>&1; then [ "$(wg show "$IFACE" listen-port)" = "$PORT" ] || return 1; fi
+  [ "$(sysctl -n net.ipv4.ip_forward)" = 1 ]
+}
+resolver_up() {
+  [ -z "$DNS_ADDR" ] || ss -Hlun "sport = :53" | grep -qF "$DNS_ADDR:53"
+}
+wait_for() {
+  for _ in $(seq "$WAIT"); do "$1" && return 0; sleep 1; done
+  "$1"
+}
+
+sysctl --system >/dev/null
+networkctl reload
+wait_for tunnel_up || { say "vpn-boot: $IFACE did not come up"; exit 1; }
+if [ -n "$DNS_ADDR" ]; then
+  systemctl restart systemd-resolved  # binds the extra stub listener on the tunnel address
+  wait_for resolver_up || { say "vpn-boot: no resolver on $DNS_ADDR:53"; exit 1; }
+fi
+say "__MARKER__ $(hostname)"
+if [ -s "$CALLBACK_FILE" ]; then
+  if command -v python3 >/dev/null 2>&1; then
+    python3 - "$CALLBACK_FILE" <<'PY'
+import sys, time, urllib.error, urllib.request
+url = open(sys.argv[1]).read().strip()
+for attempt in range(30):
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=10)
+        sys.exit(0)
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500 and exc.code != 429:
+            sys.exit(f"server-up callback refused: {exc.code}")
+    except OSError:
+        pass
+    time.sleep(5)
+sys.exit("server-up callback unreachable")
+PY
+  else
+    curl -fsS --retry 30 --retry-connrefused --retry-delay 5 -X POST -o /dev/null --data "" "$(cat "$CALLBACK_FILE")"
+  fi
+fi
+"""
+
+
+def server_up_script(server: ServerConfig, *, tunnel_dns: bool) -> str:
+    """The boot's last step: wait for the interface (and resolver), prove them, then signal."""
+    values = {
+        "__ADDRESS__": server.address,
+        "__PORT__": str(server.listen_port),
+        "__DNS_ADDR__": tunnel_address(server) if tunnel_dns else "",
+        "__CALLBACK_FILE__": CALLBACK_FILE,
+        "__MARKER__": SERIAL_MARKER,
+    }
+    text = SERVER_UP_SCRIPT
+    for key, value in values.items():
+        text = text.replace(key, value)
+    return text
+
+
+def tunnel_address(server: ServerConfig) -> str:
+    """The server's own address in the tunnel (where the resolver listens)."""
+    return str(ipaddress.ip_interface(server.address).ip)
+
+
+def boot_files(server: ServerConfig, *, callback_url: Secret | None = None, tunnel_dns: bool = False) -> list[BootFile]:
+    """Everything the VM needs: WireGuard, forwarding, the resolver drop-in, the proof-and-signal script."""
+    files = wireguard_files(server)
+    if tunnel_dns:
+        files.append(BootFile(RESOLVED_DROPIN, f"[Resolve]\nDNSStubListenerExtra={tunnel_address(server)}\n"))
+    files.append(BootFile(SERVER_UP, server_up_script(server, tunnel_dns=tunnel_dns), 0o700))
+    if callback_url is not None:
+        # A file, not the script's text: the URL carries the session's one-time token.
+        files.append(BootFile(CALLBACK_FILE, callback_url.reveal() + "\n", 0o600))
+    return files
 
 
 def _yaml_str(text: str) -> str:
@@ -83,47 +171,41 @@ def _yaml_str(text: str) -> str:
     return json.dumps(text)
 
 
-def cloud_config(server: ServerConfig, *, ready_url: str | None = None) -> str:
-    """`#cloud-config` for Ubuntu. Avoids cloud-init's own `wireguard:` module (it may apt-install)."""
+def cloud_config(server: ServerConfig, *, callback_url: Secret | None = None, tunnel_dns: bool = False) -> str:
+    """`#cloud-config` for Ubuntu. Avoids cloud-init's own `wireguard:` module (it may apt-install).
+
+    runcmd is one command: cloud-init runs runcmd lines as a plain sh script that carries on after a
+    failed line, so the whole sequence lives in one `set -euo pipefail` script instead."""
     lines = ["#cloud-config", "write_files:"]
-    for f in wireguard_files(server):
+    for f in boot_files(server, callback_url=callback_url, tunnel_dns=tunnel_dns):
         lines += [
             f"  - path: {f.path}",
             f"    owner: root:{f.group}",
             f"    permissions: '{f.mode:04o}'",
             f"    content: {_yaml_str(f.content)}",
         ]
-    commands: list[Sequence[str]] = [["sysctl", "--system"], ["networkctl", "reload"], ["networkctl", "up", "wg0"]]
-    if ready_url:
-        commands.append(_ready_command(ready_url))
-    lines.append("runcmd:")
-    for cmd in commands:
-        lines.append("  - [" + ", ".join(_yaml_str(part) for part in cmd) + "]")
+    lines += ["runcmd:", f"  - [{_yaml_str('bash')}, {_yaml_str(SERVER_UP)}]"]
     return "\n".join(lines) + "\n"
 
 
-def ignition(server: ServerConfig, *, ready_url: str | None = None) -> str:
-    """Ignition 3.3 JSON for Flatcar: the same files; networkd picks them up on first boot."""
+def ignition(server: ServerConfig, *, callback_url: Secret | None = None, tunnel_dns: bool = False) -> str:
+    """Ignition 3.3 JSON for Flatcar: the same files; networkd picks them up on first boot and a
+    oneshot unit runs the same proof-and-signal script."""
     files = []
-    for f in wireguard_files(server):
+    for f in boot_files(server, callback_url=callback_url, tunnel_dns=tunnel_dns):
         data = base64.b64encode(f.content.encode()).decode()
         entry = {"path": f.path, "mode": f.mode, "contents": {"source": f"data:;base64,{data}"}}
         if f.group != "root":
             entry["group"] = {"name": f.group}
         files.append(entry)
-    units = []
-    if ready_url:
-        units.append(
-            {
-                "name": "vpn-ready.service",
-                "enabled": True,
-                "contents": "[Unit]\nAfter=systemd-networkd.service network-online.target\nWants=network-online.target\n\n"
-                "[Service]\nType=oneshot\n"
-                f"ExecStart=/usr/bin/curl -fsS --retry 30 --retry-all-errors --retry-delay 5 -X POST {ready_url}\n\n"
-                "[Install]\nWantedBy=multi-user.target\n",
-            }
-        )
-    doc = {"ignition": {"version": "3.3.0"}, "storage": {"files": files}, "systemd": {"units": units}}
+    unit = {
+        "name": "vpn-server-up.service",
+        "enabled": True,
+        "contents": "[Unit]\nAfter=systemd-networkd.service network-online.target\nWants=network-online.target\n\n"
+        f"[Service]\nType=oneshot\nExecStart=/bin/bash {SERVER_UP}\n\n"
+        "[Install]\nWantedBy=multi-user.target\n",
+    }
+    doc = {"ignition": {"version": "3.3.0"}, "storage": {"files": files}, "systemd": {"units": [unit]}}
     return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 

@@ -6,6 +6,7 @@ so references are compared by name, and the few literal values that matter by va
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from functools import lru_cache
@@ -78,11 +79,57 @@ def settings_env(container: dict) -> list[dict]:
     parts = env["function"]["parameters"].values() if isinstance(env, dict) and "function" in env else [env]
     out = []
     for part in parts:
-        value = variables[part]["value"] if isinstance(part, str) else part
-        if isinstance(value, dict) and "operator" in value:  # cond ? [...] : []
-            value = value["operator"]["operands"]["true_value"]
-        out.extend(value)
+        out.extend(every_branch(variables[part]["value"] if isinstance(part, str) else part))
     return out
+
+
+def every_branch(value) -> list:
+    """A list built from `cond ? [...] : []` and concat(): every item any branch may add."""
+    if isinstance(value, dict) and "operator" in value and value["operator"]["type"] == "conditional":
+        return every_branch(value["operator"]["operands"]["true_value"])
+    if isinstance(value, dict) and "function" in value and value["function"]["type"] == "concat":
+        return [item for arg in value["function"]["parameters"].values() for item in every_branch(arg)]
+    return list(value)
+
+
+class Unsupported(Exception):
+    pass
+
+
+def evaluate(expr, scope: dict, variables: dict):
+    """The value of a pycep expression, for the few forms the GroupMe lists use: names (parameters from
+    `scope`, variables on demand), literals, lists, objects, `? :`, `!`, `&&`, `||`, concat(), empty()."""
+    def ev(e):
+        if isinstance(e, str):
+            if e in scope:
+                return scope[e]
+            if e in variables:
+                return ev(variables[e]["value"])
+            return e
+        if isinstance(e, list):
+            return [ev(item) for item in e]
+        if not isinstance(e, dict):
+            return e
+        if "operator" in e:
+            kind, ops = e["operator"]["type"], e["operator"]["operands"]
+            if kind == "conditional":
+                return ev(ops["true_value"]) if ev(ops["condition"]) else ev(ops["false_value"])
+            if kind == "not":
+                return not ev(ops["bool_value"])
+            if kind in ("and", "or"):
+                a, b = ev(ops["operand_1"]), ev(ops["operand_2"])
+                return (a and b) if kind == "and" else (a or b)
+            raise Unsupported(kind)
+        if "function" in e:
+            fn = e["function"]
+            args = [ev(v) for v in (fn.get("parameters") or {}).values()]
+            if fn["type"] == "concat":
+                return [item for arg in args for item in arg]
+            if fn["type"] == "empty":
+                return args[0] in ("", [], {}, None)
+            raise Unsupported(fn["type"])
+        return {k: ev(v) for k, v in e.items()}
+    return ev(expr)
 
 
 # ----- the graph is whole --------------------------------------------------------------------------
@@ -113,6 +160,90 @@ def test_the_custom_role_is_docs_azure_role_json():
     definition = body(parse("modules/session-access.bicep")["resources"]["operatorRole"])["properties"]
     assert [ref(s) for s in definition["assignableScopes"]] == ["resource_group().id"]
     assert ref(definition["permissions"][0]["actions"]) == "role.Actions"
+
+
+def test_the_custom_role_name_is_unique_in_the_tenant_and_tear_down_finds_it():
+    """Custom role names are unique per tenant: the same group name in a second subscription must not
+    collide. The role is assignable on the session group only, and role definitions are listed "at scope
+    and above", so `az role definition delete` finds it only when asked at that group, before it goes."""
+    definition = body(parse("modules/session-access.bicep")["resources"]["operatorRole"])["properties"]
+    assert "${subscription().subscriptionId}" in definition["roleName"] and "${resourceGroup().name}" in definition["roleName"]
+    outputs = parse("main.bicep")["outputs"]
+    assert ref(outputs["operatorRoleName"]["value"]) == "sessionAccess.outputs.roleName"
+    assert ref(parse("modules/session-access.bicep")["outputs"]["roleName"]["value"]) == "operatorRole.properties.roleName"
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    teardown = guide[guide.index("## Tear-down"):]
+    lines = [line for line in teardown.splitlines() if line.startswith(("ROLE=", "az "))]
+    read = next(i for i, line in enumerate(lines) if "outputs.operatorRoleName" in line)
+    delete = next(i for i, line in enumerate(lines) if line.startswith("az role definition delete"))
+    assert re.search(r"(-g|--resource-group|--scope) ", lines[delete]), lines[delete]
+    groups = [i for i, line in enumerate(lines) if line.startswith("az group delete")]
+    assert len(groups) == 2 and read < delete < min(groups)
+    unassign = next(i for i, line in enumerate(lines) if line.startswith("az role assignment delete"))
+    assert unassign < delete  # a role that is still assigned cannot be deleted
+
+
+# Built-in roles and whether they may create a custom role (Microsoft.Authorization/roleDefinitions/write):
+# Contributor's NotActions exclude Microsoft.Authorization/*/Write; Role Based Access Control
+# Administrator holds only roleAssignments/write and /delete (Microsoft Learn, "Azure built-in roles").
+DEFINES_ROLES = {"Owner": True, "User Access Administrator": True, "Role Based Access Control Administrator": False}
+
+
+def test_the_guide_asks_for_a_role_that_can_create_the_custom_role():
+    assert any(res["type"] == "Microsoft.Authorization/roleDefinitions"
+               for doc in all_files().values() for res in doc.get("resources", {}).values())
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    section = guide[guide.index("## Before you start"):guide.index("## Deploy")]
+    bullet = next(b for b in section.split("\n* ") if "On that subscription" in b)
+    offered = re.split(r"\bNot\b", bullet)[0]  # what follows "Not" is what will not do
+    named = {role for role in DEFINES_ROLES if role in offered.replace("\n  ", " ")}
+    assert named and all(DEFINES_ROLES[role] for role in named), named
+    # Free-trial subscriptions refuse ACR Tasks: step 2 must offer a way without `az acr build`.
+    assert "TasksOperationsNotAllowed" in guide and "docker push" in guide
+
+
+async def test_the_session_network_is_the_one_the_azure_provider_would_create():
+    """createSessionNetwork makes the VNet and NSG the bot would otherwise make on its first session: the
+    provider, run against the fake ARM, must PUT the same names, tags, subnet and WireGuard rule, or the
+    bot would build a second network beside the template's (or rewrite its rule)."""
+    from provisioner.azure import AzureConfig, AzureProvider
+    from tests.fake_arm import FakeArm, FakeCredential
+
+    arm = await FakeArm().start()
+    try:
+        provider = AzureProvider(AzureConfig("00000000-0000-0000-0000-000000000001", "vpn-bot-sessions", "eastus",
+                                             arm_endpoint=arm.base_url, polling_interval=0, instance_name="vpn-bot"), FakeCredential())
+        try:
+            await provider._clients()
+            await provider._ensure_shared("eastus")
+        finally:
+            await provider.close()
+    finally:
+        await arm.stop()
+    (nsg_put,) = arm.puts("networkSecurityGroups")
+    (vnet_put,) = arm.puts("virtualNetworks")
+
+    doc = parse("modules/session-access.bicep")
+    params = {name: p.get("default") for name, p in doc["parameters"].items()}
+    params.update(instanceName="vpn-bot", location="eastus")
+
+    def fill(text: str) -> str:
+        return re.sub(r"\$\{(\w+)\}", lambda m: str(params[m.group(1)]), text)
+
+    tags = {k.strip("'"): params.get(v, v) for k, v in doc["variables"]["tags"]["value"].items()}
+    nsg, vnet = body(doc["resources"]["nsg"]), body(doc["resources"]["vnet"])
+    assert nsg_put.path.rsplit("/", 1)[1] == fill(nsg["name"]) and vnet_put.path.rsplit("/", 1)[1] == fill(vnet["name"])
+    assert nsg_put.body["tags"] == tags == vnet_put.body["tags"]
+    (rule,) = nsg["properties"]["securityRules"]
+    (sent,) = nsg_put.body["properties"]["securityRules"]
+    expected = {k: (str(params[v["function"]["parameters"]["value_to_convert"]]) if isinstance(v, dict) else v)
+                for k, v in rule["properties"].items()}
+    assert sent["name"] == rule["name"] and {k: sent["properties"][k] for k in expected} == expected
+    (subnet,) = vnet["properties"]["subnets"]
+    (sent_subnet,) = vnet_put.body["properties"]["subnets"]
+    assert sent_subnet["name"] == subnet["name"]
+    assert sent_subnet["properties"]["addressPrefix"] == params[subnet["properties"]["addressPrefix"]]
+    assert vnet_put.body["properties"]["addressSpace"]["addressPrefixes"] == [params[p] for p in vnet["properties"]["addressSpace"]["addressPrefixes"]]
 
 
 # ----- scale to zero, the job --------------------------------------------------------------------------
@@ -179,12 +310,16 @@ def test_ingress_probes_and_settings_match_the_app():
         "sessionResourceGroup": "vpn-bot-sessions", "sessionLocation": "eastus", "vmSize": "Standard_B1ls", "name": "vpn-bot",
         "publicUrl": "https://vpn-bot.example.azurecontainerapps.io", "users": "domain:contoso.com", "admins": "email:admin@contoso.com",
         "dns": "1.1.1.1", "string(sessionMinutes)": "30", "string(maxSessions)": "10", "string(port)": "3978", "string(metricsPort)": "9464",
-        "groupmeGroupId": "4242",
+        "groupmeGroupId": "4242", "${name}-${uniqueString(resourceGroup().id)}": "vpn-bot-x2kd7fqzu3mbe",
     }
     values = {name: example.get(ref(e["value"]), ref(e["value"])) if "value" in e else "s" * 24 for name, e in env.items()}
     settings = Settings.from_env(values)
     assert (settings.provider, settings.teams_app_type, settings.port, settings.metrics_port) == ("azure", "UserAssignedMSI", 3978, 9464)
     assert settings.groupme_bot_id and settings.public_url.startswith("https://")
+    # Reconcile's notion of "ours" is fixed by the deployment, not by whatever id a store happens to keep:
+    # a new storage account or tablePrefix must still recognise the VMs this deployment left running.
+    deployment_id = env["VPN_DEPLOYMENT_ID"]["value"]
+    assert "uniqueString(resourceGroup().id)" in deployment_id and settings.deployment_id == "vpn-bot-x2kd7fqzu3mbe"
 
 
 # ----- identity and roles --------------------------------------------------------------------------------
@@ -271,12 +406,35 @@ def test_no_secret_in_a_plain_parameter_or_an_output():
     env = {e["name"]: e for e in settings_env(container)}
     for name in ("GROUPME_BOT_ID", "GROUPME_CALLBACK_SECRET", "GROUPME_ACCESS_TOKEN"):
         assert "value" not in env[name] and env[name]["secretRef"]
-    secrets = parse("modules/containerapps.bicep")["variables"]["secrets"]["value"]["operator"]["operands"]["true_value"]
+    secrets = every_branch(parse("modules/containerapps.bicep")["variables"]["secrets"]["value"])
     assert {s["name"] for s in secrets} == {env[n]["secretRef"] for n in ("GROUPME_BOT_ID", "GROUPME_CALLBACK_SECRET", "GROUPME_ACCESS_TOKEN")}
     main = parse("main.bicep")
     for name in ("groupmeBotId", "groupmeCallbackSecret", "groupmeAccessToken"):
         assert {"type": "secure"} in main["parameters"][name]["decorators"]
     assert "MicrosoftAppPassword" not in "".join(p.read_text() for p in INFRA.rglob("*.bicep"))
+
+
+def test_no_container_apps_secret_is_ever_empty_and_every_secret_ref_exists():
+    """Container Apps refuses a secret without a value (ContainerAppSecretInvalid), and an env var whose
+    secretRef names no secret: the GroupMe access token is optional, so every combination must deploy."""
+    doc = parse("modules/containerapps.bicep")
+    variables = doc["variables"]
+    for bot_id, token in (("", ""), ("4242bot", ""), ("4242bot", "tok")):
+        scope = {"groupmeBotId": bot_id, "groupmeCallbackSecret": "c" * 24 if bot_id else "",
+                 "groupmeAccessToken": token, "groupmeGroupId": "4242" if bot_id else ""}
+        secrets = evaluate("secrets", scope, variables)
+        env = evaluate("groupmeEnv", scope, variables)
+        assert all(s["value"] for s in secrets), f"an empty secret with bot id {bot_id!r}, token {token!r}: {secrets}"
+        refs = {e["secretRef"] for e in env if "secretRef" in e}
+        assert refs == {s["name"] for s in secrets}, (refs, secrets)
+        names = {e["name"] for e in env}
+        assert ("GROUPME_BOT_ID" in names) == bool(bot_id) and ("GROUPME_ACCESS_TOKEN" in names) == bool(token)
+    # Both the app and the job carry these same lists.
+    for res in ("app", "reap"):
+        props = body(doc["resources"][res])["properties"]
+        assert props["configuration"]["secrets"] == "secrets"
+        (container,) = props["template"]["containers"]
+        assert ref(container["env"]) == "concat(settings,groupmeEnv)"
 
 
 # ----- the Bot ------------------------------------------------------------------------------------------------
@@ -297,6 +455,53 @@ def test_the_bot_endpoint_is_the_apps_fqdn_and_its_identity_the_managed_identity
     assert teams["name"] == "MsTeamsChannel" and teams["properties"]["properties"]["isEnabled"] is True
     # /api/messages is where the Teams channel listens.
     assert "/api/messages" in (ROOT / "bot" / "channels" / "teams.py").read_text()
+
+
+async def test_user_assigned_msi_gets_the_bots_token_from_the_container_apps_identity_endpoint(monkeypatch):
+    """The template's Teams settings (MicrosoftAppType=UserAssignedMSI, MicrosoftAppId = the identity's
+    client id, MicrosoftAppTenantId) through app.make_channels and botbuilder 4.17's credentials factory:
+    the Bot Framework token comes from the endpoint Container Apps injects (IDENTITY_ENDPOINT and
+    IDENTITY_HEADER, App Service style), asked for that user-assigned identity, with no password."""
+    import time
+    import uuid
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+    from botframework.connector.auth import AuthenticationConstants, ClaimsIdentity
+
+    from app import make_channels
+
+    asked = []
+
+    async def token(request: web.Request) -> web.Response:
+        asked.append((dict(request.query), request.headers.get("X-IDENTITY-HEADER")))
+        return web.json_response({"access_token": "msi-token", "expires_on": str(int(time.time()) + 3600),
+                                  "resource": request.query.get("resource", ""), "token_type": "Bearer"})
+
+    endpoint = web.Application()
+    endpoint.router.add_get("/msi/token", token)
+    server = TestServer(endpoint, host="127.0.0.1")
+    await server.start_server()
+    try:
+        monkeypatch.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{server.port}/msi/token")
+        monkeypatch.setenv("IDENTITY_HEADER", "header-from-container-apps")
+        client_id = str(uuid.uuid4())  # fresh: botbuilder's MSI token cache is process-wide
+        (container,) = body(app_resources()["app"])["properties"]["template"]["containers"]
+        env = {e["name"]: e["value"] for e in settings_env(container) if "value" in e and e["name"].startswith("Microsoft")}
+        assert env == {"MicrosoftAppId": "identityClientId", "MicrosoftAppType": "UserAssignedMSI", "MicrosoftAppTenantId": "tenantId"}
+        settings = Settings.from_env({"MicrosoftAppId": client_id, "MicrosoftAppType": "UserAssignedMSI",
+                                      "MicrosoftAppTenantId": "00000000-0000-0000-0000-000000000002"})
+        (channel,) = make_channels(settings)
+        await channel.attach(None)
+        auth = channel._adapter.bot_framework_authentication
+        identity = ClaimsIdentity({AuthenticationConstants.AUDIENCE_CLAIM: client_id, AuthenticationConstants.APP_ID_CLAIM: client_id}, True)
+        connector = await auth.create_connector_factory(identity).create("http://127.0.0.1:9/", None)
+        assert await asyncio.to_thread(connector.config.credentials.get_access_token) == "msi-token"
+    finally:
+        await server.close()
+    ((query, header),) = asked
+    assert header == "header-from-container-apps"
+    assert query["client_id"] == client_id and query["resource"] == "https://api.botframework.com"
 
 
 def test_outputs_feed_teams_manifest():

@@ -23,6 +23,12 @@ ALICE_AAD = "00000000-0000-0000-0000-00000000a11c"
 BOB_AAD = "00000000-0000-0000-0000-000000000b0b"
 ROOT_AAD = "00000000-0000-0000-0000-0000000000ff"
 _ids = iter(range(10_000, 99_999))
+# The fake OneDrive upload URL is http on 127.0.0.1: dev mode accepts that host when it is listed.
+LOCAL_UPLOADS = ("*.sharepoint.com", "127.0.0.1")
+
+
+def dev_config(**kw) -> TeamsConfig:
+    return TeamsConfig(**{"dev_mode": True, "backoff": 0.01, "upload_hosts": LOCAL_UPLOADS, **kw})
 
 
 def activity(fixture: str, **values) -> dict:
@@ -67,7 +73,7 @@ async def make_teams(make_runtime):
             "29:1alice-teams-user-id": {"id": "29:1alice-teams-user-id", "name": "Alice", "aadObjectId": ALICE_AAD,
                                         "email": "alice@contoso.com", "userPrincipalName": "alice@contoso.com", "tenantId": TENANT},
         }).start()
-        channel = TeamsChannel(config or TeamsConfig(dev_mode=True, backoff=0.01))
+        channel = TeamsChannel(config or dev_config())
         app = create_app(lambda: make_runtime(users=users, admins=admins, VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env), [channel.routes])
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
@@ -80,7 +86,10 @@ async def make_teams(make_runtime):
         await connector.stop()
 
 
-async def test_personal_chat_happy_path_with_file_consent(make_teams):
+async def test_personal_chat_happy_path_with_file_consent(make_teams, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     h = await make_teams()
     resp = await h.say("/vpn start")
     assert resp.status == 201
@@ -120,6 +129,7 @@ async def test_personal_chat_happy_path_with_file_consent(make_teams):
     private = config.split("PrivateKey = ")[1].split("\n")[0]
     for path in h.runtime.settings.data_dir.iterdir():
         assert private.encode() not in path.read_bytes()
+    assert private not in caplog.text  # not even at DEBUG
 
 
 async def test_decline_keeps_the_qr_and_erases_the_file(make_teams):
@@ -358,7 +368,8 @@ def test_refuses_to_start_with_half_configured_credentials(tmp_path):
         ({"MicrosoftAppPassword": "x"}, "MicrosoftAppId is missing"),
         ({"MicrosoftAppId": "11111111-2222-3333-4444-555555555555", "MicrosoftAppPassword": "x"}, "MicrosoftAppTenantId is required"),
         ({"MicrosoftAppId": "11111111-2222-3333-4444-555555555555", "MicrosoftAppTenantId": TENANT}, "MicrosoftAppPassword is required"),
-        ({"MicrosoftAppType": "MultiTenant"}, "MicrosoftAppType='MultiTenant' is not valid"),
+        ({"MicrosoftAppType": "Nonsense"}, "MicrosoftAppType='Nonsense' is not valid"),
+        ({"MicrosoftAppId": "11111111-2222-3333-4444-555555555555", "MicrosoftAppType": "MultiTenant"}, "MicrosoftAppPassword is required with MicrosoftAppType=MultiTenant"),
     ]:
         result = subprocess.run([sys.executable, APP, "serve"], env=app_env(tmp_path / "data", PORT="1", **extra), capture_output=True, text=True, timeout=30)
         assert result.returncode == 2 and expect in result.stderr, result.stderr
@@ -399,7 +410,9 @@ async def test_progress_updates_are_coalesced(make_teams):
     conv = ConversationRef("teams", {"reference": {"conversation": {"id": "a:1personal-alice"}, "serviceUrl": h.connector.base_url,
                                                    "channelId": "msteams", "bot": {"id": "28:vpn-bot-app-id"}}, "conversation_type": "personal"})
     handle = await channel.send_progress(conv, "step 0", None)
-    await asyncio.gather(*(channel.send_progress(conv, f"step {i}", handle) for i in range(1, 8)))
+    for i in range(1, 8):  # as fast as a provider with 0 s steps: none of these waits for Teams
+        assert await channel.send_progress(conv, f"step {i}", handle) == handle
+    await h.settle()
     updates = h.connector.updates()
     assert 1 <= len(updates) < 7 and "step 7" in FakeConnector.text_of(updates[-1])
 
@@ -410,7 +423,7 @@ async def test_file_consent_survives_a_restart(make_runtime):
     try:
         servers = []
         for _ in range(2):
-            channel = TeamsChannel(TeamsConfig(dev_mode=True, backoff=0.01))
+            channel = TeamsChannel(dev_config())
             app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel]), [channel.routes])
             server = TestServer(app, host="127.0.0.1")
             await server.start_server()
@@ -430,4 +443,303 @@ async def test_file_consent_survives_a_restart(make_runtime):
         assert upload.body["bytes"].startswith("[Interface]\nPrivateKey = ")
         await servers[1].close()
     finally:
+        await connector.stop()
+
+
+# ----- issue 9: file consent, deliverability, chat type, ids, retraction, retries, bad input -----------------
+
+def consent_of(h: Harness, conv: str | None = None) -> dict:
+    return next(a for c in h.connector.sent(conv) for a in (c.body.get("attachments") or []) if a["contentType"].endswith("file.consent"))
+
+
+def local_upload_url(h: Harness) -> str:
+    return h.connector.base_url.split("/teams-prefix/")[0] + "/upload/vpn.conf"
+
+
+async def accept(h: Harness, token: str, *, aad: str = ALICE_AAD, tenant: str = TENANT, upload_url: str | None = None, **extra) -> aiohttp.ClientResponse:
+    data = activity("invoke_file_consent", serviceUrl=h.connector.base_url, aadObjectId=aad, tenantId=tenant, conversationId="a:1personal-alice",
+                    action="accept", token=token, session="s", name="vpn.conf", uploadUrl=upload_url or local_upload_url(h))
+    for key, value in extra.items():
+        data["value"][key] = value
+    return await h.post(data)
+
+
+async def test_file_consent_is_bound_to_its_owner_and_tenant(make_teams):
+    h = await make_teams()
+    await h.say("/vpn start")
+    await h.settle()
+    token = consent_of(h)["content"]["acceptContext"]["token"]
+    assert (await accept(h, token, aad=BOB_AAD)).status == 200  # a well-formed invoke from the wrong person
+    await accept(h, token, tenant="11111111-1111-1111-1111-111111111111")  # the owner's id from another tenant
+    await h.settle()
+    assert h.connector.uploads == [] and "belongs to someone else" in h.everything_sent()
+    await accept(h, token)  # the owner still can
+    await h.settle()
+    assert len(h.connector.uploads) == 1
+
+
+@pytest.mark.parametrize("url", ["https://evil.example/upload", "http://contoso-my.sharepoint.com/x", "https://sharepoint.com.evil.example/x",
+                                 "ftp://contoso-my.sharepoint.com/x", "https://[::1/x", "/relative"])
+async def test_file_consent_uploads_only_to_allowed_hosts(make_teams, caplog, url):
+    h = await make_teams()
+    await h.say("/vpn start")
+    await h.settle()
+    token = consent_of(h)["content"]["acceptContext"]["token"]
+    assert (await accept(h, token, upload_url=url)).status == 400
+    await h.settle()
+    assert h.connector.uploads == [] and "refused" in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
+    await accept(h, token)  # the file is still there for a real consent
+    await h.settle()
+    assert len(h.connector.uploads) == 1
+
+
+def test_upload_url_rule():
+    from bot.channels.teams import upload_url_allowed
+
+    hosts = ("*.sharepoint.com", "files.example.us")
+    assert upload_url_allowed("https://contoso-my.sharepoint.com/personal/a/_api/upload?x=1", hosts)
+    assert upload_url_allowed("https://files.example.us/u", hosts)
+    assert not upload_url_allowed("https://sharepoint.com/u", hosts)  # "*." means a subdomain
+    assert not upload_url_allowed("https://x.sharepoint.com.evil.io/u", hosts)
+    assert not upload_url_allowed("http://contoso-my.sharepoint.com/u", hosts)
+    assert not upload_url_allowed("http://127.0.0.1:9/u", ("127.0.0.1",))  # http only in dev mode, only loopback
+    assert upload_url_allowed("http://127.0.0.1:9/u", ("127.0.0.1",), dev_mode=True)
+    assert not upload_url_allowed("http://10.0.0.1/u", ("10.0.0.1",), dev_mode=True)
+
+
+async def test_group_start_refused_before_provisioning_when_the_app_is_not_installed(make_teams):
+    h = await make_teams()
+    h.connector.not_installed.add("29:1alice-teams-user-id")
+    await h.say("vpn start", kind="groupchat_mention")
+    await h.settle()
+    text = h.everything_sent("19:groupchat-abc@thread.v2")
+    assert "not installed for you personally" in text and "Add for me" in text
+    assert await h.runtime.store.sessions(list(SessionState)) == []  # nothing was provisioned or torn down
+
+
+async def test_group_start_retries_transient_failures_of_the_private_chat(make_teams):
+    h = await make_teams()
+    h.connector.faults += [("POST", "/v3/conversations", 502, {}), ("POST", "/v3/conversations", 429, {})]
+    await h.say("vpn start", kind="groupchat_mention")
+    await h.settle()
+    assert "data:image/png;base64," in h.everything_sent("a:1personal-29:1alice-teams-user-id")
+    assert [s.state for s in await h.runtime.store.sessions(list(SessionState))] == [SessionState.READY]
+
+
+async def test_group_start_tells_the_real_reason_when_teams_keeps_failing(make_teams):
+    h = await make_teams()
+    h.connector.faults += [("POST", "/v3/conversations", 503, {})] * 5
+    await h.say("vpn start", kind="groupchat_mention")
+    await h.settle()
+    text = h.everything_sent("19:groupchat-abc@thread.v2")
+    assert "not answering right now" in text and "install" not in text.lower()
+    assert await h.runtime.store.sessions(list(SessionState)) == []
+
+
+@pytest.mark.parametrize("change", [{"conversationType": None}, {"isGroup": True}])
+async def test_unknown_or_group_chat_type_is_not_private(make_teams, change):
+    h = await make_teams()
+    data = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT, text="/vpn start")
+    for key, value in change.items():
+        if value is None:
+            data["conversation"].pop(key)
+        else:
+            data["conversation"][key] = value
+    await h.post(data)
+    await h.settle()
+    shared = h.everything_sent("a:1personal-alice")
+    assert "privately" in shared and "data:image" not in shared and "file.consent" not in shared
+    assert "data:image/png;base64," in h.everything_sent("a:1personal-29:1alice-teams-user-id")
+
+
+async def test_ids_are_said_only_in_personal_chats(make_teams):
+    h = await make_teams()
+    stranger = "00000000-0000-0000-0000-0000000bad00"
+    await h.say("vpn start", kind="channel_mention", aad=stranger)
+    installed = activity("installed", serviceUrl=h.connector.base_url, aadObjectId=stranger, tenantId=TENANT)
+    installed["conversation"] = {"isGroup": True, "conversationType": "channel", "id": "19:general-xyz@thread.tacv2"}
+    await h.post(installed)
+    await h.settle()
+    # What people can read (text and cards), not the envelope that addresses the activity.
+    shared = "\n".join(json.dumps([c.body.get("text"), c.body.get("attachments")]) for c in h.connector.calls
+                       if "19:general-xyz" in c.path and c.body)
+    assert "not allowed" in shared and "allowlist" in shared and stranger not in shared
+    await h.say("/vpn start", aad=stranger)
+    await h.settle()
+    assert f"teams:{stranger}" in h.everything_sent("a:1personal-alice")
+
+
+async def test_teardown_replaces_the_qr_card_even_on_another_replica(make_runtime):
+    connector = await FakeConnector(members={}).start()
+    try:
+        servers = []
+        for _ in range(2):
+            channel = TeamsChannel(dev_config())
+            app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel]), [channel.routes])
+            server = TestServer(app, host="127.0.0.1")
+            await server.start_server()
+            servers.append(server)
+            h = Harness(connector, server)
+            if len(servers) == 1:
+                await h.say("/vpn start")
+                await h.settle()
+                await server.close()
+        qr = next(c for c in connector.sent() if "data:image/png;base64," in FakeConnector.text_of(c))
+        consent = next(c for c in connector.sent() if "file.consent" in FakeConnector.text_of(c))
+        await h.say("/vpn stop")
+        await h.settle()
+        (expired,) = [c for c in connector.updates() if "VPN config expired" in FakeConnector.text_of(c)]
+        assert expired.path.endswith("/activities/" + qr.answered_id) and "data:image" not in FakeConnector.text_of(expired)
+        assert [c.path.rsplit("/", 1)[1] for c in connector.deletes()] == [consent.answered_id]
+        await servers[1].close()
+    finally:
+        await connector.stop()
+
+
+async def test_one_retry_rule(make_teams):
+    h = await make_teams()
+    # A message POST that may have arrived (502) is not repeated: it could post twice.
+    h.connector.faults.append(("POST", "/activities", 502, {}))
+    await h.say("/vpn help")
+    await h.settle()
+    assert len([c for c in h.connector.calls if c.method == "POST" and "/activities" in c.path]) == 1
+    # Member lookups (GET), updates (PUT) and deletes are safe to repeat.
+    channel = h.runtime.channels[0]
+    channel._emails.clear()  # forget the cached lookup
+    h.connector.faults += [("GET", "/members/", 504, {}), ("GET", "/members/", 503, {})]
+    await h.say("/vpn help")
+    await h.settle()
+    assert len([c for c in h.connector.calls if c.method == "GET"]) == 1 + 3
+    assert channel._emails["29:1alice-teams-user-id"][1] == "alice@contoso.com"
+    from bot.messages import ConversationRef
+
+    conv = ConversationRef("teams", {"reference": {"conversation": {"id": "a:1personal-alice"}, "serviceUrl": h.connector.base_url,
+                                                   "channelId": "msteams", "bot": {"id": "28:vpn-bot-app-id"}}, "conversation_type": "personal"})
+    h.connector.faults += [("PUT", "/activities/", 502, {}), ("PUT", "/activities/", 504, {})]
+    await channel.send_progress(conv, "step", "1:act-1")
+    await h.settle()
+    assert len(h.connector.updates()) == 3
+
+
+async def test_acks_do_not_wait_for_teams(make_teams):
+    """Teams gets its answer while every outbound call is still unanswered; the reply follows."""
+    h = await make_teams()
+    h.connector.gate = asyncio.Event()
+    resp = await asyncio.wait_for(h.say("/vpn help"), 10)  # before: the turn waited for the lookup and the reply
+    assert resp.status == 201
+    assert h.connector.sent() == [] or all(c.answered_id == "" for c in h.connector.sent())
+    h.connector.gate.set()
+    await h.settle()
+    assert "I hand out WireGuard" in h.everything_sent()
+
+
+async def test_multitenant_is_accepted_with_a_warning(make_teams, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    h = await make_teams(config=TeamsConfig(app_id="11111111-2222-3333-4444-555555555555", app_password="secret", app_type="MultiTenant"))
+    assert (await h.post(activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT, text="x"))).status == 401
+    assert "MultiTenant" in caplog.text and "new" in caplog.text
+
+
+def _malformed(h: Harness) -> list[dict]:
+    base = lambda: activity("invoke_file_consent", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT,  # noqa: E731
+                            conversationId="a:1personal-alice", action="accept", token="t", session="s", name="x.conf", uploadUrl=local_upload_url(h))
+    cases = []
+    for value in ("x", 5, None, [], {"action": "accept"}, {"action": "maybe", "context": {}}, {"action": "accept", "context": {"token": 5}},
+                  {"action": "accept", "context": {}, "uploadInfo": "u"}, {"action": "accept", "context": {}, "uploadInfo": {"uploadUrl": 7, "name": "x"}}):
+        d = base()
+        d["value"] = value
+        cases.append(d)
+    d = base()
+    d["value"]["context"]["token"] = "\ud800abc"
+    cases.append(d)
+    d = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT, text="/vpn help")
+    d["id"] = "\udc00"
+    cases.append(d)
+    for key in ("recipient", "conversation", "serviceUrl"):
+        d = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT, text="/vpn help")
+        del d[key]
+        cases.append(d)
+    d = activity("personal_message", serviceUrl="", aadObjectId=ALICE_AAD, tenantId=TENANT, text="/vpn help")
+    cases.append(d)
+    return cases
+
+
+async def test_malformed_activities_get_400_and_one_log_line(make_teams, caplog):
+    import logging
+
+    h = await make_teams()
+    cases = _malformed(h)
+    for data in cases:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            resp = await h.post(None, raw=json.dumps(data).encode())
+        assert resp.status == 400, data
+        lines = [r for r in caplog.records if r.name == "bot.channels.teams"]
+        assert len(lines) == 1 and not any(r.exc_info for r in caplog.records), data
+    await h.settle()
+    assert h.connector.calls == [] and await h.runtime.store.sessions(list(SessionState)) == []
+
+
+@pytest.mark.slow
+async def test_a_thousand_starts_give_each_user_exactly_one_config(tmp_path, caplog):
+    """1,000 `/vpn start` from distinct users through the Teams endpoint, with the sweeper running on
+    the real clock: each user gets exactly one config, and no session is ever "started over"."""
+    import logging
+
+    from bot.access import AccessPolicy
+    from bot.runtime import Runtime
+    from bot.settings import Settings
+    from app import make_provider
+
+    caplog.set_level(logging.INFO)
+    n = 1000
+    users = [f"00000000-0000-0000-0001-{i:012d}" for i in range(n)]
+    connector = await FakeConnector(member_domain="contoso.com").start()
+    settings = Settings.from_env({"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": ",".join(f"teams:{u}" for u in users),
+                                  "VPN_DRYRUN_STEP_SECONDS": "0", "VPN_MAX_SESSIONS": "10000", "WG_POOL": "10.64.0.0/12",
+                                  "VPN_SWEEP_SECONDS": "0.5"})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    channel = TeamsChannel(dev_config())
+    access = AccessPolicy.from_text(settings.users, "")
+    app = create_app(lambda: Runtime(settings, make_provider(settings), access, [channel]), [channel.routes])
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        h = Harness(connector, server)
+        gate = asyncio.Semaphore(50)
+        statuses = []
+
+        async def start(user: str) -> None:
+            data = activity("personal_message", serviceUrl=connector.base_url, aadObjectId=user, tenantId=TENANT, text="/vpn start")
+            data["from"]["id"] = f"29:{user}"
+            data["conversation"]["id"] = f"a:1personal-{user}"
+            async with gate:
+                statuses.append((await h.post(data)).status)
+
+        await asyncio.gather(*(start(u) for u in users))
+        assert statuses == [201] * n
+        for _ in range(600):  # the sweeper keeps the runner busy: wait for the configs instead
+            configs = connector.configs()
+            if len(configs) >= n and not h.runtime.runner.names()[1:]:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)  # a duplicate would come after the first config
+        configs = connector.configs()
+        per_user: dict[str, int] = {}
+        for c in configs:
+            user = c.path.split("/conversations/a:1personal-", 1)[1].split("/", 1)[0]
+            per_user[user] = per_user.get(user, 0) + 1
+        assert sorted(per_user) == sorted(users), f"{n - len(per_user)} users got no config"
+        assert [u for u, k in per_user.items() if k != 1] == []
+        assert "starting over" not in caplog.text
+        assert len(await h.runtime.store.sessions([SessionState.READY])) == n
+        card = configs[0].body["attachments"][0]["content"]
+        image = next(el for el in card["body"] if el["type"] == "Image")
+        private = decode_qr(base64.b64decode(image["url"].split(",", 1)[1])).split("PrivateKey = ")[1].split("\n")[0]
+        assert private not in caplog.text
+    finally:
+        await server.close()
         await connector.stop()

@@ -1,45 +1,52 @@
 """Microsoft Teams through the Bot Framework SDK: the only module that imports botbuilder.
 
-`CloudAdapter` at `POST /api/messages`; a `TeamsActivityHandler` turns activities into the core's
-neutral messages, and the `Channel` methods render the core's replies as activities and Adaptive
-Cards, always proactively from a stored conversation reference (so progress, warnings and "server
-up" survive restarts). Configs go privately: in a personal chat the QR card and a file-consent card;
-from a group chat or channel, in a 1:1 chat the bot opens with the requester. Until the user allows
-the file, its content is sealed in the store under a token that only the consent card carries.
+Inbound: `CloudAdapter` at `POST /api/messages` checks the token and parses the activity; a
+`TeamsActivityHandler` hands it to this channel, which answers the HTTP request at once and does
+the work (member lookup, command, replies) in a tracked task, so an ack never waits on Teams.
 
-Outbound connector calls run through msrest/requests in threads (botbuilder's own design), so the
-event loop never waits on them. Sends are retried on 429/412/502/504 with backoff and jitter,
-spaced per conversation, and never retried on 403 (the user blocked or removed the bot).
+Outbound: every call the bot makes to the Bot Connector (send, reply, update, delete, member
+lookup, 1:1 conversation) goes through `ConnectorClient` below, on the app's own aiohttp session
+with one token cache, instead of botbuilder's per-turn msrest clients (which cost more CPU than the
+whole bot; see docs/decisions.md). One retry rule covers every call: 412/429 are retried always
+(refused before processing); 500/502/503/504, timeouts and dropped connections only for calls that
+are safe to repeat (GET, PUT, DELETE, creating a 1:1 chat); 403 never (the user blocked the bot).
+
+Configs go privately: in a personal chat the QR card and a file-consent card; from a group chat or
+channel, in a 1:1 chat the bot opens with the requester, checked before anything is provisioned.
+Until the user allows the file, its content is sealed in the store under a token only the consent
+card carries, and only its owner, from its tenant, can have it uploaded to an allowed OneDrive /
+SharePoint host. At teardown the QR card is replaced by an "expired" card.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import fnmatch
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from urllib.parse import quote, urlsplit
 
+import aiohttp
 import jwt
 from aiohttp import web
 from botbuilder.core import TurnContext
-from botbuilder.core.teams import TeamsActivityHandler, TeamsInfo
-from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
-from botbuilder.schema import (
-    Activity,
-    ActivityTypes,
-    Attachment,
-    ChannelAccount,
-    ConversationParameters,
-    ConversationReference,
-    ErrorResponseException,
+from botbuilder.core.teams import TeamsActivityHandler
+from botbuilder.integration.aiohttp import (
+    CloudAdapter,
+    ConfigurationBotFrameworkAuthentication,
+    ConfigurationServiceClientCredentialFactory,
 )
-from botbuilder.schema.teams import FileConsentCard, FileConsentCardResponse, FileInfoCard
+from botbuilder.schema import Activity
+from botframework.connector.auth import AuthenticationConstants
 
 from bot import claims
 from bot.backoff import retry_delay
+from bot.claims import Claim
 from bot.messages import ConversationRef, Identity, Incoming, InvalidIdentity, UserKey
 from bot.outbox import ConfigDelivery, DeliveryError
 from cards.adaptive import render_adaptive
@@ -50,11 +57,19 @@ if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
-RETRY_STATUSES = {412, 429, 502, 504}
+RETRY_ALWAYS = frozenset({412, 429})  # refused before processing: any call may be repeated
+RETRY_IF_IDEMPOTENT = frozenset({500, 502, 503, 504})  # may have been processed: only calls safe to repeat
 ADAPTIVE = "application/vnd.microsoft.card.adaptive"
 FILE_CONSENT = "application/vnd.microsoft.teams.card.file.consent"
 FILE_INFO = "application/vnd.microsoft.teams.card.file.info"
 SEND_SPACING = 0.15  # Teams allows 7 sends per second per conversation
+DEFAULT_UPLOAD_HOSTS = ("*.sharepoint.com",)
+QR_RECORD = "teams-qr:"  # claims-table key prefix of "where the QR card went" (never a token hash: those are hex)
+INSTALL_HELP = (
+    "the VPN bot app is not installed for you personally, so I cannot open a private chat with you. "
+    "To install it, in Teams select Apps (left rail), search for the VPN bot and select Add (\"Add for me\"); "
+    "or select my name in this chat, then Chat. Then send /vpn start again, here or in our private chat"
+)
 
 
 @dataclass(frozen=True)
@@ -65,9 +80,12 @@ class TeamsConfig:
     tenant_id: str = ""
     dev_mode: bool = False
     allowed_tenants: tuple[str, ...] = ()
+    upload_hosts: tuple[str, ...] = DEFAULT_UPLOAD_HOSTS
     member_cache_seconds: float = 600.0
     send_attempts: int = 5
     backoff: float = 0.5
+    call_timeout: float = 20.0
+    max_concurrent_calls: int = 64
     consent_minutes: int = 60
 
     def __repr__(self) -> str:
@@ -85,14 +103,201 @@ class _AdapterSettings:
         self.APP_TENANTID = c.tenant_id
 
 
-class SendBlocked(Exception):
+class _ReusingAuthentication(ConfigurationBotFrameworkAuthentication):
+    """botbuilder builds a ConnectorClient and a TokenApiClient (each a msrest client with a requests
+    session) for every inbound turn; this hands out one per service URL instead. The channel never
+    uses them for its own calls, but the adapter insists on building them."""
+
+    def __init__(self, settings: _AdapterSettings, credentials: ConfigurationServiceClientCredentialFactory) -> None:
+        super().__init__(settings, credentials_factory=credentials)
+        self._connectors: dict[tuple, Any] = {}
+        self._token_clients: dict[str, Any] = {}
+
+    async def authenticate_request(self, activity, auth_header):
+        result = await super().authenticate_request(activity, auth_header)
+        if result.connector_factory is not None:
+            result.connector_factory = _ReusingConnectorFactory(result.connector_factory, self._connectors)
+        return result
+
+    def create_connector_factory(self, claims_identity):
+        return _ReusingConnectorFactory(super().create_connector_factory(claims_identity), self._connectors)
+
+    async def create_user_token_client(self, claims_identity):
+        key = getattr(claims_identity, "claims", {}).get("aud", "") if claims_identity else ""
+        client = self._token_clients.get(key)
+        if client is None:
+            client = self._token_clients[key] = await super().create_user_token_client(claims_identity)
+        return client
+
+
+class _ReusingConnectorFactory:
+    def __init__(self, inner, cache: dict) -> None:
+        self._inner, self._cache = inner, cache
+
+    async def create(self, service_url: str, audience: str = None):
+        key = (service_url, audience, getattr(self._inner, "_app_id", None))
+        client = self._cache.get(key)
+        if client is None:
+            client = self._cache[key] = await self._inner.create(service_url, audience)
+        return client
+
+
+class ConnectorError(Exception):
+    """A Bot Connector call failed: `status` 0 for a network failure or timeout."""
+
+    def __init__(self, status: int, code: str = "", message: str = "") -> None:
+        super().__init__(f"{status} {code}".strip())
+        self.status, self.code, self.message = status, code, message
+
+
+class SendBlocked(ConnectorError):
     """403: the user blocked or removed the bot; retrying cannot help."""
+
+
+class ConnectorClient:
+    """The bot's outbound REST calls (Bot Connector v3 and the OneDrive upload) on one aiohttp session."""
+
+    def __init__(self, http: aiohttp.ClientSession, token: Callable[[], Awaitable[str | None]], config: TeamsConfig) -> None:
+        self._http = http
+        self._token = token
+        self._config = config
+        self._slots = asyncio.Semaphore(config.max_concurrent_calls)
+
+    async def call(self, method: str, service_url: str, path: str, *, body: Any = None, idempotent: bool) -> Any:
+        url = service_url.rstrip("/") + "/v3/" + path
+        headers = {"Content-Type": "application/json"}
+        token = await self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        return await self.request(method, url, data=data, headers=headers, idempotent=idempotent)
+
+    async def request(self, method: str, url: str, *, data: bytes | None, headers: dict, idempotent: bool) -> Any:
+        """One call under the one retry rule; returns the parsed JSON answer (None when empty)."""
+        attempts = self._config.send_attempts
+        for attempt in range(attempts):
+            status, retry_after, failure = 0, "", None
+            try:
+                async with self._slots:
+                    async with self._http.request(method, url, data=data, headers=headers,
+                                                  timeout=aiohttp.ClientTimeout(total=self._config.call_timeout)) as resp:
+                        raw = await resp.read()
+                        status, retry_after = resp.status, resp.headers.get("Retry-After", "")
+                        if status < 300:
+                            try:
+                                return json.loads(raw) if raw else None
+                            except ValueError:
+                                return None
+                        failure = _error_of(status, raw)
+            except aiohttp.ClientConnectorError:
+                failure = ConnectorError(0, "ConnectionFailed")  # nothing was sent: safe to repeat
+                sent = False
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                failure = ConnectorError(0, "NoAnswer")  # it may have arrived
+                sent = True
+            else:
+                sent = True
+            assert failure is not None
+            if isinstance(failure, SendBlocked):
+                raise failure
+            retry = status in RETRY_ALWAYS or not sent or (idempotent and (status in RETRY_IF_IDEMPOTENT or status == 0))
+            if not retry or attempt + 1 == attempts:
+                raise failure
+            delay = retry_delay(attempt, self._config.backoff, retry_after)
+            log.info("Teams: %s %s answered %s; retrying in %.1fs", method, urlsplit(url).path[:60], status or failure.code, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def _error_of(status: int, raw: bytes) -> ConnectorError:
+    code = message = ""
+    try:
+        err = json.loads(raw).get("error") or {}
+        code, message = str(err.get("code") or "")[:80], str(err.get("message") or "")[:200]
+    except (ValueError, AttributeError):
+        pass
+    if status == 403 and code != "BotNotInConversationRoster":
+        return SendBlocked(status, code, message)
+    return ConnectorError(status, code, message)
+
+
+# ----- what comes in ---------------------------------------------------------------------------------
+
+class BadActivity(ValueError):
+    """A request body the SDK must never see; the text is logged (one line) and answered with 400."""
+
+
+def _has_surrogate(data: Any) -> bool:
+    """Lone surrogates (JSON `\\ud800`) anywhere: they break every encoder downstream."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if any("\ud800" <= ch <= "\udfff" for ch in item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def check_activity(data: Any) -> None:
+    """Refuse what Teams never sends before the SDK or our handlers choke on it."""
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str) or not data.get("type"):
+        raise BadActivity("not an activity")
+    if _has_surrogate(data):
+        raise BadActivity("lone surrogate in a string")
+    for key in ("from", "recipient", "conversation"):
+        part = data.get(key)
+        if not isinstance(part, dict) or not isinstance(part.get("id"), str) or not part["id"]:
+            raise BadActivity(f"missing or malformed {key!r}")
+    service_url = data.get("serviceUrl")
+    if not isinstance(service_url, str) or not service_url.startswith(("http://", "https://")) or not _host(service_url):
+        raise BadActivity("missing or malformed serviceUrl")  # botbuilder would fall back to the public connector
+    if "id" in data and not isinstance(data["id"], str):
+        raise BadActivity("malformed activity id")
+    if data.get("channelData") is not None and not isinstance(data["channelData"], dict):
+        raise BadActivity("malformed channelData")
+    if data["type"] == "invoke" and data.get("name") == "fileConsent/invoke":
+        value = data.get("value")
+        if not isinstance(value, dict) or value.get("action") not in ("accept", "decline") or not isinstance(value.get("context"), dict):
+            raise BadActivity("malformed fileConsent/invoke value")
+        if not isinstance(value["context"].get("token", ""), str):
+            raise BadActivity("malformed fileConsent/invoke token")
+        if value["action"] == "accept":
+            info = value.get("uploadInfo")
+            if not isinstance(info, dict) or not all(isinstance(info.get(k), str) and info.get(k) for k in ("uploadUrl", "name")):
+                raise BadActivity("malformed fileConsent/invoke uploadInfo")
+            if any(k in info and not isinstance(info[k], str) for k in ("contentUrl", "uniqueId", "fileType")):
+                raise BadActivity("malformed fileConsent/invoke uploadInfo")
+
+
+def _host(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 def _tenant_of(activity: Activity) -> str:
     data = activity.channel_data or {}
     tenant = data.get("tenant") if isinstance(data, dict) else None
     return str((tenant or {}).get("id") or "") if isinstance(tenant, dict) else ""
+
+
+def _is_personal(activity: Activity) -> bool:
+    """Fail closed: only a conversation Teams calls personal, and not a group, is private."""
+    conversation = activity.conversation
+    if conversation is None:
+        return False
+    return conversation.conversation_type == "personal" and conversation.is_group is not True
+
+
+def _shared_type(activity: Activity) -> str:
+    kind = activity.conversation.conversation_type if activity.conversation else None
+    return kind if kind in ("groupChat", "channel") else "unknown"
 
 
 def _conversation(activity: Activity) -> ConversationRef:
@@ -103,10 +308,24 @@ def _conversation(activity: Activity) -> ConversationRef:
             "reference": reference,
             "tenant_id": _tenant_of(activity),
             "user_id": activity.from_property.id if activity.from_property else "",
-            "conversation_type": (activity.conversation.conversation_type if activity.conversation else "") or "personal",
+            "conversation_type": "personal" if _is_personal(activity) else _shared_type(activity),
         },
     )
 
+
+def upload_url_allowed(url: str, hosts: tuple[str, ...], *, dev_mode: bool = False) -> bool:
+    """https on an allowed OneDrive/SharePoint host (`*.sharepoint.com` matches its subdomains);
+    dev mode also takes http to a loopback host on the list (a local fake)."""
+    host = _host(url)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if not host or not any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in hosts):
+        return False
+    if scheme == "https":
+        return True
+    return dev_mode and scheme == "http" and host in ("127.0.0.1", "localhost", "::1")
+
+
+# ----- the channel -----------------------------------------------------------------------------------
 
 class TeamsChannel:
     name = "teams"
@@ -115,19 +334,31 @@ class TeamsChannel:
         self.config = config
         self._runtime: Runtime | None = None
         self._adapter: CloudAdapter | None = None
+        self._client: ConnectorClient | None = None
+        self._credentials: ConfigurationServiceClientCredentialFactory | None = None
+        self._app_credentials: Any = None
+        self._token_cache: tuple[float, str] | None = None
+        self._token_lock = asyncio.Lock()
         self._handler = _Handler(self)
         self._emails: dict[str, tuple[float, str | None]] = {}
+        self._private_chats: dict[tuple[str, str], str] = {}  # (service url, user id) -> 1:1 conversation id
         self._last_send: dict[str, float] = {}
         self._send_locks: dict[str, asyncio.Lock] = {}
-        self._latest_progress: dict[str, str] = {}
+        self._latest_progress: dict[str, tuple[ConversationRef, str]] = {}
 
     # ----- lifecycle and route ------------------------------------------------------------------------
 
     async def attach(self, runtime: "Runtime") -> None:
         self._runtime = runtime
-        auth = ConfigurationBotFrameworkAuthentication(_AdapterSettings(self.config))
-        self._adapter = CloudAdapter(auth)
+        settings = _AdapterSettings(self.config)
+        if self.config.app_id and self.config.app_type.lower() == "multitenant":
+            log.warning("MicrosoftAppType=MultiTenant: existing multi-tenant bot registrations keep working, but new "
+                        "Azure Bot registrations must be SingleTenant or UserAssignedMSI")
+        self._credentials = ConfigurationServiceClientCredentialFactory(settings)
+        self._adapter = CloudAdapter(_ReusingAuthentication(settings, self._credentials))
         self._adapter.on_turn_error = self._on_turn_error
+        assert runtime.http is not None
+        self._client = ConnectorClient(runtime.http, self._token, self.config)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/messages", self._messages)
@@ -136,6 +367,33 @@ class TeamsChannel:
     def runtime(self) -> "Runtime":
         assert self._runtime is not None, "Teams channel used before the runtime started"
         return self._runtime
+
+    @property
+    def client(self) -> ConnectorClient:
+        assert self._client is not None, "Teams channel used before the runtime started"
+        return self._client
+
+    async def _token(self) -> str | None:
+        """The bot's token for the Bot Connector, cached; MSAL is synchronous, so it runs in a thread."""
+        if not self.config.app_id:
+            return None  # dev mode: auth off both ways
+        cached = self._token_cache
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        async with self._token_lock:
+            cached = self._token_cache
+            if cached and cached[0] > time.monotonic():
+                return cached[1]
+            assert self._credentials is not None
+            if self._app_credentials is None:  # one MSAL client (and its token cache) for the process
+                self._app_credentials = await self._credentials.create_credentials(
+                    self.config.app_id, AuthenticationConstants.TO_CHANNEL_FROM_BOT_OAUTH_SCOPE,
+                    AuthenticationConstants.TO_CHANNEL_FROM_BOT_LOGIN_URL, True,
+                )
+            token = await asyncio.to_thread(self._app_credentials.get_access_token)
+            # Tokens live an hour or more; MSAL renews its own cache when one nears expiry.
+            self._token_cache = (time.monotonic() + 300, token)
+            return token
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         """Invalid or oversized requests get 4xx before the SDK sees them; the SDK checks the token."""
@@ -146,11 +404,20 @@ class TeamsChannel:
         body = await request.read()
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             log.warning("Teams: malformed JSON (%d bytes) refused", len(body))
             return web.Response(status=400, text="malformed JSON")
-        if not isinstance(data, dict) or not isinstance(data.get("type"), str) or not data.get("type"):
-            return web.Response(status=400, text="not an activity")
+        try:
+            check_activity(data)
+            value = data.get("value")
+            if data.get("name") == "fileConsent/invoke" and value["action"] == "accept":
+                url = value["uploadInfo"]["uploadUrl"]
+                if not upload_url_allowed(url, self.config.upload_hosts, dev_mode=self.config.dev_mode):
+                    host = _host(url) or "?"
+                    raise BadActivity(f"file upload URL on {host[:80]} refused (https on TEAMS_UPLOAD_HOSTS only)")
+        except BadActivity as exc:
+            log.warning("Teams: activity refused: %s", exc)
+            return web.Response(status=400, text=str(exc))
         assert self._adapter is not None
         try:
             return await self._adapter.process(request, self._handler)
@@ -165,88 +432,110 @@ class TeamsChannel:
     async def _on_turn_error(self, turn_context: TurnContext, error: Exception) -> None:
         log.error("Teams turn failed", exc_info=error)
 
+    def _later(self, activity: Activity, work: Callable[[], Awaitable[None]]) -> None:
+        """Answer Teams now; the work (lookups, the command, replies) runs as a tracked task."""
+        name = f"teams:{activity.type}:{activity.id or uuid.uuid4().hex}"
+        try:
+            self.runtime.runner.start(name, work)
+        except RuntimeError:
+            log.warning("Teams: shutting down; activity %s dropped", (activity.id or "")[:40])
+
     # ----- sending ----------------------------------------------------------------------------------
 
-    async def _send(self, conv: ConversationRef, activity: Activity, *, update_id: str | None = None) -> str | None:
-        """Proactive send (or update) with per-conversation spacing and retries; returns the activity id."""
-        assert self._adapter is not None
-        reference = ConversationReference().deserialize(conv.data["reference"])
-        key = reference.conversation.id if reference.conversation else ""
-        lock = self._send_locks.setdefault(key, asyncio.Lock())
-        result: dict[str, Any] = {}
-
-        async def callback(turn_context: TurnContext) -> None:
-            # Inside the turn: the adapter hands exceptions raised here to on_turn_error, not to us.
-            try:
-                result["id"] = await self._with_retries(turn_context, activity, update_id, key)
-            except BaseException as exc:  # noqa: BLE001 - carried out of the turn and re-raised below
-                result["error"] = exc
-
+    async def _post(self, conv: ConversationRef, activity: dict, *, update_id: str | None = None) -> str | None:
+        """Send (or update) one activity in a conversation, spaced per conversation; returns its id."""
+        ref = conv.data["reference"]
+        service_url = ref.get("serviceUrl") or ""
+        conversation_id = (ref.get("conversation") or {}).get("id") or ""
+        if not service_url or not conversation_id:
+            raise ConnectorError(0, "NoConversation", "the conversation reference has no service URL or id")
+        activity = {
+            **activity,
+            "conversation": {"id": conversation_id},
+            "from": ref.get("bot"),
+            "recipient": ref.get("user"),
+            "channelId": ref.get("channelId") or "msteams",
+            "serviceUrl": service_url,
+        }
+        base = f"conversations/{quote(conversation_id, safe='')}/activities"
+        lock = self._send_locks.setdefault(conversation_id, asyncio.Lock())
         async with lock:
-            wait = SEND_SPACING - (time.monotonic() - self._last_send.get(key, 0.0))
+            wait = SEND_SPACING - (time.monotonic() - self._last_send.get(conversation_id, 0.0))
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self._adapter.continue_conversation(reference, callback, self.config.app_id or None)
-            self._last_send[key] = time.monotonic()
-        if "error" in result:
-            raise result["error"]
-        return result.get("id")
-
-    async def _with_retries(self, turn_context: TurnContext, activity: Activity, update_id: str | None, key: str) -> str | None:
-        for attempt in range(self.config.send_attempts):
             try:
                 if update_id:
-                    activity.id = update_id
-                    await turn_context.update_activity(activity)
+                    activity["id"] = update_id
+                    await self.client.call("PUT", service_url, f"{base}/{quote(update_id, safe='')}", body=activity, idempotent=True)
                     return update_id
-                response = await turn_context.send_activity(activity)
-                return getattr(response, "id", None)
-            except ErrorResponseException as exc:
-                status = getattr(exc.response, "status_code", 0)
-                if status == 403:
-                    log.warning("Teams: conversation %s refuses messages (403, e.g. MessageWritesBlocked); not retrying", key[:40])
-                    raise SendBlocked(key) from None
-                if status not in RETRY_STATUSES or attempt + 1 == self.config.send_attempts:
-                    raise
-                retry_after = exc.response.headers.get("Retry-After", "") if exc.response is not None else ""
-                delay = retry_delay(attempt, self.config.backoff, retry_after)
-                log.info("Teams: send got %d; retrying in %.1fs", status, delay)
-                await asyncio.sleep(delay)
-        return None
+                reply_to = ref.get("activityId")
+                if reply_to:
+                    activity["replyToId"] = reply_to
+                    answer = await self.client.call("POST", service_url, f"{base}/{quote(reply_to, safe='')}", body=activity, idempotent=False)
+                else:
+                    answer = await self.client.call("POST", service_url, base, body=activity, idempotent=False)
+            except SendBlocked:
+                log.warning("Teams: conversation %s refuses messages (403, e.g. MessageWritesBlocked); not retrying", conversation_id[:40])
+                raise
+            finally:
+                self._last_send[conversation_id] = time.monotonic()
+        return (answer or {}).get("id") if isinstance(answer, dict) else None
+
+    async def _delete(self, conv: ConversationRef, activity_id: str) -> None:
+        ref = conv.data["reference"]
+        conversation_id = ref["conversation"]["id"]
+        path = f"conversations/{quote(conversation_id, safe='')}/activities/{quote(activity_id, safe='')}"
+        try:
+            await self.client.call("DELETE", ref["serviceUrl"], path, idempotent=True)
+        except ConnectorError as exc:
+            if exc.status != 404:  # already gone is what we wanted
+                raise
 
     async def send_text(self, conv: ConversationRef, text: str) -> None:
-        await self._send(conv, Activity(type=ActivityTypes.message, text=text))
+        await self._post(conv, {"type": "message", "text": text})
 
     async def send_card(self, conv: ConversationRef, card: Card) -> None:
-        await self._send(conv, _card_activity(card))
+        await self._post(conv, _card_activity(card))
 
     async def send_progress(self, conv: ConversationRef, text: str, handle: str | None) -> str | None:
-        """One card, updated in place (PUT) as the steps go by."""
-        activity = _card_activity(Card(title="VPN", lines=(text,)))
-        if handle:
-            # Coalesce: while an update waits for its turn, a newer one makes it pointless.
-            self._latest_progress[handle] = text
-            key = ConversationReference().deserialize(conv.data["reference"]).conversation.id
-            async with self._send_locks.setdefault(f"progress:{key}", asyncio.Lock()):
-                if self._latest_progress.get(handle) != text:
-                    return handle
-                try:
-                    return await self._send(conv, activity, update_id=handle)
-                except ErrorResponseException:
-                    log.info("Teams: progress update failed; posting a new progress card")
-        return await self._send(conv, activity)
+        """One card, updated in place (PUT) as the steps go by. Updates do not hold up the work: the
+        newest text waits in one slot per card, and one task sends it; steps that come faster than
+        Teams answers are never sent (nobody would have seen them)."""
+        if not handle:
+            return await self._post(conv, _card_activity(Card(title="VPN", lines=(text,))))
+        self._latest_progress[handle] = (conv, text)
+        try:
+            self.runtime.runner.start(f"teams-progress:{handle}", lambda: self._flush_progress(handle))
+        except RuntimeError:  # shutting down: this one update is lost, the next message says more
+            self._latest_progress.pop(handle, None)
+        return handle
+
+    async def _flush_progress(self, handle: str) -> None:
+        while handle in self._latest_progress:
+            conv, text = self._latest_progress.pop(handle)
+            try:
+                await self._post(conv, _card_activity(Card(title="VPN", lines=(text,))), update_id=handle)
+            except ConnectorError as exc:
+                log.info("Teams: progress update failed (%s)", exc.status or exc.code)
 
     def can_deliver_privately(self, conv: ConversationRef) -> bool:
-        return True  # personal chat, or a 1:1 chat the bot opens
+        return True  # personal chat, or a 1:1 chat the bot opens (check_private_delivery asks Teams)
+
+    async def check_private_delivery(self, conv: ConversationRef, recipient: Identity) -> str | None:
+        """Before anything is provisioned: can the bot reach this person in a 1:1 chat? None if yes,
+        else the sentence that says why not (and, when that is the reason, how to install the app)."""
+        if conv.data.get("conversation_type") == "personal":
+            return None
+        try:
+            await self._open_private_chat(conv)
+        except DeliveryError as exc:
+            log.info("Teams: no private chat with %s: %s", recipient.key, str(exc)[:80])
+            return f"I cannot send you a config privately: {exc}."
+        return None
 
     async def deliver_config(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
         personal = conv.data.get("conversation_type") == "personal"
-        try:
-            target = conv if personal else await self._open_private_chat(conv)
-        except ErrorResponseException as exc:
-            raise DeliveryError(
-                "I could not open a private chat with you; install the VPN bot app for yourself (personal scope) and try again"
-            ) from exc
+        target = conv if personal else await self._open_private_chat(conv)
         qr_uri = "data:image/png;base64," + base64.b64encode(delivery.qr_png).decode()
         card = Card(
             title="Your VPN config",
@@ -255,56 +544,111 @@ class TeamsChannel:
                 delivery.expires_note,
             ),
         )
-        activity = Activity(type=ActivityTypes.message, attachments=[Attachment(content_type=ADAPTIVE, content=render_adaptive(card, image_data_uri=qr_uri))])
+        qr_activity = {"type": "message", "attachments": [{"contentType": ADAPTIVE, "content": render_adaptive(card, image_data_uri=qr_uri)}]}
+        store, now = self.runtime.store, self.runtime.service.clock()
         try:
-            await self._send(target, activity)
+            qr_id = await self._post(target, qr_activity)
+            del qr_activity, qr_uri
+            sent = [qr_id] if qr_id else []
             data = delivery.config.reveal().encode()
             token = await claims.hold(
-                self.runtime.store, session_id=delivery.session_id, user=str(recipient.key), tunnel_name=delivery.tunnel_name,
-                config=delivery.config.reveal(), now=self.runtime.service.clock(), lifetime=timedelta(minutes=self.config.consent_minutes),
+                store, session_id=delivery.session_id, user=str(recipient.key), tunnel_name=delivery.tunnel_name,
+                config=delivery.config.reveal(), now=now, lifetime=timedelta(minutes=self.config.consent_minutes),
             )
-            consent = FileConsentCard(
-                description="Your WireGuard configuration (holds your private key: keep it to yourself).",
-                size_in_bytes=len(data),
-                accept_context={"token": token, "session": delivery.session_id},
-                decline_context={"token": token, "session": delivery.session_id},
-            )
-            await self._send(target, Activity(type=ActivityTypes.message, attachments=[Attachment(content_type=FILE_CONSENT, name=f"{delivery.tunnel_name}.conf", content=consent)]))
+            consent = {
+                "description": "Your WireGuard configuration (holds your private key: keep it to yourself).",
+                "sizeInBytes": len(data),
+                "acceptContext": {"token": token, "session": delivery.session_id},
+                "declineContext": {"token": token, "session": delivery.session_id},
+            }
+            consent_id = await self._post(target, {"type": "message", "attachments": [
+                {"contentType": FILE_CONSENT, "name": f"{delivery.tunnel_name}.conf", "content": consent}
+            ]})
+            if consent_id:
+                sent.append(consent_id)
+            await self._remember_sent(delivery.session_id, str(recipient.key), delivery.tunnel_name, target, sent)
         except SendBlocked:
             raise DeliveryError("Teams refuses messages to you from the bot (it may be blocked)") from None
+        except ConnectorError as exc:
+            raise DeliveryError(f"Teams did not accept the message ({exc.status or exc.code}); please try again in a minute") from None
         if personal:
             return "Your config is above: scan the QR code, or allow the file."
         return "I sent your config to you in a private chat with me."
 
+    async def _remember_sent(self, session_id: str, user: str, tunnel: str, target: ConversationRef, activity_ids: list[str]) -> None:
+        """Where the QR card went, in the shared store (teardown may run on another replica)."""
+        store, now = self.runtime.store, self.runtime.service.clock()
+        record = json.dumps({"conversation": dict(target.data), "activities": activity_ids}).encode()
+        for n in range(10):
+            key = f"{QR_RECORD}{session_id}:{n}"
+            if await store.get_claim(key) is None:
+                await store.add_claim(Claim(key, session_id, user, tunnel, now, now + timedelta(days=8), sealed=record))
+                return
+        log.warning("Teams: session %s delivered too often to remember where", session_id)
+
+    async def retract_config(self, conv: ConversationRef, session_id: str, handle: str | None = None) -> None:
+        """At teardown: the QR card becomes an "expired" card and the consent card goes, so the private
+        key does not stay in the chat. Called before the session's claims are purged."""
+        store = self.runtime.store
+        for n in range(10):
+            record = await store.get_claim(f"{QR_RECORD}{session_id}:{n}")
+            if record is None:
+                return
+            if not record.sealed:
+                continue
+            try:
+                saved = json.loads(record.sealed)
+                target = ConversationRef("teams", saved["conversation"])
+                qr_id, *others = saved["activities"] or [""]
+            except (ValueError, KeyError, TypeError):
+                log.warning("Teams: session %s: unreadable QR record", session_id)
+                continue
+            expired = _card_activity(Card(title="VPN config expired", lines=(
+                f"Session {session_id} has ended; this config no longer works. Use /vpn start for a new one.",
+            )))
+            try:
+                if qr_id:
+                    await self._post(target, expired, update_id=qr_id)
+                for other in others:
+                    await self._delete(target, other)
+            except ConnectorError as exc:
+                log.warning("Teams: session %s: could not retract the config card (%s)", session_id, exc)
+
     async def _open_private_chat(self, conv: ConversationRef) -> ConversationRef:
-        assert self._adapter is not None
-        reference = ConversationReference().deserialize(conv.data["reference"])
+        """The 1:1 chat with the requester (Teams answers the existing one if there is one)."""
+        reference = conv.data["reference"]
+        service_url = reference.get("serviceUrl") or ""
+        user_id = conv.data.get("user_id") or ""
         tenant = conv.data.get("tenant_id") or None
-        params = ConversationParameters(
-            is_group=False,
-            bot=reference.bot,
-            members=[ChannelAccount(id=conv.data["user_id"])],
-            tenant_id=tenant,
-            channel_data={"tenant": {"id": tenant}} if tenant else None,
-        )
-        created: dict[str, ConversationRef] = {}
-
-        async def callback(turn_context: TurnContext) -> None:
-            ref = TurnContext.get_conversation_reference(turn_context.activity).serialize()
-            created["conv"] = ConversationRef(
-                "teams", {"reference": ref, "tenant_id": tenant or "", "user_id": conv.data["user_id"], "conversation_type": "personal"}
-            )
-
-        await self._adapter.create_conversation(self.config.app_id or None, callback, params, "msteams", reference.service_url, None)
-        return created["conv"]
+        if not service_url or not user_id:
+            raise DeliveryError("I do not know how to reach you privately (this message carried no user)")
+        known = self._private_chats.get((service_url, user_id))
+        if known is None:
+            params: dict[str, Any] = {"isGroup": False, "bot": reference.get("bot"), "members": [{"id": user_id}]}
+            if tenant:
+                params.update(tenantId=tenant, channelData={"tenant": {"id": tenant}})
+            try:
+                # Idempotent in Teams (the existing 1:1 chat comes back), so transient failures are retried.
+                answer = await self.client.call("POST", service_url, "conversations", body=params, idempotent=True)
+            except ConnectorError as exc:
+                raise DeliveryError(_private_chat_refusal(exc)) from None
+            known = (answer or {}).get("id") if isinstance(answer, dict) else None
+            if not known:
+                raise DeliveryError("Teams did not say which private chat to use; please try again")
+            self._private_chats[(service_url, user_id)] = known
+        return ConversationRef("teams", {
+            "reference": {"serviceUrl": service_url, "channelId": reference.get("channelId") or "msteams", "bot": reference.get("bot"),
+                          "user": reference.get("user"), "conversation": {"id": known, "conversationType": "personal", "tenantId": tenant}},
+            "tenant_id": tenant or "", "user_id": user_id, "conversation_type": "personal",
+        })
 
     # ----- incoming ---------------------------------------------------------------------------------
 
     def tenant_allowed(self, activity: Activity) -> bool:
         return not self.config.allowed_tenants or _tenant_of(activity) in self.config.allowed_tenants
 
-    async def identity_of(self, turn_context: TurnContext) -> Identity | None:
-        sender = turn_context.activity.from_property
+    async def identity_of(self, activity: Activity) -> Identity | None:
+        sender = activity.from_property
         aad = getattr(sender, "aad_object_id", None) if sender else None
         if not aad:
             return None
@@ -312,19 +656,22 @@ class TeamsChannel:
             key = UserKey("teams", aad.lower())
         except InvalidIdentity:
             return None
-        return Identity(key, email=await self._email(turn_context, sender.id), display_name=sender.name or "")
+        return Identity(key, email=await self._email(activity, sender.id), display_name=sender.name or "")
 
-    async def _email(self, turn_context: TurnContext, member_id: str) -> str | None:
+    async def _email(self, activity: Activity, member_id: str) -> str | None:
         """The verified email or UPN from Teams (cached); guests and anonymous users have none."""
         cached = self._emails.get(member_id)
         if cached and cached[0] > time.monotonic():
             return cached[1]
         email = None
         try:
-            member = await TeamsInfo.get_member(turn_context, member_id)
-            email = getattr(member, "email", None) or getattr(member, "user_principal_name", None)
-        except Exception as exc:  # a lookup failure must not lock the user out of id-based rules
-            log.info("Teams: member lookup failed (%s); matching by id only", type(exc).__name__)
+            path = f"conversations/{quote(activity.conversation.id, safe='')}/members/{quote(member_id, safe='')}"
+            member = await self.client.call("GET", activity.service_url, path, idempotent=True)
+            if isinstance(member, dict):
+                email = member.get("email") or member.get("userPrincipalName") or None
+                email = str(email) if email else None
+        except ConnectorError as exc:  # a lookup failure must not lock the user out of id-based rules
+            log.info("Teams: member lookup failed (%s); matching by id only", exc)
         self._emails[member_id] = (time.monotonic() + self.config.member_cache_seconds, email)
         return email
 
@@ -334,61 +681,106 @@ class TeamsChannel:
             log.warning("Teams: message from tenant %s ignored (not allowed)", _tenant_of(activity)[:40])
             return
         TurnContext.remove_recipient_mention(activity)
+        self._later(activity, lambda: self._handle_message(activity))
+
+    async def _handle_message(self, activity: Activity) -> None:
         text = activity.text or ""
         if not text.strip() and isinstance(activity.value, dict):
             text = str(activity.value.get("command") or "")  # a card button: authorised like typed text
         conv = _conversation(activity)
-        who = await self.identity_of(turn_context)
+        who = await self.identity_of(activity)
         if who is None:
-            await turn_context.send_activity("Sorry, I can only serve people signed in to your organisation's Teams.")
+            await self.send_text(conv, "Sorry, I can only serve people signed in to your organisation's Teams.")
             return
         private = conv.data["conversation_type"] == "personal"
         await self.runtime.dispatcher.handle(Incoming(who, text, conv, message_id=activity.id, is_private=private))
 
     async def on_installed(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
-        if not self.tenant_allowed(activity):
-            return
-        who = await self.identity_of(turn_context)
+        if self.tenant_allowed(activity):
+            self._later(activity, lambda: self._greet(activity))
+
+    async def _greet(self, activity: Activity) -> None:
+        who = await self.identity_of(activity)
         role = self.runtime.access.role_of(who) if who else None
         greeting = "Hi! I hand out short-lived WireGuard VPN access."
         if role is None:
-            where = f" (your id is {who.key})" if who else ""
+            # An id is personal data: said only in a personal chat, never in a channel or group chat.
+            where = f" (your id is {who.key})" if who and _is_personal(activity) else ""
             greeting += f" You are not on the allowlist yet: ask an admin to add you{where}."
         card = self.runtime.dispatcher.help_card(role, greeting)
         await self.send_card(_conversation(activity), card)
 
-    async def on_file_consent(self, turn_context: TurnContext, response: FileConsentCardResponse, accepted: bool) -> None:
-        context = response.context if isinstance(response.context, dict) else {}
-        token = str(context.get("token") or "")
+    async def on_file_consent(self, turn_context: TurnContext, accepted: bool) -> None:
+        activity = turn_context.activity
+        if not self.tenant_allowed(activity):
+            log.warning("Teams: file consent from tenant %s ignored (not allowed)", _tenant_of(activity)[:40])
+            return
+        value = activity.value if isinstance(activity.value, dict) else {}
+        token = str((value.get("context") or {}).get("token") or "")
+        upload = value.get("uploadInfo") if accepted else None  # its URL was checked in _messages
+        self._later(activity, lambda: self._file_consent(activity, token, accepted, upload))
+
+    async def _file_consent(self, activity: Activity, token: str, accepted: bool, upload: dict | None) -> None:
         runtime = self.runtime
-        taken = await claims.take(runtime.store, token, runtime.service.clock()) if token else None
-        conv = _conversation(turn_context.activity)
+        conv = _conversation(activity)
+        store, now = runtime.store, runtime.service.clock()
+        claim = await store.get_claim(claims.token_hash(token)) if token else None
+        if claim is None or claim.session_id == "" or claim.token_hash.startswith(QR_RECORD):
+            claim = None
+        if claim is not None and not await self._is_owner(activity, claim):
+            log.warning("Teams: file consent for session %s by someone other than its owner refused", claim.session_id)
+            await self.send_text(conv, "That file belongs to someone else; nothing was sent.")
+            return
+        taken = await claims.take(store, token, now) if claim is not None else None
         if taken is None:
             await self.send_text(conv, "That file is no longer available (already sent, declined, or its session ended).")
             return
         if not accepted:
             await self.send_text(conv, "No problem: the QR code above is all you need. The file was discarded.")
             return
+        assert upload is not None
         data = taken[1].encode()
-        upload = response.upload_info
-        headers = {"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}", "Content-Length": str(len(data))}
-        assert runtime.http is not None
-        async with runtime.http.put(upload.upload_url, data=data, headers=headers) as resp:
-            if resp.status >= 300:
-                log.warning("Teams: file upload answered %d", resp.status)
-                await self.send_text(conv, "The file upload failed; the QR code above still works.")
-                return
-        info = FileInfoCard(unique_id=upload.unique_id, file_type=upload.file_type)
-        await self._send(conv, Activity(type=ActivityTypes.message, attachments=[
-            Attachment(content_type=FILE_INFO, name=upload.name, content_url=upload.content_url, content=info)
-        ]))
+        del taken
+        headers = {"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}", "Content-Type": "application/octet-stream"}
+        try:
+            # A PUT of the whole file to a pre-authorised URL: safe to repeat. No bot token goes there.
+            await self.client.request("PUT", upload["uploadUrl"], data=data, headers=headers, idempotent=True)
+        except ConnectorError as exc:
+            log.warning("Teams: file upload failed (%s)", exc.status or exc.code)
+            await self.send_text(conv, "The file upload failed; the QR code above still works.")
+            return
+        info = {"uniqueId": upload.get("uniqueId"), "fileType": upload.get("fileType")}
+        await self._post(conv, {"type": "message", "attachments": [
+            {"contentType": FILE_INFO, "name": upload.get("name"), "contentUrl": upload.get("contentUrl"), "content": info}
+        ]})
+
+    async def _is_owner(self, activity: Activity, claim: Claim) -> bool:
+        """The invoking user is the claim's owner, in the tenant the session was started from."""
+        aad = getattr(activity.from_property, "aad_object_id", None) or ""
+        if not aad or claim.user != f"teams:{aad.lower()}":
+            return False
+        session = await self.runtime.store.get(claim.session_id)
+        if session is None:
+            return False
+        return (session.conversation.data.get("tenant_id") or "") == _tenant_of(activity)
 
 
-def _card_activity(card: Card) -> Activity:
+def _private_chat_refusal(exc: ConnectorError) -> str:
+    """The true reason a 1:1 chat could not be opened, in words the user can act on."""
+    if exc.status in (403, 404) or exc.code in ("BotNotInConversationRoster", "ConversationBlockedByUser", "Forbidden"):
+        if exc.code == "ConversationBlockedByUser":
+            return "you have blocked the VPN bot in Teams; unblock it in our private chat, then try again"
+        return INSTALL_HELP
+    if exc.status in RETRY_ALWAYS or exc.status in RETRY_IF_IDEMPOTENT or exc.status == 0:
+        return f"Teams is not answering right now ({exc.status or exc.code}); please try again in a minute"
+    return f"Teams refused to open a private chat with you ({exc.status} {exc.code}); an admin can find details in the log"
+
+
+def _card_activity(card: Card) -> dict:
     content = render_adaptive(card)
     content["fallbackText"] = render_card_text(card)
-    return Activity(type=ActivityTypes.message, attachments=[Attachment(content_type=ADAPTIVE, content=content)])
+    return {"type": "message", "attachments": [{"contentType": ADAPTIVE, "content": content}]}
 
 
 class _Handler(TeamsActivityHandler):
@@ -405,8 +797,8 @@ class _Handler(TeamsActivityHandler):
         if any(m.id == bot_id for m in teams_members_added):
             await self.channel.on_installed(turn_context)
 
-    async def on_teams_file_consent_accept(self, turn_context: TurnContext, file_consent_card_response: FileConsentCardResponse) -> None:
-        await self.channel.on_file_consent(turn_context, file_consent_card_response, accepted=True)
+    async def on_teams_file_consent_accept(self, turn_context: TurnContext, file_consent_card_response) -> None:
+        await self.channel.on_file_consent(turn_context, accepted=True)
 
-    async def on_teams_file_consent_decline(self, turn_context: TurnContext, file_consent_card_response: FileConsentCardResponse) -> None:
-        await self.channel.on_file_consent(turn_context, file_consent_card_response, accepted=False)
+    async def on_teams_file_consent_decline(self, turn_context: TurnContext, file_consent_card_response) -> None:
+        await self.channel.on_file_consent(turn_context, accepted=False)

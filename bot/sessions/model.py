@@ -77,6 +77,10 @@ class Session:
     message_id: str = ""
     server_size: str = ""  # the VM size where the provider has one
     own_key: bool = False  # the user brought their key pair: nothing secret to deliver
+    # SHA-256 (hex) of the one-time token in the server's "tunnel up" callback URL; the token itself
+    # is only in the VM's boot config. Any replica verifies a callback against it.
+    ready_token_hash: str = ""
+    server_up_at: datetime | None = None  # when that callback arrived (on whichever replica)
 
     def moved(self, state: SessionState, now: datetime, **changes) -> "Session":
         """This session in a new state; refuses moves the state machine does not allow."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -52,7 +53,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     progress_handle TEXT NOT NULL DEFAULT '',
     message_id TEXT NOT NULL DEFAULT '',
     own_key INTEGER NOT NULL DEFAULT 0,
-    server_size TEXT NOT NULL DEFAULT ''
+    server_size TEXT NOT NULL DEFAULT '',
+    ready_token_hash TEXT NOT NULL DEFAULT '',
+    server_up_at TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE INDEX IF NOT EXISTS sessions_owner ON sessions(owner, state);
@@ -103,14 +106,19 @@ CREATE TABLE IF NOT EXISTS workers (
     pid INTEGER NOT NULL,
     heartbeat_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 _FIELDS = [
     "id", "owner", "owner_label", "conversation", "state", "provider", "region", "created_at", "expires_at",
     "minutes", "updated_at", "ready_at", "ended_at", "endpoint", "resource_id", "client_address",
     "client_public_key", "hourly_cost", "warned", "attempts", "error", "worker_id", "progress_handle", "message_id", "own_key", "server_size",
+    "ready_token_hash", "server_up_at",
 ]
-_TIMES = {"created_at", "expires_at", "updated_at", "ready_at", "ended_at"}
+_TIMES = {"created_at", "expires_at", "updated_at", "ready_at", "ended_at", "server_up_at"}
 
 
 # Columns added after the first release: an older database gets them on open (SQLite can add a
@@ -119,6 +127,8 @@ ADDED_COLUMNS = {
     "sessions": {
         "own_key": "INTEGER NOT NULL DEFAULT 0",
         "server_size": "TEXT NOT NULL DEFAULT ''",
+        "ready_token_hash": "TEXT NOT NULL DEFAULT ''",
+        "server_up_at": "TEXT",
     },
 }
 
@@ -288,6 +298,17 @@ class SqliteStore:
             c.execute("DELETE FROM workers WHERE heartbeat_at < ?", ((worker.heartbeat_at - WORKER_TTL).isoformat(),))
 
         await self._run(op)
+
+    async def deployment_id(self) -> str:
+        """A random id made the first time and kept: it tells this deployment's cloud resources from
+        another's in a shared resource group (every replica on this store gets the same one)."""
+
+        def get_or_make() -> str:
+            candidate = "d" + secrets.token_hex(8)
+            self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment_id', ?)", (candidate,))
+            return self.conn.execute("SELECT value FROM meta WHERE key='deployment_id'").fetchone()[0]
+
+        return await self._run(get_or_make)
 
     async def workers(self) -> list[Worker]:
         rows = await self._run(lambda: self.conn.execute("SELECT * FROM workers").fetchall())

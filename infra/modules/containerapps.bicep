@@ -44,7 +44,11 @@ var registries = empty(registryServer) ? [] : [
   }
 ]
 // GroupMe's tokens are Container Apps secrets; the containers see them only through secretRef.
-var secrets = useGroupMe ? [
+// Container Apps refuses a secret with an empty value (ContainerAppSecretInvalid: "value or
+// keyVaultUrl and identity should be provided"), and the access token is optional (claim links
+// only): it becomes a secret, and an env var, only when given.
+var useGroupMeToken = useGroupMe && !empty(groupmeAccessToken)
+var secrets = concat(useGroupMe ? [
   {
     name: 'groupme-bot-id'
     value: groupmeBotId
@@ -53,12 +57,13 @@ var secrets = useGroupMe ? [
     name: 'groupme-callback-secret'
     value: groupmeCallbackSecret
   }
+] : [], useGroupMeToken ? [
   {
     name: 'groupme-access-token'
     value: groupmeAccessToken
   }
-] : []
-var groupmeEnv = useGroupMe ? [
+] : [])
+var groupmeEnv = concat(useGroupMe ? [
   {
     name: 'GROUPME_BOT_ID'
     secretRef: 'groupme-bot-id'
@@ -68,14 +73,15 @@ var groupmeEnv = useGroupMe ? [
     secretRef: 'groupme-callback-secret'
   }
   {
-    name: 'GROUPME_ACCESS_TOKEN'
-    secretRef: 'groupme-access-token'
-  }
-  {
     name: 'GROUPME_GROUP_ID'
     value: groupmeGroupId
   }
-] : []
+] : [], useGroupMeToken ? [
+  {
+    name: 'GROUPME_ACCESS_TOKEN'
+    secretRef: 'groupme-access-token'
+  }
+] : [])
 var publicUrl = 'https://${name}.${managedEnv.properties.defaultDomain}'
 // One set of settings for the app and the job: they are the same bot on the same store.
 var settings = [
@@ -119,6 +125,13 @@ var settings = [
   {
     name: 'VPN_INSTANCE_NAME'
     value: name
+  }
+  {
+    // Which VMs, IPs and disks in the session group are this deployment's (reconcile removes only
+    // those). Fixed here rather than the random id the store would keep, so that a new storage
+    // account or tablePrefix still recognises, and cleans up, what this deployment left running.
+    name: 'VPN_DEPLOYMENT_ID'
+    value: '${name}-${uniqueString(resourceGroup().id)}'
   }
   {
     name: 'VPN_PUBLIC_URL'

@@ -60,11 +60,13 @@ resource vnet 'Microsoft.Network/virtualNetworks@2024-01-01' = if (createNetwork
   }
 }
 
-// Custom role names are unique per tenant: the resource group's name keeps two deployments apart.
+// Custom role names are unique per tenant, not per subscription: a second deployment with the same
+// group name in another subscription of the tenant (dev and prod) would fail with "A role definition
+// cannot be updated with a name that already exists", so the name carries the subscription too.
 resource operatorRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: guid(resourceGroup().id, role.Name)
   properties: {
-    roleName: '${role.Name} (${resourceGroup().name})'
+    roleName: '${role.Name} (${resourceGroup().name}, ${subscription().subscriptionId})'
     description: role.Description
     type: 'CustomRole'
     permissions: [
