@@ -45,13 +45,10 @@ TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 APP_ID = "11111111-2222-3333-4444-555555555555"
 ALLOWED = {f"teams:{ALICE_AAD}", "groupme:111"}
 EXAMPLES_PER_MODE = int(os.environ.get("FUZZ_EXAMPLES", "2500"))  # x 2 modes: the issue asks for at least 5,000 cases
-# Found by this test inside the Teams turn (bot/channels/teams.py, issue 9 item 9): an activity
-# without `recipient` fails in remove_recipient_mention, one without `conversation` (or its `id`)
-# when the refusal is sent; all end in on_turn_error's traceback (HTTP answers stay 4xx/2xx).
-# Reported, not hidden: each shows as a warning; delete an entry once teams.py validates the fields.
+# Findings outside this test's reach, reported as warnings instead of failing: delete an entry once
+# fixed. (The Teams turn failures this test first found, a missing `recipient` or `conversation`,
+# are fixed in bot/channels/teams.py's check_activity and now fail the test if they come back.)
 KNOWN_ELSEWHERE = [
-    ("Teams turn failed -> AttributeError: 'NoneType' object has no attribute 'id'", "teams.py:", "on_message"),
-    ("Teams turn failed -> ValidationError: Parameter 'conversation_id' can not be None.", "teams.py:", "on_message"),
     # Seen once in ~20,000 dev-mode cases, cause not pinned down: a proactive reply to a fuzzed
     # conversation failed and bot/outbox.py logged it with a traceback (its log.exception).
     ("bot.outbox: sending a", "to teams failed"),
