@@ -18,6 +18,7 @@ from bot.outbox import Channel, Outbox
 from bot.service import SessionPolicy, VpnService
 from bot.sessions.model import utcnow
 from bot.sessions.sqlite import SqliteStore
+from bot.sessions.store import Store
 from bot.settings import Settings
 from bot.tasks import TaskRunner
 from provisioner.base import Provider
@@ -38,8 +39,20 @@ def policy_from(settings: Settings) -> SessionPolicy:
         keepalive=settings.wg_keepalive,
         sweep_seconds=settings.sweep_seconds,
         reconcile_seconds=settings.reconcile_seconds,
+        lease_seconds=settings.lease_seconds,
         public_url=settings.public_url,
     )
+
+
+def make_store(settings: Settings, credential=None) -> Store:
+    """The configured store; the Table Storage SDK is imported only when it is chosen."""
+    if settings.store == "azure-tables":
+        from bot.sessions.tables import TableStore
+
+        if settings.azure_storage_connection_string:
+            return TableStore.from_connection_string(settings.azure_storage_connection_string, prefix=settings.table_prefix)
+        return TableStore.from_endpoint(settings.azure_tables_endpoint, prefix=settings.table_prefix, credential=credential)
+    return SqliteStore(settings.store_path)
 
 
 class Runtime:
@@ -59,7 +72,7 @@ class Runtime:
         self.outbox = Outbox()
         for ch in channels:
             self.outbox.register(ch)
-        self.store = SqliteStore(settings.store_path)
+        self.store = make_store(settings)
         self.runner = TaskRunner()
         self.service = VpnService(self.store, provider, self.runner, self.outbox, policy_from(settings), clock=clock)
         registry = build_registry(self.service)

@@ -55,9 +55,8 @@ async def handler(request: web.Request) -> web.Response:
     if s is None or not s.ready_token_hash or not hmac.compare_digest(token_hash(token), s.ready_token_hash):
         return web.Response(status=404)
     if s.state is SessionState.PROVISIONING and s.server_up_at is None:
-        now = runtime.service.clock()
-        await runtime.store.save(s.with_changes(now, server_up_at=now))
-        log.info("session %s: the server reports its tunnel up", s.id)
+        if await runtime.service.record_server_up(s.id) is not None:  # a compare-and-set: once, whoever gets it
+            log.info("session %s: the server reports its tunnel up", s.id)
     elif s.state not in (SessionState.PROVISIONING, SessionState.READY):
         return web.Response(status=404)
     return web.Response(status=204)

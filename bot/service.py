@@ -10,9 +10,10 @@ import logging
 import os
 import socket
 import weakref
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from bot import metrics
 from bot.messages import ConversationRef, Identity, UserKey
@@ -21,6 +22,8 @@ from bot.outbox import ConfigDelivery, DeliveryError, Outbox
 from bot.sessions.model import (
     ACTIVE_STATES,
     IN_FLIGHT_STATES,
+    TERMINAL_STATES,
+    Conflict,
     Session,
     SessionState,
     new_session_id,
@@ -43,6 +46,22 @@ from provisioner.wireguard import (
 log = logging.getLogger(__name__)
 TEARDOWN_ATTEMPTS = 3
 CLEANUP_PATIENCE = 5 * 60.0  # how long one teardown keeps retrying what the cloud still holds (a NIC: ~3 min)
+CAS_ATTEMPTS = 100  # re-read and re-decide this often before giving up on a contended session
+SWEEP_CONCURRENCY = 16  # sessions a sweep works on at once (a remote store's latency adds up otherwise)
+
+
+async def _bounded(work: Sequence[Awaitable], limit: int) -> None:
+    """Await all of `work`, at most `limit` at once; one failure is logged and does not stop the rest."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(aw: Awaitable) -> None:
+        async with gate:
+            try:
+                await aw
+            except Exception:
+                log.exception("sweep: one session's work failed; the next sweep tries again")
+
+    await asyncio.gather(*(one(aw) for aw in work))
 
 
 @dataclass(frozen=True)
@@ -59,26 +78,38 @@ class SessionPolicy:
     keepalive: int = 25
     sweep_seconds: float = 10.0
     reconcile_seconds: float = 60.0
+    # Whoever works on a session holds a lease this long and renews it every third of it; another
+    # worker takes the work over only once the lease has expired (docs/decisions.md, "Leases").
+    lease_seconds: float = 30.0
     public_url: str = ""  # where servers that boot by themselves call back "tunnel up"
+
+    @property
+    def renew_seconds(self) -> float:
+        return self.lease_seconds / 3
 
 
 class Refused(Exception):
     """A request the service turns down, with the sentence to say to the user."""
 
 
+class LeaseLost(Exception):
+    """The session is no longer ours to work on: another worker took it over, or it is ending."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(f"session {session.id} is {session.state.value}, leased to {session.lease_owner or 'nobody'}")
+        self.session = session
+
+
+class _Holding:
+    """What a lease-renewal loop found out, for the work it guards."""
+
+    def __init__(self) -> None:
+        self.lost: Session | None = None
+
+
 def this_worker() -> Worker:
     host = socket.gethostname()
     return Worker(id=f"{host}:{os.getpid()}:{os.urandom(4).hex()}", host=host, pid=os.getpid(), heartbeat_at=utcnow())
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _render_delivery(session: Session, config_text: str, expires_note: str) -> ConfigDelivery:
@@ -113,6 +144,7 @@ class VpnService:
         self.worker = worker or this_worker()
         self._user_locks: "weakref.WeakValueDictionary[str, asyncio.Lock]" = weakref.WeakValueDictionary()
         self._wake = asyncio.Event()
+        self._handles: dict[str, str | None] = {}  # latest progress handle of each session we provision
         runner.set_error_handler(self._on_task_error)
 
     # ----- user commands -------------------------------------------------------------------------
@@ -152,7 +184,9 @@ class VpnService:
         lock = self._user_locks.get(owner)
         if lock is None:
             lock = self._user_locks[owner] = asyncio.Lock()
-        async with lock:  # two quick `/vpn start` from one person cannot make two servers
+        # Two quick `/vpn start` from one person in this process queue here; across processes the
+        # store's atomic caps decide (this lock only saves a doomed create).
+        async with lock:
             now = self.clock()
             session = Session(
                 id=new_session_id(),
@@ -167,10 +201,10 @@ class VpnService:
                 minutes=minutes,
                 updated_at=now,
                 hourly_cost=self.provider.hourly_cost(region),
-                worker_id=self.worker.id,
                 message_id=message_id or "",
                 client_public_key=public_key or "",
                 own_key=public_key is not None,
+                **self._lease(now),  # ours from the first moment: no other worker takes it for an orphan
             )
             outcome = await self.store.create_session(
                 session, per_user=self.policy.max_sessions_per_user, total=self.policy.max_sessions
@@ -218,22 +252,135 @@ class VpnService:
         mine = [s for s in await self.sessions_of(who) if s.state is SessionState.READY and session_id in (None, s.id)]
         if not mine:
             raise Refused("You have no running VPN session to extend. Use /vpn start for a new one.")
-        s = mine[0]
         minutes = self.policy.session_minutes if minutes is None else minutes
         if minutes < 1:
             raise Refused("Extend by at least 1 minute.")
-        latest_end = (s.ready_at or s.created_at) + timedelta(minutes=self.policy.max_session_minutes)
-        room = int((latest_end - s.expires_at).total_seconds() // 60)
-        if room < 1:
-            raise Refused(f"Session {s.id} is already at the maximum of {self.policy.max_session_minutes} minutes.")
-        if minutes > room:
-            raise Refused(f"Session {s.id} can be extended by at most {room} more minutes (the maximum is {self.policy.max_session_minutes}).")
-        now = self.clock()
-        s = s.with_changes(now, expires_at=s.expires_at + timedelta(minutes=minutes), warned=False)
-        await self.store.save(s)
+
+        def change(s: Session) -> Session:
+            if s.state is not SessionState.READY:
+                raise Refused(f"Session {s.id} is {s.state.value} now; there is nothing to extend.")
+            latest_end = (s.ready_at or s.created_at) + timedelta(minutes=self.policy.max_session_minutes)
+            room = int((latest_end - s.expires_at).total_seconds() // 60)
+            if room < 1:
+                raise Refused(f"Session {s.id} is already at the maximum of {self.policy.max_session_minutes} minutes.")
+            if minutes > room:
+                raise Refused(f"Session {s.id} can be extended by at most {room} more minutes (the maximum is {self.policy.max_session_minutes}).")
+            return s.with_changes(self.clock(), expires_at=s.expires_at + timedelta(minutes=minutes), warned=False)
+
+        s = await self._update(mine[0].id, change)
+        if s is None:
+            raise Refused("You have no running VPN session to extend. Use /vpn start for a new one.")
         self._wake.set()
         log.info("session %s extended by %d min", s.id, minutes)
         return s
+
+    async def record_server_up(self, session_id: str) -> Session | None:
+        """The server's "tunnel up" callback reached this replica: note it once, by compare-and-set."""
+
+        def change(s: Session) -> Session | None:
+            if s.state is not SessionState.PROVISIONING or s.server_up_at is not None:
+                return None
+            now = self.clock()
+            return s.with_changes(now, server_up_at=now)
+
+        return await self._update(session_id, change)
+
+    # ----- compare-and-set and leases --------------------------------------------------------------
+
+    async def _update(self, session_id: str, change: Callable[[Session], Session | None]) -> Session | None:
+        """Read, decide, compare-and-set; a lost race is re-read and decided again, never overwritten.
+
+        `change` returns the new session, or None for "nothing to do" (then so does this); it may raise."""
+        for _ in range(CAS_ATTEMPTS):
+            s = await self.store.get(session_id)
+            if s is None:
+                return None
+            new = change(s)
+            if new is None:
+                return None
+            try:
+                return await self.store.save(new)
+            except Conflict:
+                await asyncio.sleep(0)
+        raise Conflict(f"session {session_id}: gave up after {CAS_ATTEMPTS} concurrent writes")
+
+    def _lease(self, now: datetime) -> dict:
+        return {"lease_owner": self.worker.id, "lease_expires_at": now + timedelta(seconds=self.policy.lease_seconds)}
+
+    @staticmethod
+    def _unleased() -> dict:
+        return {"lease_owner": "", "lease_expires_at": None}
+
+    async def _owned(self, session_id: str, states: Sequence[SessionState], change: Callable[[Session], Session]) -> Session:
+        """A write by the lease holder: renews the lease; raises LeaseLost if the session is no longer ours."""
+
+        def guarded(s: Session) -> Session:
+            if s.lease_owner != self.worker.id or s.state not in states:
+                raise LeaseLost(s)
+            now = self.clock()
+            return change(s.with_changes(now, **self._lease(now)))
+
+        s = await self._update(session_id, guarded)
+        if s is None:
+            raise LeaseLost(Session(**{**_gone(session_id)}))
+        return s
+
+    @asynccontextmanager
+    async def _holding(self, session_id: str, states: Sequence[SessionState]) -> AsyncIterator[_Holding]:
+        """Renew our lease every third of its length while the body works. A lost lease is only
+        noted: the body finds out at its next write (each is a compare-and-set that checks the
+        lease), never by a cancel that could land after its last write had already succeeded."""
+        holding = _Holding()
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.policy.renew_seconds)
+                try:
+                    await self._owned(session_id, states, lambda s: s)
+                except LeaseLost as lost:
+                    holding.lost = lost.session
+                    return
+                except Exception:
+                    # A store hiccup: the lease outlives two more tries (renewal is at a third of it).
+                    log.exception("session %s: lease renewal failed; trying again", session_id)
+
+        renewer = asyncio.get_running_loop().create_task(renew(), name=f"lease:{session_id}")
+        try:
+            yield holding
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+
+    async def _release_lease(self, session_id: str) -> None:
+        """Let another worker take over at once (we are shutting down mid-work)."""
+        now = self.clock()
+
+        def change(s: Session) -> Session | None:
+            if s.lease_owner != self.worker.id or s.state in TERMINAL_STATES:
+                return None
+            return s.with_changes(now, lease_expires_at=now)
+
+        try:
+            await self._update(session_id, change)
+        except Exception:
+            log.exception("session %s: could not release the lease; it expires by itself", session_id)
+
+    def _address_reserver(self, session_id: str):
+        """For providers that hand out tunnel addresses: one holder per address across all replicas."""
+        scope = self.provider.name
+
+        async def reserve(address: str) -> bool:
+            for _ in range(3):
+                holder = await self.store.reserve_address(scope, address, session_id, self.clock())
+                if holder == session_id:
+                    return True
+                other = await self.store.get(holder) if holder else None
+                if other is not None and other.state not in TERMINAL_STATES:
+                    return False
+                await self.store.release_address(scope, address, holder)  # its session ended: stale
+            return False
+
+        return reserve
 
     # ----- provisioning ----------------------------------------------------------------------------
 
@@ -241,106 +388,151 @@ class VpnService:
         self.runner.start(f"provision:{session_id}", lambda: self._provision(session_id))
 
     async def _provision(self, session_id: str) -> None:
-        s = await self.store.get(session_id)
-        if s is None or s.state not in IN_FLIGHT_STATES:
+        seen: list[Session] = []
+
+        def claim(s: Session) -> Session | None:
+            now = self.clock()
+            if s.state not in IN_FLIGHT_STATES or s.leased_by_other(self.worker.id, now):
+                return None  # finished, ended, or someone else is on it
+            seen.append(s)
+            return s.moved(SessionState.PROVISIONING, now, attempts=s.attempts + 1, resource_id="", **self._lease(now))
+
+        s = await self._update(session_id, claim)
+        if s is None:
             return
+        previous = seen[-1]
         conv = s.conversation
-        previous = s
-        s = s.moved(SessionState.PROVISIONING, self.clock(), attempts=s.attempts + 1, worker_id=self.worker.id, resource_id="")
-        await self.store.save(s)
-        handle = await self.outbox.progress(conv, f"Setting up your VPN (session {s.id})…", s.progress_handle or None)
+        handle: str | None = None
         try:
-            if previous.attempts > 0:
-                # A previous attempt died with its keys: remove whatever it made before starting over.
+            async with self._holding(s.id, IN_FLIGHT_STATES) as holding:
+                await self._provision_owned(s, previous, conv, holding)
+        except LeaseLost as lost:
+            await self._after_lease_lost(s, lost.session)
+        except asyncio.CancelledError:
+            # A stop in this process (its teardown cleans up) or shutdown: hand the lease on at once.
+            await self._release_lease(s.id)
+            raise
+        except Exception as exc:
+            await self._fail(s.id, exc, self._handles.pop(s.id, None) or handle)
+        finally:
+            self._handles.pop(s.id, None)
+
+    async def _after_lease_lost(self, mine: Session, now_stored: Session) -> None:
+        if now_stored.state in (SessionState.EXPIRING, *TERMINAL_STATES):
+            # Stopped meanwhile: our `create` may have finished after the teardown's destroy.
+            log.info("session %s ended while we were provisioning it; removing what we made", mine.id)
+            try:
                 await self.provider.destroy(
-                    s.id, resource_id=previous.resource_id or None, peer_public_key=previous.client_public_key or None
+                    mine.id, resource_id=now_stored.resource_id or None, peer_public_key=now_stored.client_public_key or None
                 )
-            if s.own_key:
-                keys, psk, public = None, None, s.client_public_key
-            else:
-                keys = await asyncio.to_thread(generate_keypair)
-                psk = await asyncio.to_thread(generate_preshared_key)
-                public = keys.public
-            # The public key is stored before anything is created, so reconciliation can tie the
-            # resource to this session even if we crash before `create` returns.
-            callback_url, token_hash = server_up.new_callback(self.policy.public_url, s.id)
-            s = s.with_changes(
-                self.clock(), client_public_key=public, progress_handle=handle or "", ready_token_hash=token_hash, server_up_at=None
-            )
-            await self.store.save(s)
+            except Exception:
+                log.exception("session %s: cleanup after a stop failed; reconcile will retry", mine.id)
+        else:
+            log.warning("session %s was taken over by %s; this worker stops", mine.id, now_stored.lease_owner)
 
-            async def step(text: str) -> None:
-                nonlocal handle
-                handle = await self.outbox.progress(conv, f"Setting up your VPN: {text}…", handle)
-
-            spec = ServerSpec(
-                s.id, s.owner, s.region, s.expires_at, public, psk,
-                callback_url=callback_url, server_up=server_up.recorded(self.store, s.id),
+    async def _provision_owned(self, s: Session, previous: Session, conv: ConversationRef, holding: _Holding) -> None:
+        handle = await self.outbox.progress(conv, f"Setting up your VPN (session {s.id})…", s.progress_handle or None)
+        self._handles[s.id] = handle
+        if previous.attempts > 0:
+            # A previous attempt died with its keys: remove whatever it made before starting over.
+            await self.provider.destroy(
+                s.id, resource_id=previous.resource_id or None, peer_public_key=previous.client_public_key or None
             )
-            info = await asyncio.wait_for(self.provider.create(spec, step), self.policy.provision_timeout)
-            s = s.with_changes(
-                self.clock(),
+        if s.own_key:
+            keys, psk, public = None, None, s.client_public_key
+        else:
+            keys = await asyncio.to_thread(generate_keypair)
+            psk = await asyncio.to_thread(generate_preshared_key)
+            public = keys.public
+        # The public key is stored before anything is created, so reconciliation can tie the
+        # resource to this session even if we crash before `create` returns.
+        callback_url, token_hash = server_up.new_callback(self.policy.public_url, s.id)
+        s = await self._owned(
+            s.id,
+            IN_FLIGHT_STATES,
+            lambda x: x.with_changes(
+                x.updated_at, client_public_key=public, progress_handle=handle or "", ready_token_hash=token_hash, server_up_at=None
+            ),
+        )
+
+        async def step(text: str) -> None:
+            nonlocal handle
+            handle = await self.outbox.progress(conv, f"Setting up your VPN: {text}…", handle)
+            self._handles[s.id] = handle
+
+        spec = ServerSpec(
+            s.id, s.owner, s.region, s.expires_at, public, psk, reserve_address=self._address_reserver(s.id),
+            callback_url=callback_url, server_up=server_up.recorded(self.store, s.id),
+        )
+        if holding.lost is not None:
+            raise LeaseLost(holding.lost)  # stopped or taken over while we made keys: create nothing
+        info = await asyncio.wait_for(self.provider.create(spec, step), self.policy.provision_timeout)
+        # Recorded (and the lease renewed) right before delivery: a config goes out only while we own it.
+        s = await self._owned(
+            s.id,
+            IN_FLIGHT_STATES,
+            lambda x: x.with_changes(
+                x.updated_at,
                 endpoint=info.endpoint,
                 resource_id=info.resource_id,
                 client_address=info.client_address,
                 region=info.region,
                 hourly_cost=info.hourly_cost,
                 server_size=info.size,
+            ),
+        )
+        config_text = render_client_config(
+            ClientConfig(
+                private_key=keys.private if keys else None,
+                address=info.client_address,
+                server_public_key=info.server_public_key,
+                preshared_key=psk,
+                endpoint=info.endpoint,
+                dns=tuple(info.dns) or tuple(self.policy.dns),
+                allowed_ips=tuple(self.policy.allowed_ips),
+                keepalive=self.policy.keepalive,
             )
-            await self.store.save(s)
-            config_text = render_client_config(
-                ClientConfig(
-                    private_key=keys.private if keys else None,
-                    address=info.client_address,
-                    server_public_key=info.server_public_key,
-                    preshared_key=psk,
-                    endpoint=info.endpoint,
-                    dns=tuple(info.dns) or tuple(self.policy.dns),
-                    allowed_ips=tuple(self.policy.allowed_ips),
-                    keepalive=self.policy.keepalive,
-                )
-            )
-            if info.ready:
-                ends = self.clock() + timedelta(minutes=s.minutes)
-                note = f"Valid for {format_minutes(s.minutes * 60)}, until {ends:%H:%M} UTC."
-            else:
-                note = f"Valid for {format_minutes(s.minutes * 60)} from when the server is up."
-            if s.own_key:
-                # Nothing secret: the peer settings go to the conversation itself.
-                await self.outbox.text(conv, f"Peer settings for your own key (session {s.id}):\n{config_text}")
-                where = "Add these settings to your WireGuard tunnel."
-            else:
-                delivery = await asyncio.to_thread(_render_delivery, s, config_text, note)
-                del config_text, keys  # the private key lives only in `delivery` until the channel has it
-                where = await self.outbox.deliver(conv, Identity(UserKey.parse(s.owner), display_name=s.owner_label), delivery)
-                del delivery
-            metrics.config_delivered(s, self.clock())
-            if not info.ready:
-                # Cloud VMs: the config is complete once the address is known; the server boots meanwhile.
-                await self.outbox.text(conv, f"{where} The server is still booting: the tunnel comes up within about a minute, and I will tell you when it is up.")
-                await asyncio.wait_for(self.provider.wait_ready(spec, step), self.policy.provision_timeout)
-            ready_at = self.clock()
-            expires_at = ready_at + timedelta(minutes=s.minutes)
-            recorded = await self.store.get(s.id)  # the server-up callback may have been recorded meanwhile, by any replica
-            s = s.moved(
-                SessionState.READY, ready_at, ready_at=ready_at, expires_at=expires_at, error="",
-                server_up_at=recorded.server_up_at if recorded else None,
-            )
-            await self.store.save(s)
-            metrics.session_ready(s)
-            await self.outbox.progress(conv, f"Your VPN is ready (session {s.id}).", handle)
-            if info.ready:
-                await self.outbox.text(conv, f"{where} Session {s.id} ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
-            else:
-                await self.outbox.text(conv, f"Your VPN server is up (session {s.id}). It ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
-            log.info("session %s ready at %s after %.2fs", s.id, info.endpoint, (ready_at - s.created_at).total_seconds())
-            self._wake.set()
-        except asyncio.CancelledError:
-            raise  # stop or shutdown: whoever cancelled owns the cleanup (or the next start resumes)
-        except Exception as exc:
-            await self._fail(s.id, exc, handle)
+        )
+        if info.ready:
+            ends = self.clock() + timedelta(minutes=s.minutes)
+            note = f"Valid for {format_minutes(s.minutes * 60)}, until {ends:%H:%M} UTC."
+        else:
+            note = f"Valid for {format_minutes(s.minutes * 60)} from when the server is up."
+        if s.own_key:
+            # Nothing secret: the peer settings go to the conversation itself.
+            await self.outbox.text(conv, f"Peer settings for your own key (session {s.id}):\n{config_text}")
+            where = "Add these settings to your WireGuard tunnel."
+        else:
+            delivery = await asyncio.to_thread(_render_delivery, s, config_text, note)
+            del config_text, keys  # the private key lives only in `delivery` until the channel has it
+            where = await self.outbox.deliver(conv, Identity(UserKey.parse(s.owner), display_name=s.owner_label), delivery)
+            del delivery
+        metrics.config_delivered(s, self.clock())
+        if not info.ready:
+            # Cloud VMs: the config is complete once the address is known; the server boots meanwhile.
+            await self.outbox.text(conv, f"{where} The server is still booting: the tunnel comes up within about a minute, and I will tell you when it is up.")
+            if holding.lost is not None:
+                raise LeaseLost(holding.lost)
+            await asyncio.wait_for(self.provider.wait_ready(spec, step), self.policy.provision_timeout)
+        ready_at = self.clock()
+        expires_at = ready_at + timedelta(minutes=s.minutes)
+        s = await self._owned(
+            s.id,
+            IN_FLIGHT_STATES,
+            # x is the stored session: a server-up callback recorded meanwhile (any replica) is kept.
+            lambda x: x.moved(SessionState.READY, ready_at, ready_at=ready_at, expires_at=expires_at, error="", **self._unleased()),
+        )
+        metrics.session_ready(s)
+        await self.outbox.progress(conv, f"Your VPN is ready (session {s.id}).", handle)
+        if info.ready:
+            await self.outbox.text(conv, f"{where} Session {s.id} ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
+        else:
+            await self.outbox.text(conv, f"Your VPN server is up (session {s.id}). It ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
+        log.info("session %s ready at %s after %.2fs", s.id, info.endpoint, (ready_at - s.created_at).total_seconds())
+        self._wake.set()
 
     async def _fail(self, session_id: str, exc: Exception, handle: str | None) -> None:
+        """Mark a session we work on failed (the compare-and-set decides it is ours to fail), clean up, tell."""
         if isinstance(exc, ProvisionError):
             reason = exc.user_message
             log.error("session %s failed: %s", session_id, exc)
@@ -353,8 +545,16 @@ class VpnService:
         else:
             reason = "something went wrong on our side (an admin can find the details in the log)"
             log.exception("session %s failed unexpectedly", session_id, exc_info=exc)
-        s = await self.store.get(session_id)
+
+        def change(s: Session) -> Session | None:
+            now = self.clock()
+            if s.state not in IN_FLIGHT_STATES or s.leased_by_other(self.worker.id, now):
+                return None  # stopped meanwhile, or another worker took it over: theirs to finish
+            return s.moved(SessionState.FAILED, now, error=reason[:300], ended_at=now, **self._unleased())
+
+        s = await self._update(session_id, change)
         if s is None:
+            log.info("session %s: not failing it, it moved on meanwhile", session_id)
             return
         tail = "Nothing was left running."
         try:
@@ -369,58 +569,74 @@ class VpnService:
             log.exception("session %s: cleanup after failure failed; reconcile will retry", s.id)
         if s.endpoint and not s.own_key and not isinstance(exc, DeliveryError):
             tail = f"The config I sent for it will not work; please delete it. {tail}"
-        now = self.clock()
-        if s.state in IN_FLIGHT_STATES:
-            s = s.moved(SessionState.FAILED, now, error=reason[:300], ended_at=now)
-            await self.store.save(s)
-            metrics.session_failed(exc)
+        metrics.session_failed(exc)
         await self.outbox.retract(s.conversation, s.id)  # a config already sent is worthless now: take it back
-        await self.store.purge_claims(now, session_id=s.id)
-        await self.outbox.progress(s.conversation, f"Setting up your VPN failed (session {s.id}).", handle)
+        await self._ended(s)
+        await self.outbox.progress(s.conversation, f"Setting up your VPN failed (session {s.id}).", handle or s.progress_handle or None)
         await self.outbox.text(s.conversation, f"Sorry, I could not set up your VPN: {reason}. {tail} You can try /vpn start again.")
+
+    async def _ended(self, s: Session) -> None:
+        """What a session held besides its resources: addresses and sealed configs."""
+        await self.store.release_addresses(s.id)
+        await self.store.purge_claims(self.clock(), session_id=s.id)  # an unclaimed config is worthless now: erase it
 
     # ----- teardown ------------------------------------------------------------------------------
 
     async def _begin_teardown(self, session_id: str, reason: str) -> bool:
+        """Move the session to `expiring` under our lease (a stop wins over provisioning) and tear it down."""
         await self.runner.cancel(f"provision:{session_id}")
-        s = await self.store.get(session_id)
-        if s is None or s.state not in ACTIVE_STATES:
-            return False
-        if s.state is not SessionState.EXPIRING:
-            s = s.moved(SessionState.EXPIRING, self.clock())
-            await self.store.save(s)
-        self.runner.start(f"teardown:{s.id}", lambda: self._teardown(s.id, reason))
-        return True
+        active = False
+
+        def change(s: Session) -> Session | None:
+            nonlocal active
+            now = self.clock()
+            active = s.state in ACTIVE_STATES
+            if not active:
+                return None
+            if s.state is SessionState.EXPIRING:
+                if s.leased_by_other(self.worker.id, now):
+                    return None  # someone is tearing it down already
+                return s.with_changes(now, **self._lease(now))
+            return s.moved(SessionState.EXPIRING, now, end_reason=reason, **self._lease(now))
+
+        s = await self._update(session_id, change)
+        if s is not None:
+            self.runner.start(f"teardown:{s.id}", lambda: self._teardown(s.id, reason))
+        return active
 
     async def _teardown(self, session_id: str, reason: str) -> None:
         s = await self.store.get(session_id)
-        if s is None or s.state is not SessionState.EXPIRING:
+        if s is None or s.state is not SessionState.EXPIRING or s.lease_owner != self.worker.id:
             return
-        attempt, waited = 0, 0.0
-        while True:
-            try:
-                await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
-                break
-            except CleanupIncomplete as exc:  # the cloud is still holding something: not a failed attempt
-                if waited >= CLEANUP_PATIENCE:
-                    raise  # still `expiring`: the sweeper starts over
-                log.warning("session %s: %s; trying again in %.0f s", s.id, exc, exc.retry_after)
-                await asyncio.sleep(exc.retry_after)
-                waited += exc.retry_after
-            except Exception:
-                attempt += 1
-                log.exception("session %s: teardown attempt %d failed", s.id, attempt)
-                if attempt == TEARDOWN_ATTEMPTS:
-                    raise  # still `expiring`: the sweeper tries again on its next pass
-                await asyncio.sleep(2 ** (attempt - 1))
-        now = self.clock()
-        s = s.moved(SessionState.DELETED, now, ended_at=now)
-        await self.store.save(s)
+        try:
+            async with self._holding(s.id, (SessionState.EXPIRING,)):
+                attempt, waited = 0, 0.0
+                while True:
+                    try:
+                        await self.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
+                        break
+                    except CleanupIncomplete as exc:  # the cloud is still holding something: not a failed attempt
+                        if waited >= CLEANUP_PATIENCE:
+                            raise  # still `expiring`: the sweeper starts over
+                        log.warning("session %s: %s; trying again in %.0f s", s.id, exc, exc.retry_after)
+                        await asyncio.sleep(exc.retry_after)
+                        waited += exc.retry_after
+                    except Exception:
+                        attempt += 1
+                        log.exception("session %s: teardown attempt %d failed", s.id, attempt)
+                        if attempt == TEARDOWN_ATTEMPTS:
+                            raise  # still `expiring`: the sweeper tries again on its next pass
+                        await asyncio.sleep(2 ** (attempt - 1))
+                now = self.clock()
+                s = await self._owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **self._unleased()))
+        except LeaseLost as lost:
+            log.info("session %s: teardown handed over (%s)", session_id, lost)
+            return
         metrics.teardown_done(s)
         await self.outbox.retract(s.conversation, s.id)
-        await self.store.purge_claims(now, session_id=s.id)  # an unclaimed config is worthless now: erase it
-        log.info("session %s deleted (%s)", s.id, reason)
-        await self.outbox.text(s.conversation, f"Your VPN session {s.id} has ended ({reason}). Use /vpn start for a new one.")
+        await self._ended(s)
+        log.info("session %s deleted (%s)", s.id, s.end_reason or reason)
+        await self.outbox.text(s.conversation, f"Your VPN session {s.id} has ended ({s.end_reason or reason}). Use /vpn start for a new one.")
 
     async def _on_task_error(self, name: str, exc: BaseException) -> None:
         kind, _, session_id = name.partition(":")
@@ -433,63 +649,88 @@ class VpnService:
     # ----- time-driven work -------------------------------------------------------------------------
 
     async def sweep(self, *, resume: bool = True) -> datetime | None:
-        """Warn, expire, finish interrupted teardowns, recover orphaned provisioning; returns when to look again."""
+        """Warn, expire, finish interrupted teardowns, take over provisioning whose lease expired;
+        returns when to look again. Every decision is a compare-and-set, so any number of replicas
+        (and `reap`) may sweep at once and each notice is sent once."""
         now = self.clock()
         await self.store.heartbeat(Worker(self.worker.id, self.worker.host, self.worker.pid, now))
         await self.store.purge_claims(now)
         next_due: datetime | None = None
         warn = timedelta(minutes=self.policy.warn_minutes)
+        due: list[Awaitable] = []  # per-session work, run a few at once (each is a store round trip or more)
         for s in await self.store.sessions([SessionState.READY]):
             if now >= s.expires_at:
-                await self._begin_teardown(s.id, "time is up")
+                due.append(self._begin_teardown(s.id, "time is up"))
                 continue
             if self.policy.warn_minutes and not s.warned and s.minutes > self.policy.warn_minutes:
                 warn_at = s.expires_at - warn
                 if now >= warn_at:
-                    await self.store.save(s.with_changes(now, warned=True))
-                    await self.outbox.text(
-                        s.conversation,
-                        f"Your VPN session {s.id} ends in {format_minutes(s.time_left(now))}. "
-                        f"Type /vpn extend {self.policy.session_minutes} to keep it longer.",
-                    )
+                    due.append(self._warn(s.id, now))
                 else:
                     next_due = min(filter(None, (next_due, warn_at)))
             next_due = min(filter(None, (next_due, s.expires_at)))
         for s in await self.store.sessions([SessionState.EXPIRING]):
-            if self.runner.get(f"teardown:{s.id}") is None:
-                self.runner.start(f"teardown:{s.id}", lambda sid=s.id: self._teardown(sid, "ended"))
-        await self._recover_orphans(now, resume=resume)
+            if self.runner.get(f"teardown:{s.id}") is None and not s.leased_by_other(self.worker.id, now):
+                due.append(self._begin_teardown(s.id, s.end_reason or "ended"))
+            elif s.lease_expires_at is not None:
+                next_due = min(filter(None, (next_due, s.lease_expires_at)))
+        await _bounded(due, SWEEP_CONCURRENCY)
+        next_due = min(filter(None, (next_due, await self._recover_orphans(now, resume=resume))), default=None)
         return next_due
 
-    async def _recover_orphans(self, now: datetime, *, resume: bool) -> None:
-        in_flight = await self.store.sessions(IN_FLIGHT_STATES)
-        if not in_flight:
-            return
-        workers = {w.id: w for w in await self.store.workers()}
-        stale = timedelta(seconds=max(3 * self.policy.sweep_seconds, 5))
-        for s in in_flight:
-            if s.worker_id == self.worker.id:
-                if self.runner.get(f"provision:{s.id}") is not None:
-                    continue
-            else:
-                w = workers.get(s.worker_id)
-                alive = w is not None and now - w.heartbeat_at < stale and (w.host != self.worker.host or _pid_alive(w.pid))
-                if alive:
-                    continue
-            if resume and s.attempts < self.policy.max_attempts and now < s.expires_at:
-                log.warning("session %s was interrupted mid-provisioning; starting over", s.id)
-                s = s.with_changes(now, worker_id=self.worker.id)
-                await self.store.save(s)
-                await self.outbox.text(s.conversation, f"The VPN bot restarted while setting up session {s.id}; starting over.")
+    async def _warn(self, session_id: str, now: datetime) -> None:
+        warn = timedelta(minutes=self.policy.warn_minutes)
+
+        def change(s: Session) -> Session | None:
+            if s.state is not SessionState.READY or s.warned or now < s.expires_at - warn:
+                return None  # another replica warned, or the session was extended or ended
+            return s.with_changes(now, warned=True)
+
+        s = await self._update(session_id, change)
+        if s is not None:
+            await self.outbox.text(
+                s.conversation,
+                f"Your VPN session {s.id} ends in {format_minutes(s.time_left(now))}. "
+                f"Type /vpn extend {self.policy.session_minutes} to keep it longer.",
+            )
+
+    async def _recover_orphans(self, now: datetime, *, resume: bool) -> datetime | None:
+        """Take over provisioning whose lease expired (its worker is gone or stuck), decided by a
+        compare-and-set on the re-read session: a task that just finished is never taken for an orphan."""
+        next_due: datetime | None = None
+        for s in await self.store.sessions(IN_FLIGHT_STATES):
+            if self.runner.get(f"provision:{s.id}") is not None:
+                continue  # ours, running (its lease is renewed)
+            if s.leased_by_other(self.worker.id, now):
+                next_due = min(filter(None, (next_due, s.lease_expires_at)))
+                continue
+
+            def take(x: Session) -> Session | None:
+                if x.state not in IN_FLIGHT_STATES or x.leased_by_other(self.worker.id, now):
+                    return None
+                return x.with_changes(now, **self._lease(now))
+
+            took = await self._update(s.id, take)
+            if took is None:
+                continue
+            if self.runner.get(f"provision:{s.id}") is not None:
+                continue
+            if resume and took.attempts < self.policy.max_attempts and now < took.expires_at:
+                log.warning("session %s was interrupted mid-provisioning (lease of %s expired); starting over", s.id, s.lease_owner or "nobody")
+                await self.outbox.text(took.conversation, f"The VPN bot restarted while setting up session {s.id}; starting over.")
                 self._start_provisioning(s.id)
             else:
                 log.warning("session %s was interrupted mid-provisioning; cleaning up", s.id)
-                await self._fail(s.id, ProvisionError("the VPN bot restarted while setting it up"), s.progress_handle or None)
+                await self._fail(s.id, ProvisionError("the VPN bot restarted while setting it up"), took.progress_handle or None)
+        return next_due
 
     async def reconcile(self) -> int:
         """Delete provider resources that no active session owns (a lost store, a crash, a bug)."""
+        # Active before the listing (a teardown finishing meanwhile destroys its own) or after it (a
+        # session created meanwhile stored its key before making anything): not orphans.
+        before = await self.store.sessions(ACTIVE_STATES)
         resources = await self.provider.list_managed()
-        active = await self.store.sessions(ACTIVE_STATES)
+        active = before + await self.store.sessions(ACTIVE_STATES)
         ids = {s.id for s in active}
         keys = {s.client_public_key for s in active if s.client_public_key}
         removed = 0
@@ -534,9 +775,19 @@ class VpnService:
                 pass
 
     async def reap_once(self) -> int:
-        """One pass for a scheduler: expire, finish teardowns, clean up orphans, reconcile; waits for it all."""
+        """One pass for a scheduler with no `serve` running: everything the sweeper does (warn, expire,
+        finish teardowns, clean up provisioning whose lease expired), then reconcile; waits for it all."""
         await self.sweep(resume=False)
         await self.runner.wait_idle()
         removed = await self.reconcile()
         await self.runner.wait_idle()
         return removed
+
+
+def _gone(session_id: str) -> dict:
+    """A stand-in for a session that vanished from the store, for LeaseLost."""
+    now = utcnow()
+    return dict(
+        id=session_id, owner="", owner_label="", conversation=ConversationRef("", {}), state=SessionState.DELETED,
+        provider="", region="", created_at=now, expires_at=now, minutes=0, updated_at=now,
+    )

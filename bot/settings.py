@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
@@ -17,6 +17,7 @@ from provisioner.wireguard import DEFAULT_ALLOWED_IPS, parse_allowed_ips
 
 T = TypeVar("T")
 PROVIDERS = ("dryrun", "host", "azure")
+STORES = ("sqlite", "azure-tables")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -51,6 +52,11 @@ class Settings:
     sweep_seconds: float = 10.0
     reconcile_seconds: float = 60.0
     provision_timeout_seconds: float = 600.0
+    store: str = "sqlite"
+    azure_storage_connection_string: str = field(default="", repr=False)  # a secret (account key): never logged
+    azure_tables_endpoint: str = ""
+    table_prefix: str = "vpn"
+    lease_seconds: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_port: int = 9464
@@ -141,6 +147,11 @@ class Settings:
             sweep_seconds=r.number("VPN_SWEEP_SECONDS", 10.0, 0.2, 3600.0),
             reconcile_seconds=r.number("VPN_RECONCILE_SECONDS", 60.0, 1.0, 86400.0),
             provision_timeout_seconds=r.number("VPN_PROVISION_TIMEOUT_SECONDS", 600.0, 5.0, 86400.0),
+            store=r.choice("VPN_STORE", "sqlite", STORES),
+            azure_storage_connection_string=r.text("AZURE_STORAGE_CONNECTION_STRING", ""),
+            azure_tables_endpoint=r.parse("AZURE_TABLES_ENDPOINT", "", _public_url, "an https:// URL such as https://<account>.table.core.windows.net"),
+            table_prefix=r.parse("VPN_TABLE_PREFIX", "vpn", _table_prefix, "1-30 letters or digits, starting with a letter"),
+            lease_seconds=r.number("VPN_LEASE_SECONDS", 30.0, 3.0, 3600.0),
             log_level=r.choice("VPN_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             log_format=r.choice("VPN_LOG_FORMAT", "text", ("text", "json")),
             metrics_port=r.integer("VPN_METRICS_PORT", 9464, 0, 65535),
@@ -187,6 +198,11 @@ class Settings:
         if s.max_session_minutes < s.session_minutes:
             raise SettingsError(
                 f"VPN_MAX_SESSION_MINUTES ({s.max_session_minutes}) must be at least VPN_SESSION_MINUTES ({s.session_minutes})"
+            )
+        if s.store == "azure-tables" and not (s.azure_storage_connection_string or s.azure_tables_endpoint):
+            raise SettingsError(
+                "VPN_STORE=azure-tables needs AZURE_STORAGE_CONNECTION_STRING (account keys or Azurite) or "
+                "AZURE_TABLES_ENDPOINT (https://<account>.table.core.windows.net, with a managed identity)"
             )
         if s.metrics_port and s.metrics_port == s.port:
             raise SettingsError(f"VPN_METRICS_PORT={s.metrics_port} is the bot's PORT: metrics are never served on the public port (0 turns them off)")
@@ -244,6 +260,11 @@ class Settings:
         return s
 
 
+def _table_prefix(text: str) -> str:
+    # Table names are 3-63 letters or digits starting with a letter; the longest suffix is 10 characters.
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,29}", text):
+        raise ValueError(text)
+    return text
 def environment() -> dict[str, str]:
     """The process environment over the `.env` file (`VPN_ENV_FILE`): the real environment wins."""
     return {**read_env_file(Path(os.environ.get("VPN_ENV_FILE", ".env"))), **os.environ}

@@ -13,6 +13,10 @@ from typing import Awaitable, Callable, Protocol, Sequence
 from provisioner.wireguard import Secret
 
 ProgressFn = Callable[[str], Awaitable[None]]
+# Asks whoever keeps the sessions to reserve a tunnel address for this session; False when another
+# live session holds it. Atomic across every process sharing the store, unlike anything a provider
+# can see locally (two processes reading the same free address from `wg show` both take it).
+ReserveAddressFn = Callable[[str], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,9 @@ class ServerSpec:
     expires_at: datetime
     client_public_key: str
     preshared_key: Secret | None
+    # Providers that hand out addresses from a pool call this for each candidate before using it;
+    # None (a single process, or a test) means the provider's own view is all there is.
+    reserve_address: ReserveAddressFn | None = field(default=None, repr=False, compare=False)
     # Where the server POSTs "my tunnel is up" (the URL carries a one-time token: secret), and how
     # the waiting side learns that it did, from whichever replica received it (None: no callback).
     callback_url: Secret | None = None

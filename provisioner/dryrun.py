@@ -7,10 +7,10 @@ restarts, `reap` and reconciliation behave as they would against a real back end
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Sequence
@@ -40,7 +40,7 @@ class DryRunProvider:
         self._step_seconds = step_seconds
         self._fail_step = fail_step
         self._cost = hourly_cost
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dryrun")
+        self._lock = asyncio.Lock()
 
     @property
     def regions(self) -> Sequence[str]:
@@ -60,8 +60,31 @@ class DryRunProvider:
         return info
 
     async def _record(self, spec: ServerSpec) -> ServerInfo:
-        server_key = (await asyncio.to_thread(generate_keypair)).public  # CPU work outside the file's turn
-        entry = await self._in_turn(self._record_sync, spec, server_key)
+        async with self._lock:
+            state = await asyncio.to_thread(self._load)
+            entry = state.get(spec.session_id)
+            if entry is None:
+                taken = [ipaddress.ip_address(e["client_ip"]) for e in state.values()]
+                taken.append(next(self._pool.hosts()))  # the simulated server's own address
+                while True:
+                    ip = free_address(self._pool, taken)
+                    if ip is None:
+                        raise ProvisionError("no tunnel address is free; try again later", detail=f"pool {self._pool} full")
+                    if spec.reserve_address is None or await spec.reserve_address(str(ip)):
+                        break
+                    taken.append(ip)  # another process holds it
+                host_octet = 10 + len(state) % 240
+                new = {
+                    "session_id": spec.session_id,
+                    "owner": spec.owner,
+                    "region": spec.region,
+                    "client_ip": str(ip),
+                    "client_public_key": spec.client_public_key,
+                    "server_public_key": (await asyncio.to_thread(generate_keypair)).public,
+                    "endpoint": f"192.0.2.{host_octet}:{DEFAULT_PORT}",
+                    "expires_at": spec.expires_at.isoformat(),
+                }
+                entry = await asyncio.to_thread(self._mutate, lambda st: st.setdefault(spec.session_id, new))
         return ServerInfo(
             resource_id=f"dryrun-{spec.session_id}",
             endpoint=entry["endpoint"],
@@ -75,43 +98,11 @@ class DryRunProvider:
         return None  # create() returns a working server
 
     async def destroy(self, session_id: str, *, resource_id: str | None = None, peer_public_key: str | None = None) -> None:
-        await self._in_turn(self._destroy_sync, session_id)
-
-    async def _in_turn(self, fn, *args):
-        """File work runs on the provider's own thread, one read-modify-write at a time: one hop per
-        call, never queued behind other work (QR codes, keys) in the shared thread pool."""
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
-
-    def _record_sync(self, spec: ServerSpec, server_key: str) -> dict:
-        state = self._load()
-        entry = state.get(spec.session_id)
-        if entry is None:
-            taken = [ipaddress.ip_address(e["client_ip"]) for e in state.values()]
-            taken.append(next(self._pool.hosts()))  # the simulated server's own address
-            ip = free_address(self._pool, taken)
-            if ip is None:
-                raise ProvisionError("no tunnel address is free; try again later", detail=f"pool {self._pool} full")
-            entry = {
-                "session_id": spec.session_id,
-                "owner": spec.owner,
-                "region": spec.region,
-                "client_ip": str(ip),
-                "client_public_key": spec.client_public_key,
-                "server_public_key": server_key,
-                "endpoint": f"192.0.2.{10 + len(state) % 240}:{DEFAULT_PORT}",
-                "expires_at": spec.expires_at.isoformat(),
-            }
-            state[spec.session_id] = entry
-            self._save(state)
-        return entry
-
-    def _destroy_sync(self, session_id: str) -> None:
-        state = self._load()
-        if state.pop(session_id, None) is not None:
-            self._save(state)
+        async with self._lock:
+            await asyncio.to_thread(self._mutate, lambda st: st.pop(session_id, None))
 
     async def list_managed(self) -> list[ManagedResource]:
-        state = await self._in_turn(self._load)  # ordered after every create/destroy already asked for
+        state = await asyncio.to_thread(self._load)
         return [
             ManagedResource(
                 resource_id=f"dryrun-{sid}",
@@ -123,7 +114,7 @@ class DryRunProvider:
         ]
 
     async def close(self) -> None:
-        return None  # the file thread is idle between calls; a provider may outlive one runtime
+        return None
 
     def _load(self) -> dict:
         try:
@@ -133,7 +124,19 @@ class DryRunProvider:
         except json.JSONDecodeError:
             return {}
 
+    def _mutate(self, change):
+        """Load, change, save under an exclusive file lock: several bot processes may share the file."""
+        with open(self._state_file.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = self._load()
+                result = change(state)
+                self._save(state)
+                return result
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _save(self, state: dict) -> None:
-        tmp = self._state_file.with_suffix(".tmp")
+        tmp = self._state_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state, sort_keys=True))  # no indent: the C encoder, ~10x faster at 1,000 entries
         os.replace(tmp, self._state_file)

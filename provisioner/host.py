@@ -58,14 +58,11 @@ class HostProvider:
             existing = peers.get(spec.client_public_key)
             if existing:  # a retry: the peer is already there
                 ip = existing[0]
+                if spec.reserve_address is not None:
+                    await spec.reserve_address(str(ip))
             else:
                 taken = [a for addrs in peers.values() for a in addrs] + await self._interface_addresses()
-                ip = free_address(self._pool, taken)
-                if ip is None:
-                    raise ProvisionError(
-                        "every tunnel address is in use right now; try again later",
-                        detail=f"pool {self._pool} on {self._interface} is full",
-                    )
+                ip = await self._reserve_free(spec, taken)
                 args = [*self._wg, "set", self._interface, "peer", spec.client_public_key]
                 psk = None
                 if spec.preshared_key is not None:
@@ -82,6 +79,20 @@ class HostProvider:
             region="host",
             hourly_cost=self._cost,
         )
+
+    async def _reserve_free(self, spec: ServerSpec, taken: list):
+        """The first free pool address that is also ours in the shared reservation (other bot
+        processes on this interface race for the same free addresses; the store decides)."""
+        while True:
+            ip = free_address(self._pool, taken)
+            if ip is None:
+                raise ProvisionError(
+                    "every tunnel address is in use right now; try again later",
+                    detail=f"pool {self._pool} on {self._interface} is full",
+                )
+            if spec.reserve_address is None or await spec.reserve_address(str(ip)):
+                return ip
+            taken.append(ip)
 
     async def wait_ready(self, spec: ServerSpec, progress: ProgressFn) -> None:
         return None  # create() returns a working server

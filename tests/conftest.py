@@ -97,18 +97,43 @@ def channel() -> RecordingChannel:
     return RecordingChannel()
 
 
+@pytest.fixture(scope="session")
+def azurite():
+    """Azurite's table service on 127.0.0.1, shared by the session; tests isolate by table prefix."""
+    from tests.azurite import Azurite
+
+    server = Azurite().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def make_runtime(tmp_path, clock, channel):
+def store_backend(request) -> str:
+    """sqlite unless a test module parametrises it (indirect) over both back ends."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def store_env(request, store_backend) -> dict[str, str]:
+    """The settings that put a runtime on the chosen store; one test's tables are its own."""
+    if store_backend == "sqlite":
+        return {"VPN_STORE": "sqlite"}
+    server = request.getfixturevalue("azurite")
+    return {"VPN_STORE": "azure-tables", "AZURE_STORAGE_CONNECTION_STRING": server.connection_string, "VPN_TABLE_PREFIX": server.prefix()}
+
+
+@pytest.fixture
+def make_runtime(tmp_path, clock, channel, store_env):
     """Build a Runtime on tmp_path with settings from keyword overrides; enter it with `async with`."""
 
-    def build(*, users: str = "test:alice,test:bob", admins: str = "test:root", provider=None, channels=None, **env) -> Runtime:
-        values = {"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": users, "VPN_ADMINS": admins, "VPN_METRICS_PORT": "0"}
+    def build(*, users: str = "test:alice,test:bob", admins: str = "test:root", provider=None, channels=None, clock_fn=None, **env) -> Runtime:
+        values = {"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": users, "VPN_ADMINS": admins, "VPN_METRICS_PORT": "0", **store_env}
         values.update({k: str(v) for k, v in env.items()})
         settings = Settings.from_env(values)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         provider = provider or make_provider(settings)
         access = AccessPolicy.from_text(settings.users, settings.admins)
-        return Runtime(settings, provider, access, [channel] if channels is None else channels, clock=clock, background=False)
+        return Runtime(settings, provider, access, [channel] if channels is None else channels, clock=clock_fn or clock, background=False)
 
     return build
 

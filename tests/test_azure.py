@@ -293,6 +293,7 @@ async def test_crash_between_steps_then_restart_leaves_one_sessions_worth(arm, t
         AZURE_RESOURCE_GROUP="vpn-rg",
         AZURE_ARM_ENDPOINT=arm.base_url,
         AZURE_POLL_SECONDS="0",
+        VPN_LEASE_SECONDS="3",  # the killed process's lease: the next one takes over once it expires
     )
     arm.latency["PUT virtualMachines"] = 5.0
     first = await asyncio.create_subprocess_exec(
@@ -313,6 +314,7 @@ async def test_crash_between_steps_then_restart_leaves_one_sessions_worth(arm, t
     assert arm.session_resources(session_id)  # the crash left resources behind
 
     arm.latency.clear()
+    await asyncio.sleep(3)  # the dead process's lease runs out
 
     async def console(*commands: str) -> str:
         proc = await asyncio.create_subprocess_exec(

@@ -103,13 +103,14 @@ def test_expiry_of_a_running_session_removes_its_files(tmp_path):
 
 
 def test_crash_mid_provisioning_then_restart_resumes(tmp_path):
-    env = app_env(tmp_path / "data", VPN_DRYRUN_STEP_SECONDS="2")
+    env = app_env(tmp_path / "data", VPN_DRYRUN_STEP_SECONDS="2", VPN_LEASE_SECONDS="3")
     live = LiveConsole(env, "--out", str(tmp_path / "first"))
     live.type("/vpn start")
     live.wait_for("creating server")
     log = live.kill()
     assert not (tmp_path / "first").exists()
-    resumed = console(["/vpn status"], app_env(tmp_path / "data"), "--out", str(tmp_path / "second"))
+    time.sleep(3)  # the killed process's lease runs out; only then may another process take the work over
+    resumed = console(["/vpn status"], app_env(tmp_path / "data", VPN_LEASE_SECONDS="3"), "--out", str(tmp_path / "second"))
     assert resumed.returncode == 0, resumed.stderr
     assert "restarted while setting up" in resumed.stdout
     (conf,) = (tmp_path / "second").glob("*.conf")

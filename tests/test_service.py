@@ -3,13 +3,21 @@
 Time is a fake clock; sweeps are called by hand, so expiry, warnings and recovery are deterministic.
 """
 import asyncio
+import dataclasses
 import json
 import sqlite3
+from datetime import timedelta
 
+
+import pytest
 
 from bot.sessions.model import SessionState
 from tests.conftest import incoming
 from tests.qrtools import decode_qr
+
+
+# Every service test runs on both stores: the embedded SQLite file and Table Storage (Azurite).
+pytestmark = pytest.mark.parametrize("store_backend", ["sqlite", "azure-tables"], indirect=True)
 
 
 async def settle(rt):
@@ -249,12 +257,11 @@ async def test_reconcile_removes_resources_no_session_owns(make_runtime):
         assert set(json.loads(state_file.read_text())) == {s.id for s in await rt.store.sessions([SessionState.READY])}
 
 
-def leave_mid_provisioning(tmp_path, attempts: int) -> None:
-    """What a process killed mid-provisioning leaves behind: its session, owned by a worker that is gone."""
-    db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
-    db.execute("UPDATE sessions SET state='provisioning', worker_id='gone:1:x', attempts=?", (attempts,))
-    db.commit()
-    db.close()
+async def leave_mid_provisioning(rt, clock, attempts: int) -> None:
+    """What a process killed mid-provisioning leaves behind: its session, leased to a worker that is gone."""
+    (s,) = await rt.store.sessions(list(SessionState))
+    lease = clock.now + timedelta(seconds=rt.settings.lease_seconds)
+    await rt.store.save(dataclasses.replace(s, state=SessionState.PROVISIONING, lease_owner="gone:1:x", lease_expires_at=lease, attempts=attempts))
 
 
 async def test_interrupted_provisioning_is_resumed_once_then_failed(make_runtime, channel, clock, tmp_path):
@@ -262,10 +269,15 @@ async def test_interrupted_provisioning_is_resumed_once_then_failed(make_runtime
         await rt.dispatcher.handle(incoming("/vpn start"))
         await settle(rt)
         (s,) = await rt.store.sessions([SessionState.READY])
-    # Pretend a dead process left a session mid-provisioning with a server already created.
-    leave_mid_provisioning(tmp_path, attempts=1)
+        # Pretend a dead process left a session mid-provisioning with a server already created.
+        await leave_mid_provisioning(rt, clock, attempts=1)
     channel.sent.clear()
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
+        await rt.service.sweep()
+        await settle(rt)
+        assert await states(rt) == [SessionState.PROVISIONING]  # its lease has not expired: hands off
+        assert channel.sent == []
+        clock.advance(seconds=rt.settings.lease_seconds)
         await rt.service.sweep()
         await settle(rt)
         assert await states(rt) == [SessionState.READY]
@@ -273,8 +285,9 @@ async def test_interrupted_provisioning_is_resumed_once_then_failed(make_runtime
         assert len([x for x in channel.sent if x.kind == "config"]) == 1
         servers = json.loads((rt.settings.data_dir / "dryrun-servers.json").read_text())
         assert list(servers) == [s.id]
-    leave_mid_provisioning(tmp_path, attempts=2)
+        await leave_mid_provisioning(rt, clock, attempts=2)
     channel.sent.clear()
+    clock.advance(seconds=rt.settings.lease_seconds)
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
         await rt.service.sweep()
         await settle(rt)
@@ -294,6 +307,12 @@ async def test_store_never_holds_a_private_key(make_runtime, channel, tmp_path):
         blob = path.read_bytes()
         for secret in secrets:
             assert secret.encode() not in blob, f"{path.name} holds a secret"
+    if rt.settings.store == "azure-tables":
+        async with make_runtime() as rt:
+            for name, table in rt.store._t.items():  # every entity of every table, as text
+                async for entity in table.list_entities():
+                    for secret in secrets:
+                        assert secret not in repr(dict(entity)), f"table {name} holds a secret"
 
 
 async def test_bring_your_own_key_posts_only_peer_settings(make_runtime, channel):
@@ -327,18 +346,3 @@ async def test_no_private_delivery_means_no_secret_sessions(make_runtime, channe
         await settle(rt)
         assert "cannot send you a config privately" in channel.all_text() and "key=" in channel.all_text()
         assert await states(rt) == []
-
-
-async def test_an_older_database_gains_new_columns(make_runtime, tmp_path):
-    """A store written before a column existed opens, gains it, and keeps its sessions."""
-    async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
-        await rt.dispatcher.handle(incoming("/vpn start"))
-        await settle(rt)
-    db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
-    db.execute("ALTER TABLE sessions DROP COLUMN server_size")
-    db.execute("ALTER TABLE sessions DROP COLUMN own_key")
-    db.commit()
-    db.close()
-    async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
-        (s,) = await rt.store.sessions([SessionState.READY])
-        assert s.own_key is False and s.server_size == ""

@@ -13,9 +13,15 @@ T0 = datetime(2026, 11, 26, 12, 7, 30, tzinfo=timezone.utc)
 WINDOW = timedelta(minutes=15)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "azure-tables"])
 async def store(request, tmp_path):
-    s = SqliteStore(tmp_path / "db.sqlite3")
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "db.sqlite3")
+    else:
+        from bot.sessions.tables import TableStore
+
+        server = request.getfixturevalue("azurite")
+        s = TableStore.from_connection_string(server.connection_string, prefix=server.prefix())
     await s.open()
     yield s
     await s.close()

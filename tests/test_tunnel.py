@@ -123,14 +123,15 @@ def test_crash_after_ready_then_expiry_still_removes_the_peer(lab, tmp_path):
 
 def test_crash_mid_provisioning_is_resumed_and_leaves_one_peer(lab, tmp_path):
     slow_wg = "sh -c 'sleep 0.7; exec wg \"$@\"' wg"  # every wg call takes a while: time to crash mid-way
-    live = LiveConsole(host_env(lab, tmp_path, WG_COMMAND=slow_wg), "--out", str(tmp_path / "first"), prefix=lab.in_server())
+    live = LiveConsole(host_env(lab, tmp_path, WG_COMMAND=slow_wg, VPN_LEASE_SECONDS="3"), "--out", str(tmp_path / "first"), prefix=lab.in_server())
     live.type("/vpn start")
     live.wait_for("adding your peer")
     time.sleep(1.0)  # inside the `wg set` that adds the peer, or just after it
     live.kill()
     assert not (tmp_path / "first").exists() or not list((tmp_path / "first").glob("*.conf"))
+    time.sleep(3)  # the killed process's lease runs out; only then does another process take over
 
-    env = host_env(lab, tmp_path)
+    env = host_env(lab, tmp_path, VPN_LEASE_SECONDS="3")
     resumed = console(["/vpn status"], env, "--out", str(tmp_path / "second"), prefix=lab.in_server())
     assert resumed.returncode == 0, resumed.stderr
     assert "restarted while setting up" in resumed.stdout

@@ -2,6 +2,10 @@
 
 requested -> provisioning -> ready -> expiring -> deleted, and failed from any step before ready.
 A session in `expiring` still holds cloud resources: it counts against caps until it is `deleted`.
+
+Several processes may work on one store: every write is a compare-and-set on `version` (the store
+sets it; a stale write raises `Conflict`), and whoever works on a session (provisioning, teardown)
+holds a lease (`lease_owner` until `lease_expires_at`) that others may take over only once expired.
 """
 from __future__ import annotations
 
@@ -34,10 +38,15 @@ ALLOWED = {
 # Holding (or about to hold) resources: these count against the caps and are reconciled.
 ACTIVE_STATES = (SessionState.REQUESTED, SessionState.PROVISIONING, SessionState.READY, SessionState.EXPIRING)
 IN_FLIGHT_STATES = (SessionState.REQUESTED, SessionState.PROVISIONING)
+TERMINAL_STATES = (SessionState.DELETED, SessionState.FAILED)
 
 
 class InvalidTransition(RuntimeError):
     pass
+
+
+class Conflict(RuntimeError):
+    """The stored session changed (or vanished) since it was read: re-read and decide again."""
 
 
 def utcnow() -> datetime:
@@ -72,7 +81,6 @@ class Session:
     warned: bool = False
     attempts: int = 0
     error: str = ""
-    worker_id: str = ""
     progress_handle: str = ""
     message_id: str = ""
     server_size: str = ""  # the VM size where the provider has one
@@ -81,6 +89,12 @@ class Session:
     # is only in the VM's boot config. Any replica verifies a callback against it.
     ready_token_hash: str = ""
     server_up_at: datetime | None = None  # when that callback arrived (on whichever replica)
+    lease_owner: str = ""  # the worker provisioning or tearing it down; empty when nobody works on it
+    lease_expires_at: datetime | None = None  # after this, another worker may take the work over
+    end_reason: str = ""  # why it is ending ("stopped by you"): told by whoever finishes the teardown
+    # Set by the store on every read and write (a counter in SQLite, the ETag in Table Storage);
+    # never stored as a field of its own. A save whose version is stale raises Conflict.
+    version: str = ""
 
     def moved(self, state: SessionState, now: datetime, **changes) -> "Session":
         """This session in a new state; refuses moves the state machine does not allow."""
@@ -90,6 +104,10 @@ class Session:
 
     def with_changes(self, now: datetime, **changes) -> "Session":
         return dataclasses.replace(self, updated_at=now, **changes)
+
+    def leased_by_other(self, worker_id: str, now: datetime) -> bool:
+        """True while another worker holds an unexpired lease: hands off."""
+        return bool(self.lease_owner) and self.lease_owner != worker_id and self.lease_expires_at is not None and now < self.lease_expires_at
 
     @property
     def is_active(self) -> bool:

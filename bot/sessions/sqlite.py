@@ -1,11 +1,16 @@
 """SQLite store: one file, one connection on one dedicated thread, so the event loop never waits on disk.
 
-Holds sessions, the audit log, seen message ids and worker heartbeats. Never a private key: the
-schema has no column that could hold one.
+Holds sessions, the audit log, seen message ids, claims, address reservations and worker records.
+Never a private key: the schema has no column that could hold one.
+
+Several processes may open one file (WAL): a session write is `UPDATE ... WHERE version=?` (a
+compare-and-set), and the cap check runs with the insert in one `BEGIN IMMEDIATE` transaction, which
+SQLite serialises across processes through its file lock. One host only: not on a network share.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import sqlite3
@@ -15,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from bot.claims import Claim
-from bot.messages import ConversationRef
-from bot.sessions.model import ACTIVE_STATES, Session, SessionState
+from bot.sessions.codec import FIELDS, FieldSpec, decode, encode, encode_value
+from bot.sessions.model import ACTIVE_STATES, Conflict, Session, SessionState
 from bot.sessions.store import AuditEntry, CreateOutcome, LocalUser, Worker
 
 T = TypeVar("T")
@@ -26,37 +31,33 @@ AUDIT_TEXT_LIMIT = 200
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a Table Storage string holds 32k characters
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    owner_label TEXT NOT NULL,
-    conversation TEXT NOT NULL,
-    state TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    region TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    minutes INTEGER NOT NULL,
-    updated_at TEXT NOT NULL,
-    ready_at TEXT,
-    ended_at TEXT,
-    endpoint TEXT NOT NULL DEFAULT '',
-    resource_id TEXT NOT NULL DEFAULT '',
-    client_address TEXT NOT NULL DEFAULT '',
-    client_public_key TEXT NOT NULL DEFAULT '',
-    hourly_cost REAL NOT NULL DEFAULT 0,
-    warned INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT '',
-    worker_id TEXT NOT NULL DEFAULT '',
-    progress_handle TEXT NOT NULL DEFAULT '',
-    message_id TEXT NOT NULL DEFAULT '',
-    own_key INTEGER NOT NULL DEFAULT 0,
-    server_size TEXT NOT NULL DEFAULT '',
-    ready_token_hash TEXT NOT NULL DEFAULT '',
-    server_up_at TEXT
-);
+SESSION_COLUMN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER", "time": "TEXT",
+                        "enum": "TEXT", "conversation": "TEXT", "json": "TEXT"}
+
+
+def _column_ddl(spec: FieldSpec, *, adding: bool) -> str:
+    """A session field's column; an added column needs a default so older rows get one."""
+    sql_type = SESSION_COLUMN_TYPES[spec.kind]
+    if spec.optional:
+        return sql_type
+    if spec.required and not adding:
+        return f"{sql_type} NOT NULL"
+    value = encode_value(spec, spec.default)
+    if value is None:
+        value = "" if sql_type == "TEXT" else 0
+    literal = "'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(int(value) if isinstance(value, bool) else value)
+    return f"{sql_type} NOT NULL DEFAULT {literal}"
+
+
+# The sessions table follows the dataclass (bot/sessions/codec.py): a new Session field becomes a
+# column, added in place to older databases on open. `version` is the compare-and-set counter.
+SESSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS sessions (\n    id TEXT PRIMARY KEY,\n    "
+    + ",\n    ".join(f"{f.name} {_column_ddl(f, adding=False)}" for f in FIELDS if f.name != "id")
+    + ",\n    version INTEGER NOT NULL DEFAULT 0\n);"
+)
+
+SCHEMA = SESSIONS_DDL + """
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE INDEX IF NOT EXISTS sessions_owner ON sessions(owner, state);
 CREATE TABLE IF NOT EXISTS seen_messages (
@@ -106,35 +107,35 @@ CREATE TABLE IF NOT EXISTS workers (
     pid INTEGER NOT NULL,
     heartbeat_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS addresses (
+    scope TEXT NOT NULL,
+    address TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    reserved_at TEXT NOT NULL,
+    PRIMARY KEY (scope, address)
+);
+CREATE INDEX IF NOT EXISTS addresses_session ON addresses(session_id);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 """
 
-_FIELDS = [
-    "id", "owner", "owner_label", "conversation", "state", "provider", "region", "created_at", "expires_at",
-    "minutes", "updated_at", "ready_at", "ended_at", "endpoint", "resource_id", "client_address",
-    "client_public_key", "hourly_cost", "warned", "attempts", "error", "worker_id", "progress_handle", "message_id", "own_key", "server_size",
-    "ready_token_hash", "server_up_at",
-]
-_TIMES = {"created_at", "expires_at", "updated_at", "ready_at", "ended_at", "server_up_at"}
+_FIELDS = [f.name for f in FIELDS]
 
 
-# Columns added after the first release: an older database gets them on open (SQLite can add a
-# column with a default in place). New columns go here as well as in SCHEMA.
-ADDED_COLUMNS = {
-    "sessions": {
-        "own_key": "INTEGER NOT NULL DEFAULT 0",
-        "server_size": "TEXT NOT NULL DEFAULT ''",
-        "ready_token_hash": "TEXT NOT NULL DEFAULT ''",
-        "server_up_at": "TEXT",
-    },
+# Columns added after the first release to tables other than `sessions` (whose columns follow the
+# dataclass): an older database gets them on open. New columns go here as well as in SCHEMA.
+ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "sessions": {"version": "INTEGER NOT NULL DEFAULT 0"},
 }
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    for table, columns in ADDED_COLUMNS.items():
+    wanted = {table: dict(columns) for table, columns in ADDED_COLUMNS.items()}
+    for spec in FIELDS:
+        wanted["sessions"].setdefault(spec.name, _column_ddl(spec, adding=True))
+    for table, columns in wanted.items():
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for name, ddl in columns.items():
             if name not in present:
@@ -142,35 +143,13 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 
 
 def _to_row(s: Session) -> tuple:
-    out: list[Any] = []
-    for name in _FIELDS:
-        value = getattr(s, name)
-        if name == "conversation":
-            value = value.to_json()
-        elif name == "state":
-            value = value.value
-        elif name in _TIMES:
-            value = value.isoformat() if value else None
-        elif name in ("warned", "own_key"):
-            value = int(value)
-        out.append(value)
-    return tuple(out)
+    values = encode(s)
+    return tuple(int(v) if isinstance(v, bool) else v for v in (values[name] for name in _FIELDS))
 
 
 def _from_row(row: sqlite3.Row) -> Session:
-    values: dict[str, Any] = {}
-    for name in _FIELDS:
-        value = row[name]
-        if name == "conversation":
-            value = ConversationRef.from_json(value)
-        elif name == "state":
-            value = SessionState(value)
-        elif name in _TIMES:
-            value = datetime.fromisoformat(value) if value else None
-        elif name in ("warned", "own_key"):
-            value = bool(value)
-        values[name] = value
-    return Session(**values)
+    keys = row.keys()
+    return decode({name: row[name] for name in _FIELDS if name in keys}, str(row["version"]))
 
 
 class SqliteStore:
@@ -229,17 +208,28 @@ class SqliteStore:
             if everyone >= total:
                 c.execute("ROLLBACK")
                 return CreateOutcome.GLOBAL_LIMIT
-            c.execute(f"INSERT INTO sessions ({','.join(_FIELDS)}) VALUES ({','.join('?' for _ in _FIELDS)})", _to_row(session))
+            c.execute(
+                f"INSERT INTO sessions ({','.join(_FIELDS)}, version) VALUES ({','.join('?' for _ in _FIELDS)}, 1)", _to_row(session)
+            )
             c.execute("COMMIT")
             return CreateOutcome.CREATED
         except BaseException:
             c.execute("ROLLBACK")
             raise
 
-    async def save(self, session: Session) -> None:
+    async def save(self, session: Session) -> Session:
         sets = ",".join(f"{f}=?" for f in _FIELDS[1:])
         row = _to_row(session)
-        await self._run(lambda: self.conn.execute(f"UPDATE sessions SET {sets} WHERE id=?", (*row[1:], row[0])))
+        try:
+            version = int(session.version)
+        except ValueError:
+            raise Conflict(f"session {session.id} was never read from this store") from None
+        cur = await self._run(
+            lambda: self.conn.execute(f"UPDATE sessions SET {sets}, version=version+1 WHERE id=? AND version=?", (*row[1:], row[0], version))
+        )
+        if cur.rowcount != 1:
+            raise Conflict(f"session {session.id} changed since version {version}")
+        return dataclasses.replace(session, version=str(version + 1))
 
     async def get(self, session_id: str) -> Session | None:
         row = await self._run(lambda: self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone())
@@ -313,6 +303,28 @@ class SqliteStore:
     async def workers(self) -> list[Worker]:
         rows = await self._run(lambda: self.conn.execute("SELECT * FROM workers").fetchall())
         return [Worker(r["id"], r["host"], r["pid"], datetime.fromisoformat(r["heartbeat_at"])) for r in rows]
+
+    # ----- tunnel address reservations (one holder per address, across processes) ----------------
+
+    async def reserve_address(self, scope: str, address: str, session_id: str, now: datetime) -> str:
+        def op() -> str:
+            c = self.conn
+            c.execute(
+                "INSERT OR IGNORE INTO addresses (scope, address, session_id, reserved_at) VALUES (?,?,?,?)",
+                (scope, address, session_id, now.isoformat()),
+            )
+            row = c.execute("SELECT session_id FROM addresses WHERE scope=? AND address=?", (scope, address)).fetchone()
+            return row[0] if row else ""
+
+        return await self._run(op)
+
+    async def release_address(self, scope: str, address: str, holder: str) -> None:
+        await self._run(
+            lambda: self.conn.execute("DELETE FROM addresses WHERE scope=? AND address=? AND session_id=?", (scope, address, holder))
+        )
+
+    async def release_addresses(self, session_id: str) -> None:
+        await self._run(lambda: self.conn.execute("DELETE FROM addresses WHERE session_id=?", (session_id,)))
 
     # ----- claim links (sealed configs; see bot/claims.py) -----------------------------------------
 

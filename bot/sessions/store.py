@@ -1,4 +1,11 @@
-"""The store protocol (what the service needs) and its values. SQLite is the embedded back end."""
+"""The store protocol (what the service needs) and its values. SQLite is the embedded back end,
+Azure Table Storage (bot/sessions/tables.py) the shared one; tests/test_store.py is the contract both pass.
+
+Every session write is a compare-and-set: `save` raises `Conflict` when the stored session is no
+longer the version that was read (or is gone), and returns the session with its new version. Caps,
+message-id de-duplication, claims and address reservations are atomic in the store, never in memory,
+so any number of processes may share one store.
+"""
 from __future__ import annotations
 
 import enum
@@ -7,7 +14,9 @@ from datetime import datetime, timedelta
 from typing import Protocol, Sequence
 
 from bot.claims import Claim
-from bot.sessions.model import Session, SessionState
+from bot.sessions.model import Conflict, Session, SessionState
+
+__all__ = ["AuditEntry", "Conflict", "CreateOutcome", "Store", "Worker"]
 
 
 class CreateOutcome(str, enum.Enum):
@@ -38,6 +47,8 @@ class LocalUser:
 
 @dataclass(frozen=True)
 class Worker:
+    """A process that works on sessions; its records are informational (leases decide ownership)."""
+
     id: str
     host: str
     pid: int
@@ -48,8 +59,9 @@ class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def create_session(self, session: Session, *, per_user: int, total: int) -> CreateOutcome:
-        """Insert atomically if the owner and the service are under their caps."""
-    async def save(self, session: Session) -> None: ...
+        """Insert atomically if the owner and the service are under their caps (across processes)."""
+    async def save(self, session: Session) -> Session:
+        """Compare-and-set on `session.version`; returns the stored session (new version) or raises Conflict."""
     async def get(self, session_id: str) -> Session | None: ...
     async def sessions(self, states: Sequence[SessionState], owner: str | None = None) -> list[Session]: ...
     async def first_seen(self, channel: str, message_id: str, now: datetime) -> bool:
@@ -57,11 +69,18 @@ class Store(Protocol):
     async def audit(self, entry: AuditEntry) -> None: ...
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]: ...
     async def heartbeat(self, worker: Worker) -> None: ...
+    async def workers(self) -> list[Worker]: ...
     async def add_claim(self, claim: Claim) -> None: ...
     async def get_claim(self, token_hash: str) -> Claim | None: ...
-    async def consume_claim(self, token_hash: str, now: datetime) -> Claim | None: ...
+    async def consume_claim(self, token_hash: str, now: datetime) -> Claim | None:
+        """Mark a ready claim used and erase its sealed config, once; returns it as it was, else None."""
     async def purge_claims(self, now: datetime, session_id: str | None = None) -> None: ...
-    async def workers(self) -> list[Worker]: ...
+    async def reserve_address(self, scope: str, address: str, session_id: str, now: datetime) -> str:
+        """Insert-if-absent: the session id holding `address` in `scope` afterwards (ours if we won it)."""
+    async def release_address(self, scope: str, address: str, holder: str) -> None:
+        """Delete the reservation if `holder` still holds it (a stale one, of an ended session)."""
+    async def release_addresses(self, session_id: str) -> None:
+        """Release every address the session holds (it ended)."""
     # Web channel (bot/channels/web.py): local accounts, shared attempt counters, per-request progress text.
     async def put_user(self, user: LocalUser) -> None:
         """Insert or replace the account with this email."""
