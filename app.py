@@ -155,13 +155,14 @@ def make_channels(settings: Settings) -> list:
         )
     else:
         log.info("Teams is off: set MicrosoftAppId (or VPN_DEV_MODE=1 to try it locally without credentials)")
-    if settings.groupme_bot_id:
+    if settings.groupme_bot_id or settings.groupme_bots:
         from bot.channels.groupme import GroupMeChannel, GroupMeConfig
 
         channels.append(
             GroupMeChannel(
                 GroupMeConfig(
                     bot_id=settings.groupme_bot_id,
+                    bots=settings.groupme_bots,
                     group_ids=settings.groupme_group_ids,
                     callback_secret=settings.groupme_callback_secret,
                     access_token=settings.groupme_access_token,
@@ -170,6 +171,8 @@ def make_channels(settings: Settings) -> list:
                     oauth_url=settings.groupme_oauth_url,
                     public_url=settings.public_url,
                     claim_minutes=settings.groupme_claim_minutes,
+                    per_user_per_minute=settings.groupme_user_per_minute,
+                    per_group_per_minute=settings.groupme_group_per_minute,
                 )
             )
         )
@@ -246,7 +249,9 @@ async def console(settings: Settings, provider: Provider, access: AccessPolicy, 
 
 
 async def reap(settings: Settings, provider: Provider, access: AccessPolicy) -> None:
-    async with Runtime(settings, provider, access, background=False) as runtime:
+    # The chat channels too (send-only: no HTTP server runs), so that with zero replicas the people
+    # whose sessions this pass warns, ends or fails are still told, through the stored conversation.
+    async with Runtime(settings, provider, access, make_channels(settings), background=False) as runtime:
         removed = await runtime.service.reap_once()
         log.info("reap pass done; %d orphaned resource(s) removed", removed)
 

@@ -70,7 +70,8 @@ class Settings:
     teams_allowed_tenants: tuple[str, ...] = ()
     teams_upload_hosts: tuple[str, ...] = ("*.sharepoint.com",)
     dev_mode: bool = False
-    groupme_bot_id: str = ""
+    groupme_bot_id: str = ""  # the bot for groups without a `group:bot` pair of their own
+    groupme_bots: tuple[tuple[str, str], ...] = ()  # (group id, bot id) pairs
     groupme_group_ids: tuple[str, ...] = ()
     groupme_callback_secret: str = ""
     groupme_access_token: str = ""
@@ -78,6 +79,8 @@ class Settings:
     groupme_api_url: str = "https://api.groupme.com/v3"
     groupme_oauth_url: str = "https://oauth.groupme.com/oauth/authorize"
     groupme_claim_minutes: int = 10
+    groupme_user_per_minute: int = 6
+    groupme_group_per_minute: int = 60
     azure_subscription_id: str = ""
     azure_resource_group: str = ""
     azure_location: str = "eastus"
@@ -111,6 +114,13 @@ class Settings:
         """`env`, or the process environment over the `.env` file (`VPN_ENV_FILE`): the real environment wins."""
         env = environment() if env is None else env
         r = _Reader(env)
+        try:  # not r.parse: its message would repeat the value, and bot ids are credentials
+            bots = _groupme_bots(r.text("GROUPME_BOT_ID", ""))
+        except ValueError:
+            raise SettingsError(
+                "GROUPME_BOT_ID is not valid: expected a bot id, or comma-separated <group id>:<bot id> pairs "
+                "(at most one plain bot id among them, one bot per group)"
+            ) from None
         s = cls(
             provider=r.choice("VPN_PROVIDER", "dryrun", PROVIDERS),
             users=r.text("VPN_USERS", ""),
@@ -155,14 +165,17 @@ class Settings:
             teams_allowed_tenants=r.parse("TEAMS_ALLOWED_TENANTS", "", _guid_list, "comma-separated tenant ids (GUIDs)"),
             teams_upload_hosts=r.parse("TEAMS_UPLOAD_HOSTS", "*.sharepoint.com", _host_patterns, "comma-separated host names, '*.' for subdomains (e.g. *.sharepoint.com, *.sharepoint.us)"),
             dev_mode=r.choice("VPN_DEV_MODE", "0", ("0", "1")) == "1",
-            groupme_bot_id=r.text("GROUPME_BOT_ID", ""),
-            groupme_group_ids=r.parse("GROUPME_GROUP_ID", "", _digit_list, "comma-separated numeric GroupMe group ids"),
+            groupme_bot_id=bots[0],
+            groupme_bots=bots[1],
+            groupme_group_ids=_union(r.parse("GROUPME_GROUP_ID", "", _digit_list, "comma-separated numeric GroupMe group ids"), bots[1]),
             groupme_callback_secret=r.text("GROUPME_CALLBACK_SECRET", ""),
             groupme_access_token=r.text("GROUPME_ACCESS_TOKEN", ""),
             groupme_oauth_client_id=r.text("GROUPME_OAUTH_CLIENT_ID", ""),
             groupme_api_url=r.parse("GROUPME_API_URL", "https://api.groupme.com/v3", _public_url, "an https:// URL"),
             groupme_oauth_url=r.parse("GROUPME_OAUTH_URL", "https://oauth.groupme.com/oauth/authorize", _public_url, "an https:// URL"),
             groupme_claim_minutes=r.integer("GROUPME_CLAIM_MINUTES", 10, 1, 60),
+            groupme_user_per_minute=r.integer("GROUPME_USER_PER_MINUTE", 6, 1, 1000),
+            groupme_group_per_minute=r.integer("GROUPME_GROUP_PER_MINUTE", 60, 1, 10_000),
             azure_subscription_id=r.text("AZURE_SUBSCRIPTION_ID", ""),
             azure_resource_group=r.text("AZURE_RESOURCE_GROUP", ""),
             azure_location=r.parse("AZURE_LOCATION", "eastus", _region, "an Azure region name such as westeurope"),
@@ -205,7 +218,7 @@ class Settings:
                 raise SettingsError(f"MicrosoftAppTenantId is required with MicrosoftAppType={s.teams_app_type}")
             if s.teams_app_type in ("SingleTenant", "MultiTenant") and not s.teams_app_password:
                 raise SettingsError(f"MicrosoftAppPassword is required with MicrosoftAppType={s.teams_app_type}")
-        if s.groupme_bot_id:
+        if s.groupme_bot_id or s.groupme_bots:
             if len(s.groupme_callback_secret) < 16 or not re.fullmatch(r"[A-Za-z0-9_-]+", s.groupme_callback_secret):
                 raise SettingsError(
                     "GROUPME_CALLBACK_SECRET must be at least 16 URL-safe characters (letters, digits, '-', '_'): "
@@ -213,6 +226,13 @@ class Settings:
                 )
             if not s.groupme_group_ids:
                 raise SettingsError("GROUPME_GROUP_ID is required with GROUPME_BOT_ID: the group(s) the bot answers")
+            paired = {g for g, _ in s.groupme_bots}
+            orphans = [g for g in s.groupme_group_ids if g not in paired]
+            if orphans and not s.groupme_bot_id:
+                raise SettingsError(
+                    f"GROUPME_GROUP_ID lists group {orphans[0]} but GROUPME_BOT_ID names no bot for it: "
+                    "add a pair <group>:<bot> or one plain bot id"
+                )
             if s.groupme_access_token and not s.public_url:
                 raise SettingsError("VPN_PUBLIC_URL is required with GROUPME_ACCESS_TOKEN: claim links point there")
         if s.provider == "azure":
@@ -307,6 +327,29 @@ def _guid_list(text: str) -> tuple[str, ...]:
     if not all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", i) for i in ids):
         raise ValueError(text)
     return ids
+
+
+def _groupme_bots(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """`GROUPME_BOT_ID`: a plain bot id, and/or `group:bot` pairs so each group replies via its own bot."""
+    plain: list[str] = []
+    pairs: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        group, sep, bot = part.rpartition(":")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", bot) or (sep and not (group.isascii() and group.isdigit())):
+            raise ValueError(text)
+        if not sep:
+            plain.append(bot)
+        elif pairs.setdefault(group, bot) != bot:
+            raise ValueError(text)
+    if len(plain) > 1:
+        raise ValueError(text)
+    return (plain[0] if plain else ""), tuple(pairs.items())
+
+
+def _union(ids: tuple[str, ...], pairs: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*ids, *(g for g, _ in pairs))))
 
 
 def _digit_list(text: str) -> tuple[str, ...]:

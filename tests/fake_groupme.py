@@ -1,5 +1,10 @@
 """A fake GroupMe API on 127.0.0.1: records bot posts and direct messages, serves users/me and the
-group's stored messages (for re-fetch verification). Faults can be injected per endpoint."""
+group's stored messages (for re-fetch verification). Faults can be injected per endpoint.
+
+`GET /groups/:id/messages` does what GroupMe documents: newest first, `limit` (default 20, at most
+100), `before_id` / `since_id` / `after_id`, and 304 with no body when nothing matches. What GroupMe
+leaves undocumented is answered adversarially, so the bot cannot come to depend on it: an id that is
+not in the group gives 304, and a limit above 100 gives 400."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,6 +22,7 @@ class FakeGroupMe:
     posts: list[dict] = field(default_factory=list)
     dms: list[dict] = field(default_factory=list)
     post_faults: list[int] = field(default_factory=list)  # statuses bots/post answers first
+    message_faults: list[int] = field(default_factory=list)  # statuses groups/:id/messages answers first
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -72,6 +78,29 @@ class FakeGroupMe:
         self.requests.append(("GET", "groups/messages"))
         if request.headers.get("X-Access-Token") != self.service_token:
             return web.json_response({"meta": {"code": 401}}, status=401)
-        after = int(request.query.get("after_id", "0"))
-        found = [m for m in self.messages if m["group_id"] == request.match_info["group"] and int(m["id"]) > after]
-        return web.json_response({"response": {"count": len(found), "messages": found[: int(request.query.get("limit", "20"))]}})
+        if self.message_faults:
+            return web.Response(status=self.message_faults.pop(0))
+        q = request.query
+        limit = int(q.get("limit", "20"))
+        if not 1 <= limit <= 100:
+            return web.json_response({"meta": {"code": 400, "errors": ["limit"]}}, status=400)
+        group = [m for m in self.messages if m["group_id"] == request.match_info["group"]]  # oldest first
+        ids = [m["id"] for m in group]
+        newest_first = group[::-1]
+        if "before_id" in q:
+            if q["before_id"] not in ids:
+                return web.Response(status=304)
+            found = newest_first[newest_first.index(group[ids.index(q["before_id"])]) + 1:][:limit]
+        elif "since_id" in q:
+            if q["since_id"] not in ids:
+                return web.Response(status=304)
+            found = newest_first[: len(group) - ids.index(q["since_id"]) - 1][:limit]
+        elif "after_id" in q:
+            if q["after_id"] not in ids:
+                return web.Response(status=304)
+            found = group[ids.index(q["after_id"]) + 1:][:limit]  # chronological, as documented
+        else:
+            found = newest_first[:limit]
+        if not found:
+            return web.Response(status=304)
+        return web.json_response({"response": {"count": len(group), "messages": found}})

@@ -246,14 +246,23 @@ async def run(spec: dict) -> dict:
                     await store.save(s.with_changes(now, expires_at=now - timedelta(seconds=1)))
                 await asyncio.sleep(spec["lease"] + 0.5)  # the killed replica's lease runs out
                 reap_env = {**env, "VPN_DATA_DIR": str(work / "reaper")}
-                reaped = subprocess.run([sys.executable, APP, "reap"], env=reap_env, capture_output=True, text=True, timeout=180)
+                # Not subprocess.run: the fake Bot Connector lives on this event loop and must answer reap's notices.
+                proc = await asyncio.create_subprocess_exec(sys.executable, APP, "reap", env=reap_env,
+                                                            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                out, err = await asyncio.wait_for(proc.communicate(), 180)
+                reaped = subprocess.CompletedProcess(proc.args if hasattr(proc, "args") else "reap", proc.returncode, out.decode(), err.decode())
                 report["reap_returncode"] = reaped.returncode
                 report["reap_traceback"] = "Traceback" in reaped.stderr
                 every = await store.sessions(list(SessionState))
                 report["states_after_reap"] = dict(Counter(s.state.value for s in every))
                 report["peers_after_reap"] = len(peers(spec))
-                if reaped.returncode != 0:
-                    report["reap_stderr"] = reaped.stderr[-2000:]
+                # With no replica running, reap itself tells each person (through the stored conversation).
+                texts = conversation_texts(connector)
+                report["reap_notices_per_user"] = dict(Counter(
+                    sum(t.count("has ended (") + t.count("could not set up your VPN") for t in texts.get(f"a:1personal-{i}", []))
+                    for i in range(n + 1)))
+                if reaped.returncode != 0 or "Traceback" in reaped.stderr:
+                    report["reap_stderr"] = reaped.stderr[:6000]
     finally:
         for r in replicas:
             r.stop()

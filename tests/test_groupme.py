@@ -35,7 +35,8 @@ class Harness:
         self.runtime = server.app[RUNTIME]
 
     def message(self, text, user=ALICE, *, group=GROUP, sender_type="user", system=False, msg_id=None, store=True) -> dict:
-        msg = {"attachments": [], "avatar_url": "https://i.groupme.com/x", "created_at": 1302623328, "group_id": group,
+        created = int(self.runtime.service.clock().timestamp())
+        msg = {"attachments": [], "avatar_url": "https://i.groupme.com/x", "created_at": created, "group_id": group,
                "id": str(msg_id or next(_ids)), "name": "Display Name", "sender_id": user, "sender_type": sender_type,
                "source_guid": "GUID", "system": system, "text": text, "user_id": user}
         if store:
@@ -60,14 +61,15 @@ class Harness:
 async def make_harness(make_runtime):
     made = []
 
-    async def build(*, token: str = "service-token", oauth: str = "", **env) -> Harness:
+    async def build(*, token: str = "service-token", oauth: str = "", config: dict | None = None, **env) -> Harness:
         gm = await FakeGroupMe().start()
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        channel = GroupMeChannel(GroupMeConfig(
-            bot_id="bot-1", group_ids=(GROUP,), callback_secret=SECRET, access_token=token, oauth_client_id=oauth,
-            api_url=gm.base_url, oauth_url=f"{gm.base_url}/fake-oauth", public_url=base, post_spacing=0.01,
-        ))
+        channel = GroupMeChannel(GroupMeConfig(**{
+            "bot_id": "bot-1", "group_ids": (GROUP,), "callback_secret": SECRET, "access_token": token, "oauth_client_id": oauth,
+            "api_url": gm.base_url, "oauth_url": f"{gm.base_url}/fake-oauth", "public_url": base, "post_spacing": 0.01,
+            "verify_retry_delay": 0.01, **(config or {}),
+        }))
         users = env.pop("users", f"groupme:{ALICE},groupme:{BOB}")
         app = create_app(lambda: make_runtime(users=users, admins=f"groupme:{ROOT}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env), [channel.routes])
         server = TestServer(app, host="127.0.0.1", port=port)
@@ -91,6 +93,11 @@ async def test_callback_security(make_harness):
     assert await h.callback(h.message("/vpn start", sender_type="bot")) == 200
     assert await h.callback(h.message("/vpn start", system=True)) == 200
     assert await h.callback(h.message("/vpn start", user="12ab")) == 400
+    assert await h.callback(h.message("/vpn start", user="١٢٣")) == 400  # Unicode digits are not ids
+    assert await h.callback(None, raw=b"[" * 5000) == 400  # RecursionError in the parser, not a 500
+    assert await h.callback(None, raw=b'{"text": "\xff\xfe"}') == 400  # not UTF-8
+    surrogate = b'{"group_id": "4242", "id": "77", "sender_type": "user", "system": false, "user_id": "111", "text": "/vpn \\ud800"}'
+    assert await h.callback(None, raw=surrogate) == 400
     await h.settle()
     assert h.gm.posts == [] and h.gm.dms == []
     assert await h.runtime.store.sessions(list(SessionState)) == []
@@ -178,7 +185,8 @@ async def test_forged_sender_is_caught_by_refetch(make_harness):
     assert await h.callback(unknown) == 200
     await h.settle()
     assert await h.runtime.store.sessions(list(SessionState)) == []
-    assert h.gm.posts == []
+    # The forgery is dropped quietly; the unknown id is answered with the truth, nothing more.
+    assert h.gm.post_texts() == ["I could not confirm that message with GroupMe, so I did nothing. Please send it again in a minute."]
 
 
 async def test_replayed_message_id_starts_one_session(make_harness):
@@ -198,6 +206,17 @@ async def test_flood_is_rate_limited(make_harness):
     await h.settle()
     helps = [t for t in h.gm.post_texts() if "I hand out WireGuard" in t]
     assert len(helps) == h.channel.config.per_user_per_minute
+    told = [t for t in h.gm.post_texts() if "more than 6 commands in a minute" in t]
+    assert len(told) == 1, "a sender over the limit is told once, then not again"
+
+
+async def test_group_limit_is_a_setting_and_told_once(make_harness):
+    h = await make_harness(config={"per_group_per_minute": 3, "per_user_per_minute": 100})
+    for user in (ALICE, BOB, ROOT, ALICE, BOB):
+        assert await h.callback(h.message("/vpn help", user=user)) == 200
+    await h.settle()
+    assert len([t for t in h.gm.post_texts() if "I hand out WireGuard" in t]) == 3
+    assert len([t for t in h.gm.post_texts() if "This group sent more than 3 commands" in t]) == 1
 
 
 async def test_status_list_stop_answer_in_the_group_without_secrets(make_harness):
@@ -213,14 +232,28 @@ async def test_status_list_stop_answer_in_the_group_without_secrets(make_harness
     assert "PrivateKey" not in text and "/claim/" not in text
 
 
-async def test_without_a_service_account_secrets_are_refused_but_own_keys_work(make_harness):
+async def test_without_a_service_account_nothing_about_anyone_is_answered(make_harness):
+    """Callbacks are unsigned: with no token to confirm the sender, only /vpn help is answered, and
+    a forged `/vpn start key=…` cannot get anyone a session in someone else's name."""
     from provisioner.wireguard import generate_keypair
 
     h = await make_harness(token="")
-    await h.callback(h.message("/vpn start"))
+    mine = generate_keypair()
+    for text in ("/vpn start", f"/vpn start key={mine.public}", "/vpn status", "/vpn stop"):
+        await h.callback(h.message(text))
     await h.settle()
-    assert "cannot send you a config privately" in "\n".join(h.gm.post_texts())
     assert await h.runtime.store.sessions(list(SessionState)) == []
+    texts = h.gm.post_texts()
+    assert len(texts) == 4 and all("I cannot confirm with GroupMe who sent that" in t for t in texts)
+    await h.callback(h.message("/vpn help"))
+    await h.settle()
+    assert "I hand out WireGuard" in h.gm.post_texts()[-1]
+
+
+async def test_own_key_posts_peer_settings_only(make_harness):
+    from provisioner.wireguard import generate_keypair
+
+    h = await make_harness()
     mine = generate_keypair()
     await h.callback(h.message(f"/vpn start key={mine.public}"))
     await h.settle()
@@ -230,6 +263,7 @@ async def test_without_a_service_account_secrets_are_refused_but_own_keys_work(m
     await h.callback(h.message("/vpn start key=not-a-key", user=BOB))
     await h.settle()
     assert "not a WireGuard public key" in "\n".join(h.gm.post_texts())
+    assert h.gm.dms == []
 
 
 async def test_long_replies_are_split_in_order_and_throttling_is_retried(make_harness):
@@ -260,3 +294,105 @@ async def test_cross_site_posts_are_refused(make_harness):
             assert resp.status == 403
         async with http.get(h.link()) as resp:
             assert "Reveal my VPN config" in await resp.text()  # still unused
+
+
+# ----- verification: only documented GroupMe behaviour (issue 9, items 10 and 11) -----------------
+
+
+async def test_verification_pages_back_with_before_id_in_a_busy_group(make_harness):
+    """The command is 250 messages deep: found through the newest page and `before_id`, never
+    through an id GroupMe was not asked about (the fake answers those 304)."""
+    h = await make_harness()
+    msg = h.message("/vpn status")
+    for i in range(250):
+        h.message(f"chatter {i}", user=BOB)
+    assert await h.callback(msg) == 200
+    await h.settle()
+    assert "You have no VPN session running" in "\n".join(h.gm.post_texts())
+    assert h.gm.requests.count(("GET", "groups/messages")) == 3
+
+
+async def test_304_is_no_messages_and_the_sender_is_told(make_harness):
+    h = await make_harness()
+    assert await h.callback(h.message("/vpn status", store=False)) == 200  # GroupMe answers 304: nothing there
+    await h.settle()
+    (text,) = h.gm.post_texts()
+    assert "could not confirm that message with GroupMe" in text
+
+
+async def test_groupme_errors_during_verification_are_told_not_swallowed(make_harness):
+    h = await make_harness()
+    h.gm.message_faults = [401]
+    await h.callback(h.message("/vpn start"))
+    await h.settle()
+    assert await h.runtime.store.sessions(list(SessionState)) == []
+    assert any("could not confirm that message with GroupMe" in t for t in h.gm.post_texts())
+
+
+async def test_messages_older_than_the_window_are_not_confirmed(make_harness, clock):
+    h = await make_harness(config={"verify_window": 60})
+    old = h.message("/vpn status")
+    clock.advance(minutes=5)
+    for i in range(120):
+        h.message(f"chatter {i}", user=BOB)
+    await h.callback(old)
+    await h.settle()
+    assert "could not confirm" in "\n".join(h.gm.post_texts())
+    assert h.gm.requests.count(("GET", "groups/messages")) == 4  # two pages, then once more after the retry delay
+
+
+async def test_forged_status_reveals_nothing(make_harness):
+    h = await make_harness()
+    await h.callback(h.message("/vpn start", user=BOB))
+    await h.settle()
+    (s,) = await h.runtime.store.sessions([SessionState.READY])
+    before = len(h.gm.posts)
+    for text in ("/vpn status", "/vpn list", "/vpn extend 10", "/vpn stop"):
+        real = h.message("/vpn help", user=ALICE)  # Alice's real message, replayed with Bob as sender and another text
+        assert await h.callback(dict(real, user_id=BOB, sender_id=BOB, text=text)) == 200
+        assert await h.callback(h.message(text, user=BOB, store=False)) == 200  # never posted at all
+    await h.settle()
+    after = "\n".join(h.gm.post_texts()[before:])
+    assert s.id not in after and (s.endpoint or "endpoint") not in after and "Your VPN session" not in after
+    assert (await h.runtime.store.get(s.id)).state is SessionState.READY
+
+
+@pytest.mark.parametrize("attachments", [5, True, "x", {"type": "mentions"}, [5, None, {"type": "mentions", "loci": "x"}]])
+async def test_attachments_of_any_shape_are_not_a_500(make_harness, attachments):
+    h = await make_harness()
+    assert await h.callback(dict(h.message("/vpn help"), attachments=attachments)) == 200
+    await h.settle()
+    assert h.gm.posts == [] or "I hand out WireGuard" in h.gm.post_texts()[-1]
+
+
+async def test_each_group_replies_through_its_own_bot(make_harness):
+    other = "5555"
+    h = await make_harness(config={"group_ids": (GROUP, other), "bots": ((other, "bot-5555"),)})
+    await h.callback(h.message("/vpn help"))
+    await h.callback(h.message("/vpn help", group=other))
+    await h.callback(h.message("/vpn start", group=other))
+    await h.settle()
+    by_bot = {}
+    for post in h.gm.posts:
+        by_bot.setdefault(post["bot_id"], []).append(post["text"])
+    assert len(by_bot["bot-1"]) == 1 and "I hand out WireGuard" in by_bot["bot-1"][0]
+    assert any("starting VPN session" in t for t in by_bot["bot-5555"])
+    assert any("ends at" in t for t in by_bot["bot-5555"])  # later, proactive replies too
+
+
+def test_groupme_bot_id_accepts_group_bot_pairs():
+    from bot.settings import Settings, SettingsError
+
+    base = {"GROUPME_CALLBACK_SECRET": SECRET}
+    s = Settings.from_env({**base, "GROUPME_BOT_ID": "bot-1", "GROUPME_GROUP_ID": "4242"})
+    assert (s.groupme_bot_id, s.groupme_bots, s.groupme_group_ids) == ("bot-1", (), ("4242",))
+    s = Settings.from_env({**base, "GROUPME_BOT_ID": "4242:abc, 5555:def"})
+    assert (s.groupme_bot_id, s.groupme_bots, s.groupme_group_ids) == ("", (("4242", "abc"), ("5555", "def")), ("4242", "5555"))
+    s = Settings.from_env({**base, "GROUPME_BOT_ID": "4242:abc,plain", "GROUPME_GROUP_ID": "7"})
+    assert s.groupme_bot_id == "plain" and s.groupme_group_ids == ("7", "4242")
+    s = Settings.from_env({**base, "GROUPME_BOT_ID": "b", "GROUPME_GROUP_ID": "7", "GROUPME_USER_PER_MINUTE": "2", "GROUPME_GROUP_PER_MINUTE": "9"})
+    assert (s.groupme_user_per_minute, s.groupme_group_per_minute) == (2, 9)
+    for bad, group in (("4242:a,4242:b", ""), ("a,b", "7"), ("x:a", "7"), ("4242:a", "7"), ("4242:sec ret", "")):
+        with pytest.raises(SettingsError) as err:
+            Settings.from_env({**base, "GROUPME_BOT_ID": bad, "GROUPME_GROUP_ID": group})
+        assert "sec ret" not in str(err.value)

@@ -467,7 +467,9 @@ async def test_user_assigned_msi_gets_the_bots_token_from_the_container_apps_ide
 
     from aiohttp import web
     from aiohttp.test_utils import TestServer
-    from botframework.connector.auth import AuthenticationConstants, ClaimsIdentity
+    from types import SimpleNamespace
+
+    import aiohttp
 
     from app import make_channels
 
@@ -492,11 +494,11 @@ async def test_user_assigned_msi_gets_the_bots_token_from_the_container_apps_ide
         settings = Settings.from_env({"MicrosoftAppId": client_id, "MicrosoftAppType": "UserAssignedMSI",
                                       "MicrosoftAppTenantId": "00000000-0000-0000-0000-000000000002"})
         (channel,) = make_channels(settings)
-        await channel.attach(None)
-        auth = channel._adapter.bot_framework_authentication
-        identity = ClaimsIdentity({AuthenticationConstants.AUDIENCE_CLAIM: client_id, AuthenticationConstants.APP_ID_CLAIM: client_id}, True)
-        connector = await auth.create_connector_factory(identity).create("http://127.0.0.1:9/", None)
-        assert await asyncio.to_thread(connector.config.credentials.get_access_token) == "msi-token"
+        async with aiohttp.ClientSession() as http:
+            await channel.attach(SimpleNamespace(http=http))  # all the channel takes from the runtime here
+            # The token the channel's own connector client puts on every outbound call.
+            assert await channel._token() == "msi-token"
+            assert await channel._token() == "msi-token"  # cached: one request to the endpoint
     finally:
         await server.close()
     ((query, header),) = asked

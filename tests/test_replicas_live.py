@@ -53,3 +53,4 @@ def test_scale_to_zero_reap_alone_ends_everything(lab, tmp_path):
     assert r["states_after_reap"].get("deleted") == n and sum(r["states_after_reap"].values()) == n + 1
     assert r["states_after_reap"].get("failed", 0) + r["states_after_reap"].get("deleted") == n + 1  # the one caught mid-way
     assert r["peers_after_reap"] == 0
+    assert r["reap_notices_per_user"] == {"1": n + 1}  # everyone told once, by reap alone

@@ -66,7 +66,9 @@ async def test_serve_wires_groupme_from_the_environment(tmp_path):
         GROUPME_ACCESS_TOKEN="service-token", GROUPME_API_URL=gm.base_url,
     )
     proc = await asyncio.create_subprocess_exec(sys.executable, APP, "serve", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    msg = {"group_id": "4242", "id": "5001", "sender_type": "user", "system": False, "text": "/vpn help", "user_id": "111", "attachments": []}
+    msg = {"group_id": "4242", "id": "5001", "sender_type": "user", "system": False, "text": "/vpn help", "user_id": "111", "attachments": [],
+           "created_at": int(time.time())}
+    gm.messages.append(msg)  # GroupMe holds it: the bot verifies every command before answering
     try:
         async with aiohttp.ClientSession() as http:
             deadline = time.monotonic() + 20

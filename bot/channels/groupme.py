@@ -2,9 +2,11 @@
 
 GroupMe callbacks are not signed, so the route carries an unguessable secret (compared in constant
 time; anything else is 404), only configured groups and real users (`sender_type == "user"`,
-not system) are heard, repeated message ids are dropped, senders and the service are rate-limited,
-and — with a service-account token — sensitive commands are re-fetched from GroupMe and must match
-sender and text. Identity is `groupme:<user_id>`, never the display name.
+not system) are heard, repeated message ids are dropped, senders and groups are rate-limited (a
+sender over the limit is told once), and every command is re-fetched from GroupMe with the service
+account's token and must match sender and text before anything about anyone is answered. When
+GroupMe cannot confirm a message, the sender is told so; a mismatch (a forgery) is dropped.
+Identity is `groupme:<user_id>`, never the display name. Each group replies through its own bot.
 
 Configs go out as claim links (see bot/claims.py): DM'd to the requester, GET shows a button
 (link previews consume nothing), POST consumes the link once and shows the QR and the file.
@@ -12,14 +14,16 @@ Configs go out as claim links (see bot/claims.py): DM'd to the requester, GET sh
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
+import re
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -30,7 +34,7 @@ from aiohttp import web
 from bot.channels.groupme_api import GroupMeApi, GroupMeError
 from bot import claims
 from bot.claims import Claim, ClaimState, token_hash
-from bot.commands.parser import Command, parse
+from bot.commands.parser import Usage, parse
 from bot.messages import ConversationRef, Identity, Incoming, InvalidIdentity, UserKey
 from bot.outbox import ConfigDelivery, DeliveryError
 from cards import claim_page
@@ -43,16 +47,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_CALLBACK_BYTES = 64 * 1024
-SENSITIVE = {"start", "stop", "extend", "list"}
+_ID = re.compile(r"[0-9]{1,40}")
 CLAIM_COOKIE = "vpn_claim"
 AUTH_COOKIE = "vpn_claim_auth"
 
 
 @dataclass(frozen=True)
 class GroupMeConfig:
-    bot_id: str
+    bot_id: str  # for groups without a pair in `bots`
     group_ids: tuple[str, ...]
     callback_secret: str
+    bots: tuple[tuple[str, str], ...] = ()  # (group id, bot id): each group replies through its own bot
     access_token: str = ""
     oauth_client_id: str = ""
     api_url: str = "https://api.groupme.com/v3"
@@ -60,35 +65,67 @@ class GroupMeConfig:
     public_url: str = ""
     claim_minutes: int = 10
     per_user_per_minute: int = 6
-    global_per_minute: int = 60
+    per_group_per_minute: int = 60
     post_spacing: float = 0.4
+    verify_window: float = 600.0  # how far back (seconds) GroupMe's message list is searched
+    verify_retry_delay: float = 1.0  # one more look for a message GroupMe does not list yet
+
+    def bot_for(self, group_id: str) -> str:
+        return dict(self.bots).get(group_id) or self.bot_id
 
     def __repr__(self) -> str:
         return f"GroupMeConfig(groups={self.group_ids}, dm={'on' if self.access_token else 'off'}, oauth={'on' if self.oauth_client_id else 'off'})"
 
 
+class Admission(enum.Enum):
+    ALLOWED = "allowed"
+    REFUSED_FIRST = "refused, tell them"  # the first refusal since the key was last allowed
+    REFUSED = "refused again"  # already told: stay quiet
+
+
 class RateLimit:
-    """At most `limit` events per `window` seconds per key (sliding window)."""
+    """At most `limit` events per `window` seconds per key (sliding window); says when to tell once."""
 
     def __init__(self, limit: int, window: float = 60.0) -> None:
         self.limit, self.window = limit, window
-        self._events: dict[str, deque] = defaultdict(deque)
+        self._events: dict[str, deque] = {}
+        self._told: set[str] = set()
+        self._calls = 0
 
-    def allow(self, key: str) -> bool:
+    def admit(self, key: str) -> Admission:
         now = time.monotonic()
-        q = self._events[key]
+        self._calls += 1
+        if self._calls % 1024 == 0:
+            self._forget_idle(now)
+        q = self._events.setdefault(key, deque())
         while q and now - q[0] > self.window:
             q.popleft()
         if len(q) >= self.limit:
-            return False
+            if key in self._told:
+                return Admission.REFUSED
+            self._told.add(key)
+            return Admission.REFUSED_FIRST
+        self._told.discard(key)
         q.append(now)
-        return True
+        return Admission.ALLOWED
+
+    def _forget_idle(self, now: float) -> None:
+        """Keys whose last event left the window: forged senders must not grow memory for ever."""
+        for key in [k for k, q in self._events.items() if not q or now - q[-1] > self.window]:
+            del self._events[key]
+            self._told.discard(key)
+
+
+class Verdict(enum.Enum):
+    CONFIRMED = "confirmed"
+    FORGED = "forged"  # GroupMe holds that message with another sender or text: drop quietly
+    UNCONFIRMED = "unconfirmed"  # GroupMe could not confirm it: tell the sender
 
 
 def _strip_mentions(text: str, attachments: list) -> str:
     """Remove @mentions GroupMe marks with loci, so '@VPN Bot /vpn start' reads '/vpn start'."""
     spans = []
-    for att in attachments or []:
+    for att in attachments if isinstance(attachments, list) else []:
         if isinstance(att, dict) and att.get("type") == "mentions":
             for locus in att.get("loci") or []:
                 if isinstance(locus, list) and len(locus) == 2 and all(isinstance(x, int) for x in locus):
@@ -106,7 +143,7 @@ class GroupMeChannel:
         self._runtime: Runtime | None = None
         self._api: GroupMeApi | None = None
         self._per_user = RateLimit(config.per_user_per_minute)
-        self._global = RateLimit(config.global_per_minute)
+        self._per_group = RateLimit(config.per_group_per_minute)
         self._cookie_key = os.urandom(32)  # per process: a restart only means logging in again
 
     # ----- lifecycle and routes ---------------------------------------------------------------------
@@ -117,8 +154,8 @@ class GroupMeChannel:
         self._api = GroupMeApi(runtime.http, self.config.api_url, self.config.bot_id, self.config.access_token, spacing=self.config.post_spacing)
         if not self.can_deliver_privately(None):
             log.warning(
-                "GroupMe: no GROUPME_ACCESS_TOKEN/VPN_PUBLIC_URL: configs cannot be delivered privately; "
-                "only /vpn start key=<public key> works until an admin sets them"
+                "GroupMe: no GROUPME_ACCESS_TOKEN/VPN_PUBLIC_URL: callbacks cannot be verified and configs cannot be "
+                "delivered privately; only /vpn help is answered until an admin sets them"
             )
 
     def routes(self, app: web.Application) -> None:
@@ -134,16 +171,20 @@ class GroupMeChannel:
 
     # ----- Channel interface ------------------------------------------------------------------------
 
+    def _bot(self, conv: ConversationRef | None) -> str:
+        group = conv.data.get("group_id") if conv is not None else None
+        return self.config.bot_for(str(group or ""))
+
     async def send_text(self, conv: ConversationRef, text: str) -> None:
-        await self.api.post_bot(text)
+        await self.api.post_bot(text, self._bot(conv))
 
     async def send_card(self, conv: ConversationRef, card: Card) -> None:
-        await self.api.post_bot(render_card_text(card))
+        await self.api.post_bot(render_card_text(card), self._bot(conv))
 
     async def send_progress(self, conv: ConversationRef, text: str, handle: str | None) -> str | None:
         # Posts cannot be edited: post the first step only; "ready" / "failed" follow as messages.
         if handle is None:
-            await self.api.post_bot(text)
+            await self.api.post_bot(text, self._bot(conv))
         return handle or "posted"
 
     def can_deliver_privately(self, conv: ConversationRef | None) -> bool:
@@ -189,44 +230,79 @@ class GroupMeChannel:
         group_id, message_id = str(msg.get("group_id") or ""), str(msg.get("id") or "")
         user_id, text = str(msg.get("user_id") or msg.get("sender_id") or ""), msg.get("text")
         if group_id not in self.config.group_ids:
-            log.info("GroupMe callback for group %s ignored (not configured)", group_id[:20])
+            log.info("GroupMe callback for an unconfigured group ignored")
             return web.Response(status=200)
         if msg.get("sender_type") != "user" or msg.get("system") is not False:
             return web.Response(status=200)  # our own posts, other bots, system notices: no reply loops
-        if not (user_id.isdigit() and len(user_id) <= 32 and message_id.isdigit() and len(message_id) <= 40):
+        if not (_ID.fullmatch(user_id) and _ID.fullmatch(message_id)) or len(user_id) > 32:
             return web.Response(status=400, text="bad ids")
-        if text is not None and not isinstance(text, str):
+        if text is not None and (not isinstance(text, str) or not _encodable(text)):
             return web.Response(status=400, text="bad text")
-        text = _strip_mentions(text or "", msg.get("attachments") or [])
+        text = _strip_mentions(text or "", msg.get("attachments"))
         parsed = parse(text)
         if parsed is None:
             return web.Response(status=200)  # group chatter
-        if not self._global.allow("all") or not self._per_user.allow(user_id):
-            log.warning("GroupMe: rate limit hit by groupme:%s; message %s dropped", user_id, message_id)
-            return web.Response(status=200)
+        conv = ConversationRef("groupme", {"group_id": group_id})
         runtime = self._runtime
         assert runtime is not None
-        runtime.runner.start(f"groupme:{message_id}", lambda: self._process(group_id, message_id, user_id, text, parsed))
+        for limiter, key, notice in (
+            (self._per_group, group_id, f"This group sent more than {self.config.per_group_per_minute} commands in a minute; "
+                                        "I am ignoring commands for a short while. Try again in a minute."),
+            (self._per_user, user_id, f"groupme:{user_id}: you sent more than {self.config.per_user_per_minute} commands in a minute; "
+                                      "I am ignoring yours for a short while. Try again in a minute."),
+        ):
+            admission = limiter.admit(key)
+            if admission is not Admission.ALLOWED:
+                log.warning("GroupMe: rate limit hit (%s); message %s dropped", "group" if limiter is self._per_group else f"groupme:{user_id}", message_id)
+                if admission is Admission.REFUSED_FIRST:
+                    runtime.runner.start(f"groupme:limit:{key}", lambda n=notice: runtime.outbox.text(conv, n))
+                return web.Response(status=200)
+        runtime.runner.start(f"groupme:{message_id}", lambda: self._process(conv, message_id, user_id, text, parsed))
         return web.Response(status=200)
 
-    async def _process(self, group_id: str, message_id: str, user_id: str, text: str, parsed) -> None:
+    async def _verify(self, group_id: str, message_id: str, user_id: str, text: str) -> Verdict:
+        """Is this callback a message GroupMe really holds, from that sender, with that text?"""
+        not_before = self._runtime.service.clock().timestamp() - self.config.verify_window  # type: ignore[union-attr]
+        try:
+            stored = await self.api.find_message(group_id, message_id, not_before=not_before)
+            if stored is None and self.config.verify_retry_delay >= 0:
+                await asyncio.sleep(self.config.verify_retry_delay)  # a message GroupMe does not list yet
+                stored = await self.api.find_message(group_id, message_id, not_before=not_before)
+        except GroupMeError as exc:
+            log.warning("GroupMe: could not verify message %s (%s)", message_id, exc)
+            return Verdict.UNCONFIRMED
+        if stored is None:
+            log.warning("GroupMe: message %s is not among the group's recent messages", message_id)
+            return Verdict.UNCONFIRMED
+        stored_user = str(stored.get("user_id") or stored.get("sender_id") or "")
+        stored_text = stored.get("text") if isinstance(stored.get("text"), str) else ""
+        if stored_user != user_id or _strip_mentions(stored_text, stored.get("attachments")) != text or stored.get("sender_type", "user") != "user":
+            log.warning("GroupMe: callback for message %s does not match what GroupMe stored: forged? dropped", message_id)
+            return Verdict.FORGED
+        return Verdict.CONFIRMED
+
+    async def _process(self, conv: ConversationRef, message_id: str, user_id: str, text: str, parsed) -> None:
         runtime = self._runtime
         assert runtime is not None
-        if isinstance(parsed, Command) and parsed.verb in SENSITIVE and self.config.access_token:
-            try:
-                stored = await self.api.find_message(group_id, message_id)
-            except GroupMeError as exc:
-                log.warning("GroupMe: could not verify message %s (%s); dropped", message_id, exc)
+        harmless = isinstance(parsed, Usage) or parsed.verb == "help"
+        if not self.config.access_token:
+            if not harmless:
+                # Callbacks are unsigned: without a service account nothing can confirm who sent this.
+                await runtime.outbox.text(conv, "I cannot confirm with GroupMe who sent that, so I did nothing: "
+                                                "an admin needs to set up the service account (GROUPME_ACCESS_TOKEN). /vpn help still works.")
                 return
-            stored_text = _strip_mentions(stored.get("text") or "", stored.get("attachments") or []) if stored else None
-            if stored is None or str(stored.get("user_id") or stored.get("sender_id")) != user_id or stored_text != text:
-                log.warning("GroupMe: callback for message %s does not match what GroupMe stored: forged? dropped", message_id)
+        else:
+            verdict = await self._verify(conv.data["group_id"], message_id, user_id, text)
+            if verdict is Verdict.FORGED:
+                return
+            if verdict is Verdict.UNCONFIRMED:
+                await runtime.outbox.text(conv, "I could not confirm that message with GroupMe, so I did nothing. "
+                                                "Please send it again in a minute.")
                 return
         try:
             who = Identity(UserKey("groupme", user_id))
         except InvalidIdentity:
             return
-        conv = ConversationRef("groupme", {"group_id": group_id})
         await runtime.dispatcher.handle(Incoming(who, text, conv, message_id=message_id, is_private=False))
 
     # ----- claim pages ------------------------------------------------------------------------------
@@ -317,6 +393,15 @@ class GroupMeChannel:
         self._set_cookie(redirect, AUTH_COOKIE, self._auth_value(claim))
         redirect.headers.update(claim_page.SECURITY_HEADERS)
         raise redirect
+
+
+def _encodable(text: str) -> bool:
+    """False for lone surrogates, which JSON allows and nothing downstream can store or send."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _same_origin_post(request: web.Request, public_url: str) -> bool:

@@ -2,8 +2,9 @@
 
 Bot posts (≤1000 characters each: longer replies are split and spaced so they arrive in order),
 direct messages from the service account (a fresh `source_guid` each), `users/me`, and re-fetching
-a group message to verify a callback. 420/429/5xx are retried with backoff and jitter. Tokens travel
-only in the `X-Access-Token` header and are never logged.
+a group message to verify a callback. 420/429/5xx are retried with backoff and jitter; 304 is
+GroupMe's "no messages", not an error. Tokens travel only in the `X-Access-Token` header and are
+never logged.
 """
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
     return chunks
 
 
+def _created_at(msg: dict) -> float:
+    value = msg.get("created_at")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("-inf")
+
+
 class GroupMeApi:
     def __init__(
         self,
@@ -66,14 +72,15 @@ class GroupMeApi:
         self._spacing = spacing
         self._attempts = attempts
         self._backoff = backoff
-        self._post_lock = asyncio.Lock()  # chunks of one reply must not interleave with another's
+        self._post_locks: dict[str, asyncio.Lock] = {}  # per bot: chunks of one reply must not interleave
 
-    async def post_bot(self, text: str) -> None:
-        async with self._post_lock:
+    async def post_bot(self, text: str, bot_id: str | None = None) -> None:
+        bot_id = bot_id or self._bot_id
+        async with self._post_locks.setdefault(bot_id, asyncio.Lock()):
             for i, chunk in enumerate(split_text(text)):
                 if i:
                     await asyncio.sleep(self._spacing)
-                await self._request("POST", "/bots/post", json={"bot_id": self._bot_id, "text": chunk})
+                await self._request("POST", "/bots/post", json={"bot_id": bot_id, "text": chunk})
 
     async def direct_message(self, user_id: str, text: str) -> None:
         if not self._token:
@@ -86,18 +93,31 @@ class GroupMeApi:
         data = await self._request("GET", "/users/me", token=token)
         return (data or {}).get("response") or {}
 
-    async def find_message(self, group_id: str, message_id: str) -> dict | None:
-        """The group message with that id as GroupMe stored it (service account's view), or None."""
+    async def find_message(self, group_id: str, message_id: str, *, not_before: float, max_pages: int = 5) -> dict | None:
+        """The group message with that id as GroupMe stored it (service account's view), or None.
+
+        Only documented behaviour: the newest page first, then `before_id` (an id GroupMe just
+        returned, so it exists) page by page while the page still reaches back to `not_before`
+        (Unix seconds). 304 means "no (more) messages"."""
         if not self._token:
-            return None
-        try:
-            after = str(int(message_id) - 1)
-        except ValueError:
-            return None
-        data = await self._request("GET", f"/groups/{group_id}/messages", params={"after_id": after, "limit": "20"}, token=self._token)
-        for msg in ((data or {}).get("response") or {}).get("messages") or []:
-            if str(msg.get("id")) == message_id:
-                return msg
+            raise GroupMeError("no service-account token (GROUPME_ACCESS_TOKEN) to read messages with")
+        params = {"limit": "100"}
+        for _ in range(max_pages):
+            data = await self._request("GET", f"/groups/{group_id}/messages", params=params, token=self._token)
+            response = data.get("response") if isinstance(data, dict) else None
+            messages = response.get("messages") if isinstance(response, dict) else None
+            if not isinstance(messages, list) or not messages:
+                return None
+            oldest = None
+            for msg in messages:
+                if not isinstance(msg, dict):
+                    continue
+                if str(msg.get("id")) == message_id:
+                    return msg if _created_at(msg) >= not_before else None  # an old message replayed
+                oldest = msg
+            if oldest is None or not _created_at(oldest) >= not_before or len(messages) < int(params["limit"]):
+                return None
+            params = {"limit": "100", "before_id": str(oldest.get("id"))}
         return None
 
     async def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None, token: str | None = None) -> Any:
@@ -106,10 +126,15 @@ class GroupMeApi:
             try:
                 async with self._http.request(method, self._base + path, json=json, params=params, headers=headers,
                                               timeout=aiohttp.ClientTimeout(total=15)) as resp:
-                    if 200 <= resp.status < 300:
-                        if resp.content_type == "application/json":
-                            return await resp.json()
+                    if resp.status == 304:  # GroupMe's answer when no message matches
                         return None
+                    if 200 <= resp.status < 300:
+                        if resp.content_type != "application/json":
+                            return None
+                        try:
+                            return await resp.json()
+                        except ValueError:
+                            raise GroupMeError(f"GroupMe {method} {path} answered malformed JSON") from None
                     if resp.status not in RETRY_STATUSES or attempt + 1 == self._attempts:
                         raise GroupMeError(f"GroupMe {method} {path} answered {resp.status}")
                     retry_after = resp.headers.get("Retry-After", "")

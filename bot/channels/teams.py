@@ -1,6 +1,7 @@
 """Microsoft Teams through the Bot Framework SDK: the only module that imports botbuilder.
 
-Inbound: `CloudAdapter` at `POST /api/messages` checks the token and parses the activity; a
+Inbound: `CloudAdapter` at `POST /api/messages` checks the token (against the Bot Framework's keys,
+which `_SigningKeys` downloads off the event loop) and parses the activity; a
 `TeamsActivityHandler` hands it to this channel, which answers the HTTP request at once and does
 the work (member lookup, command, replies) in a tracked task, so an ack never waits on Teams.
 
@@ -33,6 +34,8 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 import jwt
+import msal
+import requests
 from aiohttp import web
 from botbuilder.core import TurnContext
 from botbuilder.core.teams import TeamsActivityHandler
@@ -42,7 +45,9 @@ from botbuilder.integration.aiohttp import (
     ConfigurationServiceClientCredentialFactory,
 )
 from botbuilder.schema import Activity
-from botframework.connector.auth import AuthenticationConstants
+from botframework.connector.auth import AuthenticationConstants, JwtTokenExtractor
+from botframework.connector.auth.jwt_token_extractor import _OpenIdConfig
+from jwt.algorithms import RSAAlgorithm
 
 from bot import claims
 from bot.backoff import retry_delay
@@ -87,6 +92,13 @@ class TeamsConfig:
     call_timeout: float = 20.0
     max_concurrent_calls: int = 64
     consent_minutes: int = 60
+    # Where the Bot Framework's signing keys and the bot's own token come from. The defaults are
+    # the public cloud's; tests point them at fakes on 127.0.0.1 ("" = the SDK's own URL).
+    channel_keys_url: str = ""  # OpenID metadata for tokens the channel sends (login.botframework.com)
+    emulator_keys_url: str = ""  # ... for tokens with Entra issuers (the SDK's emulator/skill path)
+    login_url: str = AuthenticationConstants.TO_CHANNEL_FROM_BOT_LOGIN_URL_PREFIX  # + tenant = the MSAL authority
+    validate_authority: bool = True  # MSAL authority validation and instance discovery (off only for a fake)
+    auth_timeout: float = 10.0  # the whole key download (metadata + JWKS); each token HTTP call
 
     def __repr__(self) -> str:
         return f"TeamsConfig(app_id={self.app_id!r}, type={self.app_type}, dev_mode={self.dev_mode})"
@@ -103,6 +115,131 @@ class _AdapterSettings:
         self.APP_TENANTID = c.tenant_id
 
 
+class _SigningKeys:
+    """Stands in for botbuilder's `_OpenIdMetadata` (botframework/connector/auth/jwt_token_extractor.py),
+    which downloads the Bot Framework's keys with a blocking `requests.get` without a timeout on the
+    event loop (daily, and for unknown key ids at most hourly), retries a failed download on every
+    request, and raises IndexError for an unknown key id. Same contract (`await get(kid)`), but
+    downloaded with aiohttp under a timeout, one download at a time, failures retried after a pause
+    (old keys stay in use), and a key it does not know refused as unauthorised."""
+
+    REFRESH = 24 * 3600.0
+    UNKNOWN_KID_REFRESH = 3600.0
+    RETRY_AFTER_FAILURE = 60.0
+
+    def __init__(self, url: str, fetch_from: str, timeout: float) -> None:
+        self.url, self.fetch_from, self.timeout = url, fetch_from, timeout
+        self.keys: dict[str, _OpenIdConfig] = {}
+        self.fetched_at = float("-inf")
+        self._retry_at = 0.0
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+    async def get(self, key_id: str | None) -> _OpenIdConfig:
+        await self._refresh_if(lambda: time.monotonic() - self.fetched_at > self.REFRESH)
+        if key_id not in self.keys:
+            await self._refresh_if(lambda: key_id not in self.keys and time.monotonic() - self.fetched_at > self.UNKNOWN_KID_REFRESH)
+        key = self.keys.get(key_id or "")
+        if key is None:
+            raise PermissionError("token signed with an unknown key")
+        return key
+
+    async def _refresh_if(self, stale: Callable[[], bool]) -> None:
+        if not stale():
+            return
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks = {loop: lock}  # one loop per process (tests start new ones): forget old loops
+        async with lock:
+            if not stale() or time.monotonic() < self._retry_at:
+                return
+            try:
+                self.keys = await self._download()
+                self.fetched_at = time.monotonic()
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError) as exc:
+                self._retry_at = time.monotonic() + self.RETRY_AFTER_FAILURE
+                log.warning("Teams: could not download the Bot Framework signing keys from %s (%s); retrying in %.0fs",
+                            _host(self.fetch_from), type(exc).__name__, self.RETRY_AFTER_FAILURE)
+
+    async def _download(self) -> dict[str, _OpenIdConfig]:
+        async with asyncio.timeout(self.timeout), aiohttp.ClientSession(trust_env=True) as http:
+            async with http.get(self.fetch_from) as resp:
+                resp.raise_for_status()
+                jwks_uri = (await resp.json(content_type=None))["jwks_uri"]
+            async with http.get(jwks_uri) as resp:
+                resp.raise_for_status()
+                published = (await resp.json(content_type=None))["keys"]
+        keys = {}
+        for jwk in published:
+            if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str) and jwk.get("kty") == "RSA":
+                try:
+                    keys[jwk["kid"]] = _OpenIdConfig(RSAAlgorithm.from_jwk(json.dumps(jwk)), list(jwk.get("endorsements") or []))
+                except (jwt.PyJWTError, ValueError, TypeError):
+                    log.warning("Teams: unusable signing key %s skipped", jwk["kid"][:40])
+        if not keys:
+            raise ValueError("no usable keys")
+        return keys
+
+
+def _use_signing_keys(config: TeamsConfig) -> None:
+    """botbuilder keeps one key cache per metadata URL in `JwtTokenExtractor.metadataCache`
+    (process-wide) and creates its blocking one only for a URL not in it: fill in ours first."""
+    cache = getattr(JwtTokenExtractor, "metadataCache", None)
+    if not isinstance(cache, dict):  # a botbuilder whose internals moved: refuse to run with blocking auth
+        raise RuntimeError("botbuilder's JwtTokenExtractor.metadataCache is gone: check bot/channels/teams.py _SigningKeys")
+    for url, override in ((AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL, config.channel_keys_url),
+                          (AuthenticationConstants.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL, config.emulator_keys_url)):
+        fetch_from = override or url
+        current = cache.get(url)
+        if not (isinstance(current, _SigningKeys) and current.fetch_from == fetch_from):
+            cache[url] = _SigningKeys(url, fetch_from, config.auth_timeout)
+
+
+class _TimeoutSession(requests.Session):
+    """MSAL's HTTP client with a timeout on every call (MSAL's managed-identity path sets none)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+
+    def request(self, *args, **kwargs):
+        kwargs.setdefault("timeout", self._timeout)
+        return super().request(*args, **kwargs)
+
+
+class _BotToken:
+    """The bot's own token for the Bot Connector from MSAL: client credentials (SingleTenant,
+    MultiTenant) or the user-assigned managed identity. MSAL is synchronous and its constructor
+    already does discovery I/O, so `acquire` (construction included) only ever runs in a thread."""
+
+    def __init__(self, config: TeamsConfig) -> None:
+        self._config = config
+        self._client: Any = None
+
+    def acquire(self) -> tuple[str, float]:
+        """(token, seconds it stays valid)."""
+        c = self._config
+        resource = AuthenticationConstants.TO_CHANNEL_FROM_BOT_OAUTH_SCOPE
+        if self._client is None:
+            http = _TimeoutSession(c.auth_timeout)
+            if c.app_type.lower() == "userassignedmsi":
+                self._client = msal.ManagedIdentityClient(msal.UserAssignedManagedIdentity(client_id=c.app_id), http_client=http)
+            else:
+                tenant = c.tenant_id if c.app_type.lower() == "singletenant" else AuthenticationConstants.DEFAULT_CHANNEL_AUTH_TENANT
+                self._client = msal.ConfidentialClientApplication(
+                    c.app_id, client_credential=c.app_password, authority=c.login_url.rstrip("/") + "/" + tenant,
+                    validate_authority=c.validate_authority, instance_discovery=c.validate_authority, http_client=http,
+                )
+        if isinstance(self._client, msal.ManagedIdentityClient):
+            answer = self._client.acquire_token_for_client(resource=resource)
+        else:
+            answer = self._client.acquire_token_for_client(scopes=[resource + "/.default"])
+        if "access_token" not in answer:
+            raise PermissionError(f"no token: {answer.get('error') or 'unknown error'}")
+        return answer["access_token"], float(answer.get("expires_in") or 600)
+
+
 class _ReusingAuthentication(ConfigurationBotFrameworkAuthentication):
     """botbuilder builds a ConnectorClient and a TokenApiClient (each a msrest client with a requests
     session) for every inbound turn; this hands out one per service URL instead. The channel never
@@ -114,7 +251,12 @@ class _ReusingAuthentication(ConfigurationBotFrameworkAuthentication):
         self._token_clients: dict[str, Any] = {}
 
     async def authenticate_request(self, activity, auth_header):
-        result = await super().authenticate_request(activity, auth_header)
+        try:
+            result = await super().authenticate_request(activity, auth_header)
+        except PermissionError:
+            raise
+        except Exception as exc:  # a token the SDK cannot read or verify (alg, endorsement, signature): 401
+            raise PermissionError(f"token refused ({type(exc).__name__})") from None
         if result.connector_factory is not None:
             result.connector_factory = _ReusingConnectorFactory(result.connector_factory, self._connectors)
         return result
@@ -336,7 +478,7 @@ class TeamsChannel:
         self._adapter: CloudAdapter | None = None
         self._client: ConnectorClient | None = None
         self._credentials: ConfigurationServiceClientCredentialFactory | None = None
-        self._app_credentials: Any = None
+        self._bot_token = _BotToken(config)
         self._token_cache: tuple[float, str] | None = None
         self._token_lock = asyncio.Lock()
         self._handler = _Handler(self)
@@ -355,6 +497,7 @@ class TeamsChannel:
             log.warning("MicrosoftAppType=MultiTenant: existing multi-tenant bot registrations keep working, but new "
                         "Azure Bot registrations must be SingleTenant or UserAssignedMSI")
         self._credentials = ConfigurationServiceClientCredentialFactory(settings)
+        _use_signing_keys(self.config)
         self._adapter = CloudAdapter(_ReusingAuthentication(settings, self._credentials))
         self._adapter.on_turn_error = self._on_turn_error
         assert runtime.http is not None
@@ -384,15 +527,13 @@ class TeamsChannel:
             cached = self._token_cache
             if cached and cached[0] > time.monotonic():
                 return cached[1]
-            assert self._credentials is not None
-            if self._app_credentials is None:  # one MSAL client (and its token cache) for the process
-                self._app_credentials = await self._credentials.create_credentials(
-                    self.config.app_id, AuthenticationConstants.TO_CHANNEL_FROM_BOT_OAUTH_SCOPE,
-                    AuthenticationConstants.TO_CHANNEL_FROM_BOT_LOGIN_URL, True,
-                )
-            token = await asyncio.to_thread(self._app_credentials.get_access_token)
-            # Tokens live an hour or more; MSAL renews its own cache when one nears expiry.
-            self._token_cache = (time.monotonic() + 300, token)
+            try:
+                token, lifetime = await asyncio.to_thread(self._bot_token.acquire)
+            except Exception as exc:  # MSAL raises what it likes (ValueError, requests', its own): all mean no token
+                log.warning("Teams: could not get the bot's token (%s: %s)", type(exc).__name__, str(exc)[:120])
+                raise ConnectorError(0, "NoBotToken") from None
+            # Kept until five minutes before it expires; MSAL keeps its own cache too.
+            self._token_cache = (time.monotonic() + max(lifetime - 300, 30), token)
             return token
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
