@@ -216,10 +216,6 @@ async def serve(settings: Settings, provider: Provider, access: AccessPolicy) ->
     except OSError as exc:
         await runner.cleanup()
         raise preflight.listen_error(host, settings.port, exc) from None
-    # Everything loaded so far (SDKs, modules: ~80k objects) lives as long as the process: out of the
-    # collector's sight, a full collection under load pauses the loop for tens of ms, not 100+.
-    gc.collect()
-    gc.freeze()
     log.info(
         "serving on http://%s:%d (provider %s; channels: %s)",
         host, settings.port, provider.name, ", ".join(ch.name for ch in channels) or "none",
@@ -228,6 +224,11 @@ async def serve(settings: Settings, provider: Provider, access: AccessPolicy) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # docker stop / systemd send SIGTERM: shut down cleanly
         loop.add_signal_handler(sig, stop.set)
+    # Everything loaded so far (SDKs, modules: ~80k objects) lives as long as the process: out of the
+    # collector's sight, a full collection under load pauses the loop for tens of ms, not 100+.
+    # After the signal handlers, so a SIGTERM during the collection still shuts down cleanly.
+    gc.collect()
+    gc.freeze()
     try:
         await stop.wait()
         log.info("shutting down")
