@@ -144,6 +144,8 @@ class VpnService:
         self.worker = worker or this_worker()
         self._user_locks: "weakref.WeakValueDictionary[str, asyncio.Lock]" = weakref.WeakValueDictionary()
         self._wake = asyncio.Event()
+        self._sweep_at: datetime | None = None  # when the sweeper means to look next (None: sweeping now)
+        self._due_at: datetime | None = None  # the earliest due time reported since the sweep began
         self._handles: dict[str, str | None] = {}  # latest progress handle of each session we provision
         runner.set_error_handler(self._on_task_error)
 
@@ -529,7 +531,17 @@ class VpnService:
         else:
             await self.outbox.text(conv, f"Your VPN server is up (session {s.id}). It ends at {expires_at:%H:%M} UTC; /vpn stop ends it sooner.")
         log.info("session %s ready at %s after %.2fs", s.id, info.endpoint, (ready_at - s.created_at).total_seconds())
-        self._wake.set()
+        self._due(s)
+
+    def _due(self, s: Session) -> None:
+        """Wake the sweeper only if this session needs it before its planned pass: a full sweep after
+        every ready session (hundreds a minute under load) listed every live session each time."""
+        at = s.expires_at
+        if self.policy.warn_minutes and not s.warned and s.minutes > self.policy.warn_minutes:
+            at = min(at, s.expires_at - timedelta(minutes=self.policy.warn_minutes))
+        self._due_at = min(filter(None, (self._due_at, at)))
+        if self._sweep_at is not None and at < self._sweep_at:
+            self._wake.set()
 
     async def _fail(self, session_id: str, exc: Exception, handle: str | None) -> None:
         """Mark a session we work on failed (the compare-and-set decides it is ours to fail), clean up, tell."""
@@ -754,6 +766,7 @@ class VpnService:
         last_reconcile = float("-inf")
         while True:
             self._wake.clear()
+            self._sweep_at = self._due_at = None
             next_due = None
             try:
                 next_due = await self.sweep()
@@ -765,8 +778,10 @@ class VpnService:
             except Exception:
                 log.exception("sweep failed; trying again shortly")
             timeout = self.policy.sweep_seconds
+            next_due = min(filter(None, (next_due, self._due_at)), default=None)  # readied while we swept
             if next_due is not None:
                 timeout = min(timeout, max(0.05, (next_due - self.clock()).total_seconds()))
+            self._sweep_at = self.clock() + timedelta(seconds=timeout)
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that races a wake-up.
                 async with asyncio.timeout(timeout):

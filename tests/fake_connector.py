@@ -114,6 +114,8 @@ class FakeConnector:
             if method == request.method and fragment in path:
                 del self.faults[i]
                 return web.json_response(payload, status=status, headers={"Retry-After": "0"} if status == 429 else None)
+        if request.method == "POST" and path.endswith("/bots/post"):
+            return web.Response(status=202)  # GroupMe's bot post (bench_chat's GroupMe callbacks answer here)
         if not path.startswith("/teams-prefix/v3/"):
             return web.json_response({"error": {"code": "NotFound"}}, status=404)
         rest = path[len("/teams-prefix/v3/"):]
