@@ -93,3 +93,20 @@ def test_role_definition_covers_what_the_provider_calls():
         assert {f"{rtype}/read", f"{rtype}/write", f"{rtype}/delete"} <= actions
     assert not any(a.endswith("/*") or a == "*" for a in actions)
     assert role["AssignableScopes"][0].count("/resourceGroups/") == 1
+
+
+def test_no_merge_conflict_markers_are_left_in_the_tree():
+    """Parallel branches merge here; a README with `<<<<<<<` in it once landed unnoticed."""
+    marker = re.compile(r"^(<{7}|>{7}) |^={7}$", re.M)
+    suffixes = {".py", ".md", ".txt", ".sh", ".bicep", ".json", ".js", ".html", ".css", ".ini", ".example", ""}
+    skip = {".git", ".venv", "node_modules", "__pycache__", "data", "out", "test-artifacts", ".hypothesis", ".pytest_cache"}
+    hits = []
+    for path in ROOT.rglob("*"):
+        if any(part in skip for part in path.relative_to(ROOT).parts) or not path.is_file() or path.suffix not in suffixes:
+            continue
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        hits += [f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}" for m in marker.finditer(text)]
+    assert hits == []
