@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from timing_channel import TimingChannel  # noqa: E402  (bench/ is the script's folder; no project imports)
+
 
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
@@ -35,28 +37,16 @@ def rss_mb() -> float:
     return float("nan")
 
 
-class RecordingChannel:
-    name = "bench"
+class RecordingChannel(TimingChannel):
+    """bench_start's channel (delivery times), also counting "ended" notices for the expiry figure."""
 
     def __init__(self) -> None:
-        self.delivered: dict[str, float] = {}
+        super().__init__()
         self.ended = 0
 
     async def send_text(self, conv, text):
         if "has ended" in text:
             self.ended += 1
-
-    async def send_card(self, conv, card): ...
-
-    async def send_progress(self, conv, text, handle):
-        return handle or "p"
-
-    def can_deliver_privately(self, conv):
-        return True
-
-    async def deliver_config(self, conv, recipient, delivery):
-        self.delivered[str(recipient.key)] = time.perf_counter()
-        return "delivered"
 
 
 async def lag_probe(samples: list[float], stop: asyncio.Event, tick: float = 0.01) -> None:

@@ -26,25 +26,7 @@ from bot.settings import Settings  # noqa: E402
 from cards.qr import qr_png  # noqa: E402
 from provisioner.dryrun import DryRunProvider  # noqa: E402
 from provisioner.wireguard import generate_keypair  # noqa: E402
-
-
-class TimingChannel:
-    name = "bench"
-
-    def __init__(self) -> None:
-        self.delivered: dict[str, float] = {}
-
-    async def send_text(self, conv, text): ...
-    async def send_card(self, conv, card): ...
-    async def send_progress(self, conv, text, handle):
-        return handle or "p"
-
-    def can_deliver_privately(self, conv):
-        return True
-
-    async def deliver_config(self, conv, recipient, delivery):
-        self.delivered[str(recipient.key)] = time.perf_counter()
-        return "delivered"
+from timing_channel import TimingChannel  # noqa: E402  (bench/ is the script's folder)
 
 
 async def run(sessions: int, step_seconds: float) -> None:

@@ -417,23 +417,29 @@ async def test_progress_updates_are_coalesced(make_teams):
     assert 1 <= len(updates) < 7 and "step 7" in FakeConnector.text_of(updates[-1])
 
 
+async def started_then_second_replica(connector: FakeConnector, make_runtime) -> tuple[Harness, TestServer]:
+    """Alice's `/vpn start` served by one replica, which then goes away; a harness on a second, fresh
+    replica of the same store (a restart, or another replica behind the same endpoint)."""
+    server = None
+    for first in (True, False):
+        channel = TeamsChannel(dev_config())
+        app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel]), [channel.routes])
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        h = Harness(connector, server)
+        if first:
+            await h.say("/vpn start")
+            await h.settle()
+            await server.close()
+    return h, server
+
+
 async def test_file_consent_survives_a_restart(make_runtime):
     """The sealed file waits in the store; after a restart the Allow still uploads it."""
     connector = await FakeConnector(members={}).start()
     try:
-        servers = []
-        for _ in range(2):
-            channel = TeamsChannel(dev_config())
-            app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel]), [channel.routes])
-            server = TestServer(app, host="127.0.0.1")
-            await server.start_server()
-            servers.append(server)
-            h = Harness(connector, server)
-            if len(servers) == 1:
-                await h.say("/vpn start")
-                await h.settle()
-                consent = next(a for c in connector.sent() for a in (c.body.get("attachments") or []) if a["contentType"].endswith("file.consent"))
-                await server.close()
+        h, second = await started_then_second_replica(connector, make_runtime)
+        consent = next(a for c in connector.sent() for a in (c.body.get("attachments") or []) if a["contentType"].endswith("file.consent"))
         upload_url = connector.base_url.split("/teams-prefix/")[0] + "/upload/vpn.conf"
         await h.post(activity("invoke_file_consent", serviceUrl=connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT,
                               conversationId="a:1personal-alice", action="accept", token=consent["content"]["acceptContext"]["token"],
@@ -441,7 +447,7 @@ async def test_file_consent_survives_a_restart(make_runtime):
         await h.settle()
         (upload,) = connector.uploads
         assert upload.body["bytes"].startswith("[Interface]\nPrivateKey = ")
-        await servers[1].close()
+        await second.close()
     finally:
         await connector.stop()
 
@@ -573,18 +579,7 @@ async def test_ids_are_said_only_in_personal_chats(make_teams):
 async def test_teardown_replaces_the_qr_card_even_on_another_replica(make_runtime):
     connector = await FakeConnector(members={}).start()
     try:
-        servers = []
-        for _ in range(2):
-            channel = TeamsChannel(dev_config())
-            app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel]), [channel.routes])
-            server = TestServer(app, host="127.0.0.1")
-            await server.start_server()
-            servers.append(server)
-            h = Harness(connector, server)
-            if len(servers) == 1:
-                await h.say("/vpn start")
-                await h.settle()
-                await server.close()
+        h, second = await started_then_second_replica(connector, make_runtime)
         qr = next(c for c in connector.sent() if "data:image/png;base64," in FakeConnector.text_of(c))
         consent = next(c for c in connector.sent() if "file.consent" in FakeConnector.text_of(c))
         await h.say("/vpn stop")
@@ -592,7 +587,7 @@ async def test_teardown_replaces_the_qr_card_even_on_another_replica(make_runtim
         (expired,) = [c for c in connector.updates() if "VPN config expired" in FakeConnector.text_of(c)]
         assert expired.path.endswith("/activities/" + qr.answered_id) and "data:image" not in FakeConnector.text_of(expired)
         assert [c.path.rsplit("/", 1)[1] for c in connector.deletes()] == [consent.answered_id]
-        await servers[1].close()
+        await second.close()
     finally:
         await connector.stop()
 
