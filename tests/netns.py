@@ -23,6 +23,7 @@ POOL = "10.77.0.0/24"
 ECHO_SERVER = """
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND: binds even while a test re-addresses the interface
 s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8)
 while True:
     c, _ = s.accept()
