@@ -12,14 +12,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot import preflight, server_up
+from bot import preflight
+from bot.http import ready_callback
 from bot.access import AccessPolicy, RuleError, parse_rules
 from bot.channels.console import ConsoleChannel, operator_key, qr_style, run_console
 from bot.logs import setup_logging
 from bot.messages import Identity, InvalidIdentity, UserKey
-from bot.runtime import Runtime
+from bot.wiring import Runtime
 from bot.settings import Settings, SettingsError, environment
-from bot.web import create_app
+from bot.http.app import create_app
 from provisioner.base import Provider
 
 log = logging.getLogger("app")
@@ -138,7 +139,7 @@ def make_channels(settings: Settings) -> list:
     """The chat channels `serve` runs, from what is configured."""
     channels = []
     if settings.teams_app_id or settings.dev_mode:
-        from bot.channels.teams import TeamsChannel, TeamsConfig
+        from bot.channels.teams.channel import TeamsChannel, TeamsConfig
 
         channels.append(
             TeamsChannel(
@@ -156,7 +157,7 @@ def make_channels(settings: Settings) -> list:
     else:
         log.info("Teams is off: set MicrosoftAppId (or VPN_DEV_MODE=1 to try it locally without credentials)")
     if settings.groupme_bot_id or settings.groupme_bots:
-        from bot.channels.groupme import GroupMeChannel, GroupMeConfig
+        from bot.channels.groupme.channel import GroupMeChannel, GroupMeConfig
 
         channels.append(
             GroupMeChannel(
@@ -177,7 +178,7 @@ def make_channels(settings: Settings) -> list:
             )
         )
     if settings.web_enabled:
-        from bot.channels.web import WebChannel, WebConfig
+        from bot.channels.web.channel import WebChannel, WebConfig
 
         channels.append(
             WebChannel(
@@ -206,7 +207,7 @@ async def serve(settings: Settings, provider: Provider, access: AccessPolicy) ->
         host = "127.0.0.1"
     channels = make_channels(settings)
     hooks = [ch.routes for ch in channels if hasattr(ch, "routes")]
-    hooks.append(server_up.routes)  # servers (Azure VMs) calling back "tunnel up", verified against the store
+    hooks.append(ready_callback.routes)  # servers (Azure VMs) calling back "tunnel up", verified against the store
     app = create_app(lambda: Runtime(settings, provider, access, channels), hooks)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -270,8 +271,8 @@ def read_password() -> str:
 
 
 async def users(settings: Settings, provider: Provider, access: AccessPolicy, args: argparse.Namespace) -> int:
-    from bot.auth.local import MIN_PASSWORD, hash_password, normalize_email
-    from bot.sessions.store import LocalUser
+    from bot.channels.web.signin_local import MIN_PASSWORD, hash_password, normalize_email
+    from bot.store.ports import LocalUser
 
     async with Runtime(settings, provider, access, background=False) as runtime:
         store = runtime.store
@@ -309,7 +310,7 @@ async def users(settings: Settings, provider: Provider, access: AccessPolicy, ar
 
 def write_teams_manifest(args: argparse.Namespace) -> int:
     """Needs only the public app id and a website: no secret, and every problem reported at once."""
-    from bot.channels.teams_manifest import package, problems
+    from bot.channels.teams.manifest import package, problems
 
     env = environment()
     app_id = (args.app_id or env.get("MicrosoftAppId", "")).strip()

@@ -28,14 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp import web  # noqa: E402
 
-from bot import server_up  # noqa: E402
+from bot.engine import ready_tokens  # noqa: E402
+from bot.http import ready_callback  # noqa: E402
 from bot.access import AccessPolicy  # noqa: E402
 from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
-from bot.runtime import Runtime  # noqa: E402
+from bot.wiring import Runtime  # noqa: E402
 from bot.settings import Settings  # noqa: E402
-from bot.web import RUNTIME  # noqa: E402
+from bot.http.app import RUNTIME  # noqa: E402
 from provisioner.azure import AzureConfig, AzureProvider  # noqa: E402
-from tests.fake_arm import FakeArm, FakeCredential  # noqa: E402
+from tests.fakes.arm import FakeArm, FakeCredential  # noqa: E402
 
 
 class Timing:
@@ -100,7 +101,7 @@ async def new_design(args, *, warm: bool, after_vm_accepted: bool) -> tuple[list
             async with Runtime(settings, provider, AccessPolicy.from_text(",".join(users), ""), [channel], background=False) as rt:
                 routes = web.Application()
                 routes[RUNTIME] = rt  # the VM's callback lands here and is verified against the store
-                server_up.routes(routes)
+                ready_callback.routes(routes)
                 runner = web.AppRunner(routes, access_log=None)
                 await runner.setup()
                 await web.TCPSite(runner, "127.0.0.1", port).start()

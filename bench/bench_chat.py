@@ -1,6 +1,6 @@
 """The Teams chat path under load, side by side with a bare botbuilder echo bot.
 
-Starts a fake Bot Connector (tests/fake_connector.py), the project (`app.py serve`, dev mode, dryrun
+Starts a fake Bot Connector (tests/fakes/connector.py), the project (`app.py serve`, dev mode, dryrun
 with 0 s steps) and a minimal botbuilder echo bot (this file with --echo-bot), each in its own
 process. Drives them with the same open-loop generator (requests leave on schedule whether or not
 earlier ones were answered), interleaved over rounds, and prints per run: throughput, ack p50/p99,
@@ -268,7 +268,7 @@ async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-chat-"))
     procs: list[subprocess.Popen] = []
     try:
-        conn = subprocess.Popen([sys.executable, "-m", "tests.fake_connector"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        conn = subprocess.Popen([sys.executable, "-m", "tests.fakes.connector"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         procs.append(conn)
         connector = conn.stdout.readline().strip()
         users = [aad("help", 0, i) for i in range(200)]

@@ -34,11 +34,11 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_arm import FakeArm  # noqa: E402
+from tests.fakes.arm import FakeArm  # noqa: E402
 
 IMPORTS = (
     "app",
-    "bot.channels.teams",
+    "bot.channels.teams.channel",
     "provisioner.azure",
     "prometheus_client",
     "azure.identity.aio",

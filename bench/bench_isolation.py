@@ -2,8 +2,8 @@
 flooded with `/vpn start`? (issue 10, item 4; goal: GroupMe acks within 100 ms during the burst.)
 
 Three processes, so that no measuring side steals the loop of the measured one:
-  1. the fakes: a Bot Connector and a GroupMe API on 127.0.0.1 (tests/fake_connector.py,
-     tests/fake_groupme.py), plus /stats with the time each GroupMe post arrived;
+  1. the fakes: a Bot Connector and a GroupMe API on 127.0.0.1 (tests/fakes/connector.py,
+     tests/fakes/groupme.py), plus /stats with the time each GroupMe post arrived;
   2. `python app.py serve` in dev mode (dryrun, 0 s steps) with Teams and GroupMe on;
   3. this script: an open-loop generator of Teams `/vpn start` from distinct users at --rate per
      second for --seconds, and one GroupMe `/vpn help` callback every --groupme-every seconds.
@@ -50,9 +50,9 @@ def pct(values: list[float], p: float) -> float:
 async def run_fakes(count: int) -> None:
     from aiohttp import web
 
-    from tests.fake_connector import FakeConnector
-    from tests.fake_groupme import FakeGroupMe
-    from tests.loopback import serve_on_loopback
+    from tests.fakes.connector import FakeConnector
+    from tests.fakes.groupme import FakeGroupMe
+    from tests.support.loopback import serve_on_loopback
 
     connector = await FakeConnector().start()
     gm = FakeGroupMe()

@@ -61,16 +61,16 @@ async def run(args) -> None:
     stages: list[tuple[str, float]] = [("interpreter + bench imports", rss_mb())]
     from bot.access import AccessPolicy
     from bot.messages import ConversationRef, Identity, Incoming, UserKey
-    from bot.runtime import Runtime
-    from bot.sessions.model import SessionState
+    from bot.wiring import Runtime
+    from bot.store.model import SessionState
     from bot.settings import Settings
     from provisioner.dryrun import DryRunProvider
 
     stages.append(("+ bot core imports", rss_mb()))
     channels: list = []
     if args.channels:
-        from bot.channels.groupme import GroupMeChannel, GroupMeConfig
-        from bot.channels.teams import TeamsChannel, TeamsConfig
+        from bot.channels.groupme.channel import GroupMeChannel, GroupMeConfig
+        from bot.channels.teams.channel import TeamsChannel, TeamsConfig
 
         channels = [TeamsChannel(TeamsConfig(dev_mode=True)),
                     GroupMeChannel(GroupMeConfig(bot_id="b", group_ids=("1",), callback_secret="s" * 20))]
@@ -85,7 +85,7 @@ async def run(args) -> None:
         settings = Settings.from_env(env)
         provider = DryRunProvider(Path(tmp) / "dryrun.json", pool=settings.wg_pool.supernet(new_prefix=16), step_seconds=0)
         recorder = RecordingChannel()
-        from bot.sessions.model import utcnow
+        from bot.store.model import utcnow
 
         start_time = utcnow()
         clock_now[0] = start_time

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.access import AccessPolicy  # noqa: E402
 from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
-from bot.runtime import Runtime  # noqa: E402
+from bot.wiring import Runtime  # noqa: E402
 from bot.settings import Settings  # noqa: E402
 from cards.qr import qr_png  # noqa: E402
 from provisioner.dryrun import DryRunProvider  # noqa: E402

@@ -21,15 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.outbox import Outbox  # noqa: E402
-from bot.service import SessionPolicy, VpnService  # noqa: E402
-from bot.sessions.model import SessionState, utcnow  # noqa: E402
-from bot.sessions.sqlite import SqliteStore  # noqa: E402
-from bot.sessions.tables import TableStore  # noqa: E402
-from bot.tasks import TaskRunner  # noqa: E402
+from bot.replies import Outbox  # noqa: E402
+from bot.engine.service import SessionPolicy, VpnService  # noqa: E402
+from bot.store.model import SessionState, utcnow  # noqa: E402
+from bot.store.sqlite import SqliteStore  # noqa: E402
+from bot.store.tables import TableStore  # noqa: E402
+from bot.engine.tasks import TaskRunner  # noqa: E402
 from provisioner.dryrun import DryRunProvider  # noqa: E402
-from tests.azurite import Azurite  # noqa: E402
-from tests.test_store import new_session  # noqa: E402
+from tests.fakes.azurite import Azurite  # noqa: E402
+from tests.store.test_contract import new_session  # noqa: E402
 
 
 class NullChannel:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
 
-from tests.webharness import Client, WebApp  # noqa: E402
+from tests.support.webharness import Client, WebApp  # noqa: E402
 
 
 def ms(values: list[float]) -> str:

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 
 from bot.logs import bind
-from bot.sessions.model import ACTIVE_STATES
+from bot.store.model import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def session_ready(session) -> None:
 
 def failure_reason(exc: BaseException) -> str:
     """The closed-set label for why provisioning failed."""
-    from bot.outbox import DeliveryError
+    from bot.replies import DeliveryError
     from provisioner.base import ProvisionError
 
     if isinstance(exc, DeliveryError):

@@ -1,90 +1,14 @@
-"""Shared fixtures: a fake clock, a channel that records what it was asked to send, a runtime on tmp_path."""
+"""Shared fixtures: a fake clock, a recording channel, a runtime on tmp_path, Azurite, the namespace lab (factories: tests/support/factories.py)."""
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bot.access import AccessPolicy  # noqa: E402
-from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
-from bot.outbox import ConfigDelivery  # noqa: E402
-from bot.runtime import Runtime  # noqa: E402
-from bot.settings import Settings  # noqa: E402
-from cards.model import Card  # noqa: E402
-from cards.text import render_card_text  # noqa: E402
-from app import make_provider  # noqa: E402
-
-
-class FakeClock:
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw) -> None:
-        self.now += timedelta(**kw)
-
-
-@dataclass
-class Sent:
-    kind: str  # text, card, progress, config
-    conv: ConversationRef
-    text: str
-    delivery: ConfigDelivery | None = None
-    recipient: Identity | None = None
-
-
-@dataclass
-class RecordingChannel:
-    """Stands where a platform would be: records every send, as a fake connector records requests."""
-
-    name: str = "test"
-    sent: list[Sent] = field(default_factory=list)
-    fail_delivery: bool = False
-
-    async def send_text(self, conv, text):
-        self.sent.append(Sent("text", conv, text))
-
-    async def send_card(self, conv, card: Card):
-        self.sent.append(Sent("card", conv, render_card_text(card)))
-
-    async def send_progress(self, conv, text, handle):
-        self.sent.append(Sent("progress", conv, text))
-        return handle or f"progress-{len(self.sent)}"
-
-    private: bool = True
-
-    def can_deliver_privately(self, conv):
-        return self.private
-
-    async def deliver_config(self, conv, recipient, delivery):
-        if self.fail_delivery:
-            from bot.outbox import DeliveryError
-
-            raise DeliveryError("the user blocked the bot")
-        self.sent.append(Sent("config", conv, delivery.config.reveal(), delivery, recipient))
-        return "Your config was sent to you privately."
-
-    def texts(self, kind: str | None = None) -> list[str]:
-        return [s.text for s in self.sent if kind is None or s.kind == kind]
-
-    def all_text(self) -> str:
-        return "\n".join(self.texts())
-
-
-def conversation(channel: str = "test", **data) -> ConversationRef:
-    return ConversationRef(channel, data or {"conversation": "c1"})
-
-
-def incoming(text: str, user: str = "test:alice", *, email: str | None = None, message_id: str | None = None, private: bool = True, channel: str = "test") -> Incoming:
-    return Incoming(Identity(UserKey.parse(user), email=email), text, conversation(channel, user=user), message_id, private)
+from bot.access import AccessPolicy
+from bot.wiring import Runtime
+from bot.settings import Settings
+from tests.support.factories import FakeClock, RecordingChannel, Sent, conversation, incoming  # noqa: F401 (re-exported for fixtures)
+from app import make_provider
 
 
 @pytest.fixture
@@ -100,7 +24,7 @@ def channel() -> RecordingChannel:
 @pytest.fixture(scope="session")
 def azurite():
     """Azurite's table service on 127.0.0.1, shared by the session; tests isolate by table prefix."""
-    from tests.azurite import Azurite
+    from tests.fakes.azurite import Azurite
 
     server = Azurite().start()
     yield server
@@ -140,10 +64,10 @@ def make_runtime(tmp_path, clock, channel, store_env):
 
 @pytest.fixture
 def lab():
-    """A two-namespace WireGuard lab (tests/netns.py); skipped where namespaces are impossible, never in CI."""
+    """A two-namespace WireGuard lab (tests/fakes/netns.py); skipped where namespaces are impossible, never in CI."""
     import os
 
-    from tests.netns import Lab, why_no_netns
+    from tests.fakes.netns import Lab, why_no_netns
 
     reason = why_no_netns()
     if reason:

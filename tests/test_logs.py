@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 
 from bot.logs import NOISY_LOGGERS, JsonFormatter, RedactSecrets, setup_logging
-from bot.web import create_app
-from tests.apprun import app_env, console
-from tests.loopback import serve_on_loopback
-from tests.test_tunnel import secrets_of
+from bot.http.app import create_app
+from tests.support.apprun import app_env, console
+from tests.support.loopback import serve_on_loopback
+from tests.provisioner.test_host_tunnel import secrets_of
 
 FIELDS = ["time", "level", "logger", "message", "session_id", "user", "request_id"]
 

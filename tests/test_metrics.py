@@ -14,12 +14,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.settings import Settings, SettingsError
-from bot.web import create_app
+from bot.http.app import create_app
 from provisioner.base import ServerSpec
-from tests.apprun import APP, app_env
-from tests.conftest import incoming
-from tests.loopback import serve_on_loopback
-from tests.test_web import free_port
+from tests.support.apprun import APP, app_env
+from tests.support.factories import incoming
+from tests.support.loopback import serve_on_loopback
+from tests.support.loopback import free_port
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

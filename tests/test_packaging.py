@@ -4,7 +4,7 @@ from pathlib import Path
 
 from bot.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
@@ -18,7 +18,7 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
 
 
 def test_every_setting_is_documented():
-    source = (ROOT / "bot" / "settings.py").read_text()
+    source = "".join(p.read_text() for p in sorted((ROOT / "bot" / "settings").glob("*.py")))
     names = set(re.findall(r'r\.\w+\("([A-Z_]+)"', source))
     assert {"VPN_PROVIDER", "VPN_USERS", "VPN_ADMINS", "VPN_SESSION_MINUTES", "VPN_DATA_DIR", "HOST", "PORT", "WG_INTERFACE", "WG_ENDPOINT", "WG_POOL"} <= names
     readme = (ROOT / "README.md").read_text()
@@ -54,11 +54,11 @@ def test_only_the_edges_import_platform_sdks():
             continue
         text = path.read_text()
         if re.search(r"^\s*(from|import) botbuilder", text, re.M):
-            assert rel == "bot/channels/teams.py", rel
+            assert rel.startswith("bot/channels/teams/"), rel
         if re.search(r"^\s*(from|import) azure", text, re.M):
-            assert rel in ("provisioner/azure.py", "bot/sessions/tables.py"), rel
+            assert rel in ("provisioner/azure.py", "bot/store/tables.py"), rel
         if re.search(r"^\s*(from|import) azure\.data\.tables", text, re.M):
-            assert rel == "bot/sessions/tables.py", rel
+            assert rel == "bot/store/tables.py", rel
         if rel.startswith("provisioner/"):
             assert not re.search(r"^\s*(from|import) (bot|cards)\b", text, re.M), rel
         if rel.startswith("cards/"):

@@ -19,11 +19,11 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from bot.commands.dispatcher import Dispatcher
+from bot.chat.dispatcher import Dispatcher
 from bot.logs import route_to_file
 from bot.messages import ConversationRef, Identity, Incoming, UserKey
-from bot.outbox import ConfigDelivery
-from bot.tasks import TaskRunner
+from bot.replies import ConfigDelivery
+from bot.engine.tasks import TaskRunner
 from cards.model import Card
 from cards.qr import qr_terminal
 from cards.text import render_card_text

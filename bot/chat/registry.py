@@ -1,0 +1,62 @@
+"""Commands declare their policy where they are registered (errbot's `admin_only=`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from bot.access import Role
+from bot.chat.parser import Command
+from bot.messages import Incoming
+from bot.replies import Outbox
+from cards.model import Card
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a handler gets: the message, the sender's role, and a way to answer in that conversation."""
+
+    message: Incoming
+    role: Role
+    outbox: Outbox
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    async def reply(self, text: str) -> None:
+        await self.outbox.text(self.message.conversation, text)
+
+    async def reply_card(self, card: Card) -> None:
+        await self.outbox.card(self.message.conversation, card)
+
+
+Handler = Callable[[Context, Command], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    verb: str
+    usage: str
+    summary: str
+    handler: Handler
+    admin_only: bool = False
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._specs: dict[str, CommandSpec] = {}
+
+    def command(self, verb: str, *, usage: str, summary: str, admin_only: bool = False) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            if verb in self._specs:
+                raise ValueError(f"command {verb!r} registered twice")
+            self._specs[verb] = CommandSpec(verb, usage, summary, handler, admin_only)
+            return handler
+
+        return register
+
+    def get(self, verb: str) -> CommandSpec | None:
+        return self._specs.get(verb)
+
+    def available_to(self, role: Role | None) -> list[CommandSpec]:
+        return [s for s in self._specs.values() if role is Role.ADMIN or not s.admin_only]

@@ -1,0 +1,113 @@
+"""Session <-> plain values (str, int, float, bool, None), derived from the dataclass fields.
+
+Both back ends store what this produces, so a new field on `Session` needs no change in either:
+SQLite adds the column on open, Table Storage simply gains a property.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import typing
+from datetime import datetime
+from typing import Any
+
+from bot.messages import ConversationRef
+from bot.store.model import Session
+
+STORE_MANAGED = frozenset({"version"})  # set by the store on every read and write, never a property of its own
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: str  # str, int, float, bool, time, enum, conversation, json
+    required: bool  # no default in the dataclass
+    default: Any
+    optional: bool  # None is a valid value
+    enum_type: type | None = None
+
+
+def _spec(f: dataclasses.Field, hint: Any) -> FieldSpec:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+    if base is bool:
+        kind = "bool"
+    elif base is int:
+        kind = "int"
+    elif base is float:
+        kind = "float"
+    elif base is str:
+        kind = "str"
+    elif base is datetime:
+        kind = "time"
+    elif isinstance(base, type) and issubclass(base, enum.Enum):
+        return FieldSpec(f.name, "enum", required, default, optional, base)
+    elif base is ConversationRef:
+        kind = "conversation"
+    else:
+        kind = "json"
+    return FieldSpec(f.name, kind, required, default, optional)
+
+
+def _specs() -> tuple[FieldSpec, ...]:
+    hints = typing.get_type_hints(Session)
+    return tuple(_spec(f, hints[f.name]) for f in dataclasses.fields(Session) if f.name not in STORE_MANAGED)
+
+
+FIELDS: tuple[FieldSpec, ...] = _specs()
+
+
+def encode_value(spec: FieldSpec, value: Any) -> Any:
+    if value is None:
+        return None
+    if spec.kind == "time":
+        return value.isoformat()
+    if spec.kind == "enum":
+        return value.value
+    if spec.kind == "conversation":
+        return value.to_json()
+    if spec.kind == "json":
+        return json.dumps(value, sort_keys=True, default=str)
+    if spec.kind == "float":
+        return float(value)
+    return value
+
+
+def decode_value(spec: FieldSpec, raw: Any) -> Any:
+    if raw is None or (raw == "" and spec.kind in ("time", "enum", "conversation", "json")):
+        return None if spec.optional or spec.required else spec.default
+    if spec.kind == "time":
+        return raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
+    if spec.kind == "enum":
+        return spec.enum_type(raw)  # type: ignore[misc]
+    if spec.kind == "conversation":
+        return ConversationRef.from_json(raw)
+    if spec.kind == "json":
+        return json.loads(raw)
+    if spec.kind == "bool":
+        return bool(raw)
+    if spec.kind == "int":
+        return int(raw)
+    if spec.kind == "float":
+        return float(raw)
+    return str(raw)
+
+
+def encode(session: Session) -> dict[str, Any]:
+    """Every stored field as a plain value (None for an unset optional)."""
+    return {spec.name: encode_value(spec, getattr(session, spec.name)) for spec in FIELDS}
+
+
+def decode(values: typing.Mapping[str, Any], version: str) -> Session:
+    """A session from stored values; a field the record predates takes its default."""
+    out: dict[str, Any] = {}
+    for spec in FIELDS:
+        if spec.name in values:
+            out[spec.name] = decode_value(spec, values[spec.name])
+        elif not spec.required:
+            out[spec.name] = spec.default
+    return Session(**out, version=version)

@@ -1,0 +1,98 @@
+"""The store protocol (what the service needs) and its values. SQLite is the embedded back end,
+Azure Table Storage (bot/store/tables.py) the shared one; tests/store/test_contract.py is the contract both pass.
+
+Every session write is a compare-and-set: `save` raises `Conflict` when the stored session is no
+longer the version that was read (or is gone), and returns the session with its new version. Caps,
+message-id de-duplication, claims and address reservations are atomic in the store, never in memory,
+so any number of processes may share one store.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol, Sequence
+
+from bot.one_time_configs import Claim
+from bot.store.model import Conflict, Session, SessionState
+
+__all__ = ["AuditEntry", "Conflict", "CreateOutcome", "Store", "Worker"]
+
+
+class CreateOutcome(str, enum.Enum):
+    CREATED = "created"
+    USER_LIMIT = "user_limit"
+    GLOBAL_LIMIT = "global_limit"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    user: str
+    email: str
+    channel: str
+    command: str
+    allowed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    """A web account that signs in with a password; only the hash is ever stored."""
+
+    email: str
+    password_hash: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A process that works on sessions; its records are informational (leases decide ownership)."""
+
+    id: str
+    host: str
+    pid: int
+    heartbeat_at: datetime
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def create_session(self, session: Session, *, per_user: int, total: int) -> CreateOutcome:
+        """Insert atomically if the owner and the service are under their caps (across processes)."""
+    async def save(self, session: Session) -> Session:
+        """Compare-and-set on `session.version`; returns the stored session (new version) or raises Conflict."""
+    async def get(self, session_id: str) -> Session | None: ...
+    async def sessions(self, states: Sequence[SessionState], owner: str | None = None) -> list[Session]: ...
+    async def first_seen(self, channel: str, message_id: str, now: datetime) -> bool:
+        """True the first time a (channel, message id) is seen; False for a platform's re-send."""
+    async def audit(self, entry: AuditEntry) -> None: ...
+    async def audit_log(self, limit: int = 100) -> list[AuditEntry]: ...
+    async def heartbeat(self, worker: Worker) -> None: ...
+    async def workers(self) -> list[Worker]: ...
+    async def add_claim(self, claim: Claim) -> None: ...
+    async def get_claim(self, token_hash: str) -> Claim | None: ...
+    async def consume_claim(self, token_hash: str, now: datetime) -> Claim | None:
+        """Mark a ready claim used and erase its sealed config, once; returns it as it was, else None."""
+    async def purge_claims(self, now: datetime, session_id: str | None = None) -> None: ...
+    async def reserve_address(self, scope: str, address: str, session_id: str, now: datetime) -> str:
+        """Insert-if-absent: the session id holding `address` in `scope` afterwards (ours if we won it)."""
+    async def release_address(self, scope: str, address: str, holder: str) -> None:
+        """Delete the reservation if `holder` still holds it (a stale one, of an ended session)."""
+    async def release_addresses(self, session_id: str) -> None:
+        """Release every address the session holds (it ended)."""
+    # Web channel (bot/channels/web/channel.py): local accounts, shared attempt counters, per-request progress text.
+    async def put_user(self, user: LocalUser) -> None:
+        """Insert or replace the account with this email."""
+    async def get_user(self, email: str) -> LocalUser | None: ...
+    async def delete_user(self, email: str) -> bool: ...
+    async def list_users(self) -> list[LocalUser]: ...
+    async def count_attempt(self, key: str, now: datetime, window: timedelta) -> int:
+        """Atomically add one to `key`'s counter for the fixed window holding `now`; returns the new count."""
+    async def attempts(self, key: str, now: datetime, window: timedelta) -> int:
+        """The counter of the window holding `now`, without adding to it."""
+    async def clear_attempts(self, key: str) -> None: ...
+    async def set_progress(self, key: str, text: str, now: datetime) -> None: ...
+    async def get_progress(self, key: str) -> str: ...
+    async def deployment_id(self) -> str:
+        """A random id made once per store and kept (get-or-create, atomic): which cloud resources are this deployment's."""

@@ -1,0 +1,454 @@
+"""SQLite store: one file, one connection on one dedicated thread, so the event loop never waits on disk.
+
+Holds sessions, the audit log, seen message ids, claims, address reservations and worker records.
+Never a private key: the schema has no column that could hold one.
+
+Several processes may open one file (WAL): a session write is `UPDATE ... WHERE version=?` (a
+compare-and-set), and the cap check runs with the insert in one `BEGIN IMMEDIATE` transaction, which
+SQLite serialises across processes through its file lock. One host only: not on a network share.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from bot.one_time_configs import Claim
+from bot.store.codec import FIELDS, FieldSpec, decode, encode, encode_value
+from bot.store.model import ACTIVE_STATES, Conflict, Session, SessionState
+from bot.store.ports import AuditEntry, CreateOutcome, LocalUser, Worker
+
+T = TypeVar("T")
+MESSAGE_ID_TTL = timedelta(days=2)
+WORKER_TTL = timedelta(days=1)  # long dead processes; their sessions were recovered long ago
+AUDIT_TEXT_LIMIT = 200
+PROGRESS_TTL = timedelta(days=2)
+PROGRESS_TEXT_LIMIT = 16_000  # a Table Storage string holds 32k characters
+
+SESSION_COLUMN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER", "time": "TEXT",
+                        "enum": "TEXT", "conversation": "TEXT", "json": "TEXT"}
+
+
+def _column_ddl(spec: FieldSpec, *, adding: bool) -> str:
+    """A session field's column; an added column needs a default so older rows get one."""
+    sql_type = SESSION_COLUMN_TYPES[spec.kind]
+    if spec.optional:
+        return sql_type
+    if spec.required and not adding:
+        return f"{sql_type} NOT NULL"
+    value = encode_value(spec, spec.default)
+    if value is None:
+        value = "" if sql_type == "TEXT" else 0
+    literal = "'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(int(value) if isinstance(value, bool) else value)
+    return f"{sql_type} NOT NULL DEFAULT {literal}"
+
+
+# The sessions table follows the dataclass (bot/store/codec.py): a new Session field becomes a
+# column, added in place to older databases on open. `version` is the compare-and-set counter.
+SESSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS sessions (\n    id TEXT PRIMARY KEY,\n    "
+    + ",\n    ".join(f"{f.name} {_column_ddl(f, adding=False)}" for f in FIELDS if f.name != "id")
+    + ",\n    version INTEGER NOT NULL DEFAULT 0\n);"
+)
+
+SCHEMA = SESSIONS_DDL + """
+CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
+CREATE INDEX IF NOT EXISTS sessions_owner ON sessions(owner, state);
+CREATE TABLE IF NOT EXISTS seen_messages (
+    channel TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY (channel, message_id)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    at TEXT NOT NULL,
+    user TEXT NOT NULL,
+    email TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    command TEXT NOT NULL,
+    allowed INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    token_hash TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    tunnel_name TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT,
+    sealed BLOB
+);
+CREATE INDEX IF NOT EXISTS claims_session ON claims(session_id);
+CREATE TABLE IF NOT EXISTS users (
+    email TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    key TEXT PRIMARY KEY,
+    window_start TEXT NOT NULL,
+    count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS progress (
+    key TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    heartbeat_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS addresses (
+    scope TEXT NOT NULL,
+    address TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    reserved_at TEXT NOT NULL,
+    PRIMARY KEY (scope, address)
+);
+CREATE INDEX IF NOT EXISTS addresses_session ON addresses(session_id);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+_FIELDS = [f.name for f in FIELDS]
+
+
+# Columns added after the first release to tables other than `sessions` (whose columns follow the
+# dataclass): an older database gets them on open. New columns go here as well as in SCHEMA.
+ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "sessions": {"version": "INTEGER NOT NULL DEFAULT 0"},
+}
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    wanted = {table: dict(columns) for table, columns in ADDED_COLUMNS.items()}
+    for spec in FIELDS:
+        wanted["sessions"].setdefault(spec.name, _column_ddl(spec, adding=True))
+    for table, columns in wanted.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, ddl in columns.items():
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+
+
+def _to_row(s: Session) -> tuple:
+    values = encode(s)
+    return tuple(int(v) if isinstance(v, bool) else v for v in (values[name] for name in _FIELDS))
+
+
+def _from_row(row: sqlite3.Row) -> Session:
+    keys = row.keys()
+    return decode({name: row[name] for name in _FIELDS if name in keys}, str(row["version"]))
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SQLite gives -wal/-shm the database file's mode: make that 0600 before they exist.
+        os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (self._path, *(self._path.with_name(self._path.name + s) for s in ("-wal", "-shm"))):
+            if path.exists():
+                os.chmod(path, 0o600)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        _add_missing_columns(conn)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("store is not open")
+        return self._conn
+
+    async def create_session(self, session: Session, *, per_user: int, total: int) -> CreateOutcome:
+        return await self._run(self._create, session, per_user, total)
+
+    def _create(self, session: Session, per_user: int, total: int) -> CreateOutcome:
+        marks = ",".join("?" for _ in ACTIVE_STATES)
+        states = [s.value for s in ACTIVE_STATES]
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")  # the cap check and the insert are one step, across processes too
+        try:
+            mine = c.execute(f"SELECT COUNT(*) FROM sessions WHERE owner=? AND state IN ({marks})", [session.owner, *states]).fetchone()[0]
+            if mine >= per_user:
+                c.execute("ROLLBACK")
+                return CreateOutcome.USER_LIMIT
+            everyone = c.execute(f"SELECT COUNT(*) FROM sessions WHERE state IN ({marks})", states).fetchone()[0]
+            if everyone >= total:
+                c.execute("ROLLBACK")
+                return CreateOutcome.GLOBAL_LIMIT
+            c.execute(
+                f"INSERT INTO sessions ({','.join(_FIELDS)}, version) VALUES ({','.join('?' for _ in _FIELDS)}, 1)", _to_row(session)
+            )
+            c.execute("COMMIT")
+            return CreateOutcome.CREATED
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    async def save(self, session: Session) -> Session:
+        sets = ",".join(f"{f}=?" for f in _FIELDS[1:])
+        row = _to_row(session)
+        try:
+            version = int(session.version)
+        except ValueError:
+            raise Conflict(f"session {session.id} was never read from this store") from None
+        cur = await self._run(
+            lambda: self.conn.execute(f"UPDATE sessions SET {sets}, version=version+1 WHERE id=? AND version=?", (*row[1:], row[0], version))
+        )
+        if cur.rowcount != 1:
+            raise Conflict(f"session {session.id} changed since version {version}")
+        return dataclasses.replace(session, version=str(version + 1))
+
+    async def get(self, session_id: str) -> Session | None:
+        row = await self._run(lambda: self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone())
+        return _from_row(row) if row else None
+
+    async def sessions(self, states: Sequence[SessionState], owner: str | None = None) -> list[Session]:
+        marks = ",".join("?" for _ in states)
+        sql = f"SELECT * FROM sessions WHERE state IN ({marks})"
+        args: list[Any] = [s.value for s in states]
+        if owner is not None:
+            sql += " AND owner=?"
+            args.append(owner)
+        sql += " ORDER BY created_at"
+        rows = await self._run(lambda: self.conn.execute(sql, args).fetchall())
+        return [_from_row(r) for r in rows]
+
+    async def first_seen(self, channel: str, message_id: str, now: datetime) -> bool:
+        def op() -> bool:
+            c = self.conn
+            c.execute("DELETE FROM seen_messages WHERE seen_at < ?", ((now - MESSAGE_ID_TTL).isoformat(),))
+            cur = c.execute(
+                "INSERT OR IGNORE INTO seen_messages (channel, message_id, seen_at) VALUES (?,?,?)",
+                (channel, message_id[:256], now.isoformat()),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(op)
+
+    async def audit(self, entry: AuditEntry) -> None:
+        row = (
+            entry.at.isoformat(),
+            entry.user[:AUDIT_TEXT_LIMIT],
+            entry.email[:AUDIT_TEXT_LIMIT],
+            entry.channel[:AUDIT_TEXT_LIMIT],
+            entry.command[:AUDIT_TEXT_LIMIT],
+            int(entry.allowed),
+            entry.reason[:AUDIT_TEXT_LIMIT],
+        )
+        await self._run(lambda: self.conn.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?)", row))
+
+    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        rows = await self._run(lambda: self.conn.execute("SELECT * FROM audit ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall())
+        return [
+            AuditEntry(datetime.fromisoformat(r["at"]), r["user"], r["email"], r["channel"], r["command"], bool(r["allowed"]), r["reason"])
+            for r in rows
+        ]
+
+    async def heartbeat(self, worker: Worker) -> None:
+        def op() -> None:
+            c = self.conn
+            c.execute(
+                "INSERT INTO workers (id, host, pid, heartbeat_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET heartbeat_at=excluded.heartbeat_at",
+                (worker.id, worker.host, worker.pid, worker.heartbeat_at.isoformat()),
+            )
+            c.execute("DELETE FROM workers WHERE heartbeat_at < ?", ((worker.heartbeat_at - WORKER_TTL).isoformat(),))
+
+        await self._run(op)
+
+    async def deployment_id(self) -> str:
+        """A random id made the first time and kept: it tells this deployment's cloud resources from
+        another's in a shared resource group (every replica on this store gets the same one)."""
+
+        def get_or_make() -> str:
+            candidate = "d" + secrets.token_hex(8)
+            self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment_id', ?)", (candidate,))
+            return self.conn.execute("SELECT value FROM meta WHERE key='deployment_id'").fetchone()[0]
+
+        return await self._run(get_or_make)
+
+    async def workers(self) -> list[Worker]:
+        rows = await self._run(lambda: self.conn.execute("SELECT * FROM workers").fetchall())
+        return [Worker(r["id"], r["host"], r["pid"], datetime.fromisoformat(r["heartbeat_at"])) for r in rows]
+
+    # ----- tunnel address reservations (one holder per address, across processes) ----------------
+
+    async def reserve_address(self, scope: str, address: str, session_id: str, now: datetime) -> str:
+        def op() -> str:
+            c = self.conn
+            c.execute(
+                "INSERT OR IGNORE INTO addresses (scope, address, session_id, reserved_at) VALUES (?,?,?,?)",
+                (scope, address, session_id, now.isoformat()),
+            )
+            row = c.execute("SELECT session_id FROM addresses WHERE scope=? AND address=?", (scope, address)).fetchone()
+            return row[0] if row else ""
+
+        return await self._run(op)
+
+    async def release_address(self, scope: str, address: str, holder: str) -> None:
+        await self._run(
+            lambda: self.conn.execute("DELETE FROM addresses WHERE scope=? AND address=? AND session_id=?", (scope, address, holder))
+        )
+
+    async def release_addresses(self, session_id: str) -> None:
+        await self._run(lambda: self.conn.execute("DELETE FROM addresses WHERE session_id=?", (session_id,)))
+
+    # ----- claim links (sealed configs; see bot/one_time_configs.py) -----------------------------------------
+
+    async def add_claim(self, claim: Claim) -> None:
+        row = (claim.token_hash, claim.session_id, claim.user, claim.tunnel_name, claim.created_at.isoformat(),
+               claim.expires_at.isoformat(), None, claim.sealed)
+        await self._run(lambda: self.conn.execute("INSERT INTO claims VALUES (?,?,?,?,?,?,?,?)", row))
+
+    async def get_claim(self, token_hash: str) -> Claim | None:
+        row = await self._run(lambda: self.conn.execute("SELECT * FROM claims WHERE token_hash=?", (token_hash,)).fetchone())
+        return _claim(row) if row else None
+
+    async def consume_claim(self, token_hash: str, now: datetime) -> Claim | None:
+        """Atomically mark a ready claim used and erase its sealed config; returns it as it was, else None."""
+
+        def op() -> Claim | None:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute(
+                    "SELECT * FROM claims WHERE token_hash=? AND used_at IS NULL AND sealed IS NOT NULL AND expires_at > ?",
+                    (token_hash, now.isoformat()),
+                ).fetchone()
+                if row is not None:
+                    c.execute("UPDATE claims SET used_at=?, sealed=NULL WHERE token_hash=?", (now.isoformat(), token_hash))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return _claim(row) if row else None
+
+        return await self._run(op)
+
+    async def purge_claims(self, now: datetime, session_id: str | None = None) -> None:
+        """Erase sealed configs past expiry (or of one ended session); forget day-old claims entirely."""
+
+        def op() -> None:
+            c = self.conn
+            if session_id is not None:
+                c.execute("UPDATE claims SET sealed=NULL WHERE session_id=?", (session_id,))
+            c.execute("UPDATE claims SET sealed=NULL WHERE expires_at <= ? AND sealed IS NOT NULL", (now.isoformat(),))
+            c.execute("DELETE FROM claims WHERE expires_at < ?", ((now - timedelta(days=1)).isoformat(),))
+
+        await self._run(op)
+
+    # ----- web channel: local accounts, attempt counters, progress text ------------------------------
+
+    async def put_user(self, user: LocalUser) -> None:
+        row = (user.email, user.password_hash, user.created_at.isoformat())
+        await self._run(lambda: self.conn.execute(
+            "INSERT INTO users VALUES (?,?,?) ON CONFLICT(email) DO UPDATE SET password_hash=excluded.password_hash", row))
+
+    async def get_user(self, email: str) -> LocalUser | None:
+        row = await self._run(lambda: self.conn.execute("SELECT * FROM users WHERE email=?", (email,)).fetchone())
+        return LocalUser(row["email"], row["password_hash"], datetime.fromisoformat(row["created_at"])) if row else None
+
+    async def delete_user(self, email: str) -> bool:
+        cur = await self._run(lambda: self.conn.execute("DELETE FROM users WHERE email=?", (email,)))
+        return cur.rowcount == 1
+
+    async def list_users(self) -> list[LocalUser]:
+        rows = await self._run(lambda: self.conn.execute("SELECT * FROM users ORDER BY email").fetchall())
+        return [LocalUser(r["email"], r["password_hash"], datetime.fromisoformat(r["created_at"])) for r in rows]
+
+    async def count_attempt(self, key: str, now: datetime, window: timedelta) -> int:
+        start = _window_start(now, window)
+
+        def op() -> int:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute("DELETE FROM attempts WHERE window_start < ?", ((now - 2 * window - timedelta(days=1)).isoformat(),))
+                c.execute(
+                    "INSERT INTO attempts (key, window_start, count) VALUES (?,?,1) ON CONFLICT(key) DO UPDATE SET "
+                    "count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END, window_start = excluded.window_start",
+                    (key, start),
+                )
+                (count,) = c.execute("SELECT count FROM attempts WHERE key=?", (key,)).fetchone()
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return count
+
+        return await self._run(op)
+
+    async def attempts(self, key: str, now: datetime, window: timedelta) -> int:
+        row = await self._run(lambda: self.conn.execute("SELECT * FROM attempts WHERE key=?", (key,)).fetchone())
+        return row["count"] if row and row["window_start"] == _window_start(now, window) else 0
+
+    async def clear_attempts(self, key: str) -> None:
+        await self._run(lambda: self.conn.execute("DELETE FROM attempts WHERE key=?", (key,)))
+
+    async def set_progress(self, key: str, text: str, now: datetime) -> None:
+        def op() -> None:
+            c = self.conn
+            c.execute(
+                "INSERT INTO progress VALUES (?,?,?) ON CONFLICT(key) DO UPDATE SET text=excluded.text, updated_at=excluded.updated_at",
+                (key, text[:PROGRESS_TEXT_LIMIT], now.isoformat()),
+            )
+            c.execute("DELETE FROM progress WHERE updated_at < ?", ((now - PROGRESS_TTL).isoformat(),))
+
+        await self._run(op)
+
+    async def get_progress(self, key: str) -> str:
+        row = await self._run(lambda: self.conn.execute("SELECT text FROM progress WHERE key=?", (key,)).fetchone())
+        return row["text"] if row else ""
+
+
+def _window_start(now: datetime, window: timedelta) -> str:
+    """The start of the fixed window that holds `now`, the same on every replica."""
+    seconds = int(window.total_seconds())
+    epoch = int(now.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % seconds, tz=now.tzinfo).isoformat()
+
+
+def _claim(row: sqlite3.Row) -> Claim:
+    return Claim(
+        token_hash=row["token_hash"],
+        session_id=row["session_id"],
+        user=row["user"],
+        tunnel_name=row["tunnel_name"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        expires_at=datetime.fromisoformat(row["expires_at"]),
+        used_at=datetime.fromisoformat(row["used_at"]) if row["used_at"] else None,
+        sealed=row["sealed"],
+    )

