@@ -139,7 +139,8 @@ def make_channels(settings: Settings) -> list:
     """The chat channels `serve` runs, from what is configured."""
     channels = []
     if settings.teams_app_id or settings.dev_mode:
-        from bot.channels.teams.channel import TeamsChannel, TeamsConfig
+        from bot.channels.teams.channel import TeamsChannel
+        from bot.channels.teams.config import TeamsConfig
 
         channels.append(
             TeamsChannel(
@@ -157,7 +158,8 @@ def make_channels(settings: Settings) -> list:
     else:
         log.info("Teams is off: set MicrosoftAppId (or VPN_DEV_MODE=1 to try it locally without credentials)")
     if settings.groupme_bot_id or settings.groupme_bots:
-        from bot.channels.groupme.channel import GroupMeChannel, GroupMeConfig
+        from bot.channels.groupme.channel import GroupMeChannel
+        from bot.channels.groupme.config import GroupMeConfig
 
         channels.append(
             GroupMeChannel(
@@ -178,7 +180,8 @@ def make_channels(settings: Settings) -> list:
             )
         )
     if settings.web_enabled:
-        from bot.channels.web.channel import WebChannel, WebConfig
+        from bot.channels.web.channel import WebChannel
+        from bot.channels.web.config import WebConfig
 
         channels.append(
             WebChannel(
@@ -206,7 +209,7 @@ async def serve(settings: Settings, provider: Provider, access: AccessPolicy) ->
         log.warning("=" * 72)
         host = "127.0.0.1"
     channels = make_channels(settings)
-    hooks = [ch.routes for ch in channels if hasattr(ch, "routes")]
+    hooks = [ch.routes for ch in channels]
     hooks.append(ready_callback.routes)  # servers (Azure VMs) calling back "tunnel up", verified against the store
     app = create_app(lambda: Runtime(settings, provider, access, channels), hooks)
     runner = web.AppRunner(app, access_log=None)

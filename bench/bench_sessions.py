@@ -69,8 +69,10 @@ async def run(args) -> None:
     stages.append(("+ bot core imports", rss_mb()))
     channels: list = []
     if args.channels:
-        from bot.channels.groupme.channel import GroupMeChannel, GroupMeConfig
-        from bot.channels.teams.channel import TeamsChannel, TeamsConfig
+        from bot.channels.groupme.channel import GroupMeChannel
+        from bot.channels.groupme.config import GroupMeConfig
+        from bot.channels.teams.channel import TeamsChannel
+        from bot.channels.teams.config import TeamsConfig
 
         channels = [TeamsChannel(TeamsConfig(dev_mode=True)),
                     GroupMeChannel(GroupMeConfig(bot_id="b", group_ids=("1",), callback_secret="s" * 20))]

@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.replies import Outbox  # noqa: E402
-from bot.engine.service import SessionPolicy, VpnService  # noqa: E402
+from bot.engine.config import SessionPolicy  # noqa: E402
+from bot.engine.service import VpnService
 from bot.store.model import SessionState, utcnow  # noqa: E402
 from bot.store.sqlite import SqliteStore  # noqa: E402
 from bot.store.tables import TableStore  # noqa: E402

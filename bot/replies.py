@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.messages import ConversationRef, Identity
 from cards.model import Card
@@ -53,13 +53,35 @@ class Channel(Protocol):
         """False when this channel is not set up to reach one person privately (then only
         bring-your-own-key sessions, which carry no secret, can be started from it)."""
 
-    # Optional (the Outbox asks with getattr; a channel without them needs no such step):
-    #   async def check_private_delivery(self, conv, recipient) -> str | None
-    #       Before provisioning: None if `recipient` can be reached privately now, else the sentence
-    #       that tells them why not and what to do (e.g. Teams opens the 1:1 chat first).
-    #   async def retract_config(self, conv, session_id, handle) -> None
-    #       At teardown, before the session's claims are purged: take the config (QR card) back out
-    #       of the chat. Must work on any replica: whatever it needs lives in the store.
+    async def check_private_delivery(self, conv: ConversationRef, recipient: Identity) -> str | None:
+        """Before provisioning: None if `recipient` can be reached privately now, else the sentence
+        that tells them why not and what to do (e.g. Teams opens the 1:1 chat first)."""
+
+    async def retract_config(self, conv: ConversationRef, session_id: str, handle: str | None) -> None:
+        """At teardown, before the session's held configs are purged: take the config (QR card) back
+        out of the chat. Must work on any replica: whatever it needs lives in the store."""
+
+    async def attach(self, deps: Any) -> None:
+        """Receive what the channel uses (its `…Deps`), once the store and the engine exist."""
+
+    def routes(self, app: Any) -> None:
+        """Add the channel's HTTP routes (webhooks, pages) to the aiohttp app; none for the console."""
+
+
+class ChannelDefaults:
+    """What a channel without an ability does: no pre-check, nothing to retract, no routes."""
+
+    async def check_private_delivery(self, conv: ConversationRef, recipient: Identity) -> str | None:
+        return None
+
+    async def retract_config(self, conv: ConversationRef, session_id: str, handle: str | None) -> None:
+        return None
+
+    async def attach(self, deps: Any) -> None:
+        return None
+
+    def routes(self, app: Any) -> None:
+        return None
 
 
 class Outbox:
@@ -109,22 +131,21 @@ class Outbox:
 
     async def check_private_delivery(self, conv: ConversationRef, recipient: Identity) -> str | None:
         ch = self.channel(conv)
-        check = getattr(ch, "check_private_delivery", None)
-        if check is None:
+        if ch is None:
             return None
         try:
-            return await check(conv, recipient)
+            return await ch.check_private_delivery(conv, recipient)
         except Exception:
             log.exception("checking private delivery on %s failed", conv.channel)
             return "I could not check whether I can reach you privately. Please try again in a minute."
 
     async def retract(self, conv: ConversationRef, session_id: str, handle: str | None = None) -> None:
         """Logged, never raised: a card left in a chat must not stop a teardown."""
-        hook = getattr(self.channel(conv), "retract_config", None)
-        if hook is None:
+        ch = self.channel(conv)
+        if ch is None:
             return
         try:
-            await hook(conv, session_id, handle)
+            await ch.retract_config(conv, session_id, handle)
         except Exception:
             log.exception("retracting the config of session %s on %s failed", session_id, conv.channel)
 

@@ -13,9 +13,11 @@ import aiohttp
 
 from bot.access import AccessPolicy
 from bot.chat.dispatcher import Dispatcher
-from bot.chat.vpn import build_registry, help_card_for
+from bot.channels.deps import ChatDeps
+from bot.chat.vpn import build_registry, help_card_for, welcome_card_for
 from bot.replies import Channel, Outbox
-from bot.engine.service import SessionPolicy, VpnService
+from bot.engine.config import SessionPolicy
+from bot.engine.service import VpnService
 from bot.store.model import utcnow
 from bot.store.sqlite import SqliteStore
 from bot.store.ports import Store
@@ -75,7 +77,7 @@ class Runtime:
         self.store = make_store(settings)
         self.runner = TaskRunner()
         self.service = VpnService(self.store, provider, self.runner, self.outbox, policy_from(settings), clock=clock)
-        registry = build_registry(self.service)
+        self.registry = registry = build_registry(self.service)
         self.dispatcher = Dispatcher(registry, access, self.store, self.outbox, help_card_for(registry), clock=clock)
         self.channels = list(channels)
         self.http: aiohttp.ClientSession | None = None  # one client session for every outbound call
@@ -86,17 +88,24 @@ class Runtime:
         stack = self._stack
         await self.store.open()
         stack.push_async_callback(self.store.close)
-        bind = getattr(self.provider, "bind_deployment", None)  # cloud providers tag what they make with it
-        if bind is not None:
-            bind(self.settings.deployment_id or await self.store.deployment_id())
+        self.provider.bind_deployment(self.settings.deployment_id or await self.store.deployment_id())
         stack.push_async_callback(self.provider.close)
         self.http = aiohttp.ClientSession()
         stack.push_async_callback(self.http.close)  # after the runner: tasks finishing in its grace period still send
         stack.push_async_callback(self.runner.shutdown)
+        deps = ChatDeps(
+            http=self.http,
+            clock=self.service.clock,
+            runner=self.runner,
+            handle=self.dispatcher.handle,
+            notify=self.outbox.text,
+            welcome=welcome_card_for(self.registry, self.access),
+            configs=self.store,
+            sessions=self.store,
+        )
+        object.__setattr__(deps, "_runtime_for_web", self)  # temporary, until the web channel gets WebDeps
         for ch in self.channels:
-            attach = getattr(ch, "attach", None)  # channels that need the store, runner or HTTP client
-            if attach is not None:
-                await attach(self)
+            await ch.attach(deps)
         if self._background:
             # First pass before taking commands: resume or clean up what a crash left, expire what is due.
             # Reconcile (provider list calls, seconds on a cloud) is the sweeper's first job instead: off the cold-start path.

@@ -108,5 +108,9 @@ class Provider(Protocol):
     def hourly_cost(self, region: str) -> float:
         """Estimated cost of one session per hour, in US dollars."""
 
+    def bind_deployment(self, deployment_id: str) -> None:
+        """Which deployment this process serves: cloud providers tag what they create with it and
+        reconcile only their own; providers that keep no cloud resources ignore it."""
+
     async def close(self) -> None:
         """Release clients and connections."""

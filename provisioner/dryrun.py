@@ -132,6 +132,9 @@ class DryRunProvider:
             for sid, e in state.items()
         ]
 
+    def bind_deployment(self, deployment_id: str) -> None:
+        return None  # nothing in a cloud to tag
+
     async def close(self) -> None:
         return None
 

@@ -115,6 +115,9 @@ class HostProvider:
             if addrs and all(a in self._pool for a in addrs)
         ]
 
+    def bind_deployment(self, deployment_id: str) -> None:
+        return None  # nothing in a cloud to tag
+
     async def close(self) -> None:
         return None
 

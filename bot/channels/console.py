@@ -19,10 +19,12 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from bot.channels.deps import ChatDeps
 from bot.chat.dispatcher import Dispatcher
 from bot.logs import route_to_file
 from bot.messages import ConversationRef, Identity, Incoming, UserKey
-from bot.replies import ConfigDelivery
+from bot.replies import ChannelDefaults, ConfigDelivery
+from bot.store.ports import SessionReader
 from bot.engine.tasks import TaskRunner
 from cards.model import Card
 from cards.qr import qr_terminal
@@ -69,7 +71,7 @@ class TerminalLogHandler(logging.Handler):
             self.handleError(record)
 
 
-class ConsoleChannel:
+class ConsoleChannel(ChannelDefaults):
     name = "console"
 
     def __init__(self, out_dir: Path, stream: TextIO | None = None, *, qr_theme: str = "dark", qr_rows: int | None = None) -> None:
@@ -77,10 +79,10 @@ class ConsoleChannel:
         self.terminal = Terminal(stream)
         self._qr_theme = qr_theme
         self._qr_rows = qr_rows
-        self._store = None
+        self._sessions: SessionReader | None = None
 
-    async def attach(self, runtime) -> None:
-        self._store = runtime.store
+    async def attach(self, deps: ChatDeps) -> None:
+        self._sessions = deps.sessions
         await self.remove_dead_configs()
 
     def _print(self, text: str) -> None:
@@ -125,10 +127,10 @@ class ConsoleChannel:
 
     async def remove_dead_configs(self) -> None:
         """Delete delivered files whose session this store knows has ended: their keys are dead."""
-        if self._store is None or not self._out_dir.is_dir():
+        if self._sessions is None or not self._out_dir.is_dir():
             return
         for conf in self._out_dir.glob("vpn-*.conf"):
-            session = await self._store.get(conf.stem.removeprefix("vpn-"))
+            session = await self._sessions.get(conf.stem.removeprefix("vpn-"))
             if session is not None and not session.is_active:
                 for path in (conf, conf.with_suffix(".png")):
                     path.unlink(missing_ok=True)

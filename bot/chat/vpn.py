@@ -5,7 +5,8 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Callable
 
-from bot.access import Role
+from bot.access import AccessPolicy, Role
+from bot.messages import Identity
 from bot.chat.parser import Command, Usage, parse_extend, parse_start
 from bot.chat.registry import Context, Registry
 from bot.engine.service import Refused, VpnService
@@ -66,6 +67,22 @@ def help_card_for(registry: Registry) -> Callable[[Role | None, str], Card]:
         return Card(title="VPN bot", lines=lines)
 
     return help_card
+
+
+def welcome_card_for(registry: Registry, access: AccessPolicy) -> Callable[[Identity | None, bool], Card]:
+    """A newcomer's card (Teams says hello on install): their commands, or how to be let in."""
+    help_card = help_card_for(registry)
+
+    def welcome(who: Identity | None, private: bool) -> Card:
+        role = access.role_of(who) if who else None
+        greeting = "Hi! I hand out short-lived WireGuard VPN access."
+        if role is None:
+            # An id is personal data: said only in a private chat, never in a channel or group chat.
+            where = f" (your id is {who.key})" if who and private else ""
+            greeting += f" You are not on the allowlist yet: ask an admin to add you{where}."
+        return help_card(role, greeting)
+
+    return welcome
 
 
 def build_registry(service: VpnService) -> Registry:

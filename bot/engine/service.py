@@ -18,6 +18,7 @@ from typing import AsyncIterator, Awaitable, Callable, Sequence
 from bot import metrics
 from bot.messages import ConversationRef, Identity, UserKey
 from bot.engine import ready_tokens
+from bot.engine.config import SessionPolicy
 from bot.replies import ConfigDelivery, DeliveryError, Outbox
 from bot.store.model import (
     ACTIVE_STATES,
@@ -62,30 +63,6 @@ async def _bounded(work: Sequence[Awaitable], limit: int) -> None:
                 log.exception("sweep: one session's work failed; the next sweep tries again")
 
     await asyncio.gather(*(one(aw) for aw in work))
-
-
-@dataclass(frozen=True)
-class SessionPolicy:
-    session_minutes: int = 30
-    max_session_minutes: int = 240
-    warn_minutes: int = 5
-    max_sessions: int = 10
-    max_sessions_per_user: int = 1
-    provision_timeout: float = 600.0
-    max_attempts: int = 2  # a crash mid-provisioning is retried once, then the session fails cleanly
-    dns: Sequence[str] = ()
-    allowed_ips: Sequence[str] = DEFAULT_ALLOWED_IPS
-    keepalive: int = 25
-    sweep_seconds: float = 10.0
-    reconcile_seconds: float = 60.0
-    # Whoever works on a session holds a lease this long and renews it every third of it; another
-    # worker takes the work over only once the lease has expired (docs/decisions.md, "Leases").
-    lease_seconds: float = 30.0
-    public_url: str = ""  # where servers that boot by themselves call back "tunnel up"
-
-    @property
-    def renew_seconds(self) -> float:
-        return self.lease_seconds / 3
 
 
 class Refused(Exception):

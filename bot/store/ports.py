@@ -1,4 +1,5 @@
-"""The store protocol (what the service needs) and its values. SQLite is the embedded back end,
+"""The store's ports, one per concern (sessions, one-time configs, accounts, audit, progress, addresses,
+de-duplication, workers), and their values. SQLite is the embedded back end,
 Azure Table Storage (bot/store/tables.py) the shared one; tests/store/test_contract.py is the contract both pass.
 
 Every session write is a compare-and-set: `save` raises `Conflict` when the stored session is no
@@ -16,7 +17,10 @@ from typing import Protocol, Sequence
 from bot.one_time_configs import Claim
 from bot.store.model import Conflict, Session, SessionState
 
-__all__ = ["AuditEntry", "Conflict", "CreateOutcome", "Store", "Worker"]
+__all__ = [
+    "AccountStore", "AddressStore", "AuditEntry", "AuditStore", "Conflict", "CreateOutcome", "DedupeStore", "LocalUser",
+    "OneTimeConfigStore", "ProgressStore", "SessionReader", "SessionStore", "Store", "StoreLifecycle", "Worker", "WorkerStore",
+]
 
 
 class CreateOutcome(str, enum.Enum):
@@ -55,33 +59,70 @@ class Worker:
     heartbeat_at: datetime
 
 
-class Store(Protocol):
+class StoreLifecycle(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+
+
+class SessionReader(Protocol):
+    """Read-only sessions: what a channel needs to look up the session a config or card belongs to."""
+
+    async def get(self, session_id: str) -> Session | None: ...
+    async def sessions(self, states: Sequence[SessionState], owner: str | None = None) -> list[Session]: ...
+
+
+class SessionStore(SessionReader, Protocol):
+    """The session records; every write is a compare-and-set (the engine's leases build on it)."""
+
     async def create_session(self, session: Session, *, per_user: int, total: int) -> CreateOutcome:
         """Insert atomically if the owner and the service are under their caps (across processes)."""
     async def save(self, session: Session) -> Session:
         """Compare-and-set on `session.version`; returns the stored session (new version) or raises Conflict."""
-    async def get(self, session_id: str) -> Session | None: ...
-    async def sessions(self, states: Sequence[SessionState], owner: str | None = None) -> list[Session]: ...
-    async def first_seen(self, channel: str, message_id: str, now: datetime) -> bool:
-        """True the first time a (channel, message id) is seen; False for a platform's re-send."""
-    async def audit(self, entry: AuditEntry) -> None: ...
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]: ...
+
+
+class WorkerStore(Protocol):
+    """Which processes work on sessions (informational: leases decide ownership), and which deployment this is."""
+
     async def heartbeat(self, worker: Worker) -> None: ...
     async def workers(self) -> list[Worker]: ...
+    async def deployment_id(self) -> str:
+        """A random id made once per store and kept (get-or-create, atomic): which cloud resources are this deployment's."""
+
+
+class DedupeStore(Protocol):
+    async def first_seen(self, channel: str, message_id: str, now: datetime) -> bool:
+        """True the first time a (channel, message id) is seen; False for a platform's re-send."""
+
+
+class AuditStore(Protocol):
+    async def audit(self, entry: AuditEntry) -> None: ...
+    async def audit_log(self, limit: int = 100) -> list[AuditEntry]: ...
+
+
+class OneTimeConfigStore(Protocol):
+    """Sealed configs held for their owner (bot/one_time_configs.py): taken once, erased at the session's end."""
+
     async def add_claim(self, claim: Claim) -> None: ...
     async def get_claim(self, token_hash: str) -> Claim | None: ...
     async def consume_claim(self, token_hash: str, now: datetime) -> Claim | None:
         """Mark a ready claim used and erase its sealed config, once; returns it as it was, else None."""
     async def purge_claims(self, now: datetime, session_id: str | None = None) -> None: ...
+
+
+class AddressStore(Protocol):
+    """Tunnel addresses, one holder each across every process sharing the store."""
+
     async def reserve_address(self, scope: str, address: str, session_id: str, now: datetime) -> str:
         """Insert-if-absent: the session id holding `address` in `scope` afterwards (ours if we won it)."""
     async def release_address(self, scope: str, address: str, holder: str) -> None:
         """Delete the reservation if `holder` still holds it (a stale one, of an ended session)."""
     async def release_addresses(self, session_id: str) -> None:
         """Release every address the session holds (it ended)."""
-    # Web channel (bot/channels/web/channel.py): local accounts, shared attempt counters, per-request progress text.
+
+
+class AccountStore(Protocol):
+    """Local web accounts and the sign-in attempt counters shared by every replica."""
+
     async def put_user(self, user: LocalUser) -> None:
         """Insert or replace the account with this email."""
     async def get_user(self, email: str) -> LocalUser | None: ...
@@ -92,7 +133,16 @@ class Store(Protocol):
     async def attempts(self, key: str, now: datetime, window: timedelta) -> int:
         """The counter of the window holding `now`, without adding to it."""
     async def clear_attempts(self, key: str) -> None: ...
+
+
+class ProgressStore(Protocol):
+    """Short per-request texts (the web page's progress line and notes), readable by any replica."""
+
     async def set_progress(self, key: str, text: str, now: datetime) -> None: ...
     async def get_progress(self, key: str) -> str: ...
-    async def deployment_id(self) -> str:
-        """A random id made once per store and kept (get-or-create, atomic): which cloud resources are this deployment's."""
+
+
+class Store(
+    StoreLifecycle, SessionStore, WorkerStore, DedupeStore, AuditStore, OneTimeConfigStore, AddressStore, AccountStore, ProgressStore, Protocol
+):
+    """A whole back end (SQLite or Table Storage): one object implements every port; each caller is typed against the port it uses."""

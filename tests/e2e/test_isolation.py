@@ -11,8 +11,11 @@ import time
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from bot.channels.groupme.channel import GroupMeChannel, GroupMeConfig
-from bot.channels.teams.channel import TeamsChannel, TeamsConfig
+from bot.channels.groupme.channel import GroupMeChannel
+
+from bot.channels.groupme.config import GroupMeConfig
+from bot.channels.teams.channel import TeamsChannel
+from bot.channels.teams.config import TeamsConfig
 from bot.store.model import SessionState
 from bot.http.app import RUNTIME, create_app
 from tests.fakes.connector import FakeConnector

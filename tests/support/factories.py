@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from bot.messages import ConversationRef, Identity, Incoming, UserKey
-from bot.replies import ConfigDelivery, DeliveryError
+from bot.replies import ChannelDefaults, ConfigDelivery, DeliveryError
 from cards.model import Card
 from cards.text import render_card_text
 
@@ -31,7 +31,7 @@ class Sent:
 
 
 @dataclass
-class RecordingChannel:
+class RecordingChannel(ChannelDefaults):
     """Stands where a platform would be: records every send, as a fake connector records requests."""
 
     name: str = "test"

@@ -26,7 +26,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
@@ -36,45 +35,20 @@ from bot import one_time_configs
 from bot.one_time_configs import Claim, ClaimState, token_hash
 from bot.chat.parser import Usage, parse
 from bot.messages import ConversationRef, Identity, Incoming, InvalidIdentity, UserKey
-from bot.replies import ConfigDelivery, DeliveryError
+from bot.channels.deps import ChatDeps
+from bot.channels.groupme.config import GroupMeConfig
+from bot.replies import ChannelDefaults, ConfigDelivery, DeliveryError
 from cards import claim_page
 from cards.model import Card
 from cards.qr import qr_png
 from cards.text import render_card_text
 
-if TYPE_CHECKING:
-    from bot.wiring import Runtime
 
 log = logging.getLogger(__name__)
 MAX_CALLBACK_BYTES = 64 * 1024
 _ID = re.compile(r"[0-9]{1,40}")
 CLAIM_COOKIE = "vpn_claim"
 AUTH_COOKIE = "vpn_claim_auth"
-
-
-@dataclass(frozen=True)
-class GroupMeConfig:
-    bot_id: str  # for groups without a pair in `bots`
-    group_ids: tuple[str, ...]
-    callback_secret: str
-    bots: tuple[tuple[str, str], ...] = ()  # (group id, bot id): each group replies through its own bot
-    access_token: str = ""
-    oauth_client_id: str = ""
-    api_url: str = "https://api.groupme.com/v3"
-    oauth_url: str = "https://oauth.groupme.com/oauth/authorize"
-    public_url: str = ""
-    claim_minutes: int = 10
-    per_user_per_minute: int = 6
-    per_group_per_minute: int = 60
-    post_spacing: float = 0.4
-    verify_window: float = 600.0  # how far back (seconds) GroupMe's message list is searched
-    verify_retry_delay: float = 1.0  # one more look for a message GroupMe does not list yet
-
-    def bot_for(self, group_id: str) -> str:
-        return dict(self.bots).get(group_id) or self.bot_id
-
-    def __repr__(self) -> str:
-        return f"GroupMeConfig(groups={self.group_ids}, dm={'on' if self.access_token else 'off'}, oauth={'on' if self.oauth_client_id else 'off'})"
 
 
 class Admission(enum.Enum):
@@ -135,12 +109,12 @@ def _strip_mentions(text: str, attachments: list) -> str:
     return text.strip()
 
 
-class GroupMeChannel:
+class GroupMeChannel(ChannelDefaults):
     name = "groupme"
 
     def __init__(self, config: GroupMeConfig) -> None:
         self.config = config
-        self._runtime: Runtime | None = None
+        self._deps: ChatDeps | None = None
         self._api: GroupMeApi | None = None
         self._per_user = RateLimit(config.per_user_per_minute)
         self._per_group = RateLimit(config.per_group_per_minute)
@@ -148,15 +122,19 @@ class GroupMeChannel:
 
     # ----- lifecycle and routes ---------------------------------------------------------------------
 
-    async def attach(self, runtime: "Runtime") -> None:
-        assert runtime.http is not None
-        self._runtime = runtime
-        self._api = GroupMeApi(runtime.http, self.config.api_url, self.config.bot_id, self.config.access_token, spacing=self.config.post_spacing)
+    async def attach(self, deps: ChatDeps) -> None:
+        self._deps = deps
+        self._api = GroupMeApi(deps.http, self.config.api_url, self.config.bot_id, self.config.access_token, spacing=self.config.post_spacing)
         if not self.can_deliver_privately(None):
             log.warning(
                 "GroupMe: no GROUPME_ACCESS_TOKEN/VPN_PUBLIC_URL: callbacks cannot be verified and configs cannot be "
                 "delivered privately; only /vpn help is answered until an admin sets them"
             )
+
+    @property
+    def deps(self) -> ChatDeps:
+        assert self._deps is not None, "GroupMe channel used before it was attached"
+        return self._deps
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/groupme/{secret}", self._callback)
@@ -193,11 +171,10 @@ class GroupMeChannel:
     async def deliver_config(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
         if not self.can_deliver_privately(conv):
             raise DeliveryError("no service account is configured to send direct messages")
-        runtime = self._runtime
-        assert runtime is not None
+        deps = self.deps
         token = await one_time_configs.hold(
-            runtime.store, session_id=delivery.session_id, user=str(recipient.key), tunnel_name=delivery.tunnel_name,
-            config=delivery.config.reveal(), now=runtime.service.clock(), lifetime=timedelta(minutes=self.config.claim_minutes),
+            deps.configs, session_id=delivery.session_id, user=str(recipient.key), tunnel_name=delivery.tunnel_name,
+            config=delivery.config.reveal(), now=deps.clock(), lifetime=timedelta(minutes=self.config.claim_minutes),
         )
         link = f"{self.config.public_url}/claim/{token}"
         try:
@@ -243,8 +220,7 @@ class GroupMeChannel:
         if parsed is None:
             return web.Response(status=200)  # group chatter
         conv = ConversationRef("groupme", {"group_id": group_id})
-        runtime = self._runtime
-        assert runtime is not None
+        deps = self.deps
         for limiter, key, notice in (
             (self._per_group, group_id, f"This group sent more than {self.config.per_group_per_minute} commands in a minute; "
                                         "I am ignoring commands for a short while. Try again in a minute."),
@@ -255,14 +231,14 @@ class GroupMeChannel:
             if admission is not Admission.ALLOWED:
                 log.warning("GroupMe: rate limit hit (%s); message %s dropped", "group" if limiter is self._per_group else f"groupme:{user_id}", message_id)
                 if admission is Admission.REFUSED_FIRST:
-                    runtime.runner.start(f"groupme:limit:{key}", lambda n=notice: runtime.outbox.text(conv, n))
+                    deps.runner.start(f"groupme:limit:{key}", lambda n=notice: deps.notify(conv, n))
                 return web.Response(status=200)
-        runtime.runner.start(f"groupme:{message_id}", lambda: self._process(conv, message_id, user_id, text, parsed))
+        deps.runner.start(f"groupme:{message_id}", lambda: self._process(conv, message_id, user_id, text, parsed))
         return web.Response(status=200)
 
     async def _verify(self, group_id: str, message_id: str, user_id: str, text: str) -> Verdict:
         """Is this callback a message GroupMe really holds, from that sender, with that text?"""
-        not_before = self._runtime.service.clock().timestamp() - self.config.verify_window  # type: ignore[union-attr]
+        not_before = self.deps.clock().timestamp() - self.config.verify_window
         try:
             stored = await self.api.find_message(group_id, message_id, not_before=not_before)
             if stored is None and self.config.verify_retry_delay >= 0:
@@ -282,13 +258,12 @@ class GroupMeChannel:
         return Verdict.CONFIRMED
 
     async def _process(self, conv: ConversationRef, message_id: str, user_id: str, text: str, parsed) -> None:
-        runtime = self._runtime
-        assert runtime is not None
+        deps = self.deps
         harmless = isinstance(parsed, Usage) or parsed.verb == "help"
         if not self.config.access_token:
             if not harmless:
                 # Callbacks are unsigned: without a service account nothing can confirm who sent this.
-                await runtime.outbox.text(conv, "I cannot confirm with GroupMe who sent that, so I did nothing: "
+                await deps.notify(conv, "I cannot confirm with GroupMe who sent that, so I did nothing: "
                                                 "an admin needs to set up the service account (GROUPME_ACCESS_TOKEN). /vpn help still works.")
                 return
         else:
@@ -296,14 +271,14 @@ class GroupMeChannel:
             if verdict is Verdict.FORGED:
                 return
             if verdict is Verdict.UNCONFIRMED:
-                await runtime.outbox.text(conv, "I could not confirm that message with GroupMe, so I did nothing. "
+                await deps.notify(conv, "I could not confirm that message with GroupMe, so I did nothing. "
                                                 "Please send it again in a minute.")
                 return
         try:
             who = Identity(UserKey("groupme", user_id))
         except InvalidIdentity:
             return
-        await runtime.dispatcher.handle(Incoming(who, text, conv, message_id=message_id, is_private=False))
+        await deps.handle(Incoming(who, text, conv, message_id=message_id, is_private=False))
 
     # ----- claim pages ------------------------------------------------------------------------------
 
@@ -334,13 +309,12 @@ class GroupMeChannel:
         return hmac.compare_digest(request.cookies.get(AUTH_COOKIE, ""), self._auth_value(claim))
 
     async def _find(self, token: str) -> Claim | None:
-        assert self._runtime is not None
-        return await self._runtime.store.get_claim(token_hash(token))
+        return await self.deps.configs.get_claim(token_hash(token))
 
     async def _claim_get(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
         claim = await self._find(token)
-        now = self._runtime.service.clock()  # type: ignore[union-attr]
+        now = self.deps.clock()
         state = claim.state(now) if claim else ClaimState.UNKNOWN
         if state is ClaimState.USED:
             return self._message(claim_page.USED, 410)
@@ -357,14 +331,13 @@ class GroupMeChannel:
         if not _same_origin_post(request, self.config.public_url):
             return self._message(("Not allowed", "This form must be sent from the claim page itself."), 403)
         claim = await self._find(token)
-        runtime = self._runtime
-        assert runtime is not None
-        now = runtime.service.clock()
+        deps = self.deps
+        now = deps.clock()
         if claim is None:
             return self._message(claim_page.EXPIRED, 404)
         if claim.state(now) is ClaimState.READY and not self._authorised(request, claim):
             return self._message(("Log in first", "Open the link again and log in with GroupMe."), 403)
-        taken = await one_time_configs.take(runtime.store, token, now)
+        taken = await one_time_configs.take(deps.configs, token, now)
         if taken is None:
             state = (await self._find(token)).state(now)  # type: ignore[union-attr]
             return self._message(claim_page.USED if state is ClaimState.USED else claim_page.EXPIRED, 410)

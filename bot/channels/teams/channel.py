@@ -53,13 +53,12 @@ from bot import one_time_configs
 from bot.backoff import retry_delay
 from bot.one_time_configs import Claim
 from bot.messages import ConversationRef, Identity, Incoming, InvalidIdentity, UserKey
-from bot.replies import ConfigDelivery, DeliveryError
+from bot.channels.teams.config import TeamsConfig
+from bot.channels.deps import ChatDeps
+from bot.replies import ChannelDefaults, ConfigDelivery, DeliveryError
 from cards.adaptive import render_adaptive
 from cards.model import Card
 from cards.text import render_card_text
-
-if TYPE_CHECKING:
-    from bot.wiring import Runtime
 
 log = logging.getLogger(__name__)
 RETRY_ALWAYS = frozenset({412, 429})  # refused before processing: any call may be repeated
@@ -68,40 +67,12 @@ ADAPTIVE = "application/vnd.microsoft.card.adaptive"
 FILE_CONSENT = "application/vnd.microsoft.teams.card.file.consent"
 FILE_INFO = "application/vnd.microsoft.teams.card.file.info"
 SEND_SPACING = 0.15  # Teams allows 7 sends per second per conversation
-DEFAULT_UPLOAD_HOSTS = ("*.sharepoint.com",)
 QR_RECORD = "teams-qr:"  # claims-table key prefix of "where the QR card went" (never a token hash: those are hex)
 INSTALL_HELP = (
     "the VPN bot app is not installed for you personally, so I cannot open a private chat with you. "
     "To install it, in Teams select Apps (left rail), search for the VPN bot and select Add (\"Add for me\"); "
     "or select my name in this chat, then Chat. Then send /vpn start again, here or in our private chat"
 )
-
-
-@dataclass(frozen=True)
-class TeamsConfig:
-    app_id: str = ""
-    app_password: str = ""
-    app_type: str = "SingleTenant"
-    tenant_id: str = ""
-    dev_mode: bool = False
-    allowed_tenants: tuple[str, ...] = ()
-    upload_hosts: tuple[str, ...] = DEFAULT_UPLOAD_HOSTS
-    member_cache_seconds: float = 600.0
-    send_attempts: int = 5
-    backoff: float = 0.5
-    call_timeout: float = 20.0
-    max_concurrent_calls: int = 64
-    consent_minutes: int = 60
-    # Where the Bot Framework's signing keys and the bot's own token come from. The defaults are
-    # the public cloud's; tests point them at fakes on 127.0.0.1 ("" = the SDK's own URL).
-    channel_keys_url: str = ""  # OpenID metadata for tokens the channel sends (login.botframework.com)
-    emulator_keys_url: str = ""  # ... for tokens with Entra issuers (the SDK's emulator/skill path)
-    login_url: str = AuthenticationConstants.TO_CHANNEL_FROM_BOT_LOGIN_URL_PREFIX  # + tenant = the MSAL authority
-    validate_authority: bool = True  # MSAL authority validation and instance discovery (off only for a fake)
-    auth_timeout: float = 10.0  # the whole key download (metadata + JWKS); each token HTTP call
-
-    def __repr__(self) -> str:
-        return f"TeamsConfig(app_id={self.app_id!r}, type={self.app_type}, dev_mode={self.dev_mode})"
 
 
 class _AdapterSettings:
@@ -469,12 +440,12 @@ def upload_url_allowed(url: str, hosts: tuple[str, ...], *, dev_mode: bool = Fal
 
 # ----- the channel -----------------------------------------------------------------------------------
 
-class TeamsChannel:
+class TeamsChannel(ChannelDefaults):
     name = "teams"
 
     def __init__(self, config: TeamsConfig) -> None:
         self.config = config
-        self._runtime: Runtime | None = None
+        self._deps: ChatDeps | None = None
         self._adapter: CloudAdapter | None = None
         self._client: ConnectorClient | None = None
         self._credentials: ConfigurationServiceClientCredentialFactory | None = None
@@ -490,8 +461,8 @@ class TeamsChannel:
 
     # ----- lifecycle and route ------------------------------------------------------------------------
 
-    async def attach(self, runtime: "Runtime") -> None:
-        self._runtime = runtime
+    async def attach(self, deps: ChatDeps) -> None:
+        self._deps = deps
         settings = _AdapterSettings(self.config)
         if self.config.app_id and self.config.app_type.lower() == "multitenant":
             log.warning("MicrosoftAppType=MultiTenant: existing multi-tenant bot registrations keep working, but new "
@@ -500,16 +471,15 @@ class TeamsChannel:
         _use_signing_keys(self.config)
         self._adapter = CloudAdapter(_ReusingAuthentication(settings, self._credentials))
         self._adapter.on_turn_error = self._on_turn_error
-        assert runtime.http is not None
-        self._client = ConnectorClient(runtime.http, self._token, self.config)
+        self._client = ConnectorClient(deps.http, self._token, self.config)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/messages", self._messages)
 
     @property
-    def runtime(self) -> "Runtime":
-        assert self._runtime is not None, "Teams channel used before the runtime started"
-        return self._runtime
+    def deps(self) -> ChatDeps:
+        assert self._deps is not None, "Teams channel used before it was attached"
+        return self._deps
 
     @property
     def client(self) -> ConnectorClient:
@@ -577,7 +547,7 @@ class TeamsChannel:
         """Answer Teams now; the work (lookups, the command, replies) runs as a tracked task."""
         name = f"teams:{activity.type}:{activity.id or uuid.uuid4().hex}"
         try:
-            self.runtime.runner.start(name, work)
+            self.deps.runner.start(name, work)
         except RuntimeError:
             log.warning("Teams: shutting down; activity %s dropped", (activity.id or "")[:40])
 
@@ -646,7 +616,7 @@ class TeamsChannel:
             return await self._post(conv, _card_activity(Card(title="VPN", lines=(text,))))
         self._latest_progress[handle] = (conv, text)
         try:
-            self.runtime.runner.start(f"teams-progress:{handle}", lambda: self._flush_progress(handle))
+            self.deps.runner.start(f"teams-progress:{handle}", lambda: self._flush_progress(handle))
         except RuntimeError:  # shutting down: this one update is lost, the next message says more
             self._latest_progress.pop(handle, None)
         return handle
@@ -686,7 +656,7 @@ class TeamsChannel:
             ),
         )
         qr_activity = {"type": "message", "attachments": [{"contentType": ADAPTIVE, "content": render_adaptive(card, image_data_uri=qr_uri)}]}
-        store, now = self.runtime.store, self.runtime.service.clock()
+        store, now = self.deps.configs, self.deps.clock()
         try:
             qr_id = await self._post(target, qr_activity)
             del qr_activity, qr_uri
@@ -718,7 +688,7 @@ class TeamsChannel:
 
     async def _remember_sent(self, session_id: str, user: str, tunnel: str, target: ConversationRef, activity_ids: list[str]) -> None:
         """Where the QR card went, in the shared store (teardown may run on another replica)."""
-        store, now = self.runtime.store, self.runtime.service.clock()
+        store, now = self.deps.configs, self.deps.clock()
         record = json.dumps({"conversation": dict(target.data), "activities": activity_ids}).encode()
         for n in range(10):
             key = f"{QR_RECORD}{session_id}:{n}"
@@ -730,7 +700,7 @@ class TeamsChannel:
     async def retract_config(self, conv: ConversationRef, session_id: str, handle: str | None = None) -> None:
         """At teardown: the QR card becomes an "expired" card and the consent card goes, so the private
         key does not stay in the chat. Called before the session's claims are purged."""
-        store = self.runtime.store
+        store = self.deps.configs
         for n in range(10):
             record = await store.get_claim(f"{QR_RECORD}{session_id}:{n}")
             if record is None:
@@ -834,7 +804,7 @@ class TeamsChannel:
             await self.send_text(conv, "Sorry, I can only serve people signed in to your organisation's Teams.")
             return
         private = conv.data["conversation_type"] == "personal"
-        await self.runtime.dispatcher.handle(Incoming(who, text, conv, message_id=activity.id, is_private=private))
+        await self.deps.handle(Incoming(who, text, conv, message_id=activity.id, is_private=private))
 
     async def on_installed(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
@@ -843,14 +813,8 @@ class TeamsChannel:
 
     async def _greet(self, activity: Activity) -> None:
         who = await self.identity_of(activity)
-        role = self.runtime.access.role_of(who) if who else None
-        greeting = "Hi! I hand out short-lived WireGuard VPN access."
-        if role is None:
-            # An id is personal data: said only in a personal chat, never in a channel or group chat.
-            where = f" (your id is {who.key})" if who and _is_personal(activity) else ""
-            greeting += f" You are not on the allowlist yet: ask an admin to add you{where}."
-        card = self.runtime.dispatcher.help_card(role, greeting)
-        await self.send_card(_conversation(activity), card)
+        # An id is personal data: said only in a personal chat, never in a channel or group chat.
+        await self.send_card(_conversation(activity), self.deps.welcome(who, _is_personal(activity)))
 
     async def on_file_consent(self, turn_context: TurnContext, accepted: bool) -> None:
         activity = turn_context.activity
@@ -863,9 +827,8 @@ class TeamsChannel:
         self._later(activity, lambda: self._file_consent(activity, token, accepted, upload))
 
     async def _file_consent(self, activity: Activity, token: str, accepted: bool, upload: dict | None) -> None:
-        runtime = self.runtime
         conv = _conversation(activity)
-        store, now = runtime.store, runtime.service.clock()
+        store, now = self.deps.configs, self.deps.clock()
         claim = await store.get_claim(one_time_configs.token_hash(token)) if token else None
         if claim is None or claim.session_id == "" or claim.token_hash.startswith(QR_RECORD):
             claim = None
@@ -901,7 +864,7 @@ class TeamsChannel:
         aad = getattr(activity.from_property, "aad_object_id", None) or ""
         if not aad or claim.user != f"teams:{aad.lower()}":
             return False
-        session = await self.runtime.store.get(claim.session_id)
+        session = await self.deps.sessions.get(claim.session_id)
         if session is None:
             return False
         return (session.conversation.data.get("tenant_id") or "") == _tenant_of(activity)

@@ -33,9 +33,10 @@ from bot.channels.web.signin_entra import EntraUnavailable, EntraVerifier
 from bot.channels.web.signin_entra import InvalidToken as EntraInvalid
 from bot.channels.web.signin_local import LocalAuth, LoginRefused, TooManyAttempts, derive_key
 from bot.channels.web.signin_local import InvalidToken as LocalInvalid
+from bot.channels.web.config import WebConfig
 from bot.channels.web.openapi import openapi_document
 from bot.messages import ConversationRef, Identity, InvalidIdentity, UserKey
-from bot.replies import ConfigDelivery
+from bot.replies import ChannelDefaults, ConfigDelivery
 from bot.engine.service import Refused
 from bot.store.model import ACTIVE_STATES, IN_FLIGHT_STATES, Session, SessionState
 from bot.store.ports import AuditEntry
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     from bot.wiring import Runtime
 
 log = logging.getLogger(__name__)
-STATIC_DIR = Path(__file__).resolve().parents[3] / "web"
 MAX_TOKEN = 8192
 MAX_JSON = 16 * 1024
 MAX_EXTEND = 7 * 24 * 60  # the service applies the real cap; this only bounds the input
@@ -65,27 +65,6 @@ COMMON_HEADERS = {
 }
 
 
-@dataclass(frozen=True)
-class WebConfig:
-    local_secret: str
-    entra_tenant_id: str = ""
-    entra_audience: str = ""
-    entra_spa_client_id: str = ""
-    entra_authority: str = "https://login.microsoftonline.com"
-    cors_origins: tuple[str, ...] = ()
-    static_dir: Path = STATIC_DIR
-
-    def __repr__(self) -> str:
-        return f"WebConfig(entra={'on' if self.entra_tenant_id else 'off'}, cors={self.cors_origins})"
-
-    @property
-    def api_scope(self) -> str:
-        """The delegated scope the page asks for: `<App ID URI>/access_as_user`."""
-        aud = self.entra_audience
-        base = aud if "://" in aud else f"api://{aud}"
-        return f"{base.rstrip('/')}/access_as_user"
-
-
 def _json_error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -97,7 +76,7 @@ def _iso(t: datetime | None) -> str | None:
 Handler = Callable[[web.Request, Identity, Role], Awaitable[web.StreamResponse]]
 
 
-class WebChannel:
+class WebChannel(ChannelDefaults):
     name = "web"
 
     def __init__(self, config: WebConfig) -> None:
@@ -110,8 +89,9 @@ class WebChannel:
 
     # ----- lifecycle and routes ---------------------------------------------------------------------
 
-    async def attach(self, runtime: "Runtime") -> None:
-        assert runtime.http is not None
+    async def attach(self, deps: object) -> None:
+        """Temporary: the web channel still reaches into the runtime (being replaced by WebDeps)."""
+        runtime = getattr(deps, "_runtime_for_web")
         self._runtime = runtime
         self._local = LocalAuth(self.config.local_secret, runtime.store, runtime.service.clock)
         if self.config.entra_tenant_id:

@@ -10,7 +10,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from bot.channels.groupme.channel import GroupMeChannel, GroupMeConfig
+from bot.channels.groupme.channel import GroupMeChannel
+
+from bot.channels.groupme.config import GroupMeConfig
 from bot.channels.groupme.api import split_text
 from bot.store.model import SessionState
 from bot.http.app import RUNTIME, create_app

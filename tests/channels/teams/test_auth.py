@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from bot.channels.teams.channel import TeamsConfig
+from bot.channels.teams.config import TeamsConfig
 from bot.store.model import SessionState
 from tests.fakes.botframework_auth import FakeBotFramework, FakeEntraTokens, new_key
 from tests.channels.teams.test_channel import ALICE_AAD, TENANT, activity, make_teams  # noqa: F401 - make_teams is a fixture

@@ -11,7 +11,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from bot.channels.teams.channel import TeamsChannel, TeamsConfig
+from bot.channels.teams.channel import TeamsChannel
+
+from bot.channels.teams.config import TeamsConfig
 from bot.store.model import SessionState
 from bot.http.app import RUNTIME, create_app
 from tests.fakes.connector import FakeConnector

@@ -1,0 +1,31 @@
+"""The engine's limits and timings (read by bot/settings/): session lengths and caps, leases, sweeps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from provisioner.wireguard import DEFAULT_ALLOWED_IPS
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    session_minutes: int = 30
+    max_session_minutes: int = 240
+    warn_minutes: int = 5
+    max_sessions: int = 10
+    max_sessions_per_user: int = 1
+    provision_timeout: float = 600.0
+    max_attempts: int = 2  # a crash mid-provisioning is retried once, then the session fails cleanly
+    dns: Sequence[str] = ()
+    allowed_ips: Sequence[str] = DEFAULT_ALLOWED_IPS
+    keepalive: int = 25
+    sweep_seconds: float = 10.0
+    reconcile_seconds: float = 60.0
+    # Whoever works on a session holds a lease this long and renews it every third of it; another
+    # worker takes the work over only once the lease has expired (docs/decisions.md, "Leases").
+    lease_seconds: float = 30.0
+    public_url: str = ""  # where servers that boot by themselves call back "tunnel up"
+
+    @property
+    def renew_seconds(self) -> float:
+        return self.lease_seconds / 3
