@@ -80,3 +80,15 @@ class Incoming:
     conversation: ConversationRef
     message_id: str | None = None
     is_private: bool = True
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the engine says on its own, in two registers: `chat` names the command to type
+    next, `page` does not (the web page has buttons). The sentences live in bot/engine/notices.py."""
+
+    chat: str
+    page: str = ""
+
+    def text_for(self, speaks_commands: bool) -> str:
+        return self.chat if speaks_commands or not self.page else self.page

@@ -6,6 +6,8 @@ nor the link alone reveals it, and it survives a restart. Claiming erases the se
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import asyncio
 import enum
 import hashlib
@@ -20,6 +22,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _INFO = b"vpn-bot claim v1"
+
+if TYPE_CHECKING:
+    from bot.store.ports import OneTimeConfigStore
 
 
 class ClaimState(str, enum.Enum):
@@ -70,7 +75,7 @@ def unseal(token: str, sealed: bytes) -> str:
 
 
 async def hold(
-    store: Any, *, session_id: str, user: str, tunnel_name: str, config: str, now: datetime, lifetime: timedelta, token: str | None = None
+    store: OneTimeConfigStore, *, session_id: str, user: str, tunnel_name: str, config: str, now: datetime, lifetime: timedelta, token: str | None = None
 ) -> str:
     """Seal `config` in the store for one person; returns the token, the only thing that opens it.
 
@@ -81,7 +86,7 @@ async def hold(
     return token
 
 
-async def take(store: Any, token: str, now: datetime) -> tuple[Claim, str] | None:
+async def take(store: OneTimeConfigStore, token: str, now: datetime) -> tuple[Claim, str] | None:
     """Consume a ready claim, once: its record and the unsealed config; None if used, expired or unknown."""
     claim = await store.consume_claim(token_hash(token), now)
     if claim is None or claim.sealed is None:

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.messages import ConversationRef, Identity
+from bot.messages import ConversationRef, Identity, Notice
 from cards.model import Card
 from provisioner.wireguard import Secret
 
@@ -37,6 +37,9 @@ class DeliveryError(Exception):
 
 class Channel(Protocol):
     name: str
+    # Chat channels speak commands ("/vpn stop ends it sooner"); the web page has buttons instead,
+    # so the engine's notices reach it in their `page` register (bot/engine/notices.py).
+    speaks_commands: bool
 
     async def send_text(self, conv: ConversationRef, text: str) -> None: ...
 
@@ -71,6 +74,8 @@ class Channel(Protocol):
 class ChannelDefaults:
     """What a channel without an ability does: no pre-check, nothing to retract, no routes."""
 
+    speaks_commands = True
+
     async def check_private_delivery(self, conv: ConversationRef, recipient: Identity) -> str | None:
         return None
 
@@ -98,6 +103,12 @@ class Outbox:
 
     async def text(self, conv: ConversationRef, text: str) -> bool:
         return await self._send(conv, "text", lambda ch: ch.send_text(conv, text))
+
+    async def notice(self, conv: ConversationRef, notice: Notice) -> bool:
+        """One of the engine's sentences, in the register the conversation's channel speaks."""
+        ch = self.channel(conv)
+        speaks = ch.speaks_commands if ch is not None else True
+        return await self.text(conv, notice.text_for(speaks))
 
     async def card(self, conv: ConversationRef, card: Card) -> bool:
         return await self._send(conv, "card", lambda ch: ch.send_card(conv, card))

@@ -14,9 +14,11 @@ import aiohttp
 from bot.access import AccessPolicy
 from bot.chat.dispatcher import Dispatcher
 from bot.channels.deps import ChatDeps
+from bot.channels.web.deps import WebDeps
 from bot.chat.vpn import build_registry, help_card_for, welcome_card_for
 from bot.replies import Channel, Outbox
 from bot.engine.config import SessionPolicy
+from bot.engine.policy import Policy
 from bot.engine.service import VpnService
 from bot.store.model import utcnow
 from bot.store.sqlite import SqliteStore
@@ -76,9 +78,11 @@ class Runtime:
             self.outbox.register(ch)
         self.store = make_store(settings)
         self.runner = TaskRunner()
-        self.service = VpnService(self.store, provider, self.runner, self.outbox, policy_from(settings), clock=clock)
+        limits = policy_from(settings)
+        self.policy = Policy(access, limits, self.store, clock)
+        self.service = VpnService(self.store, provider, self.runner, self.outbox, limits, self.policy, clock=clock)
         self.registry = registry = build_registry(self.service)
-        self.dispatcher = Dispatcher(registry, access, self.store, self.outbox, help_card_for(registry), clock=clock)
+        self.dispatcher = Dispatcher(registry, self.policy, self.store, self.outbox, help_card_for(registry), clock=clock)
         self.channels = list(channels)
         self.http: aiohttp.ClientSession | None = None  # one client session for every outbound call
         self._background = background
@@ -103,9 +107,20 @@ class Runtime:
             configs=self.store,
             sessions=self.store,
         )
-        object.__setattr__(deps, "_runtime_for_web", self)  # temporary, until the web channel gets WebDeps
+        web_deps = WebDeps(
+            http=self.http,
+            clock=self.service.clock,
+            engine=self.service,
+            policy=self.policy,
+            limits=self.service.limits,
+            regions=tuple(self.provider.regions),
+            accounts=self.store,
+            progress=self.store,
+            configs=self.store,
+            sessions=self.store,
+        )
         for ch in self.channels:
-            await ch.attach(deps)
+            await ch.attach(web_deps if ch.name == "web" else deps)  # each channel gets what it uses
         if self._background:
             # First pass before taking commands: resume or clean up what a crash left, expire what is due.
             # Reconcile (provider list calls, seconds on a cloud) is the sweeper's first job instead: off the cold-start path.

@@ -1,7 +1,8 @@
-"""The front door for every message: de-duplicate, parse, check access, audit, run.
+"""The chat front door: de-duplicate, parse, ask the policy (bot/engine/policy.py), run, answer.
 
 Two layers, as in aiogram: the allowlist runs before anything else (strangers get a polite refusal
-and nothing else happens); the admin check runs after a command matched, from its registration.
+and nothing else happens); the command's own rule runs after it matched. Both decisions, and their
+audit records, are the policy's — the web API asks the same one.
 """
 from __future__ import annotations
 
@@ -10,14 +11,19 @@ import secrets
 from typing import Callable
 
 from bot import metrics
-from bot.access import AccessPolicy, Role
+from datetime import datetime
+
+from bot.access import Role
+from bot.chat.refusals import say
+from bot.engine.policy import Policy, Refused
 from bot.logs import bind
 from bot.chat.parser import Command, Usage, parse
 from bot.chat.registry import Context, Registry
 from bot.messages import Incoming
 from bot.replies import Outbox
 from bot.store.model import utcnow
-from bot.store.ports import AuditEntry, Store
+from bot.store.ports import DedupeStore
+from cards.model import Card
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +32,16 @@ class Dispatcher:
     def __init__(
         self,
         registry: Registry,
-        access: AccessPolicy,
-        store: Store,
+        policy: Policy,
+        dedupe: DedupeStore,
         outbox: Outbox,
-        help_card: Callable[[Role | None, str], object],
+        help_card: Callable[[Role | None, str], Card],
         *,
-        clock: Callable = utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.registry = registry
-        self.access = access
-        self.store = store
+        self.policy = policy
+        self.dedupe = dedupe
         self.outbox = outbox
         self.help_card = help_card
         self._clock = clock
@@ -47,39 +53,35 @@ class Dispatcher:
 
     async def _handle(self, msg: Incoming) -> str:
         """Runs the message; returns its outcome for the metrics (handled, duplicate, ignored, refused, usage, error)."""
-        if msg.message_id and not await self.store.first_seen(msg.conversation.channel, msg.message_id, self._clock()):
+        channel = msg.conversation.channel
+        if msg.message_id and not await self.dedupe.first_seen(channel, msg.message_id, self._clock()):
             log.info("ignoring re-sent message %s from %s", msg.message_id[:64], msg.identity.key)
             return "duplicate"
         parsed = parse(msg.text)
         if parsed is None and not msg.is_private:
             return "ignored"  # group chatter that is not for us
-        role = self.access.role_of(msg.identity)
         command_text = parsed.verb if isinstance(parsed, Command) else "(unparsed)"
-        if role is None:
-            await self._audit(msg, command_text, False, "not on the allowlist")
-            # An id is said only in a private chat, never in a group or channel.
-            where = f" (your id is {msg.identity.key})" if msg.is_private else " (message me privately to learn your id)"
-            await self.outbox.text(
-                msg.conversation,
-                f"Sorry, you are not allowed to use this VPN bot. If you should be, ask an admin to add you{where}.",
-            )
+        try:
+            actor = await self.policy.admit(msg.identity, channel, command_text)
+        except Refused as refused:
+            await self.outbox.text(msg.conversation, say(refused, private=msg.is_private))
             return "refused"
         if parsed is None or isinstance(parsed, Usage):
             problem = parsed.problem if isinstance(parsed, Usage) else "I only understand /vpn commands"
-            await self._audit(msg, command_text, True, f"usage: {problem}")
-            await self.outbox.card(msg.conversation, self.help_card(role, f"Sorry, {problem}."))
+            await self.policy.record(msg.identity, channel, command_text, True, f"usage: {problem}")
+            await self.outbox.card(msg.conversation, self.help_card(actor.role, f"Sorry, {problem}."))
             return "usage"
         spec = self.registry.get(parsed.verb)
         if spec is None:
-            await self.outbox.card(msg.conversation, self.help_card(role, f"Sorry, '{parsed.verb}' is not available."))
+            await self.outbox.card(msg.conversation, self.help_card(actor.role, f"Sorry, '{parsed.verb}' is not available."))
             return "usage"
-        if spec.admin_only and role is not Role.ADMIN:
-            await self._audit(msg, command_text, False, "admin only")
-            await self.outbox.text(msg.conversation, f"Sorry, only admins can use /vpn {spec.verb}.")
-            return "refused"
-        await self._audit(msg, _describe(parsed), True, role.value)
         try:
-            await spec.handler(Context(msg, role, self.outbox), parsed)
+            await self.policy.authorize(actor, spec.action, _describe(parsed))
+        except Refused as refused:
+            await self.outbox.text(msg.conversation, say(refused, private=msg.is_private))
+            return "refused"
+        try:
+            await spec.handler(Context(msg, actor, self.outbox), parsed)
         except Exception:
             ref = secrets.token_hex(3)
             log.exception("command %s from %s failed (ref %s)", parsed.verb, msg.identity.key, ref)
@@ -87,20 +89,6 @@ class Dispatcher:
             return "error"
         return "handled"
 
-    async def _audit(self, msg: Incoming, command: str, allowed: bool, reason: str) -> None:
-        entry = AuditEntry(
-            at=self._clock(),
-            user=str(msg.identity.key),
-            email=msg.identity.email or "",
-            channel=msg.conversation.channel,
-            command=command,
-            allowed=allowed,
-            reason=reason,
-        )
-        log.info("audit user=%s command=%s allowed=%s reason=%s", entry.user, command[:60], allowed, reason[:80])
-        await self.store.audit(entry)
-
 
 def _describe(cmd: Command) -> str:
     return " ".join((cmd.verb, *cmd.args))
-

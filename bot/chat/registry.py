@@ -1,10 +1,11 @@
-"""Commands declare their policy where they are registered (errbot's `admin_only=`)."""
+"""Commands name the action they are where they are registered; its rule (admin only, …) lives in bot/engine/policy.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from bot.access import Role
+from bot.engine.policy import Action, Actor, allows
 from bot.chat.parser import Command
 from bot.messages import Incoming
 from bot.replies import Outbox
@@ -16,12 +17,16 @@ class Context:
     """What a handler gets: the message, the sender's role, and a way to answer in that conversation."""
 
     message: Incoming
-    role: Role
+    actor: Actor
     outbox: Outbox
 
     @property
+    def role(self) -> Role:
+        return self.actor.role
+
+    @property
     def is_admin(self) -> bool:
-        return self.role is Role.ADMIN
+        return self.actor.is_admin
 
     async def reply(self, text: str) -> None:
         await self.outbox.text(self.message.conversation, text)
@@ -39,18 +44,18 @@ class CommandSpec:
     usage: str
     summary: str
     handler: Handler
-    admin_only: bool = False
+    action: Action
 
 
 class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, CommandSpec] = {}
 
-    def command(self, verb: str, *, usage: str, summary: str, admin_only: bool = False) -> Callable[[Handler], Handler]:
+    def command(self, verb: str, *, action: Action, usage: str, summary: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             if verb in self._specs:
                 raise ValueError(f"command {verb!r} registered twice")
-            self._specs[verb] = CommandSpec(verb, usage, summary, handler, admin_only)
+            self._specs[verb] = CommandSpec(verb, usage, summary, handler, action)
             return handler
 
         return register
@@ -59,4 +64,4 @@ class Registry:
         return self._specs.get(verb)
 
     def available_to(self, role: Role | None) -> list[CommandSpec]:
-        return [s for s in self._specs.values() if role is Role.ADMIN or not s.admin_only]
+        return [s for s in self._specs.values() if allows(role, s.action)]

@@ -9,7 +9,10 @@ from bot.access import AccessPolicy, Role
 from bot.messages import Identity
 from bot.chat.parser import Command, Usage, parse_extend, parse_start
 from bot.chat.registry import Context, Registry
-from bot.engine.service import Refused, VpnService
+from bot.chat.refusals import say
+from bot.engine.policy import Action as Do
+from bot.engine.policy import Refused
+from bot.engine.service import VpnService
 from bot.store.model import Session, SessionState
 from cards.model import Action, Card, Table
 from cards.text import format_cost, format_minutes
@@ -92,7 +95,10 @@ def build_registry(service: VpnService) -> Registry:
     async def usage(ctx: Context, problem: str) -> None:
         await ctx.reply_card(help_card(ctx.role, f"Sorry, {problem}."))
 
-    @registry.command("start", usage="/vpn start [region] [minutes] [key=YOUR-PUBLIC-KEY]", summary="get a VPN config, sent to you privately (or peer settings for your own key)")
+    async def refused(ctx: Context, r: Refused) -> None:
+        await ctx.reply(say(r, private=ctx.message.is_private))
+
+    @registry.command("start", action=Do.START, usage="/vpn start [region] [minutes] [key=YOUR-PUBLIC-KEY]", summary="get a VPN config, sent to you privately (or peer settings for your own key)")
     async def start(ctx: Context, cmd: Command) -> None:
         opts = parse_start(cmd.args)
         if isinstance(opts, Usage):
@@ -100,63 +106,52 @@ def build_registry(service: VpnService) -> Registry:
         msg = ctx.message
         try:
             s = await service.start(
-                msg.identity, msg.conversation, region=opts.region, minutes=opts.minutes, message_id=msg.message_id, public_key=opts.public_key
+                ctx.actor, msg.conversation, region=opts.region, minutes=opts.minutes, message_id=msg.message_id, public_key=opts.public_key
             )
-        except Refused as exc:
-            return await ctx.reply(str(exc))
+        except Refused as r:
+            return await refused(ctx, r)
         if opts.public_key:
             private = " You brought your own key, so I will post the peer settings here."
         else:
             private = "" if msg.is_private else " I will send the config to you privately, not here."
         await ctx.reply(f"On it: starting VPN session {s.id} in {s.region} for {format_minutes(s.minutes * 60)}.{private}")
 
-    @registry.command("status", usage="/vpn status", summary="your session: where, state, time left")
+    @registry.command("status", action=Do.STATUS, usage="/vpn status", summary="your session: where, state, time left")
     async def status(ctx: Context, cmd: Command) -> None:
-        mine = await service.sessions_of(ctx.message.identity.key)
+        mine = await service.sessions_of(ctx.actor.key)
         if not mine:
             return await ctx.reply("You have no VPN session running. Use /vpn start to get one.")
         now = service.clock()
         for s in mine:
             await ctx.reply_card(session_card(s, now))
 
-    @registry.command("stop", usage="/vpn stop [session]", summary="end your session now (admins: any session or user)")
+    @registry.command("stop", action=Do.STOP, usage="/vpn stop [session]", summary="end your session now (admins: any session or user)")
     async def stop(ctx: Context, cmd: Command) -> None:
-        me = str(ctx.message.identity.key)
         if len(cmd.args) > 1:
             return await usage(ctx, "stop takes at most one session id or user")
-        if cmd.args:
-            targets = await service.find_targets(cmd.args[0])
-            others = [s for s in targets if s.owner != me]
-            if others and not ctx.is_admin:
-                return await ctx.reply("Sorry, only admins can stop another person's session.")
-            if not targets:
-                return await ctx.reply(f"No live session matches '{cmd.args[0][:40]}'. /vpn status shows yours.")
-        else:
-            targets = await service.sessions_of(ctx.message.identity.key)
-            if not targets:
-                return await ctx.reply("You have no VPN session running.")
-        mine = all(s.owner == me for s in targets)
-        reason = "stopped by you" if mine else f"stopped by an admin ({ctx.message.identity.label})"
-        stopped = await service.stop(targets, reason)
+        try:
+            stopped = await service.stop(ctx.actor, cmd.args[0] if cmd.args else None)
+        except Refused as r:
+            return await refused(ctx, r)
         ids = ", ".join(s.id for s in stopped) or "nothing"
         await ctx.reply(f"Stopping {ids}. I will confirm when everything is removed.")
 
-    @registry.command("extend", usage="/vpn extend [minutes]", summary="keep your session longer")
+    @registry.command("extend", action=Do.EXTEND, usage="/vpn extend [minutes]", summary="keep your session longer")
     async def extend(ctx: Context, cmd: Command) -> None:
         minutes = parse_extend(cmd.args)
         if isinstance(minutes, Usage):
             return await usage(ctx, minutes.problem)
         try:
-            s = await service.extend(ctx.message.identity.key, minutes)
-        except Refused as exc:
-            return await ctx.reply(str(exc))
+            s = await service.extend(ctx.actor, minutes)
+        except Refused as r:
+            return await refused(ctx, r)
         await ctx.reply(f"Session {s.id} now ends at {s.expires_at:%H:%M} UTC ({format_minutes(s.time_left(service.clock()))} left).")
 
-    @registry.command("list", usage="/vpn list", summary="every live session, with cost so far", admin_only=True)
+    @registry.command("list", action=Do.LIST, usage="/vpn list", summary="every live session, with cost so far")
     async def list_(ctx: Context, cmd: Command) -> None:
         await ctx.reply_card(list_card(await service.live_sessions(), service.clock()))
 
-    @registry.command("help", usage="/vpn help", summary="this list")
+    @registry.command("help", action=Do.HELP, usage="/vpn help", summary="this list")
     async def help_(ctx: Context, cmd: Command) -> None:
         await ctx.reply_card(help_card(ctx.role))
 

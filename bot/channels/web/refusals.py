@@ -1,0 +1,64 @@
+"""The engine's refusals in the web API's words and status codes (no command hints: the page has buttons)."""
+from __future__ import annotations
+
+from bot.engine.policy import Code, Refused
+
+STATUS: dict[Code, int] = {
+    Code.NOT_ALLOWED: 403,
+    Code.ADMIN_ONLY: 403,
+    Code.NOT_OWNER: 404,  # never say whose it is
+    Code.NO_SUCH_SESSION: 404,
+    Code.UNKNOWN_REGION: 400,
+    Code.MINUTES_OUT_OF_RANGE: 400,
+    Code.EXTEND_TOO_SHORT: 400,
+}
+
+
+def status_of(r: Refused) -> int:
+    return STATUS.get(r.code, 409)
+
+
+def words(r: Refused) -> str:
+    f = r.facts
+    match r.code:
+        case Code.NOT_ALLOWED:
+            return f"You are not allowed to use this VPN service. Ask an admin to add you (your id is {f['user']})."
+        case Code.ADMIN_ONLY:
+            return "Only admins can do that."
+        case Code.NOT_OWNER | Code.NO_SUCH_SESSION:
+            return "No such session."
+        case Code.NO_SESSION:
+            return "You have no VPN session running."
+        case Code.ALREADY_ENDED:
+            return f"Session {f['session_id']} has already ended."
+        case Code.UNKNOWN_REGION:
+            return f"region must be one of: {', '.join(f['regions'])}"
+        case Code.MINUTES_OUT_OF_RANGE:
+            return f"minutes must be a whole number from 1 to {f['max']}"
+        case Code.NO_PRIVATE_DELIVERY:
+            return "A config cannot be delivered privately here."
+        case Code.PRIVATE_CHAT_UNAVAILABLE:
+            return str(f["reason"])
+        case Code.USER_LIMIT:
+            detail = f" (session {f['session_id']}, {f['state']})" if f.get("session_id") else ""
+            return f"You already have a VPN session running{detail}."
+        case Code.GLOBAL_LIMIT:
+            return f"All {f['max']} VPN slots are in use right now. Please try again in a few minutes."
+        case Code.NOTHING_TO_EXTEND:
+            if f.get("session_id") and f.get("state"):
+                return f"Session {f['session_id']} is {f['state']} now; there is nothing to extend."
+            return "You have no running VPN session to extend."
+        case Code.EXTEND_TOO_SHORT:
+            return "Extend by at least 1 minute."
+        case Code.AT_MAXIMUM:
+            return f"Session {f['session_id']} is already at the maximum of {f['max']} minutes."
+        case Code.EXTEND_TOO_LONG:
+            return f"Session {f['session_id']} can be extended by at most {f['room']} more minutes (the maximum is {f['max']})."
+    return "That cannot be done."
+
+
+def body(r: Refused) -> dict[str, object]:
+    """The JSON error: the sentence, plus the code and facts for a client that renders its own."""
+    facts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.facts.items()}
+    out: dict[str, object] = {"error": words(r), "code": r.code.value, **facts}
+    return out

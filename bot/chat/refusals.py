@@ -1,0 +1,53 @@
+"""The engine's refusals in chat words: what happened, and which /vpn command to try instead."""
+from __future__ import annotations
+
+from bot.engine.policy import Code, Refused
+
+
+def say(r: Refused, *, private: bool = True) -> str:
+    f = r.facts
+    match r.code:
+        case Code.NOT_ALLOWED:
+            # An id is said only in a private chat, never in a group or channel.
+            where = f" (your id is {f['user']})" if private else " (message me privately to learn your id)"
+            return f"Sorry, you are not allowed to use this VPN bot. If you should be, ask an admin to add you{where}."
+        case Code.ADMIN_ONLY:
+            return f"Sorry, only admins can use /vpn {f['command']}."
+        case Code.NOT_OWNER:
+            return "Sorry, only admins can stop another person's session."
+        case Code.NO_SUCH_SESSION:
+            return f"No live session matches '{str(f['target'])[:40]}'. /vpn status shows yours."
+        case Code.NO_SESSION:
+            return "You have no VPN session running."
+        case Code.ALREADY_ENDED:
+            return f"Session {f['session_id']} has already ended. /vpn status shows yours."
+        case Code.UNKNOWN_REGION:
+            return f"Region '{f['region']}' is not available. Choose one of: {', '.join(f['regions'])}."
+        case Code.MINUTES_OUT_OF_RANGE:
+            return f"A session can last 1 to {f['max']} minutes; {f['minutes']} is out of range."
+        case Code.NO_PRIVATE_DELIVERY:
+            return (
+                "I cannot send you a config privately from here, and I never post one in a group. "
+                "An admin has been told what to set up. Meanwhile: /vpn start key=YOUR-PUBLIC-KEY works (the public key from your WireGuard app)."
+            )
+        case Code.PRIVATE_CHAT_UNAVAILABLE:
+            return str(f["reason"])
+        case Code.USER_LIMIT:
+            detail = f" (session {f['session_id']}, {f['state']})" if f.get("session_id") else ""
+            return (
+                f"You already have a VPN session running{detail}. "
+                "Use /vpn status to see it, /vpn extend to keep it longer, or /vpn stop to end it."
+            )
+        case Code.GLOBAL_LIMIT:
+            return f"All {f['max']} VPN slots are in use right now. Please try again in a few minutes."
+        case Code.NOTHING_TO_EXTEND:
+            if f.get("session_id") and f.get("state"):
+                return f"Session {f['session_id']} is {f['state']} now; there is nothing to extend."
+            return "You have no running VPN session to extend. Use /vpn start for a new one."
+        case Code.EXTEND_TOO_SHORT:
+            return "Extend by at least 1 minute."
+        case Code.AT_MAXIMUM:
+            return f"Session {f['session_id']} is already at the maximum of {f['max']} minutes."
+        case Code.EXTEND_TOO_LONG:
+            return f"Session {f['session_id']} can be extended by at most {f['room']} more minutes (the maximum is {f['max']})."
+    return "Sorry, I cannot do that."

@@ -1,0 +1,126 @@
+"""Every sentence the engine says on its own (progress, ready, warnings, endings, failures).
+
+A notice has two registers: `chat` names the command to type next ("/vpn stop ends it sooner"),
+`page` does not (the web page has buttons for that). The reply router picks the register a channel
+speaks (`Channel.speaks_commands`); nothing downstream rewrites the engine's words.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from bot.messages import Notice
+from cards.text import format_minutes
+
+__all__ = ["Notice"]  # and the sentence functions below
+
+
+def plain(text: str) -> Notice:
+    """A sentence with no command in it: the same in every channel."""
+    return Notice(text)
+
+
+def _hm(t: datetime) -> str:
+    return f"{t:%H:%M} UTC"
+
+
+# ----- progress (one updating message) ------------------------------------------------------------
+
+def setting_up(session_id: str) -> str:
+    return f"Setting up your VPN (session {session_id})…"
+
+
+def setting_up_step(step: str) -> str:
+    return f"Setting up your VPN: {step}…"
+
+
+def ready_progress(session_id: str) -> str:
+    return f"Your VPN is ready (session {session_id})."
+
+
+def failed_progress(session_id: str) -> str:
+    return f"Setting up your VPN failed (session {session_id})."
+
+
+# ----- delivery -----------------------------------------------------------------------------------
+
+def valid_until(minutes: int, ends: datetime) -> str:
+    return f"Valid for {format_minutes(minutes * 60)}, until {_hm(ends)}."
+
+
+def valid_from_up(minutes: int) -> str:
+    return f"Valid for {format_minutes(minutes * 60)} from when the server is up."
+
+
+def own_key_settings(session_id: str, config_text: str) -> Notice:
+    return plain(f"Peer settings for your own key (session {session_id}):\n{config_text}")
+
+
+OWN_KEY_WHERE = "Add these settings to your WireGuard tunnel."
+
+
+def still_booting(where: str) -> Notice:
+    return plain(f"{where} The server is still booting: the tunnel comes up within about a minute, and I will tell you when it is up.")
+
+
+def ready(where: str, session_id: str, ends: datetime) -> Notice:
+    return Notice(
+        f"{where} Session {session_id} ends at {_hm(ends)}; /vpn stop ends it sooner.",
+        f"{where} Session {session_id} ends at {_hm(ends)}.",
+    )
+
+
+def server_up(session_id: str, ends: datetime) -> Notice:
+    return Notice(
+        f"Your VPN server is up (session {session_id}). It ends at {_hm(ends)}; /vpn stop ends it sooner.",
+        f"Your VPN server is up (session {session_id}). It ends at {_hm(ends)}.",
+    )
+
+
+# ----- time and endings ---------------------------------------------------------------------------
+
+def ends_soon(session_id: str, seconds_left: float, extend_minutes: int) -> Notice:
+    head = f"Your VPN session {session_id} ends in {format_minutes(seconds_left)}."
+    return Notice(f"{head} Type /vpn extend {extend_minutes} to keep it longer.", head)
+
+
+def ended(session_id: str, reason: str) -> Notice:
+    head = f"Your VPN session {session_id} has ended ({reason})."
+    return Notice(f"{head} Use /vpn start for a new one.", head)
+
+
+def restarted(session_id: str) -> Notice:
+    return plain(f"The VPN bot restarted while setting up session {session_id}; starting over.")
+
+
+def went_wrong(session_id: str) -> Notice:
+    return plain(f"Something went wrong with your VPN session {session_id}; an admin has been told.")
+
+
+# ----- failures -----------------------------------------------------------------------------------
+
+FAILED_RESTART = "the VPN bot restarted while setting it up"
+FAILED_TIMEOUT = "the server took too long to come up"
+FAILED_OURS = "something went wrong on our side (an admin can find the details in the log)"
+NOTHING_LEFT = "Nothing was left running."
+NIC_HELD = "Azure still holds its network address after a failed start; the address is released within a few minutes, automatically."
+LEFTOVERS = "Its leftovers will be removed automatically."
+DEAD_CONFIG = "The config I sent for it will not work; please delete it."
+
+
+def undeliverable(detail: str) -> str:
+    return f"I could not deliver the config privately: {detail}"
+
+
+def failed(reason: str, tail: str) -> Notice:
+    head = f"Sorry, I could not set up your VPN: {reason}. {tail}"
+    return Notice(f"{head} You can try /vpn start again.", head)
+
+
+# ----- who stopped it -----------------------------------------------------------------------------
+
+STOPPED_BY_OWNER = "stopped by you"
+TIME_IS_UP = "time is up"
+
+
+def stopped_by_admin(label: str) -> str:
+    return f"stopped by an admin ({label})"

@@ -1,0 +1,29 @@
+"""What every step of the engine works with, handed in once by the wiring (no locator, no globals)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Protocol
+
+from bot.engine.config import SessionPolicy
+from bot.engine.leases import Leases
+from bot.engine.tasks import TaskRunner
+from bot.replies import Outbox
+from bot.store.ports import AddressStore, OneTimeConfigStore, SessionStore, Worker, WorkerStore
+from provisioner.base import Provider
+
+
+class EngineStore(SessionStore, OneTimeConfigStore, AddressStore, WorkerStore, Protocol):
+    """The ports the engine itself uses: sessions, held configs (erased at the end), addresses, workers."""
+
+
+@dataclass(frozen=True)
+class EngineParts:
+    store: EngineStore
+    provider: Provider
+    runner: TaskRunner
+    outbox: Outbox
+    limits: SessionPolicy
+    clock: Callable[[], datetime]
+    worker: Worker
+    leases: Leases

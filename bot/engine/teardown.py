@@ -1,0 +1,90 @@
+"""Ending a session: move it to `expiring` under our lease (a stop wins over provisioning), destroy what
+it made — retrying what the cloud still holds — and tell its owner once it is gone."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bot import metrics
+from bot.engine import notices
+from bot.engine.endings import release_held
+from bot.engine.leases import LeaseLost
+from bot.engine.parts import EngineParts
+from bot.store.model import ACTIVE_STATES, Session, SessionState
+from provisioner.base import CleanupIncomplete
+
+log = logging.getLogger(__name__)
+TEARDOWN_ATTEMPTS = 3
+CLEANUP_PATIENCE = 5 * 60.0  # how long one teardown keeps retrying what the cloud still holds (a NIC: ~3 min)
+
+
+class Teardown:
+    def __init__(self, parts: EngineParts) -> None:
+        self.p = parts
+
+    def running(self, session_id: str) -> bool:
+        return self.p.runner.get(f"teardown:{session_id}") is not None
+
+    async def begin(self, session_id: str, reason: str) -> bool:
+        """True if the session was active (and is now ending); its provisioning in this process is cancelled."""
+        p = self.p
+        await p.runner.cancel(f"provision:{session_id}")
+        active = False
+
+        def change(s: Session) -> Session | None:
+            nonlocal active
+            now = p.clock()
+            active = s.state in ACTIVE_STATES
+            if not active:
+                return None
+            if s.state is SessionState.EXPIRING:
+                if s.leased_by_other(p.worker.id, now):
+                    return None  # someone is tearing it down already
+                return s.with_changes(now, **p.leases.lease(now))
+            return s.moved(SessionState.EXPIRING, now, end_reason=reason, **p.leases.lease(now))
+
+        s = await p.leases.update(session_id, change)
+        if s is not None:
+            sid = s.id
+            p.runner.start(f"teardown:{sid}", lambda: self._teardown(sid, reason))
+        return active
+
+    async def _teardown(self, session_id: str, reason: str) -> None:
+        p = self.p
+        s = await p.store.get(session_id)
+        if s is None or s.state is not SessionState.EXPIRING or s.lease_owner != p.worker.id:
+            return
+        try:
+            async with p.leases.holding(s.id, (SessionState.EXPIRING,)):
+                await self._destroy(s)
+                now = p.clock()
+                s = await p.leases.owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **p.leases.unleased()))
+        except LeaseLost as lost:
+            log.info("session %s: teardown handed over (%s)", session_id, lost)
+            return
+        metrics.teardown_done(s)
+        await p.outbox.retract(s.conversation, s.id)
+        await release_held(p, s)
+        log.info("session %s deleted (%s)", s.id, s.end_reason or reason)
+        await p.outbox.notice(s.conversation, notices.ended(s.id, s.end_reason or reason))
+
+    async def _destroy(self, s: Session) -> None:
+        """Until the provider has let go of everything; raises (the session stays `expiring`, the
+        sweeper starts over) after a few failures or once the cloud held on past CLEANUP_PATIENCE."""
+        attempt, waited = 0, 0.0
+        while True:
+            try:
+                await self.p.provider.destroy(s.id, resource_id=s.resource_id or None, peer_public_key=s.client_public_key or None)
+                return
+            except CleanupIncomplete as exc:  # the cloud is still holding something: not a failed attempt
+                if waited >= CLEANUP_PATIENCE:
+                    raise
+                log.warning("session %s: %s; trying again in %.0f s", s.id, exc, exc.retry_after)
+                await asyncio.sleep(exc.retry_after)
+                waited += exc.retry_after
+            except Exception:
+                attempt += 1
+                log.exception("session %s: teardown attempt %d failed", s.id, attempt)
+                if attempt == TEARDOWN_ATTEMPTS:
+                    raise
+                await asyncio.sleep(2 ** (attempt - 1))
