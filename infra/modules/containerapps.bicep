@@ -1,5 +1,7 @@
-// Azure Container Apps (consumption): the bot as an app that scales to zero, and a scheduled job
-// that runs `python app.py reap` so expiry, warnings and reconcile happen with no replica running.
+// Azure Container Apps: a workload-profiles environment whose `Consumption` profile runs the bot as
+// an app that scales to zero, and a scheduled job that runs `python app.py reap` so expiry,
+// warnings and reconcile happen with no replica running. (An environment without workloadProfiles
+// is the legacy Consumption-only kind; the Consumption profile costs the same.)
 param name string
 param location string = resourceGroup().location
 param image string
@@ -33,8 +35,20 @@ param groupmeBotId string
 param groupmeCallbackSecret string
 @secure()
 param groupmeAccessToken string
+@description('Origin of the Static Web App serving the page (https://<host>): the only origin whose browsers may call the API (VPN_CORS_ORIGINS). Empty with the web channel off.')
+param webOrigin string = ''
+@description('VPN_LOCAL_AUTH_SECRET: the web page and API are on when it is given.')
+@secure()
+param webAuthSecret string = ''
+@description('Microsoft sign-in on the page: the API app registration\'s client id (VPN_ENTRA_API_AUDIENCE).')
+param entraApiClientId string = ''
+@description('The page\'s (SPA) app registration client id (VPN_ENTRA_SPA_CLIENT_ID).')
+param entraSpaClientId string = ''
+@description('VPN_ENTRA_AUTHORITY: the cloud\'s sign-in origin, e.g. https://login.microsoftonline.com.')
+param entraAuthority string = ''
 
 var port = 3978
+var workloadProfile = 'Consumption'
 var metricsPort = 9464
 var useGroupMe = !empty(groupmeBotId)
 var registries = empty(registryServer) ? [] : [
@@ -48,6 +62,8 @@ var registries = empty(registryServer) ? [] : [
 // keyVaultUrl and identity should be provided"), and the access token is optional (claim links
 // only): it becomes a secret, and an env var, only when given.
 var useGroupMeToken = useGroupMe && !empty(groupmeAccessToken)
+var useWeb = !empty(webAuthSecret)
+var useEntra = useWeb && !empty(entraApiClientId) && !empty(entraSpaClientId)
 var secrets = concat(useGroupMe ? [
   {
     name: 'groupme-bot-id'
@@ -61,6 +77,11 @@ var secrets = concat(useGroupMe ? [
   {
     name: 'groupme-access-token'
     value: groupmeAccessToken
+  }
+] : [], useWeb ? [
+  {
+    name: 'web-auth-secret'
+    value: webAuthSecret
   }
 ] : [])
 var groupmeEnv = concat(useGroupMe ? [
@@ -80,6 +101,34 @@ var groupmeEnv = concat(useGroupMe ? [
   {
     name: 'GROUPME_ACCESS_TOKEN'
     secretRef: 'groupme-access-token'
+  }
+] : [])
+// The web API (the page itself is on the Static Web App): browsers may call it from that origin only.
+var webEnv = concat(useWeb ? [
+  {
+    name: 'VPN_LOCAL_AUTH_SECRET'
+    secretRef: 'web-auth-secret'
+  }
+  {
+    name: 'VPN_CORS_ORIGINS'
+    value: webOrigin
+  }
+] : [], useEntra ? [
+  {
+    name: 'VPN_ENTRA_TENANT_ID'
+    value: tenantId
+  }
+  {
+    name: 'VPN_ENTRA_API_AUDIENCE'
+    value: entraApiClientId
+  }
+  {
+    name: 'VPN_ENTRA_SPA_CLIENT_ID'
+    value: entraSpaClientId
+  }
+  {
+    name: 'VPN_ENTRA_AUTHORITY'
+    value: entraAuthority
   }
 ] : [])
 var publicUrl = 'https://${name}.${managedEnv.properties.defaultDomain}'
@@ -189,6 +238,13 @@ var settings = [
     name: 'VPN_METRICS_PORT'
     value: string(metricsPort)
   }
+  {
+    // Container Apps' ingress (Envoy) is the one proxy in front of the app and appends the client's
+    // address to X-Forwarded-For: trust that one hop, so the web channel's per-address limits count
+    // clients, not the ingress (issue 18.9).
+    name: 'VPN_TRUSTED_PROXIES'
+    value: '1'
+  }
 ]
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = if (enableLogAnalytics) {
@@ -214,6 +270,12 @@ resource managedEnv 'Microsoft.App/managedEnvironments@2024-03-01' = {
       }
     } : null
     zoneRedundant: false
+    workloadProfiles: [
+      {
+        name: workloadProfile
+        workloadProfileType: 'Consumption'
+      }
+    ]
   }
 }
 
@@ -228,6 +290,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
   }
   properties: {
     managedEnvironmentId: managedEnv.id
+    workloadProfileName: workloadProfile
     configuration: {
       activeRevisionsMode: 'Single'
       ingress: {
@@ -256,7 +319,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
             cpu: json(cpu)
             memory: memory
           }
-          env: concat(settings, groupmeEnv)
+          env: concat(settings, groupmeEnv, webEnv)
           probes: [
             {
               type: 'Startup'
@@ -321,6 +384,7 @@ resource reap 'Microsoft.App/jobs@2024-03-01' = {
   }
   properties: {
     environmentId: managedEnv.id
+    workloadProfileName: workloadProfile
     configuration: {
       triggerType: 'Schedule'
       replicaTimeout: 300
@@ -347,7 +411,7 @@ resource reap 'Microsoft.App/jobs@2024-03-01' = {
             cpu: json('0.25')
             memory: '0.5Gi'
           }
-          env: concat(settings, groupmeEnv)
+          env: concat(settings, groupmeEnv, webEnv)
         }
       ]
     }

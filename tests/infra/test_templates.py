@@ -138,8 +138,8 @@ def evaluate(expr, scope: dict, variables: dict):
 def test_every_template_parses_and_every_module_call_matches_its_parameters():
     files = all_files()
     assert {"main.bicep", "groups.bicep", "modules/containerapps.bicep", "modules/storage.bicep",
-            "modules/session-access.bicep", "modules/bot-service.bicep", "modules/registry-pull.bicep",
-            "modules/registry.bicep"} <= set(files)
+            "modules/session-access.bicep", "modules/bot-service.bicep", "modules/registry.bicep",
+            "modules/identity.bicep", "modules/tables.bicep", "modules/web.bicep"} <= set(files)
     for rel, doc in files.items():
         for name, module in doc.get("modules", {}).items():
             target = parse(module_file(rel, name))
@@ -168,7 +168,7 @@ def test_the_custom_role_name_is_unique_in_the_tenant_and_tear_down_finds_it():
     and above", so `az role definition delete` finds it only when asked at that group, before it goes."""
     definition = body(parse("modules/session-access.bicep")["resources"]["operatorRole"])["properties"]
     assert "${subscription().subscriptionId}" in definition["roleName"] and "${resourceGroup().name}" in definition["roleName"]
-    outputs = parse("main.bicep")["outputs"]
+    outputs = parse("groups.bicep")["outputs"]
     assert ref(outputs["operatorRoleName"]["value"]) == "sessionAccess.outputs.roleName"
     assert ref(parse("modules/session-access.bicep")["outputs"]["roleName"]["value"]) == "operatorRole.properties.roleName"
     guide = (ROOT / "docs" / "deploy.md").read_text()
@@ -300,10 +300,12 @@ def test_ingress_probes_and_settings_match_the_app():
     assert variables["metricsPort"]["value"] != variables["port"]["value"]
 
     # Every name is one the app (or azure-identity) reads, and the values as deployed pass validation.
-    settings_source = "".join(p.read_text() for p in sorted((ROOT / "bot" / "settings").glob("*.py")))
+    settings_source = "".join(p.read_text() for p in (ROOT / "bot").rglob("*.py"))
     issue8 = {"VPN_STORE", "AZURE_TABLES_ENDPOINT", "VPN_TABLE_PREFIX", "AZURE_CLIENT_ID"}
+    # Read by the web channel's per-address limits once issue 18 item 9 lands (Settings ignores it until then).
+    issue18 = {"VPN_TRUSTED_PROXIES"}
     for name in env:
-        assert name in issue8 or f'"{name}"' in settings_source, name
+        assert name in issue8 | issue18 or f'"{name}"' in settings_source, name
     example = {
         "tableEndpoint": "https://vpnbotabc.table.core.windows.net", "tablePrefix": "vpn", "identityClientId": "00000000-0000-0000-0000-000000000001",
         "tenantId": "00000000-0000-0000-0000-000000000002", "subscription().subscriptionId": "00000000-0000-0000-0000-000000000003",
@@ -311,11 +313,15 @@ def test_ingress_probes_and_settings_match_the_app():
         "publicUrl": "https://vpn-bot.example.azurecontainerapps.io", "users": "domain:contoso.com", "admins": "email:admin@contoso.com",
         "dns": "1.1.1.1", "string(sessionMinutes)": "30", "string(maxSessions)": "10", "string(port)": "3978", "string(metricsPort)": "9464",
         "groupmeGroupId": "4242", "${name}-${uniqueString(resourceGroup().id)}": "vpn-bot-x2kd7fqzu3mbe",
+        "webOrigin": "https://lively-river-0a1b2c3d4.5.azurestaticapps.net", "entraApiClientId": "00000000-0000-0000-0000-000000000004",
+        "entraSpaClientId": "00000000-0000-0000-0000-000000000005", "entraAuthority": "https://login.microsoftonline.com",
     }
-    values = {name: example.get(ref(e["value"]), ref(e["value"])) if "value" in e else "s" * 24 for name, e in env.items()}
+    values = {name: example.get(ref(e["value"]), ref(e["value"])) if "value" in e else "s" * 32 for name, e in env.items()}
     settings = Settings.from_env(values)
     assert (settings.provider, settings.teams_app_type, settings.port, settings.metrics_port) == ("azure", "UserAssignedMSI", 3978, 9464)
     assert settings.groupme_bot_id and settings.public_url.startswith("https://")
+    assert settings.cors_origins == ("https://lively-river-0a1b2c3d4.5.azurestaticapps.net",) and settings.local_auth_secret
+    assert settings.entra_tenant_id == "00000000-0000-0000-0000-000000000002"
     # Reconcile's notion of "ours" is fixed by the deployment, not by whatever id a store happens to keep:
     # a new storage account or tablePrefix must still recognise the VMs this deployment left running.
     deployment_id = env["VPN_DEPLOYMENT_ID"]["value"]
@@ -342,17 +348,17 @@ def test_every_role_assignment_is_scoped_to_one_resource_or_the_session_group():
             found[(rel, name)] = (scope, ref(props["properties"]["roleDefinitionId"]))
     assert set(found) == {
         ("modules/storage.bicep", "tableRole"),
-        ("modules/registry-pull.bicep", "pull"),
+        ("modules/registry.bicep", "pull"),
         ("modules/session-access.bicep", "operatorAssignment"),
     }
     assert found[("modules/storage.bicep", "tableRole")][0] == "account"
-    assert found[("modules/registry-pull.bicep", "pull")][0] == "registry"
+    assert found[("modules/registry.bicep", "pull")][0] == "registry"
     assert found[("modules/session-access.bicep", "operatorAssignment")][0] is None  # the module's scope: below
-    variables = {rel: parse(rel).get("variables", {}) for rel in ("modules/storage.bicep", "modules/registry-pull.bicep")}
+    variables = {rel: parse(rel).get("variables", {}) for rel in ("modules/storage.bicep", "modules/registry.bicep")}
     assert variables["modules/storage.bicep"]["tableDataContributor"]["value"] == TABLE_DATA_CONTRIBUTOR
-    assert variables["modules/registry-pull.bicep"]["acrPull"]["value"] == ACR_PULL
+    assert variables["modules/registry.bicep"]["acrPull"]["value"] == ACR_PULL
     # The custom role is assigned where the module is deployed: the session resource group, by name.
-    access = body(parse("main.bicep")["modules"]["sessionAccess"])
+    access = body(parse("groups.bicep")["modules"]["sessionAccess"])
     assert ref(access["scope"]) == "resource_group(sessionResourceGroupName)"
     # No module anywhere is sent to the subscription (where an assignment would cover everything).
     for rel, doc in all_files().items():
@@ -368,18 +374,21 @@ def test_storage_allows_only_the_identity_no_account_keys():
 
 
 def test_one_user_assigned_identity_is_used_everywhere():
-    main = parse("main.bicep")
+    main, groups = parse("main.bicep"), parse("groups.bicep")
+    # Step 1 makes it; step 3 only looks it up, by the same name.
+    assert parse("modules/identity.bicep")["resources"]["identity"]["type"] == "Microsoft.ManagedIdentity/userAssignedIdentities"
     assert main["resources"]["identity"]["type"] == "Microsoft.ManagedIdentity/userAssignedIdentities"
+    assert main["resources"]["identity"]["existing"] is True
     for res in ("app", "reap"):
         identity = body(app_resources()[res])["identity"]
         assert identity["type"] == "UserAssigned" and list(identity["userAssignedIdentities"]) == ["'${identityResourceId}'"]
     registries = parse("modules/containerapps.bicep")["variables"]["registries"]["value"]["operator"]["operands"]["false_value"]
     assert registries == [{"server": "registryServer", "identity": "identityResourceId"}]  # AcrPull with the identity, no password
-    for module in ("storage", "registryPull", "sessionAccess"):
-        assert ref(body(main["modules"][module])["params"]["principalId"]) == "identity.properties.principalId"
-    # The first replica starts only once it may pull the image and work in the session group.
-    assert {"registryPull", "sessionAccess"} <= set(body(main["modules"]["apps"])["dependsOn"])
-    assert "storage.outputs.name" in json.dumps(body(main["modules"]["apps"])["params"]["tableEndpoint"])
+    for module in ("storage", "registry", "sessionAccess"):
+        assert ref(body(groups["modules"][module])["params"]["principalId"]) == "identity.outputs.principalId"
+    apps = body(main["modules"]["apps"])["params"]
+    assert ref(apps["identityResourceId"]) == "identity.id" and ref(apps["identityClientId"]) == "identity.properties.clientId"
+    assert "storageAccountName" in json.dumps(apps["tableEndpoint"])
 
 
 # ----- secrets ---------------------------------------------------------------------------------------------
@@ -401,15 +410,16 @@ def test_no_secret_in_a_plain_parameter_or_an_output():
             assert "list_keys" not in text and "listKeys" not in text and "list_" not in text, f"{rel}: output {name}"
             for s in secure:
                 assert not re.search(rf"\b{s}\b", text), f"{rel}: output {name} exposes {s}"
-    # The GroupMe credentials reach the containers only as Container Apps secrets.
+    # The GroupMe credentials and the web secret reach the containers only as Container Apps secrets.
     (container,) = body(app_resources()["app"])["properties"]["template"]["containers"]
     env = {e["name"]: e for e in settings_env(container)}
-    for name in ("GROUPME_BOT_ID", "GROUPME_CALLBACK_SECRET", "GROUPME_ACCESS_TOKEN"):
+    secret_env = ("GROUPME_BOT_ID", "GROUPME_CALLBACK_SECRET", "GROUPME_ACCESS_TOKEN", "VPN_LOCAL_AUTH_SECRET")
+    for name in secret_env:
         assert "value" not in env[name] and env[name]["secretRef"]
     secrets = every_branch(parse("modules/containerapps.bicep")["variables"]["secrets"]["value"])
-    assert {s["name"] for s in secrets} == {env[n]["secretRef"] for n in ("GROUPME_BOT_ID", "GROUPME_CALLBACK_SECRET", "GROUPME_ACCESS_TOKEN")}
+    assert {s["name"] for s in secrets} == {env[n]["secretRef"] for n in secret_env}
     main = parse("main.bicep")
-    for name in ("groupmeBotId", "groupmeCallbackSecret", "groupmeAccessToken"):
+    for name in ("groupmeBotId", "groupmeCallbackSecret", "groupmeAccessToken", "webAuthSecret"):
         assert {"type": "secure"} in main["parameters"][name]["decorators"]
     assert "MicrosoftAppPassword" not in "".join(p.read_text() for p in INFRA.rglob("*.bicep"))
 
@@ -419,22 +429,25 @@ def test_no_container_apps_secret_is_ever_empty_and_every_secret_ref_exists():
     secretRef names no secret: the GroupMe access token is optional, so every combination must deploy."""
     doc = parse("modules/containerapps.bicep")
     variables = doc["variables"]
-    for bot_id, token in (("", ""), ("4242bot", ""), ("4242bot", "tok")):
+    for bot_id, token, web in (("", "", ""), ("4242bot", "", ""), ("4242bot", "tok", ""), ("", "", "w" * 32), ("4242bot", "tok", "w" * 32)):
         scope = {"groupmeBotId": bot_id, "groupmeCallbackSecret": "c" * 24 if bot_id else "",
-                 "groupmeAccessToken": token, "groupmeGroupId": "4242" if bot_id else ""}
+                 "groupmeAccessToken": token, "groupmeGroupId": "4242" if bot_id else "",
+                 "webAuthSecret": web, "webOrigin": "https://x.azurestaticapps.net" if web else "",
+                 "entraApiClientId": "", "entraSpaClientId": ""}
         secrets = evaluate("secrets", scope, variables)
-        env = evaluate("groupmeEnv", scope, variables)
+        env = evaluate("groupmeEnv", scope, variables) + evaluate("webEnv", scope, variables)
         assert all(s["value"] for s in secrets), f"an empty secret with bot id {bot_id!r}, token {token!r}: {secrets}"
         refs = {e["secretRef"] for e in env if "secretRef" in e}
         assert refs == {s["name"] for s in secrets}, (refs, secrets)
         names = {e["name"] for e in env}
         assert ("GROUPME_BOT_ID" in names) == bool(bot_id) and ("GROUPME_ACCESS_TOKEN" in names) == bool(token)
+        assert ("VPN_LOCAL_AUTH_SECRET" in names) == ("VPN_CORS_ORIGINS" in names) == bool(web)
     # Both the app and the job carry these same lists.
     for res in ("app", "reap"):
         props = body(doc["resources"][res])["properties"]
         assert props["configuration"]["secrets"] == "secrets"
         (container,) = props["template"]["containers"]
-        assert ref(container["env"]) == "concat(settings,groupmeEnv)"
+        assert ref(container["env"]) == "concat(settings,groupmeEnv,webEnv)"
 
 
 # ----- the Bot ------------------------------------------------------------------------------------------------
@@ -519,3 +532,217 @@ def test_outputs_feed_teams_manifest():
 def test_deployment_scopes(rel):
     expected = {"main.bicep": "resourceGroup", "groups.bicep": "subscription"}[rel]
     assert parse(rel)["globals"]["scope"]["value"] == expected
+
+
+# ----- issue 20: works the first time, starts from zero, never wakes for anonymous visitors ------------------
+
+
+def reachable(entry: str) -> dict[str, dict]:
+    """The templates one entry point deploys: itself and its modules, transitively."""
+    seen: dict[str, dict] = {}
+    todo = [entry]
+    while todo:
+        rel = todo.pop()
+        if rel not in seen:
+            seen[rel] = parse(rel)
+            todo.extend(module_file(rel, name) for name in seen[rel].get("modules", {}))
+    return seen
+
+
+def store_tables() -> tuple[str, ...]:
+    """The table names the Table Storage store uses (bot/store/tables.py after issue 17's move)."""
+    import importlib
+
+    for module in ("bot.store.tables", "bot.sessions.tables"):
+        try:
+            return tuple(importlib.import_module(module).TABLES)
+        except ModuleNotFoundError:
+            continue
+    raise AssertionError("no TABLES in bot.store.tables or bot.sessions.tables")
+
+
+def strings(node) -> list[str]:
+    """Every string value in a parsed template fragment (keys excluded)."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in strings(v)]
+    return []
+
+
+def test_the_stores_tables_are_declared_by_the_template_with_the_stores_names():
+    """Declared tables: neither `serve` nor the per-minute `reap` needs to create one (issue 20.2)."""
+    doc = parse("modules/tables.bicep")
+    names = doc["variables"]["tableNames"]["value"]
+    assert tuple(names) == store_tables()
+    table = doc["resources"]["tables"]
+    assert table["type"] == "Microsoft.Storage/storageAccounts/tableServices/tables" and not table["existing"]
+    loop = table["config"]["loop_type"]["detail"]
+    assert loop["array_name"] == "tableNames"
+    assert body(table)["name"] == "${tablePrefix}${%s}" % loop["item_name"]  # VPN_TABLE_PREFIX + the store's name
+    assert body(doc["resources"]["tableService"])["parent"] == "account" and doc["resources"]["account"]["existing"]
+    # Table names are 3-63 letters or digits: the longest prefix the template accepts still fits.
+    max_prefix = next(d["argument"] for d in doc["parameters"]["tablePrefix"]["decorators"] if d["type"] == "max_length")
+    assert max_prefix + max(map(len, names)) <= 63 and all(n.isalnum() for n in names)
+    main = parse("main.bicep")
+    assert next(d["argument"] for d in main["parameters"]["tablePrefix"]["decorators"] if d["type"] == "max_length") == max_prefix
+    # The same prefix and account as the app's VPN_TABLE_PREFIX and AZURE_TABLES_ENDPOINT, made before the app.
+    tables = body(main["modules"]["tables"])
+    apps = body(main["modules"]["apps"])
+    assert tables["params"] == {"storageAccountName": "storageAccountName", "tablePrefix": "tablePrefix"}
+    assert apps["params"]["tablePrefix"] == "tablePrefix" and "${storageAccountName}" in apps["params"]["tableEndpoint"]
+    assert "tables" in apps["dependsOn"]
+    # ... and that account is the one step 1 made: storage.bicep's name, given groups.bicep's `name`.
+    made = json.dumps(body(parse("modules/storage.bicep")["resources"]["account"])["name"])
+    assert ref(body(parse("groups.bicep")["modules"]["storage"])["params"]["name"]) == "lowercaseName"
+    assert json.dumps(main["variables"]["storageAccountName"]["value"]) == made.replace("replace(name,", "replace(lowercaseName,")
+
+
+def test_the_identity_and_all_its_roles_are_made_in_step_one_not_with_the_app():
+    """AcrPull must be effective before main.bicep's first pull: groups.bicep makes the identity and every
+    assignment, `az acr build` gives them minutes, main.bicep only looks the identity up (issue 20.3)."""
+    step1, step3 = reachable("groups.bicep"), reachable("main.bicep")
+    kinds = {"Microsoft.ManagedIdentity/userAssignedIdentities", ROLE_ASSIGNMENT, "Microsoft.Authorization/roleDefinitions"}
+
+    def made(files):
+        return {(rel, name, res["type"]) for rel, doc in files.items() for name, res in doc.get("resources", {}).items()
+                if res["type"] in kinds and not res.get("existing")}
+
+    assert not made(step3), made(step3)
+    assert {t for _, _, t in made(step1)} == kinds
+    assert {(rel, name) for rel, name, t in made(step1) if t == ROLE_ASSIGNMENT} == {
+        ("modules/storage.bicep", "tableRole"), ("modules/registry.bicep", "pull"), ("modules/session-access.bicep", "operatorAssignment")}
+    # Step 3's identity is step 1's, by name.
+    identity = body(parse("modules/identity.bicep")["resources"]["identity"])["name"]
+    assert identity == "${name}-id" and ref(body(parse("groups.bicep")["modules"]["identity"])["params"]["name"]) == "lowercaseName"
+    main = parse("main.bicep")
+    assert body(main["resources"]["identity"])["name"] == "identityName"
+    assert main["variables"]["identityName"]["value"] == identity.replace("${name}", "${lowercaseName}")
+    # The session group exists before its module deploys into it.
+    assert "sessionGroup" in body(parse("groups.bicep")["modules"]["sessionAccess"])["dependsOn"]
+    # The guide runs step 1, then the build, then step 3, and never asks to run a step again.
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    deploy = guide[guide.index("## Deploy"):guide.index("## Teams")]
+    order = [deploy.index(s) for s in ("infra/groups.bicep", "az acr build", "infra/main.bicep")]
+    assert order == sorted(order)
+    for phrase in ("same command again", "rerun", "re-run", "run it again", "(it is idempotent)"):
+        assert phrase not in guide.lower(), phrase
+
+
+def test_the_environment_has_workload_profiles_and_the_app_and_job_run_on_consumption():
+    """Without workloadProfiles, Microsoft.App/managedEnvironments is the legacy Consumption-only kind (issue 20.4)."""
+    resources = app_resources()
+    variables = parse("modules/containerapps.bicep")["variables"]
+    (profile,) = body(resources["managedEnv"])["properties"]["workloadProfiles"]
+    assert profile["workloadProfileType"] == "Consumption"
+    name = variables[profile["name"]]["value"] if profile["name"] in variables else profile["name"]
+    assert name == "Consumption"
+    for res in ("app", "reap"):
+        chosen = body(resources[res])["properties"]["workloadProfileName"]
+        assert (variables[chosen]["value"] if chosen in variables else chosen) == name, res
+
+
+def test_the_registry_sets_no_property_its_api_version_lacks():
+    """`anonymousPullEnabled` is not in Microsoft.ContainerRegistry/registries@2023-07-01 (issue 20.5)."""
+    for path in INFRA.rglob("*.bicep"):
+        assert "anonymousPullEnabled" not in path.read_text(), path
+    registry = parse("modules/registry.bicep")["resources"]["registry"]
+    assert registry["api_version"] == "2023-07-01"
+    assert body(registry)["properties"] == {"adminUserEnabled": False}
+
+
+def test_the_name_is_refused_unless_lowercase_before_anything_is_made():
+    """Bicep has no regex: @minLength/@maxLength bound `name`, and a fail() refuses upper case at validation;
+    every resource and module uses the checked name, never the raw parameter (issue 20.7)."""
+    for rel in ("groups.bicep", "main.bicep"):
+        doc = parse(rel)
+        decorators = {d["type"]: d.get("argument") for d in doc["parameters"]["name"]["decorators"]}
+        assert decorators["min_length"] == 3 and decorators["max_length"] == 20
+        check = doc["variables"]["lowercaseName"]["value"]["operator"]
+        assert check["type"] == "conditional" and check["operands"]["true_value"] == "name"
+        assert check["operands"]["condition"] == {"operator": {"type": "equals", "operands": {
+            "operand_1": "name", "operand_2": {"function": {"type": "to_lower", "parameters": {"string_to_change": "name"}}}}}}
+        assert check["operands"]["false_value"]["function"]["type"] == "fail"
+        used = strings([doc.get("resources", {}), doc.get("modules", {})])
+        assert "name" not in used and not any("${name}" in s or "(name," in s for s in used), rel
+    assert body(parse("groups.bicep")["resources"]["botGroup"])["name"] == "lowercaseName"
+
+
+def test_the_page_is_a_free_static_web_app_and_the_apis_only_cors_origin():
+    """The page is served off the backend, so page loads and anonymous visitors wake no replica; the API
+    allows that origin only; config.json tells the page where the API is (issue 20.9)."""
+    site = parse("modules/web.bicep")["resources"]["site"]
+    assert site["type"] == "Microsoft.Web/staticSites"
+    props = body(site)
+    assert props["sku"] == {"name": "Free", "tier": "Free"}
+    assert props["properties"]["stagingEnvironmentPolicy"] == "Disabled"  # no second (preview) origin
+    assert ref(parse("modules/web.bicep")["outputs"]["hostname"]["value"]) == "site.properties.defaultHostname"
+    main = parse("main.bicep")
+    web = main["modules"]["web"]
+    assert web["config"]["condition"] == "useWeb"
+    apps = body(main["modules"]["apps"])["params"]
+    origin = apps["webOrigin"]["operator"]["operands"]
+    assert origin["condition"] == "useWeb" and origin["true_value"] == "https://${web.outputs.hostname}" and origin["false_value"] == ""
+    # The app: VPN_CORS_ORIGINS is exactly that origin (no '*', no path), with the web API on.
+    (container,) = body(app_resources()["app"])["properties"]["template"]["containers"]
+    env = {e["name"]: e for e in settings_env(container)}
+    assert env["VPN_CORS_ORIGINS"]["value"] == "webOrigin"
+    assert env["VPN_LOCAL_AUTH_SECRET"]["secretRef"] == "web-auth-secret"
+    assert {env[n]["value"] for n in ("VPN_ENTRA_TENANT_ID", "VPN_ENTRA_API_AUDIENCE", "VPN_ENTRA_SPA_CLIENT_ID")} == {
+        "tenantId", "entraApiClientId", "entraSpaClientId"}
+    # config.json, the contract with the page: {"api", "entra": {"client_id", "authority", "scope"}}.
+    config = main["outputs"]["webConfig"]["value"]
+    assert set(config) == {"api", "entra"} and config["api"] == "https://${apps.outputs.fqdn}"
+    entra = config["entra"]["operator"]["operands"]
+    assert entra["condition"] == "useEntra" and entra["false_value"] is None
+    assert entra["true_value"] == {"client_id": "entraSpaClientId", "authority": "${loginOrigin}/${tenantId}", "scope": "entraScope"}
+    scope = main["variables"]["entraScope"]["value"]["operator"]["operands"]
+    # The scope the page asks for is the one the API checks (WebConfig.api_scope), for both audience forms.
+    assert scope["false_value"] == "api://${entraApiClientId}/access_as_user" and scope["true_value"] == "${entraApiClientId}/access_as_user"
+    # The static host sends the headers the bot sends with its page; the page may fetch from the API.
+    headers = main["outputs"]["webHostConfig"]["value"]["globalHeaders"]
+    csp = dict(d.strip().split(" ", 1) for d in headers["'Content-Security-Policy'"].replace("\\'", "'").split(";"))
+    assert csp["default-src"] == "'none'" and csp["script-src"] == "'self'" and csp["frame-ancestors"] == "'none'"
+    assert csp["connect-src"] == "'self' ${webConnectSources}"
+    assert "https://${apps.outputs.fqdn}" in json.dumps(main["variables"]["webConnectSources"]["value"])
+    assert headers["'X-Content-Type-Options'"] == "nosniff" and headers["'X-Frame-Options'"] == "DENY"
+    # The guide writes config.json and the host's config from these outputs and uploads web/ with them.
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    for needle in ("outputs.webConfig.value", "config.json", "outputs.webHostConfig.value", "staticwebapp.config.json",
+                   "az staticwebapp secrets list", "static-web-apps-cli", "--env production"):
+        assert needle in guide, needle
+    assert re.search(r"cp -R web/\. ", guide)
+
+
+def test_the_proxy_setting_trusts_the_container_apps_ingress_and_nothing_more():
+    """The web channel's per-address limits need the client address that Container Apps' ingress (one
+    hop) appends to X-Forwarded-For (issue 18.9's deployment side)."""
+    (container,) = body(app_resources()["app"])["properties"]["template"]["containers"]
+    env = {e["name"]: e for e in settings_env(container)}
+    assert env["VPN_TRUSTED_PROXIES"]["value"] == "1"
+    (job,) = body(app_resources()["reap"])["properties"]["template"]["containers"]
+    assert job["env"] == container["env"]
+
+
+def test_the_guide_covers_what_an_empty_subscription_needs_first():
+    """Issue 20.7: quota and size availability, providers registered with --wait (every namespace the
+    templates and the bot use), the landing-zone policy, reading the tables, the new-image check, and
+    why customData may hold the server's key."""
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    before = guide[guide.index("## Before you start"):guide.index("## Deploy")]
+    for needle in ("Standard BS Family vCPUs", "NotAvailableForSubscription", "az vm list-skus", "az vm list-usage",
+                   "Network interfaces should not have public IPs"):
+        assert needle in " ".join(before.split()), needle
+    # The exemption is on the session group, which step 1 makes: it comes after step 1, before any session.
+    deploy = guide[guide.index("## Deploy"):]
+    assert deploy.index("infra/groups.bicep") < deploy.index("az policy exemption create -g vpn-bot-sessions")
+    namespaces = {res["type"].split("/")[0] for doc in all_files().values() for res in doc.get("resources", {}).values()}
+    namespaces |= {"Microsoft.Compute", "Microsoft.Network"}  # what the bot itself creates
+    namespaces -= {"Microsoft.Resources", "Microsoft.Authorization"}  # always registered
+    register = re.search(r"for ns in ([^;]+); do\s+az provider register -n \"\$ns\" --wait", before)
+    assert register and namespaces <= set(register.group(1).split()), (namespaces, register and register.group(1))
+    assert "Storage Table Data Reader" in guide and "--auth-mode login" in guide
+    assert "modinfo wireguard" in guide
+    assert re.search(r"customData[^\n]*\n?[^\n]*key", guide)
