@@ -550,15 +550,10 @@ def reachable(entry: str) -> dict[str, dict]:
 
 
 def store_tables() -> tuple[str, ...]:
-    """The table names the Table Storage store uses (bot/store/tables.py after issue 17's move)."""
-    import importlib
+    """The table names the Table Storage store uses."""
+    from bot.store.tables import TABLES
 
-    for module in ("bot.store.tables", "bot.sessions.tables"):
-        try:
-            return tuple(importlib.import_module(module).TABLES)
-        except ModuleNotFoundError:
-            continue
-    raise AssertionError("no TABLES in bot.store.tables or bot.sessions.tables")
+    return tuple(TABLES)
 
 
 def strings(node) -> list[str]:
