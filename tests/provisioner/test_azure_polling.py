@@ -14,7 +14,7 @@ import time
 import pytest
 
 from provisioner.azure import AzureConfig, AzureProvider, CappedPolling
-from tests.fake_arm import FakeArm, FakeCredential
+from tests.fakes.arm import FakeArm, FakeCredential
 
 POLL = 0.05  # our interval (AZURE_POLL_SECONDS)
 HOUR = 3600  # what the fake ARM asks for in Retry-After
