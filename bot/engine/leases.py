@@ -68,11 +68,11 @@ class Leases:
                 await asyncio.sleep(0)
         raise Conflict(f"session {session_id}: gave up after {CAS_ATTEMPTS} concurrent writes")
 
-    def lease(self, now: datetime) -> dict:
+    def lease(self, now: datetime) -> dict[str, Any]:
         return {"lease_owner": self._worker.id, "lease_expires_at": now + timedelta(seconds=self._lease_seconds)}
 
     @staticmethod
-    def unleased() -> dict:
+    def unleased() -> dict[str, Any]:
         return {"lease_owner": "", "lease_expires_at": None}
 
     async def owned(self, session_id: str, states: Sequence[SessionState], change: Callable[[Session], Session]) -> Session:
@@ -130,7 +130,7 @@ class Leases:
             log.exception("session %s: could not release the lease; it expires by itself", session_id)
 
 
-def _gone(session_id: str) -> dict:
+def _gone(session_id: str) -> dict[str, Any]:
     """A stand-in for a session that vanished from the store, for LeaseLost."""
     now = utcnow()
     return dict(

@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from typing import Awaitable, Callable
 
-from bot.store.ports import Store
+from bot.store.ports import SessionReader
 from provisioner.wireguard import Secret
 
 PATH = "/api/server-up"
@@ -29,7 +29,7 @@ def new_callback(public_url: str, session_id: str) -> tuple[Secret | None, str]:
     return Secret(f"{public_url.rstrip('/')}{PATH}/{session_id}/{token}"), token_hash(token)
 
 
-def recorded(store: Store, session_id: str) -> Callable[[], Awaitable[bool]]:
+def recorded(store: SessionReader, session_id: str) -> Callable[[], Awaitable[bool]]:
     """A check for the waiting side: has any replica recorded the callback?"""
 
     async def check() -> bool:

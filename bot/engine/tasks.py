@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from typing import Awaitable, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine
 
 from bot.logs import bind
 
@@ -19,14 +19,14 @@ ErrorHandler = Callable[[str, BaseException], Awaitable[None]]
 
 class TaskRunner:
     def __init__(self, on_error: ErrorHandler | None = None) -> None:
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._on_error = on_error
         self._closing = False
 
     def set_error_handler(self, handler: ErrorHandler) -> None:
         self._on_error = handler
 
-    def start(self, name: str, factory: Callable[[], Coroutine]) -> asyncio.Task:
+    def start(self, name: str, factory: Callable[[], Coroutine[Any, Any, Any]]) -> asyncio.Task[Any]:
         """Run `factory()` as task `name`, unless a task of that name is still running."""
         if self._closing:
             raise RuntimeError("task runner is shutting down")
@@ -42,7 +42,7 @@ class TaskRunner:
         task.add_done_callback(self._finished)
         return task
 
-    def get(self, name: str) -> asyncio.Task | None:
+    def get(self, name: str) -> asyncio.Task[Any] | None:
         task = self._tasks.get(name)
         return task if task is not None and not task.done() else None
 
@@ -56,7 +56,7 @@ class TaskRunner:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    def _finished(self, task: asyncio.Task) -> None:
+    def _finished(self, task: asyncio.Task[Any]) -> None:
         name = task.get_name()
         if self._tasks.get(name) is task:
             del self._tasks[name]

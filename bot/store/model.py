@@ -9,6 +9,8 @@ holds a lease (`lease_owner` until `lease_expires_at`) that others may take over
 """
 from __future__ import annotations
 
+from typing import Any
+
 import dataclasses
 import enum
 import secrets
@@ -96,13 +98,13 @@ class Session:
     # never stored as a field of its own. A save whose version is stale raises Conflict.
     version: str = ""
 
-    def moved(self, state: SessionState, now: datetime, **changes) -> "Session":
+    def moved(self, state: SessionState, now: datetime, **changes: Any) -> "Session":
         """This session in a new state; refuses moves the state machine does not allow."""
         if state not in ALLOWED[self.state]:
             raise InvalidTransition(f"session {self.id}: {self.state.value} -> {state.value}")
         return dataclasses.replace(self, state=state, updated_at=now, **changes)
 
-    def with_changes(self, now: datetime, **changes) -> "Session":
+    def with_changes(self, now: datetime, **changes: Any) -> "Session":
         return dataclasses.replace(self, updated_at=now, **changes)
 
     def leased_by_other(self, worker_id: str, now: datetime) -> bool:
