@@ -110,3 +110,29 @@ def test_no_merge_conflict_markers_are_left_in_the_tree():
             continue
         hits += [f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}" for m in marker.finditer(text)]
     assert hits == []
+
+
+def test_nothing_starts_a_bare_python():
+    """Everything that imports our packages (or theirs) runs under sys.executable: a bare `python3`
+    is the system's interpreter, without .venv's packages, on a fresh machine (issue 21)."""
+    import ast
+
+    bare = re.compile(r"^python(3(\.\d+)?)?$")
+    hits = []
+    for folder in ("bot", "provisioner", "cards", "tests", "bench", "scripts"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.is_relative_to(ROOT / "tests" / "infra"):
+                continue  # asserts the container image's own command (`python` inside the image is right)
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and bare.match(node.value):
+                    hits.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    for path in [ROOT / "app.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and bare.match(node.value):
+                hits.append(f"app.py:{node.lineno}")
+    assert hits == [], f"a bare python started at {hits}; use sys.executable"
+
+
+def test_the_test_dependencies_include_what_playwrights_driver_links():
+    script = (ROOT / "scripts" / "install-test-deps.sh").read_text()
+    assert "libatomic1" in script and "libatomic.so.1" in script

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -103,7 +104,7 @@ class Lab:
         run("ip", "-n", self.server_ns, "addr", "add", f"{TUNNEL_SERVER}/24", "dev", self.server_if)
         run("ip", "-n", self.server_ns, "link", "set", self.server_if, "up")
         self._wireguard_go(self.client_ns, self.client_if)
-        self.echo = self.spawn(self.in_server("python3", "-c", ECHO_SERVER, TUNNEL_SERVER, "9000"))
+        self.echo = self.spawn(self.in_server(sys.executable, "-c", ECHO_SERVER, TUNNEL_SERVER, "9000"))
 
     def _wireguard_go(self, ns: str, name: str) -> None:
         self.spawn(["ip", "netns", "exec", ns, "wireguard-go", name], env={**os.environ, **WG_ENV})
@@ -133,7 +134,7 @@ class Lab:
         run("ip", "-n", self.client_ns, "route", "replace", POOL, "dev", self.client_if)
 
     def tcp_through_tunnel(self, timeout: float = 5.0) -> str:
-        out = subprocess.run(self.in_client("python3", "-c", ECHO_CLIENT, TUNNEL_SERVER, "9000", str(timeout)), capture_output=True, timeout=timeout * 3)
+        out = subprocess.run(self.in_client(sys.executable, "-c", ECHO_CLIENT, TUNNEL_SERVER, "9000", str(timeout)), capture_output=True, timeout=timeout * 3)
         return out.stdout.decode().strip()
 
     def close(self) -> None:

@@ -60,14 +60,20 @@ METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", 
 
 
 class LogTap(logging.Handler):
-    """Every record the app logs during the run: tracebacks are findings too."""
+    """Every record the app logs during the run: tracebacks are findings too. Only the app's: records
+    from its own thread or its own loggers, never a neighbouring test's leftovers (a browser test that
+    failed earlier once leaked a BrokenPipeError into the root logger, and this test blamed the app)."""
+
+    OURS = ("bot", "provisioner", "cards", "app")
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
+        self.app_thread: int | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if record.thread == self.app_thread or record.name.split(".")[0] in self.OURS:
+            self.records.append(record)
 
 
 @dataclass
@@ -143,6 +149,7 @@ def served(request, tmp_path_factory):
     ready, stop, box = threading.Event(), threading.Event(), {}
     thread = threading.Thread(target=_serve, args=(request.param, tmp_path_factory.mktemp(request.param), ready, box, stop), daemon=True)
     thread.start()
+    tap.app_thread = thread.ident
     assert ready.wait(60), "the app did not start"
     if "error" in box:
         raise box["error"]
@@ -391,3 +398,14 @@ def test_deep_nesting_and_broken_text_are_400_with_one_log_line(served: Served):
             assert (status == 400 if deep else 400 <= status < 500 or status == 200) and b"Traceback" not in data, (path, body[:20], status, data[:200])
             records = [r for r in served.tap.records if r.levelno >= logging.WARNING]  # type: ignore[attr-defined]
             assert len(records) <= 1 and not any(r.exc_info for r in records), [r.getMessage() for r in records]
+
+
+def test_the_log_tap_ignores_a_neighbours_leftovers():
+    """A record from another thread and another library (a neighbour test's leaked error) is not the app's."""
+    tap = LogTap()
+    tap.app_thread = threading.get_ident() + 1
+    stray = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Exception in callback", None, (BrokenPipeError, BrokenPipeError(), None))
+    tap.emit(stray)
+    ours = logging.LogRecord("bot.http.app", logging.ERROR, __file__, 1, "boom", None, None)
+    tap.emit(ours)
+    assert tap.records == [ours]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,7 @@ def run_server_up_script(lab, files: dict[str, str], tmp_path: Path, *, networkc
     for f in (console, hits):
         f.write_text("")
     callback.write_text("http://127.0.0.1:8099/api/server-up/abc/" + "t" * 43 + "\n")
-    lab.spawn(lab.in_server("python3", "-c", CALLBACK_RECORDER, "8099", str(hits)))
+    lab.spawn(lab.in_server(sys.executable, "-c", CALLBACK_RECORDER, "8099", str(hits)))
     time.sleep(0.3)
     stubs = systemd_stubs(tmp_path, files, networkctl_fails=networkctl_fails)
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "VPN_WG_IF": lab.server_if, "VPN_CONSOLE": str(console),
@@ -142,12 +143,12 @@ async def test_boot_config_carries_the_delivered_clients_traffic_and_names(lab, 
         assert dns == TUNNEL_SERVER  # full tunnel, no WG_DNS: the server's own resolver
         # systemd-resolved's DNSStubListenerExtra stands where the drop-in puts it: a tiny resolver.
         assert f"DNSStubListenerExtra={dns}" in files[bootconfig.RESOLVED_DROPIN]
-        lab.spawn(lab.in_server("python3", "-c", DNS_SERVER, dns, "192.0.2.53"))
+        lab.spawn(lab.in_server(sys.executable, "-c", DNS_SERVER, dns, "192.0.2.53"))
         code, console, hits = run_server_up_script(lab, files, tmp_path)
         assert code == 0 and "vpn-wg-up" in console and len(hits) == 1  # proven up, then signalled
         lab.apply_client_config(conf)
         assert lab.tcp_through_tunnel() == "echo:through the tunnel"
-        looked_up = run(*lab.in_client("python3", "-c", DNS_CLIENT, dns, "intranet.example.org"))
+        looked_up = run(*lab.in_client(sys.executable, "-c", DNS_CLIENT, dns, "intranet.example.org"))
         assert looked_up.strip() == "192.0.2.53"
     finally:
         await arm.stop()
