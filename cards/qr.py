@@ -36,13 +36,14 @@ THEMES = ("ansi", "dark", "light")
 _SGR_BLACK_ON_WHITE, _SGR_RESET = "\x1b[30;107m", "\x1b[0m"
 
 
-def qr_terminal(text: str, *, theme: str = "dark", max_rows: int | None = None) -> str:
+def qr_terminal(text: str, *, theme: str = "dark", max_rows: int | None = None, sextants: bool = True) -> str:
     """The QR code as text: dark-on-light whatever the terminal theme, as few rows as fit.
 
     `theme` is the terminal's: "dark" (light text on dark) draws the light modules, "light" draws
     the dark ones, "ansi" sets black on white itself (right on either). Half blocks give two
     modules per row (square modules); when that exceeds `max_rows`, sextants (U+1FB00, 2×3 per
-    character) give three, so a typical config fits an 80×24 terminal.
+    character) give three, so a typical config fits an 80×24 terminal — where the terminal can draw
+    them (`sextants`); otherwise half blocks, however tall.
     """
     if theme not in THEMES:
         raise ValueError(f"theme must be one of {THEMES}")
@@ -51,7 +52,7 @@ def qr_terminal(text: str, *, theme: str = "dark", max_rows: int | None = None) 
     qr.make(fit=True)
     matrix = qr.get_matrix()  # True = dark module, quiet zone included
     draw_dark = theme != "dark"
-    per_row = 2 if max_rows is None or (len(matrix) + 1) // 2 <= max_rows else 3
+    per_row = 2 if not sextants or max_rows is None or (len(matrix) + 1) // 2 <= max_rows else 3
     glyph = _half_block if per_row == 2 else _sextant
     lines = []
     for top in range(0, len(matrix), per_row):

@@ -17,15 +17,26 @@ def render_card_text(card: Card) -> str:
     return "\n".join(p for p in parts if p != "")
 
 
-def render_table(table: Table) -> str:
-    """A monospace-friendly table; with no rows it says so rather than printing bare headers."""
+WIDTH = 80  # a terminal's, and about what a GroupMe message shows on a phone before it wraps
+
+
+def render_table(table: Table, width: int = WIDTH) -> str:
+    """A monospace table where it fits in `width` columns; otherwise one block per row (its first
+    column, then "column: value" lines), so nothing wraps mid-word. No rows: says so."""
     if not table.rows:
         return "(none)"
     cols = [str(c) for c in table.columns]
     rows = [[str(v) for v in r] for r in table.rows]
     widths = [max(len(cols[i]), *(len(r[i]) for r in rows)) for i in range(len(cols))]
-    fmt = lambda r: "  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip()  # noqa: E731
-    return "\n".join([fmt(cols), *(fmt(r) for r in rows)])
+    if sum(widths) + 2 * (len(widths) - 1) <= width:
+        fmt = lambda r: "  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip()  # noqa: E731
+        return "\n".join([fmt(cols), *(fmt(r) for r in rows)])
+    label = max(len(c) for c in cols[1:]) if len(cols) > 1 else 0
+    blocks = []
+    for r in rows:
+        lines = [f"{cols[0]} {r[0]}"] + [f"  {cols[i].ljust(label)}  {r[i]}" for i in range(1, len(cols))]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def format_minutes(seconds: float) -> str:

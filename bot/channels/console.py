@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TextIO
+from typing import Mapping, TextIO
 
 from bot.channels.deps import ChatDeps
 from bot.chat.dispatcher import Dispatcher
@@ -80,6 +80,7 @@ class ConsoleChannel(ChannelDefaults):
         self._qr_theme = qr_theme
         self._qr_rows = qr_rows
         self._sessions: SessionReader | None = None
+        self._pending_qr = ""  # shown after the next message, so it stays on screen
 
     async def attach(self, deps: ChatDeps) -> None:
         self._sessions = deps.sessions
@@ -90,6 +91,9 @@ class ConsoleChannel(ChannelDefaults):
 
     async def send_text(self, conv: ConversationRef, text: str) -> None:
         self._print(text)
+        if self._pending_qr:
+            qr, self._pending_qr = self._pending_qr, ""
+            self._print(qr)
         await self.remove_dead_configs()  # e.g. after "your session has ended"
 
     async def send_card(self, conv: ConversationRef, card: Card) -> None:
@@ -105,11 +109,16 @@ class ConsoleChannel(ChannelDefaults):
 
     async def deliver_config(self, conv: ConversationRef, recipient: Identity, delivery: ConfigDelivery) -> str:
         conf, png = await asyncio.to_thread(self._write, delivery)
-        terminal_qr = await asyncio.to_thread(qr_terminal, delivery.config.reveal(), theme=self._qr_theme, max_rows=self._qr_rows)
-        self._print(f"\n# {delivery.tunnel_name}.conf — import it in WireGuard, or scan the QR code below\n")
+        sextants = terminal_draws_sextants(os.environ)
+        terminal_qr = await asyncio.to_thread(
+            qr_terminal, delivery.config.reveal(), theme=self._qr_theme, max_rows=self._qr_rows, sextants=sextants
+        )
+        self._print(f"\n# {delivery.tunnel_name}.conf — import it in WireGuard, or scan the QR code (printed last, below)\n")
         self._print(delivery.config.reveal())
-        self._print(terminal_qr)
         self._print(f"Config: {conf}\nQR code: {png}\n(both are removed when the session ends)")
+        # The QR goes out after the next message (the session is ready / the server is booting), so
+        # it is the last thing on the screen and all of it stays in view at 80×24.
+        self._pending_qr = terminal_qr
         return f"Your VPN config is ready: {conf} (QR code: {png}). {delivery.expires_note}"
 
     def _write(self, delivery: ConfigDelivery) -> tuple[Path, Path]:
@@ -135,6 +144,21 @@ class ConsoleChannel(ChannelDefaults):
                 for path in (conf, conf.with_suffix(".png")):
                     path.unlink(missing_ok=True)
                 log.info("removed %s: session %s has ended", conf.name, session.id)
+
+
+# Terminals known to draw U+1FB00 sextants themselves (no font needed); elsewhere half blocks.
+_SEXTANT_PROGRAMS = ("wezterm", "kitty", "ghostty", "foot", "contour", "iterm.app")
+
+
+def terminal_draws_sextants(env: Mapping[str, str]) -> bool:
+    """Whether the QR may use sextants (3 rows of modules per line, so a config's QR fits 80×24): only
+    in a UTF-8 locale at a terminal known to draw them; the Linux console and unknown ones get half
+    blocks (taller, but every font has them) — the PNG beside the .conf is always there too."""
+    program = (env.get("TERM_PROGRAM") or "").lower()
+    term = (env.get("TERM") or "").lower()
+    if "utf-8" not in (env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or "utf-8").lower().replace("utf8", "utf-8"):
+        return False
+    return program in _SEXTANT_PROGRAMS or term in ("xterm-kitty", "foot", "xterm-ghostty") or "WT_SESSION" in env
 
 
 def qr_style(choice: str, stream: TextIO) -> tuple[str, int | None]:

@@ -125,7 +125,8 @@ class Sweeper:
             if took is None or p.runner.get(f"provision:{s.id}") is not None:
                 continue
             if resume and took.attempts < p.limits.max_attempts and now < took.expires_at:
-                log.warning("session %s was interrupted mid-provisioning (lease of %s expired); starting over", s.id, s.lease_owner or "nobody")
+                # INFO, not a warning: the owner is told in plain words; the console shows warnings in the chat.
+                log.info("session %s was interrupted mid-provisioning (its worker's lease expired); starting over", s.id)
                 await p.outbox.notice(took.conversation, notices.restarted(s.id))
                 self.provisioning.start(s.id)
             else:

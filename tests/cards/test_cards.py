@@ -40,3 +40,16 @@ def test_text_rendering():
 def test_formats():
     assert [format_minutes(s) for s in (0, 30, 60, 125 * 60)] == ["0 min", "under a minute", "1 min", "2 h 05 min"]
     assert format_cost(0.00615) == "$0.0062" and format_cost(12.5) == "$12.50"
+
+
+def test_a_wide_table_becomes_blocks_that_fit_80_columns():
+    from cards.model import Table
+    from cards.text import render_table
+
+    wide = Table(("Session", "Owner", "Where", "Endpoint", "State", "Since (UTC)", "Left", "Cost"),
+                 [["a1b2c3d4e5", "alice@example.org", "azure/westeurope (Standard_B1s)", "203.0.113.10:51820", "ready", "12:00", "1 h 05 min", "$0.0123"]])
+    text = render_table(wide)
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert "Owner" in text and "alice@example.org" in text and "203.0.113.10:51820" in text
+    narrow = Table(("A", "B"), [["1", "2"]])
+    assert render_table(narrow) == "A  B\n1  2"

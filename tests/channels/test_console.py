@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import re
+
+import pytest
 import sqlite3
 import subprocess
 import sys
@@ -170,13 +172,13 @@ def test_os_user_is_the_console_identity(tmp_path):
 class PtyConsole:
     """`app.py console` on a pseudo-terminal of 80×24, as a person at a terminal runs it."""
 
-    def __init__(self, tmp_path, *args: str) -> None:
+    def __init__(self, tmp_path, *args: str, env: dict[str, str] | None = None) -> None:
         import fcntl
         import pty
         import struct
         import termios
 
-        env = app_env(tmp_path / "data", TERM="xterm")
+        env = app_env(tmp_path / "data", TERM="xterm", **(env or {}))
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the pty is its controlling terminal, so Ctrl-C is a real SIGINT
             os.chdir(tmp_path)
@@ -253,3 +255,36 @@ def test_at_a_terminal_ctrl_d_leaves_on_a_new_line(tmp_path):
     term.send(b"\x04")
     assert term.wait_exit(10) == 0
     assert term.output.endswith(b"vpn> \r\n"), term.output[-40:]
+
+
+QR_GLYPHS = set("█▀▄▌▐") | {chr(c) for c in range(0x1FB00, 0x1FB3C)}
+
+
+def _screen_lines(output: bytes) -> list[str]:
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace")).replace("\r", "")
+    return text.split("\n")
+
+
+@pytest.mark.parametrize("term_program, sextants", [("WezTerm", True), ("", False)])
+def test_the_terminal_qr_is_printed_last_and_fits_80x24_where_sextants_draw(tmp_path, term_program, sextants):
+    """At 80×24 the whole QR stays on screen (nothing prints after it but the prompt); sextants only
+    where the terminal draws them, half blocks elsewhere."""
+    term = PtyConsole(tmp_path, "--out", str(tmp_path / "out"), env={"TERM_PROGRAM": term_program, "LANG": "C.UTF-8"})
+    assert term.read_until(b"vpn> "), term.output
+    term.send(b"/vpn start\r")
+    assert term.read_until(b"Config:"), term.output
+    assert term.read_until(b"vpn> ", 10), term.output
+    time.sleep(0.5)
+    term.read_until(b"\0", 0.3)
+    lines = _screen_lines(term.output[term.output.find(b"Config:"):])
+    qr_rows = [i for i, line in enumerate(lines) if line.strip() and set(line.strip()) <= QR_GLYPHS | {" "}]
+    assert qr_rows, lines
+    first, last = qr_rows[0], qr_rows[-1]
+    after = [line for line in lines[last + 1:] if line.strip()]
+    assert all(line.strip().startswith("vpn>") for line in after), after  # nothing but the prompt after the QR
+    used_sextants = any(ord(ch) >= 0x1FB00 for i in qr_rows for ch in lines[i])
+    assert used_sextants is sextants
+    if sextants:
+        assert last - first + 1 + len(after) <= 24  # all of it in view at 80×24
+    term.send(b"\x04")
+    assert term.wait_exit(10) == 0

@@ -23,6 +23,7 @@ from bot.channels.web.held_configs import CONF, PNG, HeldConfigs
 from bot.channels.web.openapi import openapi_document
 from bot.channels.web.page import NO_STORE, ApiHeaders
 from bot.channels.web.signin import SignIn
+from bot.logs import bind
 from bot.engine.policy import MAX_EXTEND_INPUT, Action, Actor, Refused
 from bot.messages import ConversationRef
 from bot.one_time_configs import ClaimState
@@ -99,6 +100,7 @@ class WebApi:
             who = await self.signin.identify(request)
             if isinstance(who, web.Response):
                 return who
+            bind(user=str(who.key))  # the JSON log lines of this request name who made it
             try:
                 actor = await self.deps.policy.admit(who, CHANNEL, f"{request.method} {request.path}"[:60])
                 if action is Action.VIEW or action is Action.TAKE_CONFIG:

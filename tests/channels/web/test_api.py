@@ -397,3 +397,30 @@ async def test_twenty_concurrent_takes_over_two_replicas_hand_out_each_once(stac
         results = await asyncio.gather(*[(alice_a, alice_b)[i % 2].call("GET", f"/api/sessions/{s['id']}/{path}") for i in range(20)])
         statuses = sorted(status for status, _, _ in results)
         assert statuses == [200] + [410] * 19, statuses
+
+
+async def test_json_log_lines_of_a_web_request_name_its_user(stack):
+    """VPN_LOG_FORMAT=json: the lines a web request logs (its audit line among them) carry the signed-in user."""
+    import io
+    import json
+    import logging
+
+    from bot.logs import JsonFormatter
+
+    app = await stack()
+    alice = await signed_in(stack, app, ALICE)
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        status, _, _ = await alice.json("POST", "/api/sessions", json={"minutes": 20})
+        assert status == 202
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old)
+    audit = [json.loads(line) for line in buf.getvalue().splitlines() if '"audit user=' in line]
+    assert audit and all(line["user"] == f"local:{ALICE}" for line in audit), buf.getvalue()
