@@ -55,7 +55,8 @@ class GroupMeChannel(ChannelDefaults):
 
     async def attach(self, deps: ChatDeps) -> None:
         self._deps = deps
-        self._api = GroupMeApi(deps.http, self.config.api_url, self.config.bot_id, self.config.access_token, spacing=self.config.post_spacing)
+        self._api = GroupMeApi(deps.http, self.config.api_url, self.config.bot_id, self.config.access_token, spacing=self.config.post_spacing,
+                               timeout=self.config.request_timeout)
         self.claims.attach(deps, self._api)
         if not self.can_deliver_privately(None):
             log.warning(
