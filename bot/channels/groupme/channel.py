@@ -7,6 +7,8 @@ sender over the limit is told once), and every command is re-fetched from GroupM
 account's token and must match sender and text before anything about anyone is answered. When
 GroupMe cannot confirm a message, the sender is told so; a mismatch (a forgery) is dropped.
 Identity is `groupme:<user_id>`, never the display name. Each group replies through its own bot.
+GroupMe posts every group message here: chatter is answered 200 at a glance (chatter.py), before
+the store, the task runner or GroupMe's API is touched.
 
 Configs go out as claim links (see bot/one_time_configs.py), DM'd to the requester; the pages behind
 them are in claim_pages.py, the re-fetch in verify.py, the rate limits in admission.py.
@@ -27,7 +29,8 @@ from bot.channels.groupme.admission import Admission, RateLimit
 from bot.channels.groupme.api import GroupMeApi, GroupMeError
 from bot.channels.groupme.claim_pages import ClaimPages
 from bot.channels.groupme.config import GroupMeConfig
-from bot.channels.groupme.verify import Verdict, strip_mentions, verify
+from bot.channels.groupme.chatter import addressed, cannot_be_a_command, strip_mentions
+from bot.channels.groupme.verify import Verdict, verify
 from bot.chat.parser import Usage, parse
 from bot.messages import ConversationRef, Identity, Incoming, InvalidIdentity, UserKey
 from bot.replies import ChannelDefaults, ConfigDelivery, DeliveryError
@@ -128,6 +131,8 @@ class GroupMeChannel(ChannelDefaults):
         body = await request.content.read(MAX_CALLBACK_BYTES + 1)
         if len(body) > MAX_CALLBACK_BYTES:
             return web.Response(status=413, text="too large")
+        if cannot_be_a_command(body):
+            return web.Response(status=200)  # group chatter, told from the bytes alone (chatter.py)
         try:
             msg = json.loads(body)
             if not isinstance(msg, dict):
@@ -147,7 +152,7 @@ class GroupMeChannel(ChannelDefaults):
         if text is not None and (not isinstance(text, str) or not _encodable(text)):
             return web.Response(status=400, text="bad text")
         text = strip_mentions(text or "", msg.get("attachments"))
-        parsed = parse(text)
+        parsed = parse(text) if addressed(text) else None
         if parsed is None:
             return web.Response(status=200)  # group chatter
         conv = ConversationRef("groupme", {"group_id": group_id})

@@ -11,6 +11,7 @@ import enum
 import logging
 
 from bot.channels.groupme.api import GroupMeApi, GroupMeError
+from bot.channels.groupme.chatter import strip_mentions
 
 log = logging.getLogger(__name__)
 
@@ -19,19 +20,6 @@ class Verdict(enum.Enum):
     CONFIRMED = "confirmed"
     FORGED = "forged"  # GroupMe holds that message with another sender or text: drop quietly
     UNCONFIRMED = "unconfirmed"  # GroupMe could not confirm it: tell the sender
-
-
-def strip_mentions(text: str, attachments: list) -> str:
-    """Remove @mentions GroupMe marks with loci, so '@VPN Bot /vpn start' reads '/vpn start'."""
-    spans = []
-    for att in attachments if isinstance(attachments, list) else []:
-        if isinstance(att, dict) and att.get("type") == "mentions":
-            for locus in att.get("loci") or []:
-                if isinstance(locus, list) and len(locus) == 2 and all(isinstance(x, int) for x in locus):
-                    spans.append(locus)
-    for start, length in sorted(spans, reverse=True):
-        text = text[:start] + " " + text[start + length:]
-    return text.strip()
 
 
 async def verify(api: GroupMeApi, group_id: str, message_id: str, user_id: str, text: str, *,
