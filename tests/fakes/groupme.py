@@ -1,12 +1,21 @@
 """A fake GroupMe API on 127.0.0.1: records bot posts and direct messages, serves users/me and the
 group's stored messages (for re-fetch verification). Faults can be injected per endpoint.
 
+`POST /direct_messages` de-duplicates as GroupMe documents: a `source_guid` seen within the last
+minute is answered 409 (already delivered) and not delivered again; later, it is a new message.
+`dm_faults` apply to the next DMs in turn: a status (e.g. 409, 502) is answered instead of storing;
+"stall" and "drop" store the DM and then lose the answer ("stall": answer only after
+`dm_stall_seconds`, past the client's timeout; "drop": close the connection) - the case where a
+client's retry must not count as a failure.
+
 `GET /groups/:id/messages` does what GroupMe documents: newest first, `limit` (default 20, at most
 100), `before_id` / `since_id` / `after_id`, and 304 with no body when nothing matches. What GroupMe
 leaves undocumented is answered adversarially, so the bot cannot come to depend on it: an id that is
 not in the group gives 304, and a limit above 100 gives 400."""
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -23,12 +32,15 @@ class FakeGroupMe:
     dms: list[dict] = field(default_factory=list)
     post_faults: list[int] = field(default_factory=list)  # statuses bots/post answers first
     message_faults: list[int] = field(default_factory=list)  # statuses groups/:id/messages answers first
+    dm_faults: list[int | str] = field(default_factory=list)  # for the next DMs: a status instead, or "stall"/"drop" after storing
+    dm_stall_seconds: float = 1.0
+    guid_window: float = 60.0  # GroupMe: "a reused source_guid within a minute -> 409"
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.base_url = ""
         self._runner: web.AppRunner | None = None
-        self._guids: set[str] = set()
+        self._guids: dict[str, float] = {}  # source_guid -> when it was delivered (monotonic)
 
     async def start(self) -> "FakeGroupMe":
         app = web.Application()
@@ -61,10 +73,20 @@ class FakeGroupMe:
         if request.headers.get("X-Access-Token") != self.service_token:
             return web.json_response({"meta": {"code": 401}}, status=401)
         dm = (await request.json())["direct_message"]
-        if dm["source_guid"] in self._guids:
-            return web.json_response({"meta": {"code": 409}}, status=409)
-        self._guids.add(dm["source_guid"])
+        fault = self.dm_faults.pop(0) if self.dm_faults else None
+        if isinstance(fault, int):
+            return web.json_response({"meta": {"code": fault}}, status=fault)
+        now = time.monotonic()
+        seen = self._guids.get(dm["source_guid"])
+        if seen is not None and now - seen < self.guid_window:
+            return web.json_response({"meta": {"code": 409, "errors": ["already sent"]}}, status=409)
+        self._guids[dm["source_guid"]] = now
         self.dms.append(dm)
+        if fault == "stall":
+            await asyncio.sleep(self.dm_stall_seconds)  # stored; the client has given up by now
+        elif fault == "drop":
+            assert request.transport is not None
+            request.transport.close()  # stored; the answer never leaves
         return web.json_response({"response": {"direct_message": dm}}, status=201)
 
     async def _me(self, request: web.Request) -> web.Response:

@@ -1,9 +1,10 @@
 """A thin async client for the few GroupMe calls the bot makes, on the service's aiohttp session.
 
 Bot posts (≤1000 characters each: longer replies are split and spaced so they arrive in order),
-direct messages from the service account (a fresh `source_guid` each), `users/me`, and re-fetching
-a group message to verify a callback. 420/429/5xx are retried with backoff and jitter; 304 is
-GroupMe's "no messages", not an error. Tokens travel only in the `X-Access-Token` header and are
+direct messages from the service account (a fresh `source_guid` each, kept across retries),
+`users/me`, and re-fetching a group message to verify a callback. 420/429/5xx and lost answers
+are retried with backoff and jitter; 304 is GroupMe's "no messages", not an error; 409 to a retried
+direct message is GroupMe recognising the `source_guid` of one it already delivered: sent. Tokens travel only in the `X-Access-Token` header and are
 never logged.
 """
 from __future__ import annotations
@@ -64,6 +65,7 @@ class GroupMeApi:
         spacing: float = 0.4,
         attempts: int = 4,
         backoff: float = 0.5,
+        timeout: float = 15.0,
     ) -> None:
         self._http = session
         self._base = base_url.rstrip("/")
@@ -72,6 +74,7 @@ class GroupMeApi:
         self._spacing = spacing
         self._attempts = attempts
         self._backoff = backoff
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._post_locks: dict[str, asyncio.Lock] = {}  # per bot: chunks of one reply must not interleave
 
     async def post_bot(self, text: str, bot_id: str | None = None) -> None:
@@ -87,7 +90,7 @@ class GroupMeApi:
             raise GroupMeError("no service-account token (GROUPME_ACCESS_TOKEN) to send direct messages with")
         for chunk in split_text(text):
             body = {"direct_message": {"source_guid": str(uuid.uuid4()), "recipient_id": user_id, "text": chunk, "attachments": []}}
-            await self._request("POST", "/direct_messages", json=body, token=self._token)
+            await self._request("POST", "/direct_messages", json=body, token=self._token, sent_on_retry=409)
 
     async def me(self, token: str) -> dict:
         data = await self._request("GET", "/users/me", token=token)
@@ -120,13 +123,18 @@ class GroupMeApi:
             params = {"limit": "100", "before_id": str(oldest.get("id"))}
         return None
 
-    async def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None, token: str | None = None) -> Any:
+    async def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None, token: str | None = None,
+                       sent_on_retry: int | None = None) -> Any:
+        """`sent_on_retry`: the status that, answering a retry, says an earlier attempt got through."""
         headers = {"X-Access-Token": token} if token else {}
         for attempt in range(self._attempts):
             try:
                 async with self._http.request(method, self._base + path, json=json, params=params, headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=15)) as resp:
+                                              timeout=self._timeout) as resp:
                     if resp.status == 304:  # GroupMe's answer when no message matches
+                        return None
+                    if attempt and resp.status == sent_on_retry:
+                        log.info("GroupMe %s %s answered %d to a retry: an earlier attempt was delivered", method, path, resp.status)
                         return None
                     if 200 <= resp.status < 300:
                         if resp.content_type != "application/json":

@@ -21,6 +21,7 @@ class GroupMeConfig:
     post_spacing: float = 0.4
     verify_window: float = 600.0  # how far back (seconds) GroupMe's message list is searched
     verify_retry_delay: float = 1.0  # one more look for a message GroupMe does not list yet
+    request_timeout: float = 15.0  # seconds per GroupMe API call (then retried)
 
     def bot_for(self, group_id: str) -> str:
         return dict(self.bots).get(group_id) or self.bot_id

@@ -11,9 +11,8 @@ import pytest
 
 from tests.support.browser import ARGS, ARTIFACTS, CHROMIUM, skip_reason
 from tests.support.qrtools import decode_qr
-from tests.channels.groupme.test_channel import make_harness  # noqa: F401  (fixture)
 
-async def test_reveal_in_a_real_browser(make_harness):  # noqa: F811
+async def test_reveal_in_a_real_browser(make_harness):
     reason = skip_reason()
     if reason:
         if os.environ.get("CI"):
