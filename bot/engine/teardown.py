@@ -65,7 +65,8 @@ class Teardown:
         metrics.teardown_done(s)
         await p.outbox.retract(s.conversation, s.id)
         await release_held(p, s)
-        log.info("session %s deleted (%s)", s.id, s.end_reason or reason)
+        said = s.end_reason or reason
+        log.info("session %s ended (%s)", s.id, "stopped by its owner" if said == notices.STOPPED_BY_OWNER else said)
         await p.outbox.notice(s.conversation, notices.ended(s.id, s.end_reason or reason))
 
     async def _destroy(self, s: Session) -> None:
