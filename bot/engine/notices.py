@@ -102,7 +102,7 @@ FAILED_RESTART = "the VPN bot restarted while setting it up"
 FAILED_TIMEOUT = "the server took too long to come up"
 FAILED_OURS = "something went wrong on our side (an admin can find the details in the log)"
 NOTHING_LEFT = "Nothing was left running."
-NIC_HELD = "Azure still holds its network address after a failed start; the address is released within a few minutes, automatically."
+NIC_HELD = "The cloud still holds part of it (e.g. a network address) after a failed start; it is released within a few minutes, automatically."
 LEFTOVERS = "Its leftovers will be removed automatically."
 DEAD_CONFIG = "The config I sent for it will not work; please delete it."
 
