@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-
 from common import ROOT, app_env, free_port, wait_healthy  # bench/ is the script's folder
 
 EMAIL, PASSWORD = "bench@example.org", "correct horse battery staple"
