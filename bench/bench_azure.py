@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import socket
 import statistics
 import sys
@@ -36,66 +37,52 @@ from bot.wiring import Runtime  # noqa: E402
 from bot.settings import Settings  # noqa: E402
 from bot.http.app import RUNTIME  # noqa: E402
 from provisioner.azure import AzureConfig, AzureProvider  # noqa: E402
-from tests.fakes.arm import FakeArm, FakeCredential  # noqa: E402
+from common import StaticCredential, TimingChannel, fake_process  # bench/ is the script's folder
 
 
-class Timing:
-    name = "bench"
+class Timing(TimingChannel):
+    """Also records when each person was told their server is up."""
 
     def __init__(self) -> None:
-        self.config_at: dict[str, float] = {}
+        super().__init__()
         self.up_at: dict[str, float] = {}
 
     async def send_text(self, conv, text):
         if text.startswith("Your VPN server is up"):
             self.up_at[conv.data["user"]] = time.perf_counter()
 
-    async def send_card(self, conv, card): ...
 
-    async def send_progress(self, conv, text, handle):
-        return "p"
-
-    def can_deliver_privately(self, conv):
-        return True
-
-    async def deliver_config(self, conv, recipient, delivery):
-        self.config_at[conv.data["user"]] = time.perf_counter()
-        return "sent"
-
-
-def fake_arm(args) -> FakeArm:
+def fake_arm(args, *, warm: bool = False):
+    """The fake ARM (its own process) with these latencies; `warm`: a region that has had a session
+    before, so the VNet and NSG exist (found by a GET)."""
     s = args.scale
     ops = {"PUT publicIPAddresses": args.ip * s, "PUT networkInterfaces": args.nic * s, "PUT virtualMachines": args.vm * s,
            "PUT virtualNetworks": args.shared * s, "PUT networkSecurityGroups": args.shared * s}
-    return FakeArm(op_seconds=ops, boot_seconds=args.boot * s, retry_after=max(1, round(args.retry_after * s)))
-
-
-def precreate_shared(arm: FakeArm) -> None:
-    """A region that has had a session before: the VNet and NSG exist (found by a GET)."""
-    sub, rg = "00000000-0000-0000-0000-000000000001", "rg"
-    arm.add("virtualNetworks", "vpn-bot-vnet-eastus", sub=sub, rg=rg, tags={"managed-by": "vpn-bot", "role": "shared"},
-            properties={"subnets": [{"name": "vpn", "id": f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/vpn-bot-vnet-eastus/subnets/vpn"}]})
-    arm.add("networkSecurityGroups", "vpn-bot-nsg-eastus", sub=sub, rg=rg, tags={"managed-by": "vpn-bot", "role": "shared"},
-            properties={"securityRules": [{"name": "allow-wireguard", "properties": {"destinationPortRange": "51820", "sourceAddressPrefix": "*"}}]})
+    fields = {"op_seconds": ops, "boot_seconds": args.boot * s, "retry_after": max(1, round(args.retry_after * s))}
+    sub, rg, shared = "00000000-0000-0000-0000-000000000001", "rg", {"managed-by": "vpn-bot", "role": "shared"}
+    existing = [
+        {"rtype": "virtualNetworks", "name": "vpn-bot-vnet-eastus", "sub": sub, "rg": rg, "tags": shared,
+         "properties": {"subnets": [{"name": "vpn", "id": f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/vpn-bot-vnet-eastus/subnets/vpn"}]}},
+        {"rtype": "networkSecurityGroups", "name": "vpn-bot-nsg-eastus", "sub": sub, "rg": rg, "tags": shared,
+         "properties": {"securityRules": [{"name": "allow-wireguard", "properties": {"destinationPortRange": "51820", "sourceAddressPrefix": "*"}}]}},
+    ] if warm else []
+    return fake_process("arm", "--fields", json.dumps(fields), *(a for r in existing for a in ("--add", json.dumps(r))))
 
 
 async def new_design(args, *, warm: bool, after_vm_accepted: bool) -> tuple[list[float], list[float]]:
-    arm = await fake_arm(args).start()
-    if warm:
-        precreate_shared(arm)
     with socket.socket() as sock:  # the bot's public URL must be known before its runtime starts
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     base_url = f"http://127.0.0.1:{port}"
     runner = None
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with fake_arm(args, warm=warm) as (arm_url, _), tempfile.TemporaryDirectory() as tmp:
             users = [f"bench:u{i}" for i in range(args.sessions)]
             settings = Settings.from_env({"VPN_DATA_DIR": tmp, "VPN_MAX_SESSIONS": str(args.sessions), "VPN_PUBLIC_URL": base_url})
             provider = AzureProvider(
-                AzureConfig("00000000-0000-0000-0000-000000000001", "rg", "eastus", arm_endpoint=arm.base_url,
+                AzureConfig("00000000-0000-0000-0000-000000000001", "rg", "eastus", arm_endpoint=arm_url,
                             polling_interval=args.poll * args.scale, boot_timeout=600, config_after_vm_accepted=after_vm_accepted),
-                FakeCredential(),
+                StaticCredential(),
             )
             channel = Timing()
             async with Runtime(settings, provider, AccessPolicy.from_text(",".join(users), ""), [channel], background=False) as rt:
@@ -112,19 +99,17 @@ async def new_design(args, *, warm: bool, after_vm_accepted: bool) -> tuple[list
             missing = [u for u in users if u not in channel.up_at]
             if missing:
                 raise SystemExit(f"sessions never came up: {missing}")
-            return ([(channel.config_at[u] - t0) / args.scale for u in users], [(channel.up_at[u] - t0) / args.scale for u in users])
+            return ([(channel.delivered[u] - t0) / args.scale for u in users], [(channel.up_at[u] - t0) / args.scale for u in users])
     finally:
         if runner is not None:
             await runner.cleanup()
-        await arm.stop()
 
 
 async def old_design(args) -> list[float]:
     """The same latencies, the old way: every step waits for the one before; the config is known
     only when Run Command returns the server's key. Polled exactly like the new design."""
-    arm = await fake_arm(args).start()
-    try:
-        provider = AzureProvider(AzureConfig("sub", "rg", "eastus", arm_endpoint=arm.base_url, polling_interval=args.poll * args.scale), FakeCredential())
+    with fake_arm(args) as (arm_url, _):
+        provider = AzureProvider(AzureConfig("sub", "rg", "eastus", arm_endpoint=arm_url, polling_interval=args.poll * args.scale), StaticCredential())
         net, compute = provider.network, provider.compute
 
         async def one(i: int) -> float:
@@ -141,8 +126,6 @@ async def old_design(args) -> list[float]:
         times = list(await asyncio.gather(*(one(i) for i in range(args.sessions))))
         await provider.close()
         return times
-    finally:
-        await arm.stop()
 
 
 def summary(values: list[float]) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,9 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import app_env, free_port, wait_healthy  # bench/ is the script's folder
+
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 
 
@@ -68,31 +70,8 @@ def run_echo_bot(port: int) -> None:
 
 # ----- processes ----------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def aad(kind: str, round_no: int, i: int) -> str:
     return f"00000000-0000-{ {'help': 1, 'start': 2}[kind]:04d}-{round_no:04d}-{i:012d}"
-
-
-async def wait_healthy(url: str, proc: subprocess.Popen, what: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise SystemExit(f"{what} exited with {proc.returncode}")
-            try:
-                async with http.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"{what} did not come up")
 
 
 # ----- load ---------------------------------------------------------------------------------------------
@@ -274,8 +253,7 @@ async def main(args: argparse.Namespace) -> None:
         users = [aad("help", 0, i) for i in range(200)]
         users += [aad("start", r, i) for r in range(args.rounds) for i in range(int(args.start_rate * args.start_seconds))]
         project_port, echo_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VPN_", "WG_", "AZURE_", "GROUPME_", "Microsoft"))}
-        env.update({
+        env = app_env(**{
             "VPN_DEV_MODE": "1", "PORT": str(project_port), "VPN_DATA_DIR": str(tmp / "data"), "VPN_PROVIDER": "dryrun",
             "VPN_DRYRUN_STEP_SECONDS": "0", "VPN_MAX_SESSIONS": "10000",
             "WG_POOL": "10.64.0.0/12", "GROUPME_BOT_ID": "bench-bot", "GROUPME_GROUP_ID": GROUPME_GROUP,

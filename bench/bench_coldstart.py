@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +34,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes.arm import FakeArm  # noqa: E402
+from common import app_env, fake_process, free_port  # bench/ is the script's folder
 
 IMPORTS = (
     "app",
@@ -44,19 +44,6 @@ IMPORTS = (
     "azure.identity.aio",
     "azure.data.tables.aio",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def base_env(data_dir: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VPN_", "WG_", "AZURE_", "GROUPME_", "Microsoft"))}
-    env.update({"VPN_DATA_DIR": data_dir, "PYTHONUNBUFFERED": "1"})
-    env.update(extra)
-    return env
 
 
 def children_cpu() -> float:
@@ -122,19 +109,17 @@ async def main(runs: int, arm_latency: float) -> None:
         seconds = import_seconds(module)
         print(f"  {module:24s} {'not installed' if seconds is None else f'{seconds * 1000:6.0f} ms'}")
 
-    arm = await FakeArm().start()
-    for rtype in ("virtualMachines", "publicIPAddresses", "networkInterfaces", "disks"):
-        arm.latency[f"GET {rtype}"] = arm_latency
-    try:
+    latency = {f"GET {rtype}": arm_latency for rtype in ("virtualMachines", "publicIPAddresses", "networkInterfaces", "disks")}
+    with fake_process("arm", "--fields", json.dumps({"latency": latency})) as (arm_url, _):
         configs = {
             "dryrun": (["app.py", "serve"], {}),
             "azure+teams": (
-                [str(ROOT / "tests" / "azure_app.py"), "serve"],
+                [str(ROOT / "bench" / "common.py"), "serve"],  # the app with a static Azure credential
                 {
                     "VPN_PROVIDER": "azure",
                     "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
                     "AZURE_RESOURCE_GROUP": "vpn-bench",
-                    "AZURE_ARM_ENDPOINT": arm.base_url,
+                    "AZURE_ARM_ENDPOINT": arm_url,
                     "MicrosoftAppId": "00000000-0000-0000-0000-00000000000a",
                     "MicrosoftAppType": "UserAssignedMSI",
                     "MicrosoftAppTenantId": "00000000-0000-0000-0000-00000000000b",
@@ -148,7 +133,7 @@ async def main(runs: int, arm_latency: float) -> None:
             for _ in range(runs):
                 with tempfile.TemporaryDirectory() as tmp:
                     port = free_port()
-                    env = base_env(tmp, PORT=str(port), VPN_METRICS_PORT=str(free_port()), **extra)
+                    env = app_env(VPN_DATA_DIR=tmp, PYTHONUNBUFFERED="1", PORT=str(port), VPN_METRICS_PORT=str(free_port()), **extra)
                     h, r, c = await time_to_ready([sys.executable, *args], env, port)
                     healthy.append(h)
                     ready.append(r)
@@ -159,8 +144,6 @@ async def main(runs: int, arm_latency: float) -> None:
             )
         if arm_latency:
             print(f"  (fake ARM answers list calls after {arm_latency:.2f} s, like a real region)")
-    finally:
-        await arm.stop()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Isolation between channels: are GroupMe callbacks still acknowledged quickly while Teams is
 flooded with `/vpn start`? (issue 10, item 4; goal: GroupMe acks within 100 ms during the burst.)
 
-Three processes, so that no measuring side steals the loop of the measured one:
-  1. the fakes: a Bot Connector and a GroupMe API on 127.0.0.1 (tests/fakes/connector.py,
-     tests/fakes/groupme.py), plus /stats with the time each GroupMe post arrived;
+Separate processes, so that no measuring side steals the loop of the measured one:
+  1. the fakes: a Bot Connector and a GroupMe API on 127.0.0.1 (`python -m tests.fakes.connector`,
+     `python -m tests.fakes.groupme`, which prints the time each GroupMe post arrived);
   2. `python app.py serve` in dev mode (dryrun, 0 s steps) with Teams and GroupMe on;
   3. this script: an open-loop generator of Teams `/vpn start` from distinct users at --rate per
      second for --seconds, and one GroupMe `/vpn help` callback every --groupme-every seconds.
@@ -23,6 +23,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +32,8 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import app_env, fake_process  # bench/ is the script's folder
 
 GROUP, SECRET, GM_USER = "4242", "bench-secret-0123456789", "111"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -44,46 +47,7 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-# ----- process 1: the fakes ----------------------------------------------------------------------------
-
-
-async def run_fakes(count: int) -> None:
-    from aiohttp import web
-
-    from tests.fakes.connector import FakeConnector
-    from tests.fakes.groupme import FakeGroupMe
-    from tests.support.loopback import serve_on_loopback
-
-    connector = await FakeConnector().start()
-    gm = FakeGroupMe()
-    post_times: list[float] = []
-    original = gm._bot_post
-
-    async def timed_post(request):
-        resp = await original(request)
-        post_times.append(time.time())
-        return resp
-
-    gm._bot_post = timed_post  # type: ignore[method-assign]  # before start(): the route binds it
-    await gm.start()
-    now = int(time.time())
-    for i in range(count):  # what GroupMe holds, so the bot's verification finds each callback
-        gm.messages.append({"attachments": [], "created_at": now, "group_id": GROUP, "id": str(FIRST_GM_ID + i), "name": "Bench",
-                            "sender_id": GM_USER, "sender_type": "user", "system": False, "text": "/vpn help", "user_id": GM_USER})
-
-    async def stats(request):
-        sent = connector.sent()
-        configs = sum(1 for c in sent if "application/vnd.microsoft.teams.card.file.consent" in json.dumps(c.body or {}))
-        return web.json_response({"gm_posts": post_times, "teams_calls": len(connector.calls), "teams_configs": configs})
-
-    app = web.Application()
-    app.router.add_get("/stats", stats)
-    _, stats_url = await serve_on_loopback(app)
-    print(json.dumps({"connector": connector.base_url, "groupme": gm.base_url, "stats": stats_url + "/stats"}), flush=True)
-    await asyncio.Event().wait()
-
-
-# ----- process 3: the generator ------------------------------------------------------------------------
+# ----- the generator (process 3) ------------------------------------------------------------------------
 
 
 async def wait_up(http: aiohttp.ClientSession, base: str) -> None:
@@ -110,7 +74,7 @@ def teams_activity(connector: str, aad: str, n: int) -> dict:
     }
 
 
-async def drive(args, urls: dict, base: str, aads: list[str]) -> dict:
+async def drive(args, urls: dict, base: str, aads: list[str], gm_posts: list[float]) -> dict:
     teams_acks: list[float] = []
     gm_acks: list[float] = []
     gm_sent: list[float] = []
@@ -164,8 +128,10 @@ async def drive(args, urls: dict, base: str, aads: list[str]) -> dict:
         await asyncio.gather(*tasks)
         deadline = time.monotonic() + args.settle
         while True:
-            async with http.get(urls["stats"]) as resp:
-                stats = await resp.json()
+            async with http.get(urls["connector"] + "_bench/calls") as resp:  # [method, path, time, has QR, has file consent]
+                calls = await resp.json()
+            configs = sum(1 for method, path, _, _, consent in calls if method == "POST" and "/activities" in path and consent)
+            stats = {"gm_posts": list(gm_posts), "teams_calls": len(calls), "teams_configs": configs}
             if (stats["teams_configs"] >= total and len(stats["gm_posts"]) >= gm_count) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
@@ -176,15 +142,23 @@ async def drive(args, urls: dict, base: str, aads: list[str]) -> dict:
 
 
 async def main(args) -> None:
-    count = int(args.seconds / args.groupme_every) + 10
-    fakes = await asyncio.create_subprocess_exec(sys.executable, __file__, "--fakes", str(count), stdout=asyncio.subprocess.PIPE)
-    urls = json.loads(await fakes.stdout.readline())
+    now = int(time.time())
+    held = [{"attachments": [], "created_at": now, "group_id": GROUP, "id": str(FIRST_GM_ID + i), "name": "Bench", "sender_id": GM_USER,
+             "sender_type": "user", "system": False, "text": "/vpn help", "user_id": GM_USER}
+            for i in range(int(args.seconds / args.groupme_every) + 10)]  # what GroupMe holds, so the bot's verification finds each callback
+    with fake_process("connector") as (connector, _), fake_process("groupme", json.dumps(held)) as (groupme, gm):
+        gm_posts: list[float] = []  # when each of the bot's GroupMe posts arrived: the fake prints one JSON line per post
+        threading.Thread(target=lambda: gm_posts.extend(json.loads(line)["at"] for line in gm.stdout), daemon=True).start()
+        r = await run_app(args, {"connector": connector, "groupme": groupme}, gm_posts)
+    show(args, r)
+
+
+async def run_app(args, urls: dict, gm_posts: list[float]) -> dict:
     port = 20000 + os.getpid() % 20000
     base = f"http://127.0.0.1:{port}"
     aads = [str(uuid.UUID(int=i + 1)) for i in range(int(args.rate * args.seconds))]
     with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VPN_", "WG_", "AZURE_", "GROUPME_", "Microsoft"))}
-        env.update({
+        env = app_env(**{
             "VPN_DATA_DIR": tmp, "PORT": str(port), "VPN_DEV_MODE": "1", "VPN_DRYRUN_STEP_SECONDS": "0", "VPN_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             "VPN_USERS": ",".join([f"groupme:{GM_USER}"] + [f"teams:{a}" for a in aads]), "VPN_MAX_SESSIONS": "10000",
             "WG_POOL": "10.64.0.0/12", "VPN_PUBLIC_URL": base,
@@ -194,12 +168,13 @@ async def main(args) -> None:
         })
         serve = await asyncio.create_subprocess_exec(sys.executable, args.app, "serve", env=env, stderr=open(args.log, "w") if args.log else asyncio.subprocess.DEVNULL)
         try:
-            r = await drive(args, urls, base, aads)
+            return await drive(args, urls, base, aads, gm_posts)
         finally:
             serve.send_signal(signal.SIGTERM)
             await asyncio.wait_for(serve.wait(), 60)
-            fakes.kill()
-            await fakes.wait()
+
+
+def show(args, r: dict) -> None:
     ms = lambda v: f"{v * 1000:.0f} ms"  # noqa: E731
     print(f"app {args.app}: Teams /vpn start at {args.rate}/s for {args.seconds}s, GroupMe /vpn help every {args.groupme_every}s")
     print(f"  Teams acks:   n={len(r['teams_acks'])}/{r['teams_total']} p50 {ms(pct(r['teams_acks'], 50))} p99 {ms(pct(r['teams_acks'], 99))} max {ms(max(r['teams_acks'], default=0))}; failed {r['failures']['teams']}")
@@ -211,9 +186,6 @@ async def main(args) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--fakes":
-        asyncio.run(run_fakes(int(sys.argv[2])))
-        raise SystemExit
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=10)

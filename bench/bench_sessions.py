@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from timing_channel import TimingChannel  # noqa: E402  (bench/ is the script's folder; no project imports)
+from common import TimingChannel  # noqa: E402  (bench/ is the script's folder; no project imports)
 
 
 def rss_mb() -> float:

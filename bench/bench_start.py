@@ -26,7 +26,7 @@ from bot.settings import Settings  # noqa: E402
 from cards.qr import qr_png  # noqa: E402
 from provisioner.dryrun import DryRunProvider  # noqa: E402
 from provisioner.wireguard import generate_keypair  # noqa: E402
-from timing_channel import TimingChannel  # noqa: E402  (bench/ is the script's folder)
+from common import TimingChannel  # noqa: E402  (bench/ is the script's folder)
 
 
 async def run(sessions: int, step_seconds: float) -> None:

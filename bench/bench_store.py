@@ -16,36 +16,31 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bot.access import AccessPolicy
+from bot.messages import ConversationRef
 from bot.replies import Outbox  # noqa: E402
 from bot.engine.config import SessionPolicy  # noqa: E402
+from bot.engine.policy import Policy
 from bot.engine.service import VpnService
-from bot.store.model import SessionState, utcnow  # noqa: E402
+from bot.store.model import Session, SessionState, utcnow  # noqa: E402
 from bot.store.sqlite import SqliteStore  # noqa: E402
 from bot.store.tables import TableStore  # noqa: E402
 from bot.engine.tasks import TaskRunner  # noqa: E402
 from provisioner.dryrun import DryRunProvider  # noqa: E402
-from tests.fakes.azurite import Azurite  # noqa: E402
-from tests.store.test_contract import new_session  # noqa: E402
+from common import TimingChannel, fake_process  # bench/ is the script's folder
 
 
-class NullChannel:
-    name = "test"
-
-    async def send_text(self, conv, text): ...
-    async def send_card(self, conv, card): ...
-    async def send_progress(self, conv, text, handle):
-        return handle
-
-    def can_deliver_privately(self, conv):
-        return True
-
-    async def deliver_config(self, conv, recipient, delivery):
-        return ""
+def requested(owner: str, session_id: str, now: datetime, **changes) -> Session:
+    """A session as `/vpn start` records it (bot/engine/service.py), with `changes` on top."""
+    fields = dict(id=session_id, owner=owner, owner_label=owner, conversation=ConversationRef("bench", {"user": owner}),
+                  state=SessionState.REQUESTED, provider="dryrun", region="local", created_at=now, expires_at=now + timedelta(minutes=30),
+                  minutes=30, updated_at=now)
+    return Session(**{**fields, **changes})
 
 
 def pct(values: list[float], p: float) -> float:
@@ -68,7 +63,7 @@ async def bench(name: str, store, ops: int, sessions: int, tmp: Path) -> dict:
         now = utcnow()
         ids = [f"op{i:05d}" for i in range(ops)]
         res: dict[str, list[float]] = {}
-        res["create"] = await timed(lambda i: store.create_session(new_session(owner=f"bench:u{i}", session_id=ids[i]), per_user=1, total=100_000), ops)
+        res["create"] = await timed(lambda i: store.create_session(requested(f"bench:u{i}", ids[i], now), per_user=1, total=100_000), ops)
         res["get"] = await timed(lambda i: store.get(ids[i]), ops)
 
         async def cas(i: int) -> None:
@@ -86,16 +81,17 @@ async def bench(name: str, store, ops: int, sessions: int, tmp: Path) -> dict:
         live = [f"live{i:05d}" for i in range(sessions)]
         t = time.perf_counter()
         await asyncio.gather(*(store.create_session(
-            new_session(owner=f"bench:l{i}", session_id=sid, state=SessionState.READY, created_at=now, updated_at=now,
-                        ready_at=now, expires_at=now + timedelta(minutes=30)), per_user=1, total=100_000)
+            requested(f"bench:l{i}", sid, now, state=SessionState.READY, ready_at=now), per_user=1, total=100_000)
             for i, sid in enumerate(live)))
         create_all = time.perf_counter() - t
         outbox = Outbox()
-        outbox.register(NullChannel())
+        outbox.register(TimingChannel())
         provider = DryRunProvider(tmp / f"{name}-dryrun.json", pool=__import__("ipaddress").ip_network("10.0.0.0/16"), step_seconds=0)
         runner = TaskRunner()
         clock_now = [now]
-        service = VpnService(store, provider, runner, outbox, SessionPolicy(max_sessions=100_000), clock=lambda: clock_now[0])
+        limits = SessionPolicy(max_sessions=100_000)
+        policy = Policy(AccessPolicy.from_text("", ""), limits, store, lambda: clock_now[0])
+        service = VpnService(store, provider, runner, outbox, limits, policy, clock=lambda: clock_now[0])
         idle = []
         for _ in range(3):
             t = time.perf_counter()
@@ -120,15 +116,11 @@ async def bench(name: str, store, ops: int, sessions: int, tmp: Path) -> dict:
 
 
 async def main(ops: int, sessions: int) -> None:
-    azurite = Azurite().start()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            results = {
-                "sqlite": await bench("sqlite", SqliteStore(Path(tmp) / "bench.sqlite3"), ops, sessions, Path(tmp)),
-                "azure-tables (Azurite)": await bench("tables", TableStore.from_connection_string(azurite.connection_string, prefix="bench"), ops, sessions, Path(tmp)),
-            }
-    finally:
-        azurite.stop()
+    with fake_process("azurite") as (connection_string, _), tempfile.TemporaryDirectory() as tmp:
+        results = {
+            "sqlite": await bench("sqlite", SqliteStore(Path(tmp) / "bench.sqlite3"), ops, sessions, Path(tmp)),
+            "azure-tables (Azurite)": await bench("tables", TableStore.from_connection_string(connection_string, prefix="bench"), ops, sessions, Path(tmp)),
+        }
     print(f"store operation latency, {ops} sequential operations each (ms, p50 / p99)")
     print(f"{'operation':<16}" + "".join(f"{name:>26}" for name in results))
     for op in next(iter(results.values()))["ops"]:

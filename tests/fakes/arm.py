@@ -494,3 +494,20 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 __all__ = ["FakeArm", "FakeCredential", "Fault", "LroFailure", "Secret"]
+
+
+if __name__ == "__main__":  # for bench/: the fake as its own process, reached over HTTP only
+    import argparse
+
+    from tests.support.loopback import serve_until_stopped
+
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.arm", description="Serve a fake ARM on 127.0.0.1 until SIGTERM; prints its base URL.")
+    parser.add_argument("--fields", type=json.loads, default={}, metavar="JSON",
+                        help='FakeArm fields, e.g. {"op_seconds": {"PUT virtualMachines": 3.5}, "boot_seconds": 0.8, "retry_after": 1}')
+    parser.add_argument("--add", type=json.loads, action="append", default=[], metavar="JSON",
+                        help="a resource that exists from the start: the keyword arguments of FakeArm.add (repeatable)")
+    cli = parser.parse_args()
+    arm = FakeArm(**cli.fields)
+    for resource in cli.add:
+        arm.add(**resource)
+    serve_until_stopped(arm.start)

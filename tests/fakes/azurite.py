@@ -73,3 +73,18 @@ class Azurite:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self._workspace, ignore_errors=True)
+
+
+if __name__ == "__main__":  # for bench/: `python -m tests.fakes.azurite` prints the connection string, runs until SIGTERM
+    import signal
+    import sys
+
+    server = Azurite()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `finally` stops azurite-table (its own session)
+    try:
+        print(server.start().connection_string, flush=True)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

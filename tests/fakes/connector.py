@@ -4,7 +4,7 @@ Records every call the bot makes — replies, proactive sends, updates (PUT), de
 lookups, 1:1 conversation creation — plus file uploads to a fake OneDrive upload URL. Faults can be
 injected per method and path fragment (429 then 200, 403 MessageWritesBlocked, …).
 
-`python -m tests.fakes.connector` runs one on its own (for bench/bench_chat.py): it prints its base
+`python -m tests.fakes.connector` runs one on its own (for bench/bench_chat.py, bench_isolation.py): it prints its base
 URL, and `GET /_bench/calls` / `POST /_bench/reset` read and clear what it recorded.
 """
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from aiohttp import web
 
-from tests.support.loopback import serve_on_loopback
+from tests.support.loopback import serve_on_loopback, serve_until_stopped
 
 
 @dataclass
@@ -148,17 +147,5 @@ class FakeConnector:
         return web.json_response({"error": {"code": "NotImplemented"}}, status=404)
 
 
-async def _main() -> None:
-    connector = await FakeConnector(member_domain="contoso.com").start()
-    print(connector.base_url, flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await connector.stop()
-
-
-if __name__ == "__main__":
-    try:
-        asyncio.run(_main())
-    except KeyboardInterrupt:
-        sys.exit(0)
+if __name__ == "__main__":  # for bench/: see the module's docstring
+    serve_until_stopped(lambda: FakeConnector(member_domain="contoso.com").start())

@@ -126,3 +126,22 @@ class FakeGroupMe:
         if not found:
             return web.Response(status=304)
         return web.json_response({"response": {"count": len(group), "messages": found}})
+
+
+if __name__ == "__main__":  # for bench/: the fake as its own process, reached over HTTP only
+    import json
+    import sys
+    import time
+
+    from tests.support.loopback import serve_until_stopped
+
+    class _Process(FakeGroupMe):
+        """`python -m tests.fakes.groupme [MESSAGES_JSON]`: the group holds MESSAGES_JSON (a list, oldest first);
+        prints its base URL, then one JSON line per bot post: {"at": epoch seconds it arrived, "text": ...}."""
+
+        async def _bot_post(self, request: web.Request) -> web.Response:
+            response = await super()._bot_post(request)
+            print(json.dumps({"at": time.time(), "text": self.posts[-1]["text"] if response.status == 202 else None}), flush=True)
+            return response
+
+    serve_until_stopped(_Process(messages=json.loads(sys.argv[1]) if len(sys.argv) > 1 else []).start)

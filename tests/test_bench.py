@@ -1,0 +1,63 @@
+"""bench/ stands on its own (issue 17.7): it imports nothing from tests/ (it runs the fakes as their own
+processes and reaches them over HTTP), and every benchmark still runs, in its smallest mode."""
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "bench").glob("*.py"))
+
+# The smallest run of each benchmark (a few seconds each), and a line its report always has.
+SMALLEST = {
+    "bench_azure.py": (["--runs", "1", "--scale", "0.01", "--retry-after", "0"], "old design"),
+    "bench_chat.py": (["--rounds", "1", "--help-rate", "20", "--help-seconds", "0.5", "--start-rate", "4", "--start-seconds", "0.5", "--drain", "5"],
+                      "medians over rounds"),
+    "bench_coldstart.py": (["--runs", "1", "--arm-latency", "0"], "azure+teams  /healthz"),
+    "bench_isolation.py": (["--rate", "4", "--seconds", "1", "--settle", "10"], "GroupMe acks: n="),
+    "bench_sessions.py": (["--sessions", "5"], "expiry: 5 sessions torn down"),
+    "bench_start.py": (["--sessions", "2"], "all 2 delivered"),
+    "bench_store.py": (["--ops", "5", "--sessions", "5"], "warned after that sweep: sqlite=5, azure-tables (Azurite)=5"),
+    "bench_web.py": (["--sessions", "1", "--polls", "5", "--bad", "5"], "invalid bearer token -> 401"),
+}
+
+
+def imported(path: Path) -> set[str]:
+    """Every module a file imports, anywhere in it (also inside functions, and by a literal in __import__ / import_module)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr if isinstance(node.func, ast.Attribute) else ""
+            if name in ("__import__", "import_module"):
+                found.add(node.args[0].value)
+    return found
+
+
+def test_bench_imports_nothing_from_tests():
+    assert {p.name for p in SCRIPTS} >= {"common.py", *SMALLEST}
+    offenders = sorted(f"{p.name}: {m}" for p in SCRIPTS for m in imported(p) if m == "tests" or m.startswith("tests."))
+    assert not offenders, "bench/ must not import tests/ (run the fake as a process: bench/common.py fake_process):\n" + "\n".join(offenders)
+
+
+def test_every_benchmark_has_a_smoke_run():
+    assert {p.name for p in SCRIPTS if p.name.startswith("bench_")} == set(SMALLEST)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMALLEST))
+def test_benchmark_runs_in_its_smallest_mode(script):
+    if script == "bench_store.py" and shutil.which("azurite-table") is None:
+        pytest.skip("azurite-table is not installed (scripts/install-test-deps.sh)")
+    args, expected = SMALLEST[script]
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert expected in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
