@@ -24,6 +24,7 @@ SMALLEST = {
     "bench_start.py": (["--sessions", "2"], "all 2 delivered"),
     "bench_store.py": (["--ops", "5", "--sessions", "5"], "warned after that sweep: sqlite=5, azure-tables (Azurite)=5"),
     "bench_web.py": (["--sessions", "1", "--polls", "5", "--bad", "5"], "invalid bearer token -> 401"),
+    "bench_groupme_chatter.py": (["--requests", "20", "--rounds", "1", "--skip-server"], "cheapest honest design"),
 }
 
 
