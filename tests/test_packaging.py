@@ -81,7 +81,7 @@ def test_azure_settings_are_validated():
     with pytest.raises(SettingsError, match="AZURE_ALLOWED_LOCATIONS"):
         Settings.from_env({"AZURE_ALLOWED_LOCATIONS": "west europe!"})
     s = Settings.from_env({"VPN_PROVIDER": "azure", "AZURE_SUBSCRIPTION_ID": "s", "AZURE_RESOURCE_GROUP": "g", "AZURE_ALLOWED_LOCATIONS": "WestEurope, uksouth"})
-    assert s.azure_allowed_locations == ("westeurope", "uksouth") and s.azure_location == "eastus"
+    assert s.azure.allowed_locations == ("westeurope", "uksouth") and s.azure.location == "eastus"
 
 
 def test_role_definition_covers_what_the_provider_calls():

@@ -239,7 +239,7 @@ class WebChannel(ChannelDefaults):
         return web.Response(body=body, content_type=ctype, charset="utf-8", headers=headers)
 
     async def _openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi_document(self.runtime.settings.max_session_minutes))
+        return web.json_response(openapi_document(self.runtime.settings.sessions.max_session_minutes))
 
     # ----- authentication ---------------------------------------------------------------------------
 

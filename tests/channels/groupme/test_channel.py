@@ -15,7 +15,7 @@ from bot.channels.groupme.channel import GroupMeChannel
 from bot.channels.groupme.config import GroupMeConfig
 from bot.channels.groupme.api import split_text
 from bot.store.model import SessionState
-from bot.http.app import RUNTIME, create_app
+from bot.wiring import build_http_app
 from tests.fakes.groupme import FakeGroupMe
 from tests.support.qrtools import decode_qr
 
@@ -32,9 +32,9 @@ def free_port() -> int:
 
 
 class Harness:
-    def __init__(self, gm: FakeGroupMe, server: TestServer, channel: GroupMeChannel, base: str) -> None:
+    def __init__(self, gm: FakeGroupMe, server: TestServer, channel: GroupMeChannel, base: str, runtime) -> None:
         self.gm, self.server, self.channel, self.base = gm, server, channel, base
-        self.runtime = server.app[RUNTIME]
+        self.runtime = runtime
 
     def message(self, text, user=ALICE, *, group=GROUP, sender_type="user", system=False, msg_id=None, store=True) -> dict:
         created = int(self.runtime.service.clock().timestamp())
@@ -73,11 +73,12 @@ async def make_harness(make_runtime):
             "verify_retry_delay": 0.01, **(config or {}),
         }))
         users = env.pop("users", f"groupme:{ALICE},groupme:{BOB}")
-        app = create_app(lambda: make_runtime(users=users, admins=f"groupme:{ROOT}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env), [channel.routes])
-        server = TestServer(app, host="127.0.0.1", port=port)
+        runtime = make_runtime(users=users, admins=f"groupme:{ROOT}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env)
+        server = TestServer(build_http_app(runtime), host="127.0.0.1", port=port)
         await server.start_server()
+        await runtime.opened()
         made.append((gm, server))
-        return Harness(gm, server, channel, base)
+        return Harness(gm, server, channel, base, runtime)
 
     yield build
     for gm, server in made:
@@ -138,7 +139,7 @@ async def test_happy_path_secrets_only_through_the_one_time_link(make_harness):
 
     # The store never held the config in the clear, and after the claim not even sealed.
     private = config.split("PrivateKey = ")[1].split("\n")[0]
-    for path in h.runtime.settings.data_dir.iterdir():
+    for path in h.runtime.settings.ops.data_dir.iterdir():
         assert private.encode() not in path.read_bytes()
     claim = await h.runtime.store.get_claim(__import__("bot.one_time_configs", fromlist=["token_hash"]).token_hash(link.rsplit("/", 1)[1]))
     assert claim.sealed is None and claim.used_at is not None
@@ -387,13 +388,13 @@ def test_groupme_bot_id_accepts_group_bot_pairs():
 
     base = {"GROUPME_CALLBACK_SECRET": SECRET}
     s = Settings.from_env({**base, "GROUPME_BOT_ID": "bot-1", "GROUPME_GROUP_ID": "4242"})
-    assert (s.groupme_bot_id, s.groupme_bots, s.groupme_group_ids) == ("bot-1", (), ("4242",))
+    assert (s.groupme.bot_id, s.groupme.bots, s.groupme.group_ids) == ("bot-1", (), ("4242",))
     s = Settings.from_env({**base, "GROUPME_BOT_ID": "4242:abc, 5555:def"})
-    assert (s.groupme_bot_id, s.groupme_bots, s.groupme_group_ids) == ("", (("4242", "abc"), ("5555", "def")), ("4242", "5555"))
+    assert (s.groupme.bot_id, s.groupme.bots, s.groupme.group_ids) == ("", (("4242", "abc"), ("5555", "def")), ("4242", "5555"))
     s = Settings.from_env({**base, "GROUPME_BOT_ID": "4242:abc,plain", "GROUPME_GROUP_ID": "7"})
-    assert s.groupme_bot_id == "plain" and s.groupme_group_ids == ("7", "4242")
+    assert s.groupme.bot_id == "plain" and s.groupme.group_ids == ("7", "4242")
     s = Settings.from_env({**base, "GROUPME_BOT_ID": "b", "GROUPME_GROUP_ID": "7", "GROUPME_USER_PER_MINUTE": "2", "GROUPME_GROUP_PER_MINUTE": "9"})
-    assert (s.groupme_user_per_minute, s.groupme_group_per_minute) == (2, 9)
+    assert (s.groupme.per_user_per_minute, s.groupme.per_group_per_minute) == (2, 9)
     for bad, group in (("4242:a,4242:b", ""), ("a,b", "7"), ("x:a", "7"), ("4242:a", "7"), ("4242:sec ret", "")):
         with pytest.raises(SettingsError) as err:
             Settings.from_env({**base, "GROUPME_BOT_ID": bad, "GROUPME_GROUP_ID": group})

@@ -1,0 +1,72 @@
+"""Typed settings from the environment (12-factor), validated once at start-up, in sections.
+
+Each section is owned by the component that uses it and returns the config that component already
+takes (`SessionPolicy`, `TeamsConfig`, `AzureConfig`, …), so nothing is copied field by field; a
+channel or provider that is off is None. The checks that span two sections live here, in one place.
+A bad value stops the process with one line that names the variable and says what it expects.
+Every variable is listed in README.md and .env.example.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bot.access import AccessPolicy
+from bot.channels.groupme.config import GroupMeConfig
+from bot.channels.teams.config import TeamsConfig
+from bot.channels.web.config import WebConfig
+from bot.engine.config import SessionPolicy
+from bot.settings import access, azure, groupme, ops, providers, sessions, store, teams, web
+from bot.settings.ops import OpsSettings
+from bot.settings.providers import ProviderSettings
+from bot.settings.reader import Reader, SettingsError, environment, read_env_file
+from bot.settings.store import StoreSettings
+from provisioner.azure_config import AzureConfig
+
+__all__ = ["Settings", "SettingsError", "environment", "read_env_file"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    ops: OpsSettings
+    access: AccessPolicy
+    sessions: SessionPolicy
+    store: StoreSettings
+    provider: ProviderSettings
+    azure: AzureConfig | None  # VPN_PROVIDER=azure
+    teams: TeamsConfig | None  # MicrosoftAppId, or VPN_DEV_MODE=1
+    groupme: GroupMeConfig | None  # GROUPME_BOT_ID
+    web: WebConfig | None  # VPN_LOCAL_AUTH_SECRET
+    unknown: tuple[str, ...] = ()  # one warning line per VPN_/AZURE_/TEAMS_/GROUPME_ name nothing reads
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """`env`, or the process environment over the `.env` file (`VPN_ENV_FILE`): the real environment wins."""
+        r = Reader(environment() if env is None else env)
+        o = ops.read(r)
+        policy = sessions.read(r, public_url=o.public_url)
+        provider = providers.read(r)
+        s = cls(
+            ops=o,
+            access=access.read(r),
+            sessions=policy,
+            store=store.read(r, data_dir=o.data_dir),
+            provider=provider,
+            azure=azure.read(r, provider=provider, ops=o, sessions=policy),
+            teams=teams.read(r, dev_mode=o.dev_mode),
+            groupme=groupme.read(r, public_url=o.public_url),
+            web=web.read(r),
+            unknown=r.unread(),
+        )
+        s.check()
+        return s
+
+    def check(self) -> None:
+        """What no single section can judge alone."""
+        if self.azure is not None and self.provider.wireguard.pool.version != 4:
+            raise SettingsError(
+                f"WG_POOL={self.provider.wireguard.pool} is IPv6: Azure VMs forward and masquerade IPv4 only, so an IPv6 tunnel "
+                "would carry nothing. Use an IPv4 pool such as 10.77.0.0/24 with VPN_PROVIDER=azure"
+            )
+        if self.groupme is not None and self.groupme.access_token and not self.ops.public_url:
+            raise SettingsError("VPN_PUBLIC_URL is required with GROUPME_ACCESS_TOKEN: claim links point there")
