@@ -18,7 +18,7 @@ try:
     from bot.messages import Identity, InvalidIdentity, UserKey
     from bot.settings import Settings, SettingsError, environment
     from provisioner.base import Provider
-except ModuleNotFoundError as exc:  # `python3 app.py` with a Python that lacks the bot's packages: one line, no traceback
+except ModuleNotFoundError as exc:  # a Python without the bot's packages (a fresh machine's python3): one line, no traceback
     if (exc.name or "").split(".")[0] in ("bot", "provisioner", "cards"):
         raise
     sys.exit(f"vpn-bot needs its packages (this Python has no {exc.name!r}): run ./scripts/try [command], "
