@@ -14,7 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.support.apprun import APP, app_env, console
@@ -161,7 +161,7 @@ def test_reap_prints_one_line_of_what_it_did_and_nothing_else(tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     assert quiet.stdout == "reap: 0 session(s) ended, 0 warned, 0 orphaned resource(s) removed; 1 active\n"
     db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")  # the store is the clock reap reads: end it now
-    assert db.execute("UPDATE sessions SET expires_at=?", (datetime.now(timezone.utc).isoformat(),)).rowcount == 1
+    assert db.execute("UPDATE sessions SET expires_at=?", (datetime.now(UTC).isoformat(),)).rowcount == 1
     db.commit()
     db.close()
     reaped = run_app(env, "reap")
