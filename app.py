@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--email", help="with --as: the verified email that identity's channel would supply")
     console.add_argument("--qr", choices=("auto", "light", "dark"), default="auto",
                          help="terminal QR for a light or dark terminal theme (default auto: black on white at a colour terminal)")
-    sub.add_parser("reap", help="one teardown/reconcile pass, then exit (for a scheduler)")
+    sub.add_parser("reap", help="one teardown/reconcile pass, then exit (for a scheduler): prints one line of what it did, and warnings")
     setup = sub.add_parser("host-setup", help="create the WireGuard interface for VPN_PROVIDER=host, with IP forwarding and NAT (asks first)")
     setup.add_argument("--port", type=int, default=51820, help="UDP port the interface listens on (default 51820)")
     setup.add_argument("--yes", action="store_true", help="apply without asking")

@@ -30,6 +30,7 @@ from aiohttp import web  # noqa: E402
 
 from bot.engine import ready_tokens  # noqa: E402
 from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
+from bot.replies import ChannelDefaults  # noqa: E402
 from bot.wiring import Runtime  # noqa: E402
 from bot.settings import Settings  # noqa: E402
 from bot.http.ready_callback import ReadyCallback  # noqa: E402
@@ -37,7 +38,7 @@ from provisioner.azure import AzureConfig, AzureProvider  # noqa: E402
 from tests.fakes.arm import FakeArm, FakeCredential  # noqa: E402
 
 
-class Timing:
+class Timing(ChannelDefaults):
     name = "bench"
 
     def __init__(self) -> None:

@@ -129,7 +129,7 @@ async def main(runs: int, arm_latency: float) -> None:
         configs = {
             "dryrun": (["app.py", "serve"], {}),
             "azure+teams": (
-                [str(ROOT / "tests" / "azure_app.py"), "serve"],
+                [str(ROOT / "tests" / "support" / "azure_app.py"), "serve"],
                 {
                     "VPN_PROVIDER": "azure",
                     "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
