@@ -9,6 +9,7 @@ front of Azurite plays the store: first closed or refusing, then forwarding.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -96,6 +97,16 @@ async def status(http: aiohttp.ClientSession, url: str) -> tuple[int, dict]:
         return 0, {}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far (/proc/<pid>/stat): unlike wall time, not slowed by a busy machine."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> bool:
+    return os.getloadavg()[0] > (os.cpu_count() or 1)
+
+
 async def wait_for(http: aiohttp.ClientSession, url: str, want: int, seconds: float, proc) -> float:
     """Polls `url` until it answers `want`; returns how long that took. The process must stay up throughout."""
     started = time.monotonic()
@@ -122,8 +133,9 @@ async def test_serve_listens_first_and_turns_ready_when_the_store_comes_up(azuri
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
             await wait_for(http, f"{base}/healthz", 200, 10, proc)
-            to_healthz = time.monotonic() - exec_at
-            assert to_healthz < 1.0, f"/healthz answered {to_healthz:.2f} s after exec"
+            to_healthz, cpu = time.monotonic() - exec_at, cpu_seconds(proc.pid)
+            # Within 1 s of exec; on a machine busier than its cores, the process's own CPU time says the same.
+            assert cpu < 1.0 and (to_healthz < 1.0 or machine_busy()), f"/healthz answered {to_healthz:.2f} s after exec ({cpu:.2f} s CPU)"
             assert (await status(http, f"{base}/readyz"))[0] == 503
             # A request that needs the store waits a little, then gets a clear 503 with Retry-After (not a 500).
             code, headers = await status(http, f"{base}/api/me")
@@ -145,4 +157,4 @@ async def test_serve_listens_first_and_turns_ready_when_the_store_comes_up(azuri
     assert "Traceback" not in log and azurite.connection_string.split("AccountKey=")[1][:20] not in log
     waiting = [line for line in log.splitlines() if "the store is not reachable yet" in line]
     assert 1 <= len(waiting) <= 3, log  # one line per new reason, not one per retry
-    print(f"{before}: /healthz {to_healthz:.2f} s after exec; /readyz 200 {to_ready:.2f} s after the store came up")
+    print(f"{before}: /healthz {to_healthz:.2f} s after exec ({cpu:.2f} s CPU); /readyz 200 {to_ready:.2f} s after the store came up")
