@@ -30,12 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiohttp import web  # noqa: E402
 
 from bot.engine import ready_tokens  # noqa: E402
-from bot.http import ready_callback  # noqa: E402
-from bot.access import AccessPolicy  # noqa: E402
 from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
+from bot.replies import ChannelDefaults  # noqa: E402
 from bot.wiring import Runtime  # noqa: E402
 from bot.settings import Settings  # noqa: E402
-from bot.http.app import RUNTIME  # noqa: E402
+from bot.http.ready_callback import ReadyCallback  # noqa: E402
 from provisioner.azure import AzureConfig, AzureProvider  # noqa: E402
 from common import StaticCredential, TimingChannel, fake_process  # bench/ is the script's folder
 
@@ -78,17 +77,17 @@ async def new_design(args, *, warm: bool, after_vm_accepted: bool) -> tuple[list
     try:
         with fake_arm(args, warm=warm) as (arm_url, _), tempfile.TemporaryDirectory() as tmp:
             users = [f"bench:u{i}" for i in range(args.sessions)]
-            settings = Settings.from_env({"VPN_DATA_DIR": tmp, "VPN_MAX_SESSIONS": str(args.sessions), "VPN_PUBLIC_URL": base_url})
+            settings = Settings.from_env({"VPN_DATA_DIR": tmp, "VPN_MAX_SESSIONS": str(args.sessions), "VPN_PUBLIC_URL": base_url,
+                                          "VPN_USERS": ",".join(users)})
             provider = AzureProvider(
                 AzureConfig("00000000-0000-0000-0000-000000000001", "rg", "eastus", arm_endpoint=arm_url,
                             polling_interval=args.poll * args.scale, boot_timeout=600, config_after_vm_accepted=after_vm_accepted),
                 StaticCredential(),
             )
             channel = Timing()
-            async with Runtime(settings, provider, AccessPolicy.from_text(",".join(users), ""), [channel], background=False) as rt:
+            async with Runtime(settings, provider, [channel], background=False) as rt:
                 routes = web.Application()
-                routes[RUNTIME] = rt  # the VM's callback lands here and is verified against the store
-                ready_callback.routes(routes)
+                ReadyCallback(rt.store, rt.service.record_server_up).register(routes)  # the VM's callback, verified against the store
                 runner = web.AppRunner(routes, access_log=None)
                 await runner.setup()
                 await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -59,7 +59,6 @@ async def lag_probe(samples: list[float], stop: asyncio.Event, tick: float = 0.0
 
 async def run(args) -> None:
     stages: list[tuple[str, float]] = [("interpreter + bench imports", rss_mb())]
-    from bot.access import AccessPolicy
     from bot.messages import ConversationRef, Identity, Incoming, UserKey
     from bot.wiring import Runtime
     from bot.store.model import SessionState
@@ -85,13 +84,13 @@ async def run(args) -> None:
         env = {"VPN_DATA_DIR": tmp, "VPN_USERS": users, "VPN_MAX_SESSIONS": str(max(n, 1)), "VPN_DRYRUN_STEP_SECONDS": "0",
                "VPN_SESSION_MINUTES": "30", "VPN_WARN_MINUTES": "0"}
         settings = Settings.from_env(env)
-        provider = DryRunProvider(Path(tmp) / "dryrun.json", pool=settings.wg_pool.supernet(new_prefix=16), step_seconds=0)
+        provider = DryRunProvider(Path(tmp) / "dryrun.json", pool=settings.provider.wireguard.pool.supernet(new_prefix=16), step_seconds=0)
         recorder = RecordingChannel()
         from bot.store.model import utcnow
 
         start_time = utcnow()
         clock_now[0] = start_time
-        runtime = Runtime(settings, provider, AccessPolicy.from_text(users, ""), [recorder, *channels],
+        runtime = Runtime(settings, provider, [recorder, *channels],
                           clock=lambda: clock_now[0], background=False)
         async with runtime:
             gc.collect()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.access import AccessPolicy  # noqa: E402
 from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
 from bot.wiring import Runtime  # noqa: E402
 from bot.settings import Settings  # noqa: E402
@@ -34,9 +33,9 @@ async def run(sessions: int, step_seconds: float) -> None:
         users = ",".join(f"bench:u{i}" for i in range(sessions))
         env = {"VPN_DATA_DIR": tmp, "VPN_USERS": users, "VPN_MAX_SESSIONS": str(max(sessions, 1)), "VPN_DRYRUN_STEP_SECONDS": str(step_seconds)}
         settings = Settings.from_env(env)
-        provider = DryRunProvider(Path(tmp) / "dryrun.json", pool=settings.wg_pool.supernet(new_prefix=16), step_seconds=step_seconds)
+        provider = DryRunProvider(Path(tmp) / "dryrun.json", pool=settings.provider.wireguard.pool.supernet(new_prefix=16), step_seconds=step_seconds)
         channel = TimingChannel()
-        runtime = Runtime(settings, provider, AccessPolicy.from_text(users, ""), [channel], background=False)
+        runtime = Runtime(settings, provider, [channel], background=False)
         async with runtime:
             started: dict[str, float] = {}
             ack: list[float] = []

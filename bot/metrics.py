@@ -13,7 +13,7 @@ import re
 import secrets
 import time
 from datetime import datetime
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -152,45 +152,44 @@ class _Snapshot:
         yield gauge
 
 
-async def scrape(store, provider_name: str) -> bytes:
-    try:
-        active = await store.sessions(list(ACTIVE_STATES))
-        counts: dict | None = collections.Counter((s.state.value, s.provider) for s in active)
-    except Exception:
-        log.exception("metrics: the store did not answer")
-        counts = None
+async def scrape(store, provider_name: str, store_open: bool = True) -> bytes:
+    counts: dict | None = None  # vpn_store_up 0: also while start-up is still opening the store
+    if store_open:
+        try:
+            active = await store.sessions(list(ACTIVE_STATES))
+            counts = collections.Counter((s.state.value, s.provider) for s in active)
+        except Exception:
+            log.exception("metrics: the store did not answer")
     snapshot = CollectorRegistry(auto_describe=False)
     snapshot.register(_Snapshot(counts, {provider_name}))
     return generate_latest(REGISTRY) + generate_latest(snapshot)
 
 
 @contextlib.asynccontextmanager
-async def serving(runtime) -> AsyncIterator[int]:
-    """Serve /metrics on `VPN_METRICS_PORT` (bound like HOST; 127.0.0.1 in dev mode) while the runtime lives; yields the port (0: off)."""
-    settings = runtime.settings
-    if not settings.metrics_port:
+async def serving(store, provider_name: str, host: str, port: int, store_open: Callable[[], bool] = lambda: True) -> AsyncIterator[int]:
+    """Serve /metrics on `port` (VPN_METRICS_PORT; 0: off) and `host` while the context lives; yields the port (0: off)."""
+    if not port:
         yield 0
         return
 
     async def handle(request: web.Request) -> web.Response:
-        body = await scrape(runtime.store, runtime.provider.name)
+        body = await scrape(store, provider_name, store_open())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/metrics", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host = "127.0.0.1" if settings.dev_mode else settings.host
-    site = web.TCPSite(runner, host, settings.metrics_port)
+    site = web.TCPSite(runner, host, port)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        log.error("metrics: cannot listen on %s:%d (%s); serving without /metrics", host, settings.metrics_port, exc.strerror or exc)
+        log.error("metrics: cannot listen on %s:%d (%s); serving without /metrics", host, port, exc.strerror or exc)
         yield 0
         return
-    log.info("metrics on http://%s:%d/metrics", host, settings.metrics_port)
+    log.info("metrics on http://%s:%d/metrics", host, port)
     try:
-        yield settings.metrics_port
+        yield port
     finally:
         await runner.cleanup()

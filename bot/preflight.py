@@ -18,14 +18,15 @@ class StartupError(RuntimeError):
 
 
 def check(settings: Settings, command: str, out_dir: Path | None = None) -> None:
-    writable_dir("VPN_DATA_DIR", settings.data_dir)
-    if settings.provider == "host" and not interface_exists(settings.wg_interface):
+    writable_dir("VPN_DATA_DIR", settings.ops.data_dir)
+    interface = settings.provider.wireguard.interface
+    if settings.provider.kind == "host" and not interface_exists(interface):
         raise StartupError(
-            f"WG_INTERFACE={settings.wg_interface}: no such network interface here; create it with "
-            "`python app.py host-setup` (README: the host provider)"
+            f"WG_INTERFACE={interface}: no such network interface here; create it with "
+            "`vpn-bot host-setup` (README: the host provider)"
         )
-    if settings.provider == "azure":
-        reachable("AZURE_ARM_ENDPOINT", settings.azure_arm_endpoint)
+    if settings.azure is not None:
+        reachable("AZURE_ARM_ENDPOINT", settings.azure.arm_endpoint)
     if out_dir is not None:
         writable_dir("--out", out_dir, create=False)  # made at the first delivery
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 from bot.messages import ConversationRef, Identity, Notice
 from cards.model import Card
@@ -92,8 +92,9 @@ class ChannelDefaults:
 class Outbox:
     """Routes a message to the channel a conversation belongs to; a missing channel is logged, not fatal."""
 
-    def __init__(self) -> None:
+    def __init__(self, elsewhere: Iterable[str] = ()) -> None:
         self._channels: dict[str, Channel] = {}
+        self._elsewhere = frozenset(elsewhere)  # channels that live in another process by design (the console): no warning
 
     def register(self, channel: Channel) -> None:
         self._channels[channel.name] = channel
@@ -117,7 +118,8 @@ class Outbox:
         """A notice that cannot be sent is logged, never raised: it must not break the work that sends it."""
         ch = self.channel(conv)
         if ch is None:
-            log.warning("no %r channel in this process; %s not delivered", conv.channel, what)
+            level = logging.DEBUG if conv.channel in self._elsewhere else logging.WARNING
+            log.log(level, "no %r channel in this process; %s not delivered", conv.channel, what)
             return False
         try:
             await send(ch)

@@ -1,98 +1,173 @@
-"""Everything with a lifetime, started and stopped in order: store, runner, service, sweeper.
+"""The one place that builds everything: store, provider, engine, channels, the HTTP app.
 
-`serve`, `console` and `reap` all build one of these; teardown runs only for what was set up.
+`serve`, `console`, `reap` and `users` (app.py) all build a `Runtime`; everything with a lifetime is
+started and stopped in order (store, client session, channels, sweeper), and teardown runs only for
+what was set up. `serve` listens first and opens the store in the background (bot/http/startup.py).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import shlex
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+from aiohttp import web
 
+from bot import metrics
 from bot.access import AccessPolicy
-from bot.chat.dispatcher import Dispatcher
 from bot.channels.deps import ChatDeps
 from bot.channels.web.deps import WebDeps
+from bot.chat.dispatcher import Dispatcher
 from bot.chat.vpn import build_registry, help_card_for, welcome_card_for
-from bot.replies import Channel, Outbox
 from bot.engine.config import SessionPolicy
 from bot.engine.policy import Policy
 from bot.engine.service import VpnService
-from bot.store.model import utcnow
-from bot.store.sqlite import SqliteStore
-from bot.store.ports import Store
-from bot.settings import Settings
 from bot.engine.tasks import TaskRunner
+from bot.http.app import create_app
+from bot.http.health import Health
+from bot.http.ready_callback import ReadyCallback
+from bot.http.startup import Startup
+from bot.messages import Identity
+from bot.replies import Channel, Outbox
+from bot.settings import Settings
+from bot.settings.store import StoreSettings
+from bot.store.model import ACTIVE_STATES, utcnow
+from bot.store.ports import Store
+from cards.model import Card
 from provisioner.base import Provider
 
 log = logging.getLogger(__name__)
+STORE_RETRY_MAX_SECONDS = 2.0  # how long at most between tries to open the store at start-up
+STORE_REMIND_SECONDS = 60.0  # the same reason is logged again this often while it lasts
 
 
-def policy_from(settings: Settings) -> SessionPolicy:
-    return SessionPolicy(
-        session_minutes=settings.session_minutes,
-        max_session_minutes=settings.max_session_minutes,
-        warn_minutes=settings.warn_minutes,
-        max_sessions=settings.max_sessions,
-        max_sessions_per_user=settings.max_sessions_per_user,
-        provision_timeout=settings.provision_timeout_seconds,
-        dns=settings.wg_dns,
-        allowed_ips=settings.wg_allowed_ips,
-        keepalive=settings.wg_keepalive,
-        sweep_seconds=settings.sweep_seconds,
-        reconcile_seconds=settings.reconcile_seconds,
-        lease_seconds=settings.lease_seconds,
-        public_url=settings.public_url,
+# ----- the parts -------------------------------------------------------------------------------------
+
+def make_store(settings: StoreSettings, credential: Any = None) -> Store:
+    """The configured store; the Table Storage SDK is imported only when it is chosen."""
+    if settings.kind == "azure-tables":
+        from bot.store.tables import TableStore
+
+        if settings.connection_string:
+            return TableStore.from_connection_string(settings.connection_string, prefix=settings.prefix)
+        return TableStore.from_endpoint(settings.endpoint, prefix=settings.prefix, credential=credential)
+    from bot.store.sqlite import SqliteStore
+
+    return SqliteStore(settings.path)
+
+
+def make_provider(settings: Settings, azure_credential: Any = None) -> Provider:
+    """The configured back end; tests inject an Azure credential (never DefaultAzureCredential)."""
+    p = settings.provider
+    if p.kind == "host":
+        from provisioner.host import HostProvider
+
+        wg = p.wireguard
+        return HostProvider(wg.interface, wg.endpoint, wg.pool, wg_command=shlex.split(wg.command), hourly_cost=p.hourly_cost)
+    if settings.azure is not None:
+        from provisioner import azure
+
+        return azure.AzureProvider(settings.azure, azure_credential or azure.default_credential())
+    from provisioner.dryrun import DryRunProvider
+
+    settings.ops.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return DryRunProvider(
+        settings.ops.data_dir / "dryrun-servers.json",
+        pool=p.wireguard.pool,
+        regions=p.dryrun.regions,
+        step_seconds=p.dryrun.step_seconds,
+        fail_step=p.dryrun.fail_step or None,
+        hourly_cost=p.hourly_cost,
     )
 
 
-def make_store(settings: Settings, credential=None) -> Store:
-    """The configured store; the Table Storage SDK is imported only when it is chosen."""
-    if settings.store == "azure-tables":
-        from bot.store.tables import TableStore
+def make_channels(settings: Settings) -> list[Channel]:
+    """The chat channels `serve` and `reap` run, from what is configured (each SDK loads only when chosen)."""
+    channels: list[Channel] = []
+    if settings.teams is not None:
+        from bot.channels.teams.channel import TeamsChannel
 
-        if settings.azure_storage_connection_string:
-            return TableStore.from_connection_string(settings.azure_storage_connection_string, prefix=settings.table_prefix)
-        return TableStore.from_endpoint(settings.azure_tables_endpoint, prefix=settings.table_prefix, credential=credential)
-    return SqliteStore(settings.store_path)
+        channels.append(TeamsChannel(settings.teams))
+    if settings.groupme is not None:
+        from bot.channels.groupme.channel import GroupMeChannel
 
+        channels.append(GroupMeChannel(settings.groupme))
+    if settings.web is not None:
+        from bot.channels.web.channel import WebChannel
+
+        channels.append(WebChannel(settings.web))
+    return channels
+
+
+def channels_off(settings: Settings) -> list[str]:
+    """What `serve` says at start-up about channels that are off and how to turn them on."""
+    notes = []
+    if settings.teams is None:
+        notes.append("Teams is off: set MicrosoftAppId (or VPN_DEV_MODE=1 to try it locally without credentials)")
+    if settings.web is None:
+        notes.append("The web page and API are off: set VPN_LOCAL_AUTH_SECRET (and VPN_ENTRA_* for Microsoft sign-in)")
+    return notes
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What the engine gives the rest: the use cases, who may do what, the chat front door, a newcomer's card."""
+    service: VpnService
+    policy: Policy
+    dispatcher: Dispatcher
+    welcome: Callable[[Identity | None, bool], Card]
+
+
+def build_engine(store: Store, provider: Provider, runner: TaskRunner, outbox: Outbox, limits: SessionPolicy,
+                 access: AccessPolicy, clock: Callable[..., Any]) -> Engine:
+    """The engine's constructor in one place: the policy both front doors ask, the use cases, the chat door."""
+    policy = Policy(access, limits, store, clock)
+    service = VpnService(store, provider, runner, outbox, limits, policy, clock=clock)
+    registry = build_registry(service)
+    dispatcher = Dispatcher(registry, policy, store, outbox, help_card_for(registry), clock=clock)
+    return Engine(service, policy, dispatcher, welcome_card_for(registry, access))
+
+
+# ----- the runtime: everything with a lifetime ---------------------------------------------------------
 
 class Runtime:
     def __init__(
         self,
         settings: Settings,
         provider: Provider,
-        access: AccessPolicy,
-        channels: list[Channel] = (),
+        channels: Iterable[Channel] = (),
         *,
-        clock: Callable = utcnow,
+        access: AccessPolicy | None = None,
+        clock: Callable[..., Any] = utcnow,
         background: bool = True,
     ) -> None:
         self.settings = settings
         self.provider = provider
-        self.access = access
-        self.outbox = Outbox()
-        for ch in channels:
-            self.outbox.register(ch)
-        self.store = make_store(settings)
-        self.runner = TaskRunner()
-        limits = policy_from(settings)
-        self.policy = Policy(access, limits, self.store, clock)
-        self.service = VpnService(self.store, provider, self.runner, self.outbox, limits, self.policy, clock=clock)
-        self.registry = registry = build_registry(self.service)
-        self.dispatcher = Dispatcher(registry, self.policy, self.store, self.outbox, help_card_for(registry), clock=clock)
+        self.access = access or settings.access
         self.channels = list(channels)
+        # Console conversations live only in the console's own process: elsewhere their notices are dropped quietly.
+        self.outbox = Outbox(elsewhere=() if any(ch.name == "console" for ch in self.channels) else ("console",))
+        for ch in self.channels:
+            self.outbox.register(ch)
+        self.store = make_store(settings.store)
+        self.runner = TaskRunner()
+        engine = build_engine(self.store, provider, self.runner, self.outbox, settings.sessions, self.access, clock)
+        self.service, self.policy, self.dispatcher, self._welcome = engine.service, engine.policy, engine.dispatcher, engine.welcome
         self.http: aiohttp.ClientSession | None = None  # one client session for every outbound call
         self._background = background
         self._stack = AsyncExitStack()
+        self._opened = asyncio.Event()
 
-    async def __aenter__(self) -> "Runtime":
+    async def open(self, *, retry: bool = False) -> None:
+        """Store (with `retry`: until it answers), deployment id, client session, channels."""
         stack = self._stack
-        await self.store.open()
-        stack.push_async_callback(self.store.close)
-        self.provider.bind_deployment(self.settings.deployment_id or await self.store.deployment_id())
+        stack.push_async_callback(self.store.close)  # safe on a store that never opened
+        await self._open_store(retry)
         stack.push_async_callback(self.provider.close)
         self.http = aiohttp.ClientSession()
         stack.push_async_callback(self.http.close)  # after the runner: tasks finishing in its grace period still send
@@ -103,7 +178,7 @@ class Runtime:
             runner=self.runner,
             handle=self.dispatcher.handle,
             notify=self.outbox.text,
-            welcome=welcome_card_for(self.registry, self.access),
+            welcome=self._welcome,
             configs=self.store,
             sessions=self.store,
         )
@@ -121,21 +196,124 @@ class Runtime:
         )
         for ch in self.channels:
             await ch.attach(web_deps if ch.name == "web" else deps)  # each channel gets what it uses
-        if self._background:
-            # First pass before taking commands: resume or clean up what a crash left, expire what is due.
-            # Reconcile (provider list calls, seconds on a cloud) is the sweeper's first job instead: off the cold-start path.
-            try:
-                await self.service.sweep()
-            except Exception:
-                log.exception("start-up sweep failed; the sweeper will try again")
-            sweeper = asyncio.get_running_loop().create_task(self.service.run_sweeper(), name="sweeper")
-            stack.push_async_callback(_cancel, sweeper)
-        return self
+        self._opened.set()
 
-    async def __aexit__(self, *exc) -> None:
+    async def _open_store(self, retry: bool) -> None:
+        """Open the store and bind the deployment id; with `retry`, keep trying (a role assignment still
+        propagating answers 403, a store not up yet refuses) with one log line per new reason."""
+        opened, attempt, last_reason, last_logged = False, 0, "", 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if not opened:
+                    await self.store.open()
+                    opened = True
+                self.provider.bind_deployment(self.settings.ops.deployment_id or await self.store.deployment_id())
+                if attempt:
+                    log.info("the store answers now (after %d attempt(s))", attempt + 1)
+                return
+            except Exception as exc:
+                if not retry:
+                    raise
+                reason = _one_line(exc)
+                if reason != last_reason or loop.time() - last_logged >= STORE_REMIND_SECONDS:
+                    log.warning("the store is not reachable yet (%s); /readyz says 503 and requests wait until it is", reason)
+                    last_reason, last_logged = reason, loop.time()
+                attempt += 1
+                await asyncio.sleep(random.uniform(0.5, 1.0) * min(STORE_RETRY_MAX_SECONDS, 0.2 * 2**attempt))
+
+    async def opened(self) -> None:
+        """Returns once `open` is done (a test serving the HTTP app waits here before using the store)."""
+        await self._opened.wait()
+
+    async def start_sweeper(self) -> None:
+        if not self._background:
+            return
+        # First pass: resume or clean up what a crash left, expire what is due. Reconcile (provider list
+        # calls, seconds on a cloud) is the sweeper's first job instead: off the cold-start path.
+        try:
+            await self.service.sweep()
+        except Exception:
+            log.exception("start-up sweep failed; the sweeper will try again")
+        sweeper = asyncio.get_running_loop().create_task(self.service.run_sweeper(), name="sweeper")
+        self._stack.push_async_callback(_cancel, sweeper)
+
+    async def aclose(self) -> None:
         await self._stack.aclose()
 
+    async def __aenter__(self) -> Runtime:
+        try:
+            await self.open()
+            await self.start_sweeper()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
 
-async def _cancel(task: asyncio.Task) -> None:
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def reap_once(runtime: Runtime) -> str:
+    """`reap`: one pass, then one line saying what it did (the per-session lines are INFO, below reap's level)."""
+    before = {s.id: s for s in await runtime.store.sessions(list(ACTIVE_STATES))}
+    removed = await runtime.service.reap_once()
+    after = {s.id: s for s in await runtime.store.sessions(list(ACTIVE_STATES))}
+    ended = sum(1 for sid in before if sid not in after)
+    warned = sum(1 for sid, s in after.items() if s.warned and sid in before and not before[sid].warned)
+    return f"reap: {ended} session(s) ended, {warned} warned, {removed} orphaned resource(s) removed; {len(after)} active"
+
+
+# ----- the HTTP app ------------------------------------------------------------------------------------
+
+def build_http_app(runtime: Runtime, *, wait_seconds: float = 5.0) -> web.Application:
+    """Probes, the VM callback and each channel's routes, around one runtime. The port opens before the
+    store does: the cleanup context only starts the opening, in the background (bot/http/startup.py)."""
+    startup = Startup(wait_seconds)
+    hooks: list[Callable[[web.Application], None]] = [
+        Health(runtime.provider.name, runtime.store, startup).register,
+        ReadyCallback(runtime.store, runtime.service.record_server_up).register,  # servers calling back "tunnel up"
+        *(ch.routes for ch in runtime.channels),
+    ]
+    app = create_app(startup, hooks)
+    app.cleanup_ctx.append(_lifetime(runtime, startup))
+    return app
+
+
+def _lifetime(runtime: Runtime, startup: Startup) -> Callable[[web.Application], AsyncIterator[None]]:
+    ops = runtime.settings.ops
+
+    async def start() -> None:
+        try:
+            await runtime.open(retry=True)
+        except Exception:
+            log.exception("start-up failed: /healthz and /readyz say 503 until this process is replaced")
+            startup.fail()
+            return
+        startup.ready()
+        await runtime.start_sweeper()
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(runtime.aclose)
+            # /metrics at once too: vpn_store_up says 0 while the store is still opening.
+            await stack.enter_async_context(
+                metrics.serving(runtime.store, runtime.provider.name, ops.listen_host, ops.metrics_port, lambda: startup.is_ready)
+            )
+            task = asyncio.get_running_loop().create_task(start(), name="start-up")
+            stack.push_async_callback(_cancel, task)
+            yield
+
+    return lifetime
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line for the log: the type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+

@@ -34,12 +34,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from provisioner import bootconfig
+from provisioner.azure_config import AzureConfig
 from provisioner.base import CleanupIncomplete, ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec
-from provisioner.wireguard import DEFAULT_PORT, ServerConfig, ServerPeer, generate_keypair
+from provisioner.wireguard import ServerConfig, ServerPeer, generate_keypair
 
 log = logging.getLogger(__name__)
 
-PUBLIC_ARM = "https://management.azure.com"
 TAG_MANAGED_BY = "managed-by"
 TAG_DEPLOYMENT = "vpn-deployment"
 TAG_SESSION = "vpn-session"
@@ -112,44 +112,6 @@ VM_PRICES = {
     "Standard_B2ts_v2": 0.0104,
 }
 EXTRAS_PER_HOUR = 0.005 + 0.0021
-
-
-@dataclass(frozen=True)
-class AzureConfig:
-    subscription_id: str
-    resource_group: str
-    location: str
-    allowed_locations: Sequence[str] = ()
-    vm_size: str = "Standard_B1ls"
-    image: str = "ubuntu"
-    arm_endpoint: str = PUBLIC_ARM
-    instance_name: str = "vpn-bot"
-    # Which deployment owns a resource; two deployments may share a resource group and an instance
-    # name. Empty: bound at start-up from the store (`bind_deployment`), else the instance name.
-    deployment_id: str = ""
-    tunnel_network: str = "10.77.0.0/24"
-    listen_port: int = DEFAULT_PORT
-    vnet_prefix: str = "10.200.0.0/24"
-    ssh_public_key: str = ""  # set (with ssh_source) to allow SSH; otherwise nobody can log in
-    ssh_source: str = ""
-    dns: Sequence[str] = ()  # WG_DNS; empty with a full tunnel: a resolver on the VM's tunnel address
-    full_tunnel: bool = True
-    boot_timeout: float = 300.0
-    # Our own poll interval for every long-running operation: ARM's Retry-After (commonly 10 s) is
-    # capped at it, since each of the steps on the way to "server up" would otherwise lose that much.
-    polling_interval: float = 0.5
-    # Deliver the config only once the VM PUT is accepted (refusals such as quota or SKU then never
-    # leave a dead config), instead of as soon as the address is known. See docs/azure.md.
-    config_after_vm_accepted: bool = False
-    cleanup_retry_seconds: float = 15.0  # a resource Azure still holds: try again after this (twice it for a reserved NIC)
-    retry_total: int = 6
-    retry_backoff: float = 0.8
-    hourly_cost_override: float = 0.0
-
-    @property
-    def regions(self) -> tuple[str, ...]:
-        regions = [self.location.lower()] + [r.lower() for r in self.allowed_locations]
-        return tuple(dict.fromkeys(regions))
 
 
 class CappedPolling(AsyncARMPolling):

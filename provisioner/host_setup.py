@@ -1,4 +1,4 @@
-"""`app.py host-setup`: the standing WireGuard interface the `host` provider issues peers on.
+"""`vpn-bot host-setup`: the standing WireGuard interface the `host` provider issues peers on.
 
 Plans first (what it will change, nothing done yet), then applies: the interface (kernel WireGuard
 if the module is there, else wireguard-go), a fresh private key passed on stdin (never written to
@@ -165,7 +165,7 @@ def _run(argv: Sequence[str], step: Step) -> str | None:
 
 
 def run_interactive(interface: str, pool: Network, port: int, *, yes: bool = False, ask: Callable[[str], str] = input) -> int:
-    """`app.py host-setup`: show the plan, ask (unless `yes`), apply; an exit status."""
+    """`vpn-bot host-setup`: show the plan, ask (unless `yes`), apply; an exit status."""
     try:
         steps = plan(interface, pool, port)
         if not steps:

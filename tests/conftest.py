@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.access import AccessPolicy
-from bot.wiring import Runtime
 from bot.settings import Settings
+from bot.wiring import Runtime, make_provider
 from tests.support.factories import FakeClock, RecordingChannel, Sent, conversation, incoming  # noqa: F401 (re-exported for fixtures)
-from app import make_provider
 
 
 @pytest.fixture
@@ -54,10 +52,9 @@ def make_runtime(tmp_path, clock, channel, store_env):
         values = {"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": users, "VPN_ADMINS": admins, "VPN_METRICS_PORT": "0", **store_env}
         values.update({k: str(v) for k, v in env.items()})
         settings = Settings.from_env(values)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.ops.data_dir.mkdir(parents=True, exist_ok=True)
         provider = provider or make_provider(settings)
-        access = AccessPolicy.from_text(settings.users, settings.admins)
-        return Runtime(settings, provider, access, [channel] if channels is None else channels, clock=clock_fn or clock, background=False)
+        return Runtime(settings, provider, [channel] if channels is None else channels, clock=clock_fn or clock, background=False)
 
     return build
 

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from bot.logs import NOISY_LOGGERS, JsonFormatter, RedactSecrets, setup_logging
-from bot.http.app import create_app
+from bot.wiring import build_http_app
 from tests.support.apprun import app_env, console
 from tests.support.loopback import serve_on_loopback
 from tests.provisioner.test_host_tunnel import secrets_of
@@ -56,7 +56,7 @@ def test_console_session_logs_are_json_with_session_ids_and_no_secrets(tmp_path)
 
     records = json_lines(started.stderr) + json_lines(stopped.stderr)
     about_session = [r for r in records if session_id in r["message"]]
-    assert {"requested", "ready", "deleted"} <= {word for r in about_session for word in r["message"].split()}
+    assert {"requested", "ready", "ended"} <= {word for r in about_session for word in r["message"].split()}
     for r in about_session:
         assert r["session_id"] == session_id, r
     audit = [r for r in records if r["message"].startswith("audit ")]
@@ -90,7 +90,9 @@ async def test_request_id_reaches_every_line_of_that_request(make_runtime, captu
 
         app.router.add_get("/noisy", noisy)
 
-    runner, base = await serve_on_loopback(create_app(lambda: runtime, [hook]))
+    app = build_http_app(runtime)
+    hook(app)
+    runner, base = await serve_on_loopback(app)
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/noisy", headers={"X-Request-Id": "req-42"}) as resp:

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.settings import Settings, SettingsError
-from bot.http.app import create_app
+from bot.wiring import build_http_app
 from provisioner.base import ServerSpec
 from tests.support.apprun import APP, app_env
 from tests.support.factories import incoming
@@ -50,8 +50,9 @@ async def served(make_runtime):
     async def start(**env):
         port = free_port()
         runtime = make_runtime(VPN_METRICS_PORT=port, VPN_DRYRUN_STEP_SECONDS=0, **env)
-        runner, base = await serve_on_loopback(create_app(lambda: runtime))
+        runner, base = await serve_on_loopback(build_http_app(runtime))
         holder["runner"] = runner
+        await runtime.opened()
         return runtime, base, port
 
     yield start
@@ -130,8 +131,8 @@ async def test_reconcile_deletions_are_counted(served, clock):
 def test_metrics_port_is_never_the_bot_port():
     with pytest.raises(SettingsError, match="VPN_METRICS_PORT"):
         Settings.from_env({"PORT": "8080", "VPN_METRICS_PORT": "8080"})
-    assert Settings.from_env({}).metrics_port == 9464
-    assert Settings.from_env({"VPN_METRICS_PORT": "0"}).metrics_port == 0
+    assert Settings.from_env({}).ops.metrics_port == 9464
+    assert Settings.from_env({"VPN_METRICS_PORT": "0"}).ops.metrics_port == 0
 
 
 async def test_serve_exposes_metrics_and_readiness_on_their_ports(tmp_path):
@@ -144,11 +145,13 @@ async def test_serve_exposes_metrics_and_readiness_on_their_ports(tmp_path):
             while True:
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        assert resp.status == 200 and (await resp.json()) == {"status": "ready"}
-                        break
+                        if resp.status == 200:  # 503 while the store is still opening (listen first)
+                            assert (await resp.json()) == {"status": "ready"}
+                            break
                 except aiohttp.ClientConnectionError:
-                    assert time.monotonic() < deadline, "serve did not come up"
-                    await asyncio.sleep(0.1)
+                    pass
+                assert time.monotonic() < deadline, "serve did not come up"
+                await asyncio.sleep(0.1)
         text = await scrape(metrics_port)
         assert value(text, "vpn_store_up") == 1
         assert value(text, "vpn_http_request_seconds_count", route="/readyz", method="GET", status="200") == 1
@@ -170,7 +173,9 @@ async def test_http_latency_is_labelled_by_route_template_never_the_path(make_ru
 
         app.router.add_post("/api/groupme/{secret}", callback)
 
-    runner, base = await serve_on_loopback(create_app(lambda: runtime, [hook]))
+    app = build_http_app(runtime)
+    hook(app)
+    runner, base = await serve_on_loopback(app)
     try:
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{base}/api/groupme/s3cr3t-callback-path-value", data=b"{}") as resp:

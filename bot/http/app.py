@@ -1,6 +1,7 @@
-"""The aiohttp application: an app factory, typed keys, one cleanup context for the runtime.
+"""The aiohttp application: the factory, its middlewares, and the start-up gate (bot/http/startup.py).
 
-Channels that speak HTTP (Teams, GroupMe) attach their routes here through `RouteHook`s. One
+Routes arrive as `RouteHook`s — the probes (bot/http/health.py), the VM callback, each channel's —
+registered by the wiring (bot/wiring.py), which also adds the cleanup context that opens the store. One
 middleware guards every route: what a client can break by sending bytes (nesting deep enough to
 exhaust the parser's recursion, text that is not valid UTF-8 or holds lone surrogates) is answered
 400 with one log line; anything else that escapes a handler is a bug: 500 with a reference and no
@@ -11,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from bot import metrics
-from bot.wiring import Runtime
+from bot.http.startup import STARTUP, Startup, gate
 
 log = logging.getLogger(__name__)
-RUNTIME = web.AppKey("runtime", Runtime)
 MAX_BODY = 256 * 1024
 RouteHook = Callable[[web.Application], None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,34 +77,13 @@ class _OneLineForBadHttp(logging.Filter):
 _BAD_HTTP_FILTER = _OneLineForBadHttp()
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness: cheap, touches nothing outside the process (a probe may call it every few seconds)."""
-    return web.json_response({"status": "ok", "provider": request.app[RUNTIME].provider.name})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the store answers, so a message routed here can be handled."""
-    try:
-        await request.app[RUNTIME].store.sessions([])
-    except Exception:
-        log.exception("readiness check: store unavailable")
-        return web.json_response({"status": "unavailable"}, status=503)
-    return web.json_response({"status": "ready"})
-
-
-def create_app(make_runtime: Callable[[], Runtime], hooks: list[RouteHook] = ()) -> web.Application:
+def create_app(startup: Startup, hooks: Iterable[RouteHook] = ()) -> web.Application:
     # Metrics outermost, so they count the 400/500 the error guard answers.
     app = web.Application(client_max_size=MAX_BODY, middlewares=[metrics.observe_requests, error_middleware()])
     logging.getLogger("aiohttp.server").addFilter(_BAD_HTTP_FILTER)  # a no-op when already added
-
-    async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with make_runtime() as runtime, metrics.serving(runtime):
-            app[RUNTIME] = runtime
-            yield
-
-    app.cleanup_ctx.append(runtime_ctx)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app[STARTUP] = startup
     for hook in hooks:
         hook(app)
+    # Innermost, after any middleware a hook added: a channel's headers (the web API's CORS) reach its 503 too.
+    app.middlewares.append(gate(startup))
     return app

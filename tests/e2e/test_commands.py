@@ -45,7 +45,7 @@ def test_env_file_is_read_and_the_real_environment_wins(tmp_path):
     values = read_env_file(tmp_path / ".env")
     assert values["VPN_USERS"] == "console:kim" and values["VPN_DRYRUN_REGIONS"] == "here, there"
     settings = Settings.from_env({**values, "VPN_WARN_MINUTES": "3"})
-    assert settings.warn_minutes == 3 and settings.session_minutes == 7
+    assert settings.sessions.warn_minutes == 3 and settings.sessions.session_minutes == 7
 
 
 def test_a_broken_env_file_is_one_line_naming_the_line_not_its_content(tmp_path):

@@ -17,7 +17,7 @@ from bot.channels.groupme.config import GroupMeConfig
 from bot.channels.teams.channel import TeamsChannel
 from bot.channels.teams.config import TeamsConfig
 from bot.store.model import SessionState
-from bot.http.app import RUNTIME, create_app
+from bot.wiring import build_http_app
 from tests.fakes.connector import FakeConnector
 from tests.fakes.groupme import FakeGroupMe
 from tests.channels.teams.test_channel import TENANT, activity
@@ -36,11 +36,10 @@ async def test_groupme_is_acked_quickly_during_a_teams_start_burst(make_runtime)
                                            api_url=gm.base_url, public_url="http://127.0.0.1:1", post_spacing=0.0, verify_retry_delay=0.01))
     aads = [f"00000000-0000-0000-0000-{i:012d}" for i in range(1, 31)]
     users = ",".join([f"teams:{a}" for a in aads] + ["groupme:111"])
-    app = create_app(lambda: make_runtime(users=users, VPN_DRYRUN_STEP_SECONDS=0, VPN_MAX_SESSIONS=100, channels=[teams, groupme]),
-                     [teams.routes, groupme.routes])
-    server = TestServer(app, host="127.0.0.1")
+    runtime = make_runtime(users=users, VPN_DRYRUN_STEP_SECONDS=0, VPN_MAX_SESSIONS=100, channels=[teams, groupme])
+    server = TestServer(build_http_app(runtime), host="127.0.0.1")
     await server.start_server()
-    runtime = server.app[RUNTIME]
+    await runtime.opened()
     try:
         async with aiohttp.ClientSession() as http:
             async def teams_start(i: int, aad: str) -> int:

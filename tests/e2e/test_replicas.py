@@ -39,7 +39,7 @@ async def test_a_replica_that_never_saw_the_message_warns_and_ends_the_session(m
         await settle(rt1)
         assert "has ended (time is up)" in two.all_text() and "has ended" not in one.all_text()
         assert [s.state for s in await rt1.store.sessions(list(SessionState))] == [SessionState.DELETED]
-        assert json.loads((rt1.settings.data_dir / "dryrun-servers.json").read_text()) == {}
+        assert json.loads((rt1.settings.ops.data_dir / "dryrun-servers.json").read_text()) == {}
 
 
 async def test_a_stop_on_one_replica_wins_over_provisioning_on_another(make_runtime, clock):
@@ -54,7 +54,7 @@ async def test_a_stop_on_one_replica_wins_over_provisioning_on_another(make_runt
         await settle(rt1, rt2)
         assert [s.state for s in await rt1.store.sessions(list(SessionState))] == [SessionState.DELETED]
         assert "has ended (stopped by you)" in two.all_text()
-        assert json.loads((rt1.settings.data_dir / "dryrun-servers.json").read_text()) == {}
+        assert json.loads((rt1.settings.ops.data_dir / "dryrun-servers.json").read_text()) == {}
         assert not any("ready" in t for t in one.texts("progress"))
 
 

@@ -95,7 +95,7 @@ async def test_one_session_per_user_even_when_two_starts_race(make_runtime, chan
         await settle(rt)
         assert (await states(rt)).count(SessionState.READY) == 1
         assert sum("already have a VPN session" in t for t in channel.texts("text")) == 4
-        assert len(json.loads((rt.settings.data_dir / "dryrun-servers.json").read_text())) == 1
+        assert len(json.loads((rt.settings.ops.data_dir / "dryrun-servers.json").read_text())) == 1
 
 
 async def test_repeated_message_id_starts_one_session(make_runtime, channel):
@@ -154,7 +154,7 @@ async def test_warning_then_expiry_tears_down(make_runtime, channel, clock):
         await settle(rt)
         assert await states(rt) == [SessionState.DELETED]
         assert "has ended (time is up)" in channel.all_text()
-        assert json.loads((rt.settings.data_dir / "dryrun-servers.json").read_text()) == {}
+        assert json.loads((rt.settings.ops.data_dir / "dryrun-servers.json").read_text()) == {}
 
 
 async def test_extend_within_the_maximum(make_runtime, channel, clock):
@@ -194,7 +194,7 @@ async def test_stop_during_provisioning_cleans_up(make_runtime, channel):
         await settle(rt)
         assert await states(rt) == [SessionState.DELETED]
         assert not any(s.kind == "config" for s in channel.sent)
-        assert json.loads((rt.settings.data_dir / "dryrun-servers.json").read_text()) == {}
+        assert json.loads((rt.settings.ops.data_dir / "dryrun-servers.json").read_text()) == {}
 
 
 async def test_only_admins_list_and_stop_others(make_runtime, channel, clock):
@@ -227,7 +227,7 @@ async def test_failure_mid_provisioning_tells_the_user_and_cleans_up(make_runtim
         text = channel.all_text()
         assert "could not set up your VPN" in text and "failed while starting WireGuard" in text
         assert "Nothing was left running" in text
-        assert json.loads((rt.settings.data_dir / "dryrun-servers.json").read_text()) == {}
+        assert json.loads((rt.settings.ops.data_dir / "dryrun-servers.json").read_text()) == {}
         # a failed session does not block the next attempt
         rt.provider._fail_step = None
         await rt.dispatcher.handle(incoming("/vpn start"))
@@ -242,14 +242,14 @@ async def test_delivery_failure_fails_the_session_and_cleans_up(make_runtime, ch
         await settle(rt)
         assert await states(rt) == [SessionState.FAILED]
         assert "could not deliver the config privately" in channel.all_text()
-        assert json.loads((rt.settings.data_dir / "dryrun-servers.json").read_text()) == {}
+        assert json.loads((rt.settings.ops.data_dir / "dryrun-servers.json").read_text()) == {}
 
 
 async def test_reconcile_removes_resources_no_session_owns(make_runtime):
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
         await rt.dispatcher.handle(incoming("/vpn start"))
         await settle(rt)
-        state_file = rt.settings.data_dir / "dryrun-servers.json"
+        state_file = rt.settings.ops.data_dir / "dryrun-servers.json"
         state = json.loads(state_file.read_text())
         state["orphan00001"] = dict(next(iter(state.values())), session_id="orphan00001", client_ip="10.77.0.9", client_public_key="x")
         state_file.write_text(json.dumps(state))
@@ -260,7 +260,7 @@ async def test_reconcile_removes_resources_no_session_owns(make_runtime):
 async def leave_mid_provisioning(rt, clock, attempts: int) -> None:
     """What a process killed mid-provisioning leaves behind: its session, leased to a worker that is gone."""
     (s,) = await rt.store.sessions(list(SessionState))
-    lease = clock.now + timedelta(seconds=rt.settings.lease_seconds)
+    lease = clock.now + timedelta(seconds=rt.settings.sessions.lease_seconds)
     await rt.store.save(dataclasses.replace(s, state=SessionState.PROVISIONING, lease_owner="gone:1:x", lease_expires_at=lease, attempts=attempts))
 
 
@@ -277,23 +277,23 @@ async def test_interrupted_provisioning_is_resumed_once_then_failed(make_runtime
         await settle(rt)
         assert await states(rt) == [SessionState.PROVISIONING]  # its lease has not expired: hands off
         assert channel.sent == []
-        clock.advance(seconds=rt.settings.lease_seconds)
+        clock.advance(seconds=rt.settings.sessions.lease_seconds)
         await rt.service.sweep()
         await settle(rt)
         assert await states(rt) == [SessionState.READY]
         assert "restarted while setting up" in channel.all_text()
         assert len([x for x in channel.sent if x.kind == "config"]) == 1
-        servers = json.loads((rt.settings.data_dir / "dryrun-servers.json").read_text())
+        servers = json.loads((rt.settings.ops.data_dir / "dryrun-servers.json").read_text())
         assert list(servers) == [s.id]
         await leave_mid_provisioning(rt, clock, attempts=2)
     channel.sent.clear()
-    clock.advance(seconds=rt.settings.lease_seconds)
+    clock.advance(seconds=rt.settings.sessions.lease_seconds)
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
         await rt.service.sweep()
         await settle(rt)
         assert await states(rt) == [SessionState.FAILED]
         assert "restarted while setting it up" in channel.all_text()
-        assert json.loads((rt.settings.data_dir / "dryrun-servers.json").read_text()) == {}
+        assert json.loads((rt.settings.ops.data_dir / "dryrun-servers.json").read_text()) == {}
 
 
 async def test_store_never_holds_a_private_key(make_runtime, channel, tmp_path):
@@ -307,7 +307,7 @@ async def test_store_never_holds_a_private_key(make_runtime, channel, tmp_path):
         blob = path.read_bytes()
         for secret in secrets:
             assert secret.encode() not in blob, f"{path.name} holds a secret"
-    if rt.settings.store == "azure-tables":
+    if rt.settings.store.kind == "azure-tables":
         async with make_runtime() as rt:
             for name, table in rt.store._t.items():  # every entity of every table, as text
                 async for entity in table.list_entities():

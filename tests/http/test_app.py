@@ -1,4 +1,4 @@
-"""The HTTP service: `python app.py serve` on a loopback port, probed with real HTTP."""
+"""The HTTP service: `vpn-bot serve` on a loopback port, probed with real HTTP."""
 from __future__ import annotations
 
 import asyncio
@@ -46,11 +46,11 @@ async def test_serve_binds_loopback_by_default(tmp_path):
     from bot.settings import Settings
 
     settings = Settings.from_env({})
-    assert (settings.host, settings.port) == ("127.0.0.1", 3978)
+    assert (settings.ops.host, settings.ops.port) == ("127.0.0.1", 3978)
 
 
 async def test_serve_wires_groupme_from_the_environment(tmp_path):
-    """`python app.py serve` with GROUPME_* set answers a callback by posting through the GroupMe API."""
+    """`vpn-bot serve` with GROUPME_* set answers a callback by posting through the GroupMe API."""
     from tests.fakes.groupme import FakeGroupMe
 
     gm = await FakeGroupMe().start()
@@ -89,11 +89,12 @@ async def test_serve_wires_groupme_from_the_environment(tmp_path):
 
 
 async def test_readyz_fails_when_the_store_does_not_answer_while_healthz_stays_cheap(make_runtime):
-    from bot.http.app import create_app
+    from bot.wiring import build_http_app
     from tests.support.loopback import serve_on_loopback
 
     runtime = make_runtime()
-    runner, base = await serve_on_loopback(create_app(lambda: runtime))
+    runner, base = await serve_on_loopback(build_http_app(runtime))
+    await runtime.opened()
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/readyz") as resp:

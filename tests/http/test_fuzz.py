@@ -30,11 +30,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
-from app import make_access, make_channels, make_provider
-from bot.wiring import Runtime
-from bot.store.model import SessionState
 from bot.settings import Settings
-from bot.http.app import RUNTIME, create_app
+from bot.store.model import SessionState
+from bot.wiring import Runtime, build_http_app, make_channels, make_provider
 from tests.fakes.connector import FakeConnector
 from tests.fakes.groupme import FakeGroupMe
 
@@ -114,16 +112,18 @@ def _serve(mode: str, data_dir: Path, ready: threading.Event, box: dict, stop: t
         else:
             env["VPN_DEV_MODE"] = "1"
         settings = Settings.from_env(env)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        provider, access, channels = make_provider(settings), make_access(settings), make_channels(settings)
+        settings.ops.data_dir.mkdir(parents=True, exist_ok=True)
+        provider, channels = make_provider(settings), make_channels(settings)
         for ch in channels:
             if hasattr(ch, "config") and hasattr(ch.config, "verify_retry_delay"):
                 object.__setattr__(ch.config, "verify_retry_delay", 0.0)  # GroupMe: no second look; saves time
-        app = create_app(lambda: Runtime(settings, provider, access, channels), [ch.routes for ch in channels])
+        runtime = Runtime(settings, provider, channels)
+        app = build_http_app(runtime)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        box["served"] = Served(mode, port, connector, asyncio.get_running_loop(), app[RUNTIME], app)
+        await runtime.opened()
+        box["served"] = Served(mode, port, connector, asyncio.get_running_loop(), runtime, app)
         ready.set()
         while not stop.is_set():
             await asyncio.sleep(0.05)

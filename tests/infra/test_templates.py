@@ -318,14 +318,15 @@ def test_ingress_probes_and_settings_match_the_app():
     }
     values = {name: example.get(ref(e["value"]), ref(e["value"])) if "value" in e else "s" * 32 for name, e in env.items()}
     settings = Settings.from_env(values)
-    assert (settings.provider, settings.teams_app_type, settings.port, settings.metrics_port) == ("azure", "UserAssignedMSI", 3978, 9464)
-    assert settings.groupme_bot_id and settings.public_url.startswith("https://")
-    assert settings.cors_origins == ("https://lively-river-0a1b2c3d4.5.azurestaticapps.net",) and settings.local_auth_secret
-    assert settings.entra_tenant_id == "00000000-0000-0000-0000-000000000002"
+    assert (settings.provider.kind, settings.teams.app_type, settings.ops.port, settings.ops.metrics_port) == ("azure", "UserAssignedMSI", 3978, 9464)
+    assert settings.groupme.bot_id and settings.ops.public_url.startswith("https://")
+    assert settings.unknown == ()  # no warning about a name the template sets (AZURE_CLIENT_ID is azure-identity's)
+    assert settings.web.cors_origins == ("https://lively-river-0a1b2c3d4.5.azurestaticapps.net",) and settings.web.local_secret
+    assert settings.web.entra_tenant_id == "00000000-0000-0000-0000-000000000002"
     # Reconcile's notion of "ours" is fixed by the deployment, not by whatever id a store happens to keep:
     # a new storage account or tablePrefix must still recognise the VMs this deployment left running.
     deployment_id = env["VPN_DEPLOYMENT_ID"]["value"]
-    assert "uniqueString(resourceGroup().id)" in deployment_id and settings.deployment_id == "vpn-bot-x2kd7fqzu3mbe"
+    assert "uniqueString(resourceGroup().id)" in deployment_id and settings.ops.deployment_id == "vpn-bot-x2kd7fqzu3mbe"
 
 
 # ----- identity and roles --------------------------------------------------------------------------------
@@ -472,7 +473,7 @@ def test_the_bot_endpoint_is_the_apps_fqdn_and_its_identity_the_managed_identity
 
 async def test_user_assigned_msi_gets_the_bots_token_from_the_container_apps_identity_endpoint(monkeypatch):
     """The template's Teams settings (MicrosoftAppType=UserAssignedMSI, MicrosoftAppId = the identity's
-    client id, MicrosoftAppTenantId) through app.make_channels and botbuilder 4.17's credentials factory:
+    client id, MicrosoftAppTenantId) through bot.wiring.make_channels and botbuilder 4.17's credentials factory:
     the Bot Framework token comes from the endpoint Container Apps injects (IDENTITY_ENDPOINT and
     IDENTITY_HEADER, App Service style), asked for that user-assigned identity, with no password."""
     import time
@@ -484,7 +485,7 @@ async def test_user_assigned_msi_gets_the_bots_token_from_the_container_apps_ide
 
     import aiohttp
 
-    from app import make_channels
+    from bot.wiring import make_channels
 
     asked = []
 

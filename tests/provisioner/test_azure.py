@@ -13,10 +13,9 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from bot.store.model import SessionState
-from bot.http.app import create_app
 from provisioner import bootconfig
 from bot.engine import ready_tokens
-from bot.http import ready_callback
+from bot.wiring import build_http_app
 from provisioner.azure import AzureConfig, AzureProvider, deployment_mark
 from tests.support.factories import incoming
 from tests.fakes.arm import FakeArm, FakeCredential, Fault, LroFailure
@@ -247,7 +246,7 @@ async def test_vm_calls_back_to_another_replica(channel, arm, make_runtime, tmp_
     arm.boot_seconds = 0.2
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    other = create_app(lambda: make_runtime(provider=azure(arm)), [ready_callback.routes])
+    other = build_http_app(make_runtime(provider=azure(arm)))
     server = TestServer(other, host="127.0.0.1", port=port)
     await server.start_server()
     try:
@@ -470,13 +469,12 @@ async def test_a_disk_left_behind_is_found_by_reconcile(make_runtime, arm):
 async def test_two_deployments_in_one_group_leave_each_other_alone(arm, channel, clock, tmp_path):
     """Same resource group, same default VPN_INSTANCE_NAME, two stores: each reconciles only its own."""
     from tests.support.factories import RecordingChannel
-    from bot.access import AccessPolicy
     from bot.wiring import Runtime
     from bot.settings import Settings
 
     def runtime(folder: str, ch) -> Runtime:
         settings = Settings.from_env({"VPN_DATA_DIR": str(tmp_path / folder), "VPN_USERS": "test:alice,test:bob"})
-        return Runtime(settings, azure(arm), AccessPolicy.from_text(settings.users, ""), [ch], clock=clock, background=False)
+        return Runtime(settings, azure(arm), [ch], clock=clock, background=False)
 
     other = RecordingChannel()
     async with runtime("one", channel) as one, runtime("two", other) as two:

@@ -239,7 +239,7 @@ def test_store_settings_are_validated_and_select_the_back_end(tmp_path):
     from bot.settings import Settings, SettingsError
 
     base = {"VPN_DATA_DIR": str(tmp_path)}
-    assert isinstance(make_store(Settings.from_env(base)), SqliteStore)
+    assert isinstance(make_store(Settings.from_env(base).store), SqliteStore)
     with pytest.raises(SettingsError, match="AZURE_STORAGE_CONNECTION_STRING"):
         Settings.from_env({**base, "VPN_STORE": "azure-tables"})
     for bad in ("1vpn", "vpn-bot", "x" * 31):
@@ -252,7 +252,7 @@ def test_store_settings_are_validated_and_select_the_back_end(tmp_path):
         async def get_token(self, *scopes, **kw):
             raise AssertionError("not called: nothing is sent")
 
-    store = make_store(settings, credential=Credential())
+    store = make_store(settings.store, credential=Credential())
     assert isinstance(store, TableStore) and store._credential is None  # injected: not ours to close
     assert repr(Settings.from_env({**base, "AZURE_STORAGE_CONNECTION_STRING": "AccountKey=sekrit"})).count("sekrit") == 0
 

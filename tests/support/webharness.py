@@ -6,13 +6,10 @@ from pathlib import Path
 
 import aiohttp
 
-from app import make_channels, make_provider
-from bot.access import AccessPolicy
 from bot.channels.web.signin_local import hash_password
-from bot.wiring import Runtime
-from bot.store.ports import LocalUser
 from bot.settings import Settings
-from bot.http.app import RUNTIME, create_app
+from bot.store.ports import LocalUser
+from bot.wiring import Runtime, build_http_app, make_channels, make_provider
 from tests.support.loopback import serve_on_loopback
 
 SECRET = "test-secret-" + "x" * 40
@@ -20,27 +17,23 @@ PASSWORD = "correct horse battery staple"
 
 
 class WebApp:
-    """One replica: `python app.py serve` as built by app.py, minus the signal handling."""
+    """One replica: `vpn-bot serve` as bot/wiring.py builds it, minus the signal handling."""
 
     def __init__(self, data_dir: Path, **env: str) -> None:
         values = {"VPN_DATA_DIR": str(data_dir), "VPN_LOCAL_AUTH_SECRET": SECRET, "VPN_DRYRUN_STEP_SECONDS": "0", **env}
         self.settings = Settings.from_env(values)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.provider = make_provider(self.settings)
-        self.access = AccessPolicy.from_text(self.settings.users, self.settings.admins)
         self.channels = make_channels(self.settings)
+        self.runtime = Runtime(self.settings, self.provider, self.channels, background=False)
         self.base = ""
         self._runner = None
 
     async def start(self) -> "WebApp":
-        hooks = [ch.routes for ch in self.channels if hasattr(ch, "routes")]
-        self.app = create_app(lambda: Runtime(self.settings, self.provider, self.access, self.channels, background=False), hooks)
+        self.app = build_http_app(self.runtime)
         self._runner, self.base = await serve_on_loopback(self.app)
+        await self.runtime.opened()
         return self
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.app[RUNTIME]
 
     async def add_user(self, email: str, password: str = PASSWORD, iterations: int = 1000) -> None:
         """Tests hash with few iterations (the check reads them from the hash); one test covers the real cost."""

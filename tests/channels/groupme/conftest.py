@@ -6,7 +6,7 @@ from aiohttp.test_utils import TestServer
 
 from bot.channels.groupme.channel import GroupMeChannel
 from bot.channels.groupme.config import GroupMeConfig
-from bot.http.app import create_app
+from bot.wiring import build_http_app
 from tests.channels.groupme.harness import ALICE, BOB, GROUP, ROOT, SECRET, Harness, free_port
 from tests.fakes.groupme import FakeGroupMe
 
@@ -25,11 +25,12 @@ async def make_harness(make_runtime):
             "verify_retry_delay": 0.01, **(config or {}),
         }))
         users = env.pop("users", f"groupme:{ALICE},groupme:{BOB}")
-        app = create_app(lambda: make_runtime(users=users, admins=f"groupme:{ROOT}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env), [channel.routes])
-        server = TestServer(app, host="127.0.0.1", port=port)
+        runtime = make_runtime(users=users, admins=f"groupme:{ROOT}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env)
+        server = TestServer(build_http_app(runtime), host="127.0.0.1", port=port)
         await server.start_server()
+        await runtime.opened()
         made.append((gm, server))
-        return Harness(gm, server, channel, base)
+        return Harness(gm, server, channel, base, runtime)
 
     yield build
     for gm, server in made:

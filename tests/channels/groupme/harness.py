@@ -9,7 +9,6 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from bot.channels.groupme.channel import GroupMeChannel
-from bot.http.app import RUNTIME
 from tests.fakes.groupme import FakeGroupMe
 
 GROUP = "4242"
@@ -25,9 +24,9 @@ def free_port() -> int:
 
 
 class Harness:
-    def __init__(self, gm: FakeGroupMe, server: TestServer, channel: GroupMeChannel, base: str) -> None:
+    def __init__(self, gm: FakeGroupMe, server: TestServer, channel: GroupMeChannel, base: str, runtime) -> None:
         self.gm, self.server, self.channel, self.base = gm, server, channel, base
-        self.runtime = server.app[RUNTIME]
+        self.runtime = runtime
 
     def message(self, text, user=ALICE, *, group=GROUP, sender_type="user", system=False, msg_id=None, store=True) -> dict:
         created = int(self.runtime.service.clock().timestamp())

@@ -121,13 +121,13 @@ def test_groupme_bot_id_accepts_group_bot_pairs():
 
     base = {"GROUPME_CALLBACK_SECRET": SECRET}
     s = Settings.from_env({**base, "GROUPME_BOT_ID": "bot-1", "GROUPME_GROUP_ID": "4242"})
-    assert (s.groupme_bot_id, s.groupme_bots, s.groupme_group_ids) == ("bot-1", (), ("4242",))
+    assert (s.groupme.bot_id, s.groupme.bots, s.groupme.group_ids) == ("bot-1", (), ("4242",))
     s = Settings.from_env({**base, "GROUPME_BOT_ID": "4242:abc, 5555:def"})
-    assert (s.groupme_bot_id, s.groupme_bots, s.groupme_group_ids) == ("", (("4242", "abc"), ("5555", "def")), ("4242", "5555"))
+    assert (s.groupme.bot_id, s.groupme.bots, s.groupme.group_ids) == ("", (("4242", "abc"), ("5555", "def")), ("4242", "5555"))
     s = Settings.from_env({**base, "GROUPME_BOT_ID": "4242:abc,plain", "GROUPME_GROUP_ID": "7"})
-    assert s.groupme_bot_id == "plain" and s.groupme_group_ids == ("7", "4242")
+    assert s.groupme.bot_id == "plain" and s.groupme.group_ids == ("7", "4242")
     s = Settings.from_env({**base, "GROUPME_BOT_ID": "b", "GROUPME_GROUP_ID": "7", "GROUPME_USER_PER_MINUTE": "2", "GROUPME_GROUP_PER_MINUTE": "9"})
-    assert (s.groupme_user_per_minute, s.groupme_group_per_minute) == (2, 9)
+    assert (s.groupme.per_user_per_minute, s.groupme.per_group_per_minute) == (2, 9)
     for bad, group in (("4242:a,4242:b", ""), ("a,b", "7"), ("x:a", "7"), ("4242:a", "7"), ("4242:sec ret", "")):
         with pytest.raises(SettingsError) as err:
             Settings.from_env({**base, "GROUPME_BOT_ID": bad, "GROUPME_GROUP_ID": group})

@@ -44,7 +44,7 @@ async def test_happy_path_secrets_only_through_the_one_time_link(make_harness):
 
     # The store never held the config in the clear, and after the claim not even sealed.
     private = config.split("PrivateKey = ")[1].split("\n")[0]
-    for path in h.runtime.settings.data_dir.iterdir():
+    for path in h.runtime.settings.ops.data_dir.iterdir():
         assert private.encode() not in path.read_bytes()
     claim = await h.runtime.store.get_claim(__import__("bot.one_time_configs", fromlist=["token_hash"]).token_hash(link.rsplit("/", 1)[1]))
     assert claim.sealed is None and claim.used_at is not None

@@ -15,7 +15,7 @@ from bot.channels.teams.channel import TeamsChannel
 
 from bot.channels.teams.config import TeamsConfig
 from bot.store.model import SessionState
-from bot.http.app import RUNTIME, create_app
+from bot.wiring import build_http_app
 from tests.fakes.connector import FakeConnector
 from tests.support.qrtools import decode_qr
 
@@ -43,9 +43,9 @@ def activity(fixture: str, **values) -> dict:
 
 
 class Harness:
-    def __init__(self, connector: FakeConnector, server: TestServer) -> None:
+    def __init__(self, connector: FakeConnector, server: TestServer, runtime) -> None:
         self.connector, self.server = connector, server
-        self.runtime = server.app[RUNTIME]
+        self.runtime = runtime
         self.url = str(server.make_url("/api/messages"))
 
     async def post(self, data, *, headers=None, raw: bytes | None = None) -> aiohttp.ClientResponse:
@@ -76,11 +76,12 @@ async def make_teams(make_runtime):
                                         "email": "alice@contoso.com", "userPrincipalName": "alice@contoso.com", "tenantId": TENANT},
         }).start()
         channel = TeamsChannel(config or dev_config())
-        app = create_app(lambda: make_runtime(users=users, admins=admins, VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env), [channel.routes])
-        server = TestServer(app, host="127.0.0.1")
+        runtime = make_runtime(users=users, admins=admins, VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env)
+        server = TestServer(build_http_app(runtime), host="127.0.0.1")
         await server.start_server()
+        await runtime.opened()
         made.append((connector, server))
-        return Harness(connector, server)
+        return Harness(connector, server, runtime)
 
     yield build
     for connector, server in made:
@@ -129,7 +130,7 @@ async def test_personal_chat_happy_path_with_file_consent(make_teams, caplog):
     await h.settle()
     assert len(h.connector.uploads) == 1 and "no longer available" in h.everything_sent(conv)
     private = config.split("PrivateKey = ")[1].split("\n")[0]
-    for path in h.runtime.settings.data_dir.iterdir():
+    for path in h.runtime.settings.ops.data_dir.iterdir():
         assert private.encode() not in path.read_bytes()
     assert private not in caplog.text  # not even at DEBUG
 
@@ -280,10 +281,10 @@ async def test_restart_between_ack_and_delivery_still_delivers(make_runtime, tmp
     connector = await FakeConnector(members={}).start()
     try:
         first = TeamsChannel(TeamsConfig(dev_mode=True, backoff=0.01))
-        app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=5, channels=[first]), [first.routes])
-        server = TestServer(app, host="127.0.0.1")
+        rt = make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=5, channels=[first])
+        server = TestServer(build_http_app(rt), host="127.0.0.1")
         await server.start_server()
-        h = Harness(connector, server)
+        h = Harness(connector, server, rt)
         await h.say("/vpn start")
         await asyncio.sleep(0.5)
         assert "starting VPN session" in h.everything_sent()
@@ -292,11 +293,11 @@ async def test_restart_between_ack_and_delivery_still_delivers(make_runtime, tmp
         before = len(connector.sent())
 
         second = TeamsChannel(TeamsConfig(dev_mode=True, backoff=0.01))
-        app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[second]), [second.routes])
-        server = TestServer(app, host="127.0.0.1")
+        rt = make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[second])
+        server = TestServer(build_http_app(rt), host="127.0.0.1")
         await server.start_server()
         try:
-            rt = server.app[RUNTIME]
+            await rt.opened()
             await rt.service.sweep()  # what start-up does
             await rt.runner.wait_idle(30)
             later = "\n".join(FakeConnector.text_of(c) for c in connector.sent("a:1personal-alice")[before:])
@@ -425,10 +426,11 @@ async def started_then_second_replica(connector: FakeConnector, make_runtime) ->
     server = None
     for first in (True, False):
         channel = TeamsChannel(dev_config())
-        app = create_app(lambda: make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel]), [channel.routes])
-        server = TestServer(app, host="127.0.0.1")
+        rt = make_runtime(users=f"teams:{ALICE_AAD}", VPN_DRYRUN_STEP_SECONDS=0, channels=[channel])
+        server = TestServer(build_http_app(rt), host="127.0.0.1")
         await server.start_server()
-        h = Harness(connector, server)
+        await rt.opened()
+        h = Harness(connector, server, rt)
         if first:
             await h.say("/vpn start")
             await h.settle()
@@ -686,10 +688,8 @@ async def test_a_thousand_starts_give_each_user_exactly_one_config(tmp_path, cap
     the real clock: each user gets exactly one config, and no session is ever "started over"."""
     import logging
 
-    from bot.access import AccessPolicy
-    from bot.wiring import Runtime
     from bot.settings import Settings
-    from app import make_provider
+    from bot.wiring import Runtime, make_provider
 
     caplog.set_level(logging.INFO)
     n = 1000
@@ -698,14 +698,13 @@ async def test_a_thousand_starts_give_each_user_exactly_one_config(tmp_path, cap
     settings = Settings.from_env({"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": ",".join(f"teams:{u}" for u in users),
                                   "VPN_DRYRUN_STEP_SECONDS": "0", "VPN_MAX_SESSIONS": "10000", "WG_POOL": "10.64.0.0/12",
                                   "VPN_SWEEP_SECONDS": "0.5"})
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.ops.data_dir.mkdir(parents=True, exist_ok=True)
     channel = TeamsChannel(dev_config())
-    access = AccessPolicy.from_text(settings.users, "")
-    app = create_app(lambda: Runtime(settings, make_provider(settings), access, [channel]), [channel.routes])
-    server = TestServer(app, host="127.0.0.1")
+    runtime = Runtime(settings, make_provider(settings), [channel])
+    server = TestServer(build_http_app(runtime), host="127.0.0.1")
     await server.start_server()
     try:
-        h = Harness(connector, server)
+        h = Harness(connector, server, runtime)
         gate = asyncio.Semaphore(50)
         statuses = []
 
