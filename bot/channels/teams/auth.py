@@ -161,6 +161,18 @@ class BotToken:
         self._client: Any = None
         self._cache: tuple[float, str] | None = None
         self._lock = asyncio.Lock()
+        self._msal_cache = msal.TokenCache()  # MSAL's own cache, ours to clear (forget)
+
+    def forget(self, token: str) -> None:
+        """The Bot Connector refused `token` (401: revoked or rotated before it expired): the next
+        `get` asks Entra afresh, past both caches. A token already replaced is left alone."""
+        cached = self._cache
+        if cached and cached[1] == token:
+            self._cache = None
+        kind = self._msal_cache.CredentialType.ACCESS_TOKEN
+        for entry in list(self._msal_cache.search(kind)):
+            if entry.get("secret") == token:
+                self._msal_cache.remove_at(entry)
 
     async def get(self) -> str | None:
         """The bot's token for the Bot Connector, cached; MSAL is synchronous, so it runs in a thread."""
@@ -189,12 +201,14 @@ class BotToken:
         if self._client is None:
             http = _TimeoutSession(c.auth_timeout)
             if c.app_type.lower() == "userassignedmsi":
-                self._client = msal.ManagedIdentityClient(msal.UserAssignedManagedIdentity(client_id=c.app_id), http_client=http)
+                self._client = msal.ManagedIdentityClient(msal.UserAssignedManagedIdentity(client_id=c.app_id), http_client=http,
+                                                          token_cache=self._msal_cache)
             else:
                 tenant = c.tenant_id if c.app_type.lower() == "singletenant" else AuthenticationConstants.DEFAULT_CHANNEL_AUTH_TENANT
                 self._client = msal.ConfidentialClientApplication(
                     c.app_id, client_credential=c.app_password, authority=c.login_url.rstrip("/") + "/" + tenant,
                     validate_authority=c.validate_authority, instance_discovery=c.validate_authority, http_client=http,
+                    token_cache=self._msal_cache,
                 )
         if isinstance(self._client, msal.ManagedIdentityClient):
             answer = self._client.acquire_token_for_client(resource=resource)

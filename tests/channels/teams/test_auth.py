@@ -220,3 +220,26 @@ async def test_multitenant_is_accepted_with_a_warning(make_teams, caplog):
     h = await make_teams(config=TeamsConfig(app_id="11111111-2222-3333-4444-555555555555", app_password="secret", app_type="MultiTenant"))
     assert (await h.post(activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT, text="x"))).status == 401
     assert "MultiTenant" in caplog.text and "new" in caplog.text
+
+
+async def test_a_401_from_the_connector_renews_the_bots_token_once(make_teams, bf, entra, caplog):
+    """19.8: a token revoked or rotated before it expires was kept (and refused) until it expired."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    h = await make_teams(config=prod_config(bf, entra))
+    h.connector.faults.append(("POST", "/activities", 401, {"error": {"code": "Unauthorized", "message": "token revoked"}}))
+    resp = await h.post(message(h), headers={"Authorization": f"Bearer {bf.issue(APP_ID, h.connector.base_url)}"})
+    assert resp.status == 201
+    await h.settle()
+    assert "I hand out WireGuard" in h.everything_sent()
+    first, second = entra.issued
+    refused, retried = [c for c in h.connector.calls if c.method == "POST"]
+    assert refused.headers["Authorization"] == f"Bearer {first}" and retried.headers["Authorization"] == f"Bearer {second}"
+    assert first not in caplog.text and second not in caplog.text
+    # Renewed once per call: a connector that refuses every token does not get asked forever.
+    h.connector.faults += [("POST", "/activities", 401, {})] * 3
+    before = len(h.connector.calls)
+    await h.post(message(h), headers={"Authorization": f"Bearer {bf.issue(APP_ID, h.connector.base_url)}"})
+    await h.settle()
+    assert len(h.connector.calls) - before == 2 and len(entra.issued) == 3
