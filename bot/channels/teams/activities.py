@@ -17,7 +17,7 @@ from botbuilder.core import TurnContext
 from botbuilder.schema import Activity
 
 from bot.channels.teams.config import TeamsConfig
-from bot.channels.teams.connector import ConnectorClient, ConnectorError
+from bot.channels.teams.connector import ConnectorClient, ConnectorError, Recent
 from bot.messages import ConversationRef, Identity, InvalidIdentity, UserKey
 from cards.adaptive import render_adaptive
 from cards.model import Card
@@ -138,11 +138,13 @@ def card_activity(card: Card) -> dict:
 
 
 class Members:
-    """Who sent an activity: their Entra object id, and the email or UPN Teams has for them (cached)."""
+    """Who sent an activity: their Entra object id, and the email or UPN Teams has for them (cached),
+    trusted only for a member of a served tenant who is not a guest."""
 
     def __init__(self, config: TeamsConfig, client: ConnectorClient) -> None:
         self.config, self.client = config, client
-        self._emails: dict[str, tuple[float, str | None]] = {}
+        # (tenant of the activity, member id) -> (until, email or None)
+        self._emails: Recent[tuple[str, str], tuple[float, str | None]] = Recent(config.remembered)
 
     async def identity_of(self, activity: Activity) -> Identity | None:
         sender = activity.from_property
@@ -157,7 +159,8 @@ class Members:
 
     async def _email(self, activity: Activity, member_id: str) -> str | None:
         """The verified email or UPN from Teams (cached); guests and anonymous users have none."""
-        cached = self._emails.get(member_id)
+        key = (tenant_of(activity), member_id)
+        cached = self._emails.get(key)
         if cached and cached[0] > time.monotonic():
             return cached[1]
         email = None
@@ -165,9 +168,21 @@ class Members:
             path = f"conversations/{quote(activity.conversation.id, safe='')}/members/{quote(member_id, safe='')}"
             member = await self.client.call("GET", activity.service_url, path, idempotent=True)
             if isinstance(member, dict):
-                email = member.get("email") or member.get("userPrincipalName") or None
-                email = str(email) if email else None
+                email = self._verified_email(member, key[0])
         except ConnectorError as exc:  # a lookup failure must not lock the user out of id-based rules
             log.info("Teams: member lookup failed (%s); matching by id only", exc)
-        self._emails[member_id] = (time.monotonic() + self.config.member_cache_seconds, email)
+        self._emails[key] = (time.monotonic() + self.config.member_cache_seconds, email)
         return email
+
+    def _verified_email(self, member: dict, activity_tenant: str) -> str | None:
+        """The roster's email (or UPN) only for a member (`userRole` "user") of a served tenant: a
+        guest's, or another tenant's, is whatever their home directory says, unchecked by ours.
+        Served = TEAMS_ALLOWED_TENANTS or the bot's own tenant, else the tenant the activity came from."""
+        role = str(member.get("userRole") or "").lower()
+        tenant = str(member.get("tenantId") or "").lower()
+        served = {t.lower() for t in (self.config.tenants or (activity_tenant,)) if t}
+        if role != "user" or not tenant or tenant not in served:
+            log.info("Teams: member is %s of tenant %s: matching by id only", role or "of unknown role", tenant[:40] or "?")
+            return None
+        email = member.get("email") or member.get("userPrincipalName") or None
+        return str(email) if email else None

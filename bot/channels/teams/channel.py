@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 
 import jwt
 from aiohttp import web
-from botbuilder.core import TurnContext
+from botbuilder.core import InvokeResponse, TurnContext
 from botbuilder.core.teams import TeamsActivityHandler
 from botbuilder.integration.aiohttp import CloudAdapter
-from botbuilder.schema import Activity
+from botbuilder.schema import Activity, ActivityTypes
 
 from bot.channels.deps import ChatDeps
 from bot.channels.teams.activities import (
@@ -44,6 +44,29 @@ from cards.model import Card
 
 log = logging.getLogger(__name__)
 __all__ = ["TeamsChannel", "upload_url_allowed"]
+PRIVACY = """VPN Bot: privacy
+
+This bot is run by your organisation. To hand out short-lived VPN access it keeps, in your
+organisation's own storage: your Microsoft Entra object id, and the email or user name Teams
+reports for you (members of the organisation only, never guests); each session's times, region,
+state and the chat it was asked from; and an audit record of each command. The private key of a
+VPN configuration is sent to you only: in the QR card, and, if you allow it, as a file in your
+OneDrive. Nothing is kept after the session ends except the session and audit records.
+Questions go to your organisation's IT team.
+"""
+TERMS = """VPN Bot: terms of use
+
+This bot is provided by your organisation for its own people. Use of the VPN access it hands out is
+governed by your organisation's acceptable-use policy. Keep your configuration to yourself; it
+stops working when its session ends. Questions go to your organisation's IT team.
+"""
+
+
+def _page(text: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=text, content_type="text/plain", headers={"Cache-Control": "public, max-age=3600"})
+
+    return page
 
 
 class TeamsChannel(ChannelDefaults):
@@ -67,13 +90,16 @@ class TeamsChannel(ChannelDefaults):
         self._deps = deps
         self._adapter = build_adapter(self.config)
         self._adapter.on_turn_error = self._on_turn_error
-        self._client = ConnectorClient(deps.http, self._token, self.config)
+        self._client = ConnectorClient(deps.http, self._token, self.config, forget_token=self._bot_token.forget)
         self._sender = Sender(self._client)
         self._members = Members(self.config, self._client)
         self._delivery = Delivery(self.config, deps, self._client, self._sender)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/messages", self._messages)
+        # The manifest's privacyUrl and termsOfUseUrl (manifest.py): Teams links to them from the app's page.
+        app.router.add_get("/privacy", _page(PRIVACY))
+        app.router.add_get("/terms", _page(TERMS))
 
     @property
     def deps(self) -> ChatDeps:
@@ -193,7 +219,8 @@ class TeamsChannel(ChannelDefaults):
     # ----- incoming ---------------------------------------------------------------------------------
 
     def tenant_allowed(self, activity: Activity) -> bool:
-        return not self.config.allowed_tenants or tenant_of(activity) in self.config.allowed_tenants
+        tenants = self.config.tenants  # TEAMS_ALLOWED_TENANTS, else the bot's own tenant (single-tenant bots)
+        return not tenants or tenant_of(activity).lower() in {t.lower() for t in tenants}
 
     async def identity_of(self, activity: Activity) -> Identity | None:
         return await self.members.identity_of(activity)
@@ -248,9 +275,25 @@ class _Handler(TeamsActivityHandler):
     async def on_message_activity(self, turn_context: TurnContext) -> None:
         await self.channel.on_message(turn_context)
 
-    async def on_teams_members_added(self, teams_members_added, team_info, turn_context: TurnContext) -> None:
-        bot_id = turn_context.activity.recipient.id if turn_context.activity.recipient else None
-        if any(m.id == bot_id for m in teams_members_added):
+    async def on_turn(self, turn_context: TurnContext) -> None:
+        # An Azure Bot has Web Chat (and Direct Line) on by default: their activities reach this same
+        # endpoint with a valid token and a channelData the client writes. Only Teams is served.
+        channel_id = turn_context.activity.channel_id
+        if channel_id != "msteams":
+            log.warning("Teams: activity from channel %r dropped (only msteams is served; remove the Web Chat channel "
+                        "from the Azure Bot)", str(channel_id)[:40])
+            if turn_context.activity.type == ActivityTypes.invoke:  # an invoke waits for an answer: 403, not the SDK's 501
+                await turn_context.send_activity(Activity(type=ActivityTypes.invoke_response, value=InvokeResponse(status=403)))
+            return
+        await super().on_turn(turn_context)
+
+    async def on_conversation_update_activity(self, turn_context: TurnContext) -> None:
+        """Only the bot's own arrival matters (a welcome, sent after the ack). botbuilder's default
+        looks up every other new member with TeamsInfo.get_member, inline before the ack, on its
+        own client: compare the `membersAdded` ids with the recipient id instead."""
+        activity = turn_context.activity
+        bot_id = activity.recipient.id if activity.recipient else None
+        if bot_id and any(getattr(member, "id", None) == bot_id for member in activity.members_added or []):
             await self.channel.on_installed(turn_context)
 
     async def on_teams_file_consent_accept(self, turn_context: TurnContext, file_consent_card_response) -> None:

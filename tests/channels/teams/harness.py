@@ -68,7 +68,8 @@ async def make_teams(make_runtime):
     async def build(*, users: str = f"teams:{ALICE_AAD},teams:{BOB_AAD}", admins: str = f"teams:{ROOT_AAD}", config: TeamsConfig | None = None, **env) -> Harness:
         connector = await FakeConnector(members={
             "29:1alice-teams-user-id": {"id": "29:1alice-teams-user-id", "name": "Alice", "aadObjectId": ALICE_AAD,
-                                        "email": "alice@contoso.com", "userPrincipalName": "alice@contoso.com", "tenantId": TENANT},
+                                        "email": "alice@contoso.com", "userPrincipalName": "alice@contoso.com", "tenantId": TENANT,
+                                        "userRole": "user"},
         }).start()
         channel = TeamsChannel(config or dev_config())
         app = create_app(lambda: make_runtime(users=users, admins=admins, VPN_DRYRUN_STEP_SECONDS=0, channels=[channel], **env), [channel.routes])

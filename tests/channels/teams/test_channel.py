@@ -267,3 +267,43 @@ async def test_a_thousand_starts_give_each_user_exactly_one_config(tmp_path, cap
     finally:
         await server.close()
         await connector.stop()
+
+
+# ----- issue 19.8: bounded memory, the manifest's pages ---------------------------------------------------
+
+async def test_what_the_channel_remembers_per_conversation_and_person_is_bounded(make_teams):
+    """`_private_chats`, `_send_locks`, `_last_send` (and the member cache) grew with every conversation."""
+    from bot.messages import ConversationRef, Identity, UserKey
+
+    h = await make_teams(users=",".join(f"teams:00000000-0000-0000-0000-{i:012d}" for i in range(10)), config=dev_config(remembered=3))
+    h.connector.member_domain, h.connector.member_tenant = "contoso.com", TENANT
+    channel = h.runtime.channels[0]
+    for i in range(10):
+        data = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=f"00000000-0000-0000-0000-{i:012d}", tenantId=TENANT,
+                        text="/vpn help")
+        data["from"]["id"] = f"29:user{i}"
+        data["conversation"]["id"] = f"a:1personal-user{i}"
+        await h.post(data)
+        group = ConversationRef("teams", {"reference": {"serviceUrl": h.connector.base_url, "channelId": "msteams", "bot": {"id": "28:vpn-bot-app-id"},
+                                                        "conversation": {"id": "19:groupchat-abc@thread.v2"}},
+                                          "tenant_id": TENANT, "user_id": f"29:user{i}", "conversation_type": "groupChat"})
+        assert await channel.check_private_delivery(group, Identity(UserKey("teams", f"00000000-0000-0000-0000-{i:012d}"))) is None
+    await h.settle()
+    assert len(h.connector.sent()) == 10 and len([c for c in h.connector.calls if c.path.endswith("/v3/conversations")]) == 10
+    assert len(channel.client.pacer) <= 3 and len(channel.members._emails) <= 3 and len(channel.delivery._private_chats) <= 3
+
+
+async def test_the_manifests_privacy_and_terms_pages_are_served(make_teams):
+    """The manifest links {website}/privacy and {website}/terms; both answered 404."""
+    import aiohttp
+
+    from bot.channels.teams.manifest import manifest
+
+    h = await make_teams()
+    base = str(h.server.make_url("/")).rstrip("/")
+    developer = manifest("11111111-2222-3333-4444-555555555555", website=base)["developer"]
+    async with aiohttp.ClientSession() as http:
+        for url, words in ((developer["privacyUrl"], "privacy"), (developer["termsOfUseUrl"], "terms of use")):
+            async with http.get(url) as resp:
+                assert resp.status == 200 and resp.content_type == "text/plain"
+                assert words in (await resp.text()).lower()
