@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from datetime import timedelta
+import math
+from datetime import datetime, timedelta
 from typing import Any
 
 from botbuilder.schema import Activity
@@ -20,7 +21,7 @@ from bot import one_time_configs
 from bot.channels.deps import ChatDeps
 from bot.channels.teams.activities import ADAPTIVE, FILE_CONSENT, FILE_INFO, card_activity, conversation_of, tenant_of
 from bot.channels.teams.config import TeamsConfig
-from bot.channels.teams.connector import RETRY_ALWAYS, RETRY_IF_IDEMPOTENT, ConnectorClient, ConnectorError, SendBlocked, Sender
+from bot.channels.teams.connector import RETRY_ALWAYS, RETRY_IF_IDEMPOTENT, ConnectorClient, ConnectorError, Recent, SendBlocked, Sender
 from bot.messages import ConversationRef, Identity
 from bot.one_time_configs import Claim
 from bot.replies import ConfigDelivery, DeliveryError
@@ -42,7 +43,7 @@ class Delivery:
 
     def __init__(self, config: TeamsConfig, deps: ChatDeps, client: ConnectorClient, sender: Sender) -> None:
         self.config, self.deps, self.client, self.sender = config, deps, client, sender
-        self._private_chats: dict[tuple[str, str], str] = {}  # (service url, user id) -> 1:1 conversation id
+        self._private_chats: Recent[tuple[str, str], str] = Recent(config.remembered)  # (service url, user id) -> 1:1 chat id
 
     async def send_text(self, conv: ConversationRef, text: str) -> None:
         await self.sender.post(conv, {"type": "message", "text": text})
@@ -71,35 +72,52 @@ class Delivery:
             ),
         )
         qr_activity = {"type": "message", "attachments": [{"contentType": ADAPTIVE, "content": render_adaptive(card, image_data_uri=qr_uri)}]}
-        store, now = self.deps.configs, self.deps.clock()
+        now = self.deps.clock()
+        user = str(recipient.key)
         try:
-            qr_id = await self.sender.post(target, qr_activity)
-            del qr_activity, qr_uri
-            sent = [qr_id] if qr_id else []
-            data = delivery.config.reveal().encode()
-            token = await one_time_configs.hold(
-                store, session_id=delivery.session_id, user=str(recipient.key), tunnel_name=delivery.tunnel_name,
-                config=delivery.config.reveal(), now=now, lifetime=timedelta(minutes=self.config.consent_minutes),
-            )
-            consent = {
-                "description": "Your WireGuard configuration (holds your private key: keep it to yourself).",
-                "sizeInBytes": len(data),
-                "acceptContext": {"token": token, "session": delivery.session_id},
-                "declineContext": {"token": token, "session": delivery.session_id},
-            }
-            consent_id = await self.sender.post(target, {"type": "message", "attachments": [
-                {"contentType": FILE_CONSENT, "name": f"{delivery.tunnel_name}.conf", "content": consent}
-            ]})
-            if consent_id:
-                sent.append(consent_id)
-            await self._remember_sent(delivery.session_id, str(recipient.key), delivery.tunnel_name, target, sent)
+            # The QR card is the config: one bad gateway must not cost the session (a repeat may post
+            # it twice; a copy teardown cannot retract stops working with the session all the same).
+            qr_id = await self.sender.post(target, qr_activity, retry_bad_gateway=True)
         except SendBlocked:
             raise DeliveryError("Teams refuses messages to you from the bot (it may be blocked)") from None
         except ConnectorError as exc:
-            raise DeliveryError(f"Teams did not accept the message ({exc.status or exc.code}); please try again in a minute") from None
+            raise DeliveryError(_sent_refusal(exc)) from None
+        del qr_activity, qr_uri
+        if qr_id:  # recorded at once, so teardown can replace it whatever happens next
+            await self._remember_sent(delivery.session_id, user, delivery.tunnel_name, target, [qr_id])
+        offered = await self._offer_file(target, user, delivery, now)
         if personal:
-            return "Your config is above: scan the QR code, or allow the file."
-        return "I sent your config to you in a private chat with me."
+            return ("Your config is above: scan the QR code, or allow the file." if offered else
+                    "Your config is above: scan the QR code (I could not offer it as a file this time).")
+        return ("I sent your config to you in a private chat with me." if offered else
+                "I sent your config to you in a private chat with me, as a QR code (I could not offer it as a file this time).")
+
+    async def _offer_file(self, target: ConversationRef, user: str, delivery: ConfigDelivery, now: datetime) -> bool:
+        """The file-consent card; the config waits sealed in the store for the user's Allow. Not
+        fatal when it fails (the QR card holds the same config): the sealed copy is erased."""
+        store = self.deps.configs
+        data = delivery.config.reveal().encode()
+        token = await one_time_configs.hold(
+            store, session_id=delivery.session_id, user=user, tunnel_name=delivery.tunnel_name,
+            config=delivery.config.reveal(), now=now, lifetime=timedelta(minutes=self.config.consent_minutes),
+        )
+        consent = {
+            "description": "Your WireGuard configuration (holds your private key: keep it to yourself).",
+            "sizeInBytes": len(data),
+            "acceptContext": {"token": token, "session": delivery.session_id},
+            "declineContext": {"token": token, "session": delivery.session_id},
+        }
+        try:
+            consent_id = await self.sender.post(target, {"type": "message", "attachments": [
+                {"contentType": FILE_CONSENT, "name": f"{delivery.tunnel_name}.conf", "content": consent}
+            ]})
+        except ConnectorError as exc:
+            log.warning("Teams: session %s: the file-consent card was not accepted (%s); the QR card stands", delivery.session_id, exc)
+            await one_time_configs.take(store, token, now)  # nobody can allow it: erase the sealed copy
+            return False
+        if consent_id:  # "" for the QR: retraction only deletes this one
+            await self._remember_sent(delivery.session_id, user, delivery.tunnel_name, target, ["", consent_id])
+        return True
 
     async def _remember_sent(self, session_id: str, user: str, tunnel: str, target: ConversationRef, activity_ids: list[str]) -> None:
         """Where the QR card went, in the shared store (teardown may run on another replica)."""
@@ -210,6 +228,14 @@ class Delivery:
         if session is None:
             return False
         return (session.conversation.data.get("tenant_id") or "") == tenant_of(activity)
+
+
+def _sent_refusal(exc: ConnectorError) -> str:
+    """Why the config card did not go out, in words the user can act on."""
+    if exc.retry_after is not None:
+        minutes = max(1, math.ceil(min(exc.retry_after, 24 * 3600) / 60))  # an absurd Retry-After reads as a day
+        return f"Teams is limiting messages to this chat right now; please try again in {minutes} minute{'s' if minutes > 1 else ''}"
+    return f"Teams did not accept the message ({exc.status or exc.code}); please try again in a minute"
 
 
 def _private_chat_refusal(exc: ConnectorError) -> str:

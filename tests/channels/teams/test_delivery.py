@@ -175,3 +175,82 @@ async def test_teardown_replaces_the_qr_card_even_on_another_replica(make_runtim
         await second.close()
     finally:
         await connector.stop()
+
+
+# ----- issue 19: delivery that survives bad luck ------------------------------------------------------
+
+def qr_cards(h) -> list:
+    return [c for c in h.connector.sent() if c.has_qr]
+
+
+def held_configs(h) -> list[str]:
+    """Token hashes of sealed configs still waiting in the store (not the QR records)."""
+    import sqlite3
+
+    db = sqlite3.connect(h.runtime.settings.data_dir / "vpn-bot.sqlite3")
+    try:
+        rows = db.execute("SELECT token_hash FROM claims WHERE sealed IS NOT NULL").fetchall()
+    finally:
+        db.close()
+    return [r[0] for r in rows if not r[0].startswith("teams-qr:")]
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_bad_gateway_on_the_qr_card_does_not_fail_the_session(make_teams, status):
+    """19.5: one 502/504 on the config's POST tore the session down."""
+    h = await make_teams()
+    h.connector.body_faults.append(("POST", "data:image/png;base64,", status, {}))
+    await h.say("/vpn start")
+    await h.settle()
+    assert [s.state for s in await h.runtime.store.sessions(list(SessionState))] == [SessionState.READY]
+    assert len(qr_cards(h)) == 2 and consent_of(h)  # the repeat, then the file
+    assert "scan the QR code, or allow the file" in h.everything_sent()
+
+
+@pytest.mark.parametrize("status", [502, 400])
+async def test_a_failed_consent_card_is_not_fatal_and_the_qr_card_is_still_retracted(make_teams, status):
+    """19.5: the QR card is the config; the file is a convenience. Its card failing cost the session,
+    and left the QR card (recorded only after both) never retracted."""
+    h = await make_teams()
+    h.connector.body_faults.append(("POST", "file.consent", status, {}))
+    await h.say("/vpn start")
+    await h.settle()
+    assert [s.state for s in await h.runtime.store.sessions(list(SessionState))] == [SessionState.READY]
+    assert "scan the QR code (I could not offer it as a file this time)" in h.everything_sent()
+    assert held_configs(h) == []  # nobody can allow the file: its sealed copy is gone
+    (qr,) = qr_cards(h)
+    await h.say("/vpn stop")
+    await h.settle()
+    (expired,) = [c for c in h.connector.updates() if "VPN config expired" in FakeConnector.text_of(c)]
+    assert expired.path.endswith("/activities/" + qr.answered_id)
+
+
+async def test_the_qr_card_is_retracted_when_delivery_fails_after_it(make_teams):
+    """19.5: each sent activity is recorded at once, so a later failure cannot strand the QR card."""
+    h = await make_teams()
+    # The QR card goes out; then Teams refuses the consent card.
+    h.connector.body_faults.append(("POST", "file.consent", 403, {"error": {"code": "MessageWritesBlocked"}}))
+    await h.say("/vpn start")
+    await h.settle()
+    (qr,) = qr_cards(h)
+    await h.say("/vpn stop")
+    await h.settle()
+    assert [c for c in h.connector.updates() if c.path.endswith("/activities/" + qr.answered_id) and "VPN config expired" in FakeConnector.text_of(c)]
+
+
+async def test_the_qr_image_stays_within_teams_card_image_limit(make_teams):
+    """19.8: a long config (many AllowedIPs) drew a QR image past Teams' 1,024 px, which Teams may not show."""
+    import io
+
+    from PIL import Image
+
+    networks = ", ".join(f"10.{i}.{j}.0/24" for i in range(1, 9) for j in range(0, 12))
+    h = await make_teams(WG_ALLOWED_IPS=networks)
+    await h.say("/vpn start")
+    await h.settle()
+    (qr,) = qr_cards(h)
+    image = next(el for el in qr.body["attachments"][0]["content"]["body"] if el["type"] == "Image")
+    png = base64.b64decode(image["url"].split(",", 1)[1])
+    assert max(Image.open(io.BytesIO(png)).size) <= 1024
+    config = decode_qr(png)
+    assert "10.8.11.0/24" in config and len(config) > 1500
