@@ -15,9 +15,12 @@ from qrcode.constants import ERROR_CORRECT_L
 # phones read from a laptop screen at arm's length; medium error correction tolerates glare.
 BOX_SIZE = 8
 EC_LEVEL = "M"
+# Teams renders card images up to 1,024 px a side: a long config gets smaller modules (at least 5 px
+# even at QR version 40), not a bigger image.
+MAX_PX = 1024
 
 
-def qr_png(text: str) -> bytes:
+def qr_png(text: str, *, max_px: int = MAX_PX) -> bytes:
     """A 1-bit PNG. zxing-cpp encodes in C++ (~1.5 ms, with the best of the 8 masks); the qrcode
     library took ~8 ms of pure Python holding the GIL, a third of a /vpn start burst's CPU."""
     symbol = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level=EC_LEVEL)
@@ -25,7 +28,8 @@ def qr_png(text: str) -> bytes:
     n = pixels.shape[0]
     img = Image.frombuffer("L", (n, n), pixels, "raw", "L", 0, 1).convert("1", dither=Image.Dither.NONE)
     buf = io.BytesIO()
-    img.resize((n * BOX_SIZE, n * BOX_SIZE), Image.NEAREST).save(buf, format="PNG")
+    box = max(1, min(BOX_SIZE, max_px // n))
+    img.resize((n * box, n * box), Image.NEAREST).save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -39,8 +39,12 @@ class FakeConnector:
     calls: list[Call] = field(default_factory=list)
     uploads: list[Call] = field(default_factory=list)
     faults: list[tuple[str, str, int, dict]] = field(default_factory=list)  # (method, path fragment, status, body)
+    # (method, request-body fragment, status, body): e.g. ("POST", "file.consent", 502, {}) fails the consent card.
+    body_faults: list[tuple[str, str, int, dict]] = field(default_factory=list)
+    retry_after: str = "0"  # the Retry-After header of an injected 429
     # Unknown members "29:<x>" are answered as <x>@member_domain (the bench's many users); "" = 404.
     member_domain: str = ""
+    member_tenant: str = ""  # ... in this tenant, as members (userRole "user"), when set
     # Conversations 1:1 chats cannot be opened with (the app is not installed for that member).
     not_installed: set[str] = field(default_factory=set)
     # While set and cleared, every Bot Connector call waits for it (a Teams that answers slowly).
@@ -112,7 +116,11 @@ class FakeConnector:
         for i, (method, fragment, status, payload) in enumerate(self.faults):
             if method == request.method and fragment in path:
                 del self.faults[i]
-                return web.json_response(payload, status=status, headers={"Retry-After": "0"} if status == 429 else None)
+                return web.json_response(payload, status=status, headers={"Retry-After": self.retry_after} if status == 429 else None)
+        for i, (method, fragment, status, payload) in enumerate(self.body_faults):
+            if method == request.method and fragment.encode() in raw:
+                del self.body_faults[i]
+                return web.json_response(payload, status=status, headers={"Retry-After": self.retry_after} if status == 429 else None)
         if request.method == "POST" and path.endswith("/bots/post"):
             return web.Response(status=202)  # GroupMe's bot post (bench_chat's GroupMe callbacks answer here)
         if not path.startswith("/teams-prefix/v3/"):
@@ -134,6 +142,8 @@ class FakeConnector:
             if found is None and self.member_domain and member.startswith("29:"):
                 who = member[3:]
                 found = {"id": member, "aadObjectId": who, "email": f"{who}@{self.member_domain}", "userPrincipalName": f"{who}@{self.member_domain}"}
+                if self.member_tenant:
+                    found.update(tenantId=self.member_tenant, userRole="user")
             if found is None:
                 return web.json_response({"error": {"code": "NotFound", "message": "member"}}, status=404)
             return web.json_response(found)

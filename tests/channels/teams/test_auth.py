@@ -11,8 +11,8 @@ import pytest
 
 from bot.channels.teams.config import TeamsConfig
 from bot.store.model import SessionState
+from tests.channels.teams.harness import ALICE_AAD, TENANT, activity
 from tests.fakes.botframework_auth import FakeBotFramework, FakeEntraTokens, new_key
-from tests.channels.teams.test_channel import ALICE_AAD, TENANT, activity, make_teams  # noqa: F401 - make_teams is a fixture
 
 APP_ID = "3c5e7a90-1b2d-4e6f-8a9b-0c1d2e3f4a5b"
 APP_SECRET = "app-secret-value"
@@ -118,7 +118,7 @@ async def test_keys_are_refreshed_once_for_a_new_key_id(make_teams, bf, entra):
     bf.extra_keys["bf-key-2"] = (rotated, ("msteams",))
     from botframework.connector.auth import JwtTokenExtractor
 
-    from bot.channels.teams.channel import _SigningKeys
+    from bot.channels.teams.auth import _SigningKeys
 
     for keys in JwtTokenExtractor.metadataCache.values():
         if isinstance(keys, _SigningKeys):
@@ -196,3 +196,50 @@ async def test_a_key_download_that_never_ends_is_cut_off(make_teams, bf, entra, 
     resp = await h.post(message(h), headers={"Authorization": f"Bearer {bf.issue(APP_ID, h.connector.base_url)}"})
     assert resp.status == 401 and time.monotonic() - started < 3
     assert "could not download the Bot Framework signing keys" in caplog.text and "TimeoutError" in caplog.text
+
+
+async def test_auth_on_refuses_missing_and_bad_tokens(make_teams):
+    """With credentials the SDK checks every request's token; these fail before any key download."""
+    import jwt
+
+    h = await make_teams(config=TeamsConfig(app_id="11111111-2222-3333-4444-555555555555", app_password="secret",
+                                            app_type="SingleTenant", tenant_id=TENANT))
+    data = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT, text="/vpn start")
+    assert (await h.post(data)).status == 401
+    assert (await h.post(data, headers={"Authorization": "Bearer not-a-jwt"})).status == 401
+    forged = jwt.encode({"iss": "https://evil.example", "aud": "11111111-2222-3333-4444-555555555555"}, "k" * 32, algorithm="HS256")
+    assert (await h.post(data, headers={"Authorization": f"Bearer {forged}"})).status == 401
+    await h.settle()
+    assert h.connector.calls == [] and await h.runtime.store.sessions(list(SessionState)) == []
+
+
+async def test_multitenant_is_accepted_with_a_warning(make_teams, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    h = await make_teams(config=TeamsConfig(app_id="11111111-2222-3333-4444-555555555555", app_password="secret", app_type="MultiTenant"))
+    assert (await h.post(activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=ALICE_AAD, tenantId=TENANT, text="x"))).status == 401
+    assert "MultiTenant" in caplog.text and "new" in caplog.text
+
+
+async def test_a_401_from_the_connector_renews_the_bots_token_once(make_teams, bf, entra, caplog):
+    """19.8: a token revoked or rotated before it expires was kept (and refused) until it expired."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    h = await make_teams(config=prod_config(bf, entra))
+    h.connector.faults.append(("POST", "/activities", 401, {"error": {"code": "Unauthorized", "message": "token revoked"}}))
+    resp = await h.post(message(h), headers={"Authorization": f"Bearer {bf.issue(APP_ID, h.connector.base_url)}"})
+    assert resp.status == 201
+    await h.settle()
+    assert "I hand out WireGuard" in h.everything_sent()
+    first, second = entra.issued
+    refused, retried = [c for c in h.connector.calls if c.method == "POST"]
+    assert refused.headers["Authorization"] == f"Bearer {first}" and retried.headers["Authorization"] == f"Bearer {second}"
+    assert first not in caplog.text and second not in caplog.text
+    # Renewed once per call: a connector that refuses every token does not get asked forever.
+    h.connector.faults += [("POST", "/activities", 401, {})] * 3
+    before = len(h.connector.calls)
+    await h.post(message(h), headers={"Authorization": f"Bearer {bf.issue(APP_ID, h.connector.base_url)}"})
+    await h.settle()
+    assert len(h.connector.calls) - before == 2 and len(entra.issued) == 3
