@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
+from bot.channels.web.client_address import TrustedProxies, parse_trusted_proxies
 from provisioner.wireguard import DEFAULT_ALLOWED_IPS, parse_allowed_ips
 
 T = TypeVar("T")
@@ -99,6 +100,8 @@ class Settings:
     entra_authority: str = "https://login.microsoftonline.com"
     local_auth_secret: str = ""
     cors_origins: tuple[str, ...] = ()
+    trusted_proxies: TrustedProxies = TrustedProxies()  # whose X-Forwarded-For names the client (bot/channels/web/client_address.py)
+    audit_retention_days: int = 400  # audit rows older than this are purged by the sweeper
 
     @property
     def web_enabled(self) -> bool:
@@ -194,6 +197,8 @@ class Settings:
             entra_authority=r.parse("VPN_ENTRA_AUTHORITY", "https://login.microsoftonline.com", _public_url, "an https:// URL (http:// only for localhost)"),
             local_auth_secret=r.text("VPN_LOCAL_AUTH_SECRET", ""),
             cors_origins=r.parse("VPN_CORS_ORIGINS", "", _origin_list, "comma-separated origins like https://vpn.example.org (no paths, no '*')"),
+            trusted_proxies=r.parse("VPN_TRUSTED_PROXIES", "", parse_trusted_proxies, "a hop count 0-20 (e.g. 1) or comma-separated CIDRs (e.g. 10.0.0.0/8, 192.168.1.5/32)"),
+            audit_retention_days=r.integer("VPN_AUDIT_RETENTION_DAYS", 400, 1, 36500),
         )
         if s.max_session_minutes < s.session_minutes:
             raise SettingsError(

@@ -31,6 +31,7 @@ from bot import one_time_configs
 from bot.access import Role
 from bot.channels.web.signin_entra import EntraUnavailable, EntraVerifier
 from bot.channels.web.signin_entra import InvalidToken as EntraInvalid
+from bot.channels.web.client_address import client_address
 from bot.channels.web.signin_local import LocalAuth, LoginRefused, TooManyAttempts, derive_key
 from bot.channels.web.signin_local import InvalidToken as LocalInvalid
 from bot.channels.web.config import WebConfig
@@ -288,7 +289,7 @@ class WebChannel(ChannelDefaults):
             return _json_error(400, 'Send {"email": "...", "password": "..."}.')
         assert self._local is not None
         try:
-            token, expires_in = await self._local.login(email, password, request.remote or "unknown")
+            token, expires_in = await self._local.login(email, password, client_address(request.remote, request.headers.getall("X-Forwarded-For", []), self.runtime.settings.trusted_proxies))
         except TooManyAttempts as exc:
             return _json_error(429, "Too many sign-in attempts. Wait a while and try again.", **{"Retry-After": str(exc.retry_after)})
         except LoginRefused:
