@@ -25,6 +25,7 @@ class SessionPolicy:
     # worker takes the work over only once the lease has expired (docs/decisions.md, "Leases").
     lease_seconds: float = 30.0
     public_url: str = ""  # where servers that boot by themselves call back "tunnel up"
+    audit_retention_days: int = 400  # audit rows (and sign-in records) older than this are purged by the sweeper
 
     @property
     def renew_seconds(self) -> float:

@@ -69,6 +69,7 @@ class Sweeper:
         now = p.clock()
         await p.store.heartbeat(Worker(p.worker.id, p.worker.host, p.worker.pid, now))
         await p.store.purge_claims(now)
+        await p.store.purge_expired(now, audit_retention=timedelta(days=p.limits.audit_retention_days))  # at most every 10 min per process
         next_due: datetime | None = None
         warn = timedelta(minutes=p.limits.warn_minutes)
         due: list[Awaitable[object]] = []  # per-session work, run a few at once (each is a store round trip or more)

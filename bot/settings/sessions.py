@@ -21,6 +21,7 @@ def read(r: Reader, *, public_url: str) -> SessionPolicy:
         reconcile_seconds=r.number("VPN_RECONCILE_SECONDS", 60.0, 1.0, 86400.0),
         lease_seconds=r.number("VPN_LEASE_SECONDS", 30.0, 3.0, 3600.0),
         public_url=public_url,
+        audit_retention_days=r.integer("VPN_AUDIT_RETENTION_DAYS", 400, 1, 36500),
     )
     if policy.max_session_minutes < policy.session_minutes:
         raise SettingsError(

@@ -1,12 +1,14 @@
 """Session <-> plain values (str, int, float, bool, None), derived from the dataclass fields.
 
 Both back ends store what this produces, so a new field on `Session` needs no change in either:
-SQLite adds the column on open, Table Storage simply gains a property.
+SQLite adds the column on open, Table Storage simply gains a property. Also `store_key`: how both
+stores key a value that came from outside (bounded and injective).
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import json
 import typing
 from datetime import datetime
@@ -111,3 +113,39 @@ def decode(values: typing.Mapping[str, Any], version: str) -> Session:
         elif not spec.required:
             out[spec.name] = spec.default
     return Session(**out, version=version)
+
+
+# ----- keys from outside input (emails, identities, message ids, client addresses) ------------------
+
+KEY_BYTES = 255  # a key's escaped form up to this many UTF-8 bytes is kept readable; longer ones are hashed
+_HASHED = "%h"  # never produced by the escaping (a '%' there is always followed by two hex digits)
+
+
+def store_key(text: str) -> str:
+    """The key both stores file an outside value under: bounded and injective.
+
+    Table Storage keys may not hold / \\ # ? or control characters and are limited in size (1 KiB on
+    Azure, 512 characters on Azurite), so those characters (and %, surrogates, non-characters) are
+    percent-escaped as UTF-8; an escaped form longer than KEY_BYTES becomes `%h` + SHA-256 of the
+    whole value. Distinct values never share a key: an escaped form never starts with `%h`, and
+    hashes differ wherever SHA-256 does. Never truncates.
+    """
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if ch in "/\\#?%" or o < 0x20 or 0x7F <= o <= 0x9F or 0xD800 <= o <= 0xDFFF or o in (0xFFFE, 0xFFFF):
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass")))
+        else:
+            out.append(ch)
+    escaped = "".join(out)
+    if len(escaped.encode("utf-8")) <= KEY_BYTES:
+        return escaped
+    return _HASHED + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def refusal_sample(user: str, reason: str, at: datetime) -> tuple[datetime, str]:
+    """The hour holding `at` and a digest of (user, reason): the one audit row that counts such refusals."""
+    seconds = int(at.timestamp())
+    hour = datetime.fromtimestamp(seconds - seconds % 3600, tz=at.tzinfo)
+    digest = hashlib.sha256(f"{user}\0{reason}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return hour, digest

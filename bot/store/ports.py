@@ -19,8 +19,12 @@ from bot.store.model import Conflict, Session, SessionState
 
 __all__ = [
     "AccountStore", "AddressStore", "AuditEntry", "AuditStore", "Conflict", "CreateOutcome", "DedupeStore", "LocalUser",
-    "OneTimeConfigStore", "ProgressStore", "SessionReader", "SessionStore", "Store", "StoreLifecycle", "Worker", "WorkerStore",
+    "OneTimeConfigStore", "ProgressStore", "RetentionStore", "SessionReader", "SessionStore", "Store", "StoreLifecycle", "Worker", "WorkerStore",
+    "AUDIT_RETENTION", "SIGN_IN_MEMORY",
 ]
+
+AUDIT_RETENTION = timedelta(days=400)  # VPN_AUDIT_RETENTION_DAYS's default
+SIGN_IN_MEMORY = timedelta(days=30)  # how long a successful sign-in's address is remembered (bot/channels/web/signin_local.py)
 
 
 class CreateOutcome(str, enum.Enum):
@@ -38,6 +42,7 @@ class AuditEntry:
     command: str
     allowed: bool
     reason: str
+    count: int = 1  # a refusal row counts the refusals of one identity and reason in its hour (at: the first)
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,11 @@ class DedupeStore(Protocol):
 
 
 class AuditStore(Protocol):
-    async def audit(self, entry: AuditEntry) -> None: ...
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]: ...
+    async def audit(self, entry: AuditEntry) -> None:
+        """Record a decision. A refusal (allowed=False) is counted on one row per identity, reason and
+        hour (the first refusal's details, and `count`), not written row by row."""
+    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest entries first."""
 
 
 class OneTimeConfigStore(Protocol):
@@ -128,11 +136,19 @@ class AccountStore(Protocol):
     async def get_user(self, email: str) -> LocalUser | None: ...
     async def delete_user(self, email: str) -> bool: ...
     async def list_users(self) -> list[LocalUser]: ...
-    async def count_attempt(self, key: str, now: datetime, window: timedelta) -> int:
-        """Atomically add one to `key`'s counter for the fixed window holding `now`; returns the new count."""
+    async def take_attempt(self, key: str, now: datetime, window: timedelta, limit: int) -> bool:
+        """Count one attempt on `key` in the fixed window holding `now` if fewer than `limit` are counted:
+        True if counted; False (nothing written) when the window is used up. Never more than `limit`
+        per window across replicas; a few tries at most (under a concurrent flood False may come while a
+        slot is still free: a flood is what the limit is for)."""
     async def attempts(self, key: str, now: datetime, window: timedelta) -> int:
-        """The counter of the window holding `now`, without adding to it."""
-    async def clear_attempts(self, key: str) -> None: ...
+        """The attempts counted on `key` in the window holding `now`, without adding one."""
+    async def clear_attempts(self, key: str, now: datetime, window: timedelta) -> None:
+        """Forget the attempts counted on `key` in the window holding `now`."""
+    async def remember_sign_in(self, account: str, address: str, now: datetime) -> None:
+        """Note that `account` signed in from `address` (kept SIGN_IN_MEMORY)."""
+    async def sign_in_addresses(self, account: str, since: datetime) -> frozenset[str]:
+        """The addresses `account` signed in from at or after `since` (one keyed query)."""
 
 
 class ProgressStore(Protocol):
@@ -142,7 +158,15 @@ class ProgressStore(Protocol):
     async def get_progress(self, key: str) -> str: ...
 
 
+class RetentionStore(Protocol):
+    async def purge_expired(self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION) -> None:
+        """Forget what has outlived its use: sign-in attempt counters of past windows, remembered sign-ins
+        older than SIGN_IN_MEMORY, audit rows older than `audit_retention`. For the sweeper; it may skip
+        a call that comes within 10 minutes of the last one in this process."""
+
+
 class Store(
-    StoreLifecycle, SessionStore, WorkerStore, DedupeStore, AuditStore, OneTimeConfigStore, AddressStore, AccountStore, ProgressStore, Protocol
+    StoreLifecycle, SessionStore, WorkerStore, DedupeStore, AuditStore, OneTimeConfigStore, AddressStore, AccountStore, ProgressStore,
+    RetentionStore, Protocol
 ):
     """A whole back end (SQLite or Table Storage): one object implements every port; each caller is typed against the port it uses."""

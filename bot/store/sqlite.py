@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from bot.one_time_configs import Claim
-from bot.store.codec import FIELDS, FieldSpec, decode, encode, encode_value
+from bot.store.codec import FIELDS, FieldSpec, decode, encode, encode_value, refusal_sample, store_key
 from bot.store.model import ACTIVE_STATES, Conflict, Session, SessionState
-from bot.store.ports import AuditEntry, CreateOutcome, LocalUser, Worker
+from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, AuditEntry, CreateOutcome, LocalUser, Worker
 
 T = TypeVar("T")
 MESSAGE_ID_TTL = timedelta(days=2)
@@ -30,6 +30,8 @@ WORKER_TTL = timedelta(days=1)  # long dead processes; their sessions were recov
 AUDIT_TEXT_LIMIT = 200
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a Table Storage string holds 32k characters
+ATTEMPT_KEEP = timedelta(days=1)  # counters of windows older than this are purged
+PURGE_EVERY = timedelta(minutes=10)  # purge_expired runs at most this often per process (as on Table Storage)
 
 SESSION_COLUMN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER", "time": "TEXT",
                         "enum": "TEXT", "conversation": "TEXT", "json": "TEXT"}
@@ -73,8 +75,12 @@ CREATE TABLE IF NOT EXISTS audit (
     channel TEXT NOT NULL,
     command TEXT NOT NULL,
     allowed INTEGER NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1,
+    sample TEXT,
+    last_at TEXT
 );
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
 CREATE TABLE IF NOT EXISTS claims (
     token_hash TEXT PRIMARY KEY,
     session_id TEXT NOT NULL,
@@ -91,10 +97,20 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS attempts (
-    key TEXT PRIMARY KEY,
+DROP TABLE IF EXISTS attempts;
+CREATE TABLE IF NOT EXISTS attempt_counts (
+    key TEXT NOT NULL,
     window_start TEXT NOT NULL,
-    count INTEGER NOT NULL
+    count INTEGER NOT NULL,
+    PRIMARY KEY (key, window_start)
+);
+CREATE INDEX IF NOT EXISTS attempt_counts_window ON attempt_counts(window_start);
+CREATE TABLE IF NOT EXISTS sign_ins (
+    account_key TEXT NOT NULL,
+    address_key TEXT NOT NULL,
+    address TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (account_key, address_key)
 );
 CREATE TABLE IF NOT EXISTS progress (
     key TEXT PRIMARY KEY,
@@ -128,7 +144,10 @@ _FIELDS = [f.name for f in FIELDS]
 # dataclass): an older database gets them on open. New columns go here as well as in SCHEMA.
 ADDED_COLUMNS: dict[str, dict[str, str]] = {
     "sessions": {"version": "INTEGER NOT NULL DEFAULT 0"},
+    "audit": {"count": "INTEGER NOT NULL DEFAULT 1", "sample": "TEXT", "last_at": "TEXT"},
 }
+# Indexes on added columns: created once the columns exist.
+ADDED_INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS audit_sample ON audit(sample)",)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -140,6 +159,8 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
         for name, ddl in columns.items():
             if name not in present:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+    for ddl in ADDED_INDEXES:
+        conn.execute(ddl)
 
 
 def _to_row(s: Session) -> tuple:
@@ -157,6 +178,7 @@ class SqliteStore:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._purged_at: datetime | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -252,7 +274,7 @@ class SqliteStore:
             c.execute("DELETE FROM seen_messages WHERE seen_at < ?", ((now - MESSAGE_ID_TTL).isoformat(),))
             cur = c.execute(
                 "INSERT OR IGNORE INTO seen_messages (channel, message_id, seen_at) VALUES (?,?,?)",
-                (channel, message_id[:256], now.isoformat()),
+                (store_key(channel), store_key(message_id), now.isoformat()),  # the whole id, never a prefix
             )
             return cur.rowcount == 1
 
@@ -268,12 +290,20 @@ class SqliteStore:
             int(entry.allowed),
             entry.reason[:AUDIT_TEXT_LIMIT],
         )
-        await self._run(lambda: self.conn.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?)", row))
+        sql = "INSERT INTO audit (at, user, email, channel, command, allowed, reason, sample, last_at) VALUES (?,?,?,?,?,?,?,?,?)"
+        if entry.allowed:
+            args = (*row, None, None)
+        else:  # one row per identity, reason and hour counts the refusals (the first one's details)
+            hour, digest = refusal_sample(entry.user, entry.reason, entry.at)
+            args = (*row, f"{hour.isoformat()}|{digest}", row[0])
+            sql += " ON CONFLICT(sample) DO UPDATE SET count = count + 1, last_at = max(last_at, excluded.last_at)"
+        await self._run(lambda: self.conn.execute(sql, args))
 
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
         rows = await self._run(lambda: self.conn.execute("SELECT * FROM audit ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall())
         return [
-            AuditEntry(datetime.fromisoformat(r["at"]), r["user"], r["email"], r["channel"], r["command"], bool(r["allowed"]), r["reason"])
+            AuditEntry(datetime.fromisoformat(r["at"]), r["user"], r["email"], r["channel"], r["command"], bool(r["allowed"]), r["reason"],
+                       r["count"])
             for r in rows
         ]
 
@@ -389,34 +419,64 @@ class SqliteStore:
         rows = await self._run(lambda: self.conn.execute("SELECT * FROM users ORDER BY email").fetchall())
         return [LocalUser(r["email"], r["password_hash"], datetime.fromisoformat(r["created_at"])) for r in rows]
 
-    async def count_attempt(self, key: str, now: datetime, window: timedelta) -> int:
-        start = _window_start(now, window)
+    async def take_attempt(self, key: str, now: datetime, window: timedelta, limit: int) -> bool:
+        k, start = store_key(key), _window_start(now, window)
 
-        def op() -> int:
+        def op() -> bool:
             c = self.conn
-            c.execute("BEGIN IMMEDIATE")
+            c.execute("BEGIN IMMEDIATE")  # the check and the count are one step, across processes too
             try:
-                c.execute("DELETE FROM attempts WHERE window_start < ?", ((now - 2 * window - timedelta(days=1)).isoformat(),))
-                c.execute(
-                    "INSERT INTO attempts (key, window_start, count) VALUES (?,?,1) ON CONFLICT(key) DO UPDATE SET "
-                    "count = CASE WHEN window_start = excluded.window_start THEN count + 1 ELSE 1 END, window_start = excluded.window_start",
-                    (key, start),
-                )
-                (count,) = c.execute("SELECT count FROM attempts WHERE key=?", (key,)).fetchone()
+                c.execute("DELETE FROM attempt_counts WHERE window_start < ?", (_window_start(now - ATTEMPT_KEEP, window),))
+                row = c.execute("SELECT count FROM attempt_counts WHERE key=? AND window_start=?", (k, start)).fetchone()
+                taken = (row[0] if row else 0) < limit
+                if taken:
+                    c.execute(
+                        "INSERT INTO attempt_counts (key, window_start, count) VALUES (?,?,1) "
+                        "ON CONFLICT(key, window_start) DO UPDATE SET count = count + 1",
+                        (k, start),
+                    )
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-            return count
+            return taken
 
         return await self._run(op)
 
     async def attempts(self, key: str, now: datetime, window: timedelta) -> int:
-        row = await self._run(lambda: self.conn.execute("SELECT * FROM attempts WHERE key=?", (key,)).fetchone())
-        return row["count"] if row and row["window_start"] == _window_start(now, window) else 0
+        args = (store_key(key), _window_start(now, window))
+        row = await self._run(lambda: self.conn.execute("SELECT count FROM attempt_counts WHERE key=? AND window_start=?", args).fetchone())
+        return row[0] if row else 0
 
-    async def clear_attempts(self, key: str) -> None:
-        await self._run(lambda: self.conn.execute("DELETE FROM attempts WHERE key=?", (key,)))
+    async def clear_attempts(self, key: str, now: datetime, window: timedelta) -> None:
+        args = (store_key(key), _window_start(now, window))
+        await self._run(lambda: self.conn.execute("DELETE FROM attempt_counts WHERE key=? AND window_start=?", args))
+
+    async def remember_sign_in(self, account: str, address: str, now: datetime) -> None:
+        args = (store_key(account), store_key(address), address, now.isoformat())
+        await self._run(lambda: self.conn.execute(
+            "INSERT INTO sign_ins (account_key, address_key, address, at) VALUES (?,?,?,?) "
+            "ON CONFLICT(account_key, address_key) DO UPDATE SET at=excluded.at", args))
+
+    async def sign_in_addresses(self, account: str, since: datetime) -> frozenset[str]:
+        args = (store_key(account), since.isoformat())
+        rows = await self._run(lambda: self.conn.execute("SELECT address FROM sign_ins WHERE account_key=? AND at>=?", args).fetchall())
+        return frozenset(r[0] for r in rows)
+
+    async def purge_expired(self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION) -> None:
+        """Forget counters of past windows, remembered sign-ins past SIGN_IN_MEMORY, audit rows past
+        `audit_retention`; at most every PURGE_EVERY per process (as on Table Storage)."""
+        if self._purged_at is not None and timedelta(0) <= now - self._purged_at < PURGE_EVERY:
+            return
+        self._purged_at = now
+
+        def op() -> None:
+            c = self.conn
+            c.execute("DELETE FROM attempt_counts WHERE window_start < ?", (f"{int((now - ATTEMPT_KEEP).timestamp()):010d}",))
+            c.execute("DELETE FROM sign_ins WHERE at < ?", ((now - SIGN_IN_MEMORY).isoformat(),))
+            c.execute("DELETE FROM audit WHERE at < ?", ((now - audit_retention).isoformat(),))
+
+        await self._run(op)
 
     async def set_progress(self, key: str, text: str, now: datetime) -> None:
         def op() -> None:
@@ -435,10 +495,10 @@ class SqliteStore:
 
 
 def _window_start(now: datetime, window: timedelta) -> str:
-    """The start of the fixed window that holds `now`, the same on every replica."""
+    """The start of the fixed window that holds `now` in epoch seconds (sortable), the same on every replica."""
     seconds = int(window.total_seconds())
     epoch = int(now.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % seconds, tz=now.tzinfo).isoformat()
+    return f"{epoch - epoch % seconds:010d}"
 
 
 def _claim(row: sqlite3.Row) -> Claim:

@@ -9,13 +9,23 @@ starts with VPN_TABLE_PREFIX. What makes it safe to share (docs/decisions.md, "T
   (`user|<owner>` 0..per_user-1 and `global` 0..total-1). Two inserts of one slot cannot both
   succeed, so the caps hold across replicas; slots go when the session ends (a slot whose session
   ended or never got written is reclaimed when the cap looks full);
-* message ids, address reservations: insert-if-absent; claims: consumed by an ETag-conditioned update.
+* message ids, address reservations: insert-if-absent; claims: consumed by an ETag-conditioned update;
+* keys from outside (emails, identities, message ids, addresses) go through `store_key` (bot/store/codec.py):
+  bounded and injective, so no input can make a key Table Storage refuses or collide with another;
+* sign-in attempts: each counter is a partition of its own per window holding up to `limit` numbered
+  slots taken by insert-if-absent (two rounds at most, then the window counts as used up), so a
+  flood on one account neither loops on one entity nor touches another account's partition;
+* audit: one partition per day, newest first; a refusal is counted on one sampled row per identity,
+  reason and hour rather than written row by row; `purge_expired` keeps it to its retention.
 
 Fields serialise from the Session dataclass (bot/store/codec.py): a new field needs no change here.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
+import heapq
 import logging
 import random
 import secrets
@@ -25,13 +35,13 @@ from typing import Any, AsyncIterator, Sequence
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from bot.one_time_configs import Claim
-from bot.store.codec import decode, encode
+from bot.store.codec import decode, encode, refusal_sample, store_key
 from bot.store.model import TERMINAL_STATES, Conflict, Session, SessionState, utcnow
-from bot.store.ports import AuditEntry, CreateOutcome, LocalUser, Worker
+from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, AuditEntry, CreateOutcome, LocalUser, Worker
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +61,16 @@ TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses"
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a string property holds 32k characters
 _SESSION_ROW = "s"
+SEEN_SPREAD = 256  # message ids spread over this many partitions per channel
+ATTEMPT_ROUNDS = 2  # list the counter's slots and insert a free one; a second round if another request won it
+ATTEMPT_KEEP = timedelta(days=1)  # counters of windows older than this are purged
+AUDIT_COUNT_TRIES = 3  # compare-and-set tries to count a repeated refusal; past them the count is a lower bound
+PURGE_EVERY = timedelta(minutes=10)  # purge_expired runs at most this often per process
+_KNOWN = "known|"  # attempts-table partitions of remembered sign-ins (window partitions start with a digit)
+_LEGACY_ATTEMPTS = "attempt"  # the single counter partition of earlier versions: purged
 
 
-def _key(text: str) -> str:
-    """A PartitionKey/RowKey may not hold / \\ # ? or control characters: percent-escape them."""
-    out = []
-    for ch in text:
-        if ch in "/\\#?%" or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F:
-            out.append("".join(f"%{b:02X}" for b in ch.encode()))
-        else:
-            out.append(ch)
-    return "".join(out)
+_key = store_key
 
 
 def _entity(session: Session) -> dict[str, Any]:
@@ -86,6 +95,7 @@ class TableStore:
         self._t: dict[str, TableClient] = {}
         self._housekept_at: datetime | None = None
         self._progress_purged_at: datetime | None = None
+        self._purged_at: datetime | None = None
 
     @classmethod
     def from_connection_string(cls, conn_str: str, *, prefix: str = "vpn") -> "TableStore":
@@ -105,12 +115,20 @@ class TableStore:
         return self._t[name]
 
     async def open(self) -> None:
-        for name in TABLES:
-            full = f"{self._prefix}{name}"
+        """One request when the tables exist (the deployment declares them): list ours, create only
+        what is missing (concurrently: a fresh account's first start)."""
+        wanted = {f"{self._prefix}{name}": name for name in TABLES}
+        present = {t.name async for t in self._service.query_tables(
+            "TableName ge @lo and TableName lt @hi", parameters={"lo": self._prefix, "hi": self._prefix + "{"})}
+
+        async def create(full: str) -> None:
             try:
                 await self._service.create_table(full)
             except ResourceExistsError:
-                pass
+                pass  # another replica made it meanwhile
+
+        await asyncio.gather(*(create(full) for full in wanted if full not in present))
+        for full, name in wanted.items():
             self._t[name] = self._service.get_table_client(full)
 
     async def close(self) -> None:
@@ -240,7 +258,8 @@ class TableStore:
 
     async def first_seen(self, channel: str, message_id: str, now: datetime) -> bool:
         seen = self._table("seen")
-        pk, rk = _key(channel), _key(message_id[:256])
+        rk = _key(message_id)  # the whole id: two long ids sharing a prefix are two ids
+        pk = f"{_key(channel)}|{_spread(rk, SEEN_SPREAD)}"
         try:
             await seen.create_entity({"PartitionKey": pk, "RowKey": rk, "seen_at": now.isoformat()})
             return True
@@ -262,31 +281,71 @@ class TableStore:
             return False
 
     async def audit(self, entry: AuditEntry) -> None:
-        # Newest first in key order: the row key counts down with the entry's time, then with the
-        # moment of writing (entries of one instant keep their order), then a random tie-breaker.
-        micros = int(entry.at.timestamp() * 1_000_000)
-        written = 10**20 - time.time_ns()
+        if not entry.allowed:
+            await self._count_refusal(entry)
+            return
+        # Newest first in key order: a partition per day counting down, then a row key counting down
+        # with the entry's time, then with the moment of writing (entries of one instant keep their
+        # order), then a random tie-breaker.
+        written = time.time_ns()
         await self._table("audit").create_entity(
             {
-                "PartitionKey": "audit",
-                "RowKey": f"{10**17 - micros:017d}-{written:020d}-{secrets.token_hex(4)}",
-                "at": entry.at.isoformat(),
-                "user": entry.user[:AUDIT_TEXT_LIMIT],
-                "email": entry.email[:AUDIT_TEXT_LIMIT],
-                "channel": entry.channel[:AUDIT_TEXT_LIMIT],
-                "command": entry.command[:AUDIT_TEXT_LIMIT],
-                "allowed": bool(entry.allowed),
-                "reason": entry.reason[:AUDIT_TEXT_LIMIT],
+                "PartitionKey": _audit_day(entry.at),
+                "RowKey": f"{_countdown(entry.at)}-{10**20 - written:020d}-{secrets.token_hex(4)}",
+                **_audit_values(entry),
+                "written": f"{written:020d}",
             }
         )
 
+    async def _count_refusal(self, entry: AuditEntry) -> None:
+        """One row per identity, reason and hour, holding the first refusal and a count: a stranger with
+        a valid token cannot fill the table row by row. The count is a compare-and-set, a few tries at
+        most: under a concurrent flood it is a lower bound, never a retry storm."""
+        hour, digest = refusal_sample(entry.user, entry.reason, entry.at)
+        # Keyed at the hour's end (never earlier than any refusal it counts); audit_log orders by time.
+        pk, rk = _audit_day(hour), f"{_countdown(hour + timedelta(hours=1))}-r-{digest}"
+        table = self._table("audit")
+        for _ in range(AUDIT_COUNT_TRIES):
+            try:
+                e = await table.get_entity(pk, rk)
+            except ResourceNotFoundError:
+                try:
+                    await table.create_entity({"PartitionKey": pk, "RowKey": rk, **_audit_values(entry), "count": 1,
+                                               "last_at": entry.at.isoformat(), "written": f"{time.time_ns():020d}"})
+                    return
+                except ResourceExistsError:
+                    continue
+            last = max(e.get("last_at") or e["at"], entry.at.isoformat())
+            try:
+                await table.update_entity({"PartitionKey": pk, "RowKey": rk, "count": int(e.get("count", 1)) + 1, "last_at": last},
+                                          mode=UpdateMode.MERGE, etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+                return
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+        log.debug("audit: a refusal of %s went uncounted (concurrent refusals)", entry.user[:80])
+
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
-        out: list[AuditEntry] = []
-        async for e in self._query("audit", "PartitionKey eq @p", {"p": "audit"}, results_per_page=min(limit, 1000)):
-            out.append(AuditEntry(datetime.fromisoformat(e["at"]), e["user"], e["email"], e["channel"], e["command"], bool(e["allowed"]), e["reason"]))
-            if len(out) >= limit:
+        """Newest first. Rows come in key order, whose time never precedes a row's own time (a refusal
+        row is keyed at its hour's end): read until the next key is older than the limit-th newest row."""
+        if limit <= 0:
+            return []
+        rows: list[Any] = []
+        newest: list[int] = []  # a min-heap of the `limit` newest times seen
+        async for e in self._table("audit").list_entities(results_per_page=min(limit, 1000)):
+            key_time = 10**17 - int(e["RowKey"][:17])
+            if len(newest) >= limit and key_time < newest[0]:
                 break
-        return out
+            at = _micros(datetime.fromisoformat(e["at"]))
+            rows.append(e)
+            heapq.heappush(newest, at)
+            if len(newest) > limit:
+                heapq.heappop(newest)
+        rows.sort(key=lambda e: (_micros(datetime.fromisoformat(e["at"])), _written(e)), reverse=True)
+        return [
+            AuditEntry(datetime.fromisoformat(e["at"]), e["user"], e["email"], e["channel"], e["command"], bool(e["allowed"]), e["reason"],
+                       int(e.get("count", 1)))
+            for e in rows[:limit]
+        ]
 
     async def heartbeat(self, worker: Worker) -> None:
         await self._table("workers").upsert_entity(
@@ -433,6 +492,10 @@ class TableStore:
         """A random id made once per store (insert-if-absent): every replica on this store reads the same."""
         meta = self._table("meta")
         try:
+            return (await meta.get_entity("meta", "deployment_id"))["value"]  # every start but the first: one read
+        except ResourceNotFoundError:
+            pass
+        try:
             await meta.create_entity({"PartitionKey": "meta", "RowKey": "deployment_id", "value": "d" + secrets.token_hex(8)})
         except ResourceExistsError:
             pass
@@ -475,38 +538,77 @@ class TableStore:
         found = [self._user(e) async for e in self._query("users", "PartitionKey eq @p", {"p": "user"})]
         return sorted(found, key=lambda u: u.email)
 
-    async def count_attempt(self, key: str, now: datetime, window: timedelta) -> int:
-        """Add one to the key's counter for the window holding `now`: insert-if-absent, else an ETag update."""
-        table, rk, start = self._table("attempts"), _key(key), _window_start(now, window)
-        for _ in range(200):
+    async def take_attempt(self, key: str, now: datetime, window: timedelta, limit: int) -> bool:
+        """Insert-if-absent one of `limit` numbered slots in the key's partition for this window."""
+        pk, table = _attempt_partition(key, now, window), self._table("attempts")
+        for _ in range(ATTEMPT_ROUNDS):
+            taken = {e["RowKey"] async for e in self._query("attempts", "PartitionKey eq @p", {"p": pk}, select=["RowKey"])}
+            free = [f"{n:04d}" for n in range(limit) if f"{n:04d}" not in taken]
+            if not free:
+                return False
             try:
-                e = await table.get_entity("attempt", rk)
-            except ResourceNotFoundError:
-                try:
-                    await table.create_entity({"PartitionKey": "attempt", "RowKey": rk, "window_start": start, "count": 1})
-                    return 1
-                except ResourceExistsError:
-                    continue
-            count = int(e["count"]) + 1 if e["window_start"] == start else 1
-            try:
-                await table.update_entity(
-                    {"PartitionKey": "attempt", "RowKey": rk, "window_start": start, "count": count},
-                    mode=UpdateMode.REPLACE, etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified,
-                )
-                return count
-            except (ResourceModifiedError, ResourceNotFoundError):
-                continue
-        raise Conflict(f"attempt counter {key}: too many concurrent updates")
+                await table.create_entity({"PartitionKey": pk, "RowKey": random.choice(free), "at": now.isoformat()})
+                return True
+            except ResourceExistsError:
+                continue  # another attempt took that slot: look again, once
+        return False
 
     async def attempts(self, key: str, now: datetime, window: timedelta) -> int:
-        try:
-            e = await self._table("attempts").get_entity("attempt", _key(key))
-        except ResourceNotFoundError:
-            return 0
-        return int(e["count"]) if e["window_start"] == _window_start(now, window) else 0
+        pk = _attempt_partition(key, now, window)
+        return len([e async for e in self._query("attempts", "PartitionKey eq @p", {"p": pk}, select=["RowKey"])])
 
-    async def clear_attempts(self, key: str) -> None:
-        await self._table("attempts").delete_entity("attempt", _key(key))
+    async def clear_attempts(self, key: str, now: datetime, window: timedelta) -> None:
+        pk = _attempt_partition(key, now, window)
+        await self._delete_all("attempts", [e async for e in self._query("attempts", "PartitionKey eq @p", {"p": pk}, select=["PartitionKey", "RowKey"])])
+
+    async def remember_sign_in(self, account: str, address: str, now: datetime) -> None:
+        await self._table("attempts").upsert_entity(
+            {"PartitionKey": _KNOWN + _key(account), "RowKey": _key(address), "address": address, "at": now.isoformat()},
+            mode=UpdateMode.REPLACE,
+        )
+
+    async def sign_in_addresses(self, account: str, since: datetime) -> frozenset[str]:
+        query = "PartitionKey eq @p and at ge @t"
+        return frozenset([e["address"] async for e in self._query("attempts", query, {"p": _KNOWN + _key(account), "t": since.isoformat()},
+                                                                  select=["address"])])
+
+    # ----- retention -------------------------------------------------------------------------------
+
+    async def purge_expired(self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION) -> None:
+        """Forget sign-in counters of past windows, remembered sign-ins past SIGN_IN_MEMORY and audit rows
+        past `audit_retention`; at most every PURGE_EVERY per process (range queries, batched deletes)."""
+        if self._purged_at is not None and timedelta(0) <= now - self._purged_at < PURGE_EVERY:
+            return
+        self._purged_at = now
+        old_windows = f"{int((now - ATTEMPT_KEEP).timestamp()):010d}"
+        await self._purge("attempts", "PartitionKey lt @p", {"p": old_windows})
+        await self._purge("attempts", "PartitionKey eq @p", {"p": _LEGACY_ATTEMPTS})
+        await self._purge("attempts", "PartitionKey ge @lo and PartitionKey lt @hi and at lt @t",
+                          {"lo": _KNOWN, "hi": _KNOWN[:-1] + chr(ord(_KNOWN[-1]) + 1), "t": (now - SIGN_IN_MEMORY).isoformat()})
+        cutoff = now - audit_retention
+        # Older days sort after newer ones; the row time decides within the cutoff's own day.
+        await self._purge("audit", "PartitionKey ge @p and at lt @t", {"p": _audit_day(cutoff), "t": cutoff.isoformat()})
+
+    async def _purge(self, table: str, query: str, parameters: dict[str, Any]) -> None:
+        await self._delete_all(table, [e async for e in self._query(table, query, parameters, select=["PartitionKey", "RowKey"])])
+
+    async def _delete_all(self, table: str, entities: list[Any]) -> None:
+        """Delete in batches of up to 100 per partition (one request each); gone already is fine."""
+        by_partition: dict[str, list[Any]] = {}
+        for e in entities:
+            by_partition.setdefault(e["PartitionKey"], []).append(e)
+        client = self._table(table)
+        for rows in by_partition.values():
+            for i in range(0, len(rows), 100):
+                chunk = rows[i:i + 100]
+                try:
+                    await client.submit_transaction([("delete", {"PartitionKey": e["PartitionKey"], "RowKey": e["RowKey"]}) for e in chunk])
+                except TableTransactionError:  # one row gone meanwhile fails the batch: delete one by one
+                    for e in chunk:
+                        try:
+                            await client.delete_entity(e["PartitionKey"], e["RowKey"])
+                        except ResourceNotFoundError:
+                            pass
 
     async def set_progress(self, key: str, text: str, now: datetime) -> None:
         await self._table("progress").upsert_entity(
@@ -526,8 +628,44 @@ class TableStore:
             return ""
 
 
-def _window_start(now: datetime, window: timedelta) -> str:
-    """The start of the fixed window that holds `now`, the same on every replica."""
+def _attempt_partition(key: str, now: datetime, window: timedelta) -> str:
+    """A partition per counter and fixed window (the same on every replica): its start in epoch seconds, then the key."""
     seconds = int(window.total_seconds())
     epoch = int(now.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % seconds, tz=now.tzinfo).isoformat()
+    return f"{epoch - epoch % seconds:010d}|{_key(key)}"
+
+
+def _spread(key: str, buckets: int) -> str:
+    return f"{int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % buckets:03d}"
+
+
+def _micros(at: datetime) -> int:
+    return int(at.timestamp() * 1_000_000)
+
+
+def _countdown(at: datetime) -> str:
+    return f"{10**17 - _micros(at):017d}"
+
+
+def _audit_day(at: datetime) -> str:
+    """The audit partition of a day: counts down, so a scan meets the newest day first."""
+    return f"{10**6 - int(at.timestamp() // 86400):06d}"
+
+
+def _written(e: Any) -> str:
+    if "written" in e:
+        return e["written"]
+    parts = e["RowKey"].split("-")  # rows of earlier versions: <countdown>-<10**20 - ns>-<random>
+    return f"{10**20 - int(parts[1]):020d}" if len(parts) == 3 and parts[1].isdigit() else ""
+
+
+def _audit_values(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "at": entry.at.isoformat(),
+        "user": entry.user[:AUDIT_TEXT_LIMIT],
+        "email": entry.email[:AUDIT_TEXT_LIMIT],
+        "channel": entry.channel[:AUDIT_TEXT_LIMIT],
+        "command": entry.command[:AUDIT_TEXT_LIMIT],
+        "allowed": bool(entry.allowed),
+        "reason": entry.reason[:AUDIT_TEXT_LIMIT],
+    }

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.channels.web.client_address import TrustedProxies
+
 STATIC_DIR = Path(__file__).resolve().parents[3] / "web"
 
 
@@ -15,6 +17,7 @@ class WebConfig:
     entra_spa_client_id: str = ""
     entra_authority: str = "https://login.microsoftonline.com"
     cors_origins: tuple[str, ...] = ()
+    trusted_proxies: TrustedProxies = TrustedProxies()  # whose X-Forwarded-For names the client (client_address.py)
     static_dir: Path = STATIC_DIR
 
     def __repr__(self) -> str:

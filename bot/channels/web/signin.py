@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.channels.web.body import json_body, json_error
+from bot.channels.web.client_address import client_address
 from bot.channels.web.config import WebConfig
 from bot.channels.web.deps import WebDeps
 from bot.channels.web.signin_entra import EntraUnavailable, EntraVerifier
@@ -78,7 +79,8 @@ class SignIn:
             return json_error(400, 'Send {"email": "...", "password": "..."}.')
         assert self._local is not None
         try:
-            token, expires_in = await self._local.login(email, password, request.remote or "unknown")
+            where = client_address(request.remote, request.headers.getall("X-Forwarded-For", []), self.config.trusted_proxies)
+            token, expires_in = await self._local.login(email, password, where)
         except TooManyAttempts as exc:
             return json_error(429, "Too many sign-in attempts. Wait a while and try again.", **{"Retry-After": str(exc.retry_after)})
         except LoginRefused:

@@ -1,28 +1,41 @@
 """Local web accounts: PBKDF2-SHA256 password hashes in the store, HS256 bearer tokens with `iss` = local.
 
-A login costs one hash whether or not the account exists (no enumeration by timing or by answer),
-and is counted per account and per client address in the store, so the limits hold across replicas
-and restarts. A token names the account and a fingerprint of its hash: removing the account or
+A login costs one hash whether or not the account exists (no enumeration by timing or by answer).
+Sign-in limits (docs/web.md, "Sign-in limits") are counted in the store, so they hold across replicas
+and restarts, and are chosen so that a stranger cannot hold them against a user:
+
+* per client address (an IPv6 /64): ADDRESS_ATTEMPTS per window, whatever the accounts;
+* per account and address: PAIR_ATTEMPTS per window; a successful sign-in resets it;
+* per account from addresses it has not signed in from within SIGN_IN_MEMORY: ACCOUNT_ATTEMPTS per
+  window. A flood from strangers' addresses uses this up, and the account's own recent addresses
+  are exempt from it: the right password from where the user signed in before still works.
+
+An exhausted window is answered at once (429, before any hashing; once a process has seen it used
+up, without asking the store again); one account's hashes run one at a time per process, so a flood
+on it leaves the other hashing worker to everyone else. A token names the account and a fingerprint of its hash: removing the account or
 changing its password ends every token issued before.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
+import ipaddress
 import os
+import time
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from bot.store.ports import LocalUser
+from bot.store.ports import SIGN_IN_MEMORY, LocalUser
 
 ISSUER = "local"
 AUDIENCE = "vpn-bot-web"
@@ -30,14 +43,22 @@ ALGORITHM = "HS256"
 ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
 TOKEN_LIFETIME = timedelta(hours=8)
 WINDOW = timedelta(minutes=15)
-ACCOUNT_ATTEMPTS = 5  # per account and window; a successful login resets it
-ADDRESS_ATTEMPTS = 30  # per client address and window
+ADDRESS_ATTEMPTS = 30  # per client address (IPv6: per /64) and window, whatever the accounts
+PAIR_ATTEMPTS = 5  # per account and address and window; a successful login resets it
+ACCOUNT_ATTEMPTS = 5  # per account and window, from addresses it has not signed in from recently
+MAX_EMAIL = 254  # RFC 5321's path limit, after normalisation; longer is refused before anything is stored
 MAX_PASSWORD = 1024
 MIN_PASSWORD = 12
+SPENT_MEMORY = 4096  # used-up counters (and accounts' addresses) remembered per process, then the stale ones forgotten
+KNOWN_FOR_SECONDS = 60.0  # how long this process reuses an account's remembered addresses
 
 
 class LoginRefused(Exception):
     """Wrong email or password (never which)."""
+
+
+class BadEmail(LoginRefused, ValueError):
+    """Not an email address (or longer than MAX_EMAIL): a client error, said before anything is counted or stored."""
 
 
 class TooManyAttempts(Exception):
@@ -50,13 +71,39 @@ class InvalidToken(Exception):
     pass
 
 
+def _window(now: datetime) -> int:
+    seconds = int(WINDOW.total_seconds())
+    return int(now.timestamp()) // seconds
+
+
 def normalize_email(text: str) -> str:
+    """The account's key, or BadEmail (a ValueError): the one check `users add` and a login share."""
+    if len(text) > 4 * MAX_EMAIL:  # NFKC may shorten, but not this much: refused before the work
+        raise BadEmail(f"an email address has at most {MAX_EMAIL} characters")
     email = unicodedata.normalize("NFKC", text).strip().casefold()
-    email.encode()  # a lone surrogate (valid in JSON) is no address, and the store could not encode it: ValueError
+    try:
+        email.encode()  # a lone surrogate (valid in JSON) is no address
+    except UnicodeEncodeError:
+        raise BadEmail("not an email address") from None
+    if len(email) > MAX_EMAIL:
+        raise BadEmail(f"an email address has at most {MAX_EMAIL} characters")
     local, at, domain = email.rpartition("@")
-    if not (at and local and "." in domain) or len(email) > 254 or any(c.isspace() or ord(c) < 32 for c in email):
-        raise ValueError("not an email address")
+    if not (at and local and "." in domain) or any(c.isspace() or ord(c) < 32 for c in email):
+        raise BadEmail("not an email address")
     return email
+
+
+def address_bucket(client: str) -> str:
+    """What the per-address limits count: the address, or for IPv6 its /64 (one host's usual share)."""
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return client[:100].encode("utf-8", "replace").decode()  # not an address (a unix socket): as it is, storable
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def hash_password(password: str, *, iterations: int = ITERATIONS) -> str:
@@ -98,6 +145,25 @@ def _fingerprint(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
+class _KeyedLocks:
+    """An asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, list] = {}  # key -> [lock, holders and waiters]
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._locks[key]
+
+
 @dataclass(frozen=True)
 class LocalIdentity:
     email: str
@@ -108,28 +174,67 @@ class LocalAuth:
         self._key = derive_key(secret, "local tokens")
         self._store = store
         self._clock = clock
+        # Scheduling aids in this process only; every limit is decided in the store:
+        self._counting = _KeyedLocks()  # one take per counter at a time, so a flood meets a used-up window at once
+        self._hashing = _KeyedLocks()  # one hash per account at a time: a flood on one account uses one hashing worker
+        self._spent: dict[str, int] = {}  # counters this process saw used up -> their window (a used-up window stays so)
+        self._known: dict[str, tuple[float, frozenset[str]]] = {}  # account -> (read at, its remembered addresses)
 
     async def login(self, email: str, password: str, client: str) -> tuple[str, int]:
-        """A token and its lifetime in seconds; LoginRefused or TooManyAttempts otherwise."""
+        """A token and its lifetime in seconds; LoginRefused (BadEmail for no address) or TooManyAttempts otherwise."""
         now = self._clock()
-        try:
-            email = normalize_email(email)
-        except ValueError:
-            email = ""
+        email = normalize_email(email)  # BadEmail: refused before anything is counted
         if len(password) > MAX_PASSWORD:
             password = password[:MAX_PASSWORD]
-        address_key, account_key = f"login-addr:{client}", f"login-acct:{email}"
-        if await self._store.count_attempt(address_key, now, WINDOW) > ADDRESS_ATTEMPTS:
+        store, address = self._store, address_bucket(client)
+        pair_key = f"login-pair:{len(email)}:{email}|{address}"
+        limits = [(pair_key, PAIR_ATTEMPTS), (f"login-addr:{address}", ADDRESS_ATTEMPTS)]
+        if address not in await self._known_addresses(email, now):
+            limits.insert(0, (f"login-acct:{email}", ACCOUNT_ATTEMPTS))  # strangers' limit; the account's own addresses skip it
+        window = _window(now)
+        if any(self._spent.get(key) == window for key, _ in limits):
             raise TooManyAttempts(self._retry_after(now))
-        if email and await self._store.count_attempt(account_key, now, WINDOW) > ACCOUNT_ATTEMPTS:
-            raise TooManyAttempts(self._retry_after(now))
-        user = await self._store.get_user(email) if email else None
+        for key, limit in limits:
+            if not await self._take(key, limit, now, window):
+                raise TooManyAttempts(self._retry_after(now))
+        user = await store.get_user(email)
         stored = user.password_hash if user else _DUMMY_HASH
-        ok = await asyncio.get_running_loop().run_in_executor(_HASHING, verify_password, password, stored)
+        async with self._hashing.hold(email):
+            ok = await asyncio.get_running_loop().run_in_executor(_HASHING, verify_password, password, stored)
         if not (ok and user):
             raise LoginRefused()
-        await self._store.clear_attempts(account_key)
+        await asyncio.gather(store.clear_attempts(pair_key, now, WINDOW), store.remember_sign_in(email, address, now))
+        if email in self._known:
+            read_at, addresses = self._known[email]
+            self._known[email] = (read_at, addresses | {address})
         return self.issue(user, now), int(TOKEN_LIFETIME.total_seconds())
+
+    async def _known_addresses(self, account: str, now: datetime) -> frozenset[str]:
+        """Where the account signed in from lately: one store query per account and KNOWN_FOR_SECONDS in
+        this process (a flood of strangers on one account reads it once). A sign-in on another replica
+        shows here within that time."""
+        async with self._counting.hold("known:" + account):
+            cached = self._known.get(account)
+            if cached is not None and time.monotonic() - cached[0] < KNOWN_FOR_SECONDS:
+                return cached[1]
+            addresses = await self._store.sign_in_addresses(account, now - SIGN_IN_MEMORY)
+            if len(self._known) >= SPENT_MEMORY:
+                self._known = {a: c for a, c in self._known.items() if time.monotonic() - c[0] < KNOWN_FOR_SECONDS}
+            self._known[account] = (time.monotonic(), addresses)
+            return addresses
+
+    async def _take(self, key: str, limit: int, now: datetime, window: int) -> bool:
+        async with self._counting.hold(key):
+            if self._spent.get(key) == window:
+                return False
+            if await self._store.take_attempt(key, now, WINDOW, limit):
+                return True
+            if key.startswith("login-pair:"):
+                return False  # a success clears this one (on any replica): not remembered as used up
+            if len(self._spent) >= SPENT_MEMORY:
+                self._spent = {k: w for k, w in self._spent.items() if w == window}
+            self._spent[key] = window
+            return False
 
     def issue(self, user: LocalUser, now: datetime) -> str:
         claims = {
@@ -159,6 +264,7 @@ class LocalAuth:
             raise InvalidToken("account removed or password changed")
         return LocalIdentity(email)
 
-    def _retry_after(self, now: datetime) -> int:
+    @staticmethod
+    def _retry_after(now: datetime) -> int:
         seconds = int(WINDOW.total_seconds())
         return seconds - int(now.timestamp()) % seconds

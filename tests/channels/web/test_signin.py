@@ -62,28 +62,57 @@ async def add(store, email: str, password: str = PASSWORD) -> None:
     await store.put_user(LocalUser(email, local.hash_password(password, iterations=1000), datetime.now(timezone.utc)))
 
 
-async def test_login_refuses_alike_and_limits_per_account_across_replicas(store):
+async def test_login_refuses_alike_and_strangers_cannot_lock_the_owner_out(store):
+    """Issue 18.10: five tries from anywhere used to lock the account for everyone, the right password too."""
     clock = Clock()
     await add(store, "alice@example.org")
     a, b = local.LocalAuth(SECRET, store, clock), local.LocalAuth(SECRET, store, clock)  # two replicas, one store
-    token, ttl = await a.login("Alice@Example.org ", PASSWORD, "10.0.0.1")
+    token, ttl = await a.login("Alice@Example.org ", PASSWORD, "10.0.0.1")  # where alice signs in from
     assert ttl == 8 * 3600 and (await b.verify(token)).email == "alice@example.org"
     for auth, email in ((a, "alice@example.org"), (b, "nobody@example.org")):
         with pytest.raises(local.LoginRefused):
             await auth.login(email, "wrong password!", "10.0.0.1")
-    for i in range(local.ACCOUNT_ATTEMPTS - 1):
+    for i in range(local.ACCOUNT_ATTEMPTS - 1):  # a stranger, from addresses alice never used (her first sign-in counted too)
         with pytest.raises(local.LoginRefused):
             await (a if i % 2 else b).login("alice@example.org", "wrong password!", f"10.0.1.{i}")
-    with pytest.raises(local.TooManyAttempts) as exc:  # even the right password, from another address
+    with pytest.raises(local.TooManyAttempts) as exc:  # any new address now waits, even with the right password
         await a.login("alice@example.org", PASSWORD, "10.0.2.1")
     assert 0 < exc.value.retry_after <= 15 * 60
+    await b.login("alice@example.org", PASSWORD, "10.0.0.1")  # but alice, from where she signed in before, gets in
+    await a.login("Alice@example.org", PASSWORD, "10.0.0.1")
     clock.now += local.WINDOW
-    await b.login("alice@example.org", PASSWORD, "10.0.2.1")
-    # A success resets the account's count.
-    with pytest.raises(local.LoginRefused):
-        await a.login("alice@example.org", "wrong password!", "10.0.2.1")
-    await a.login("alice@example.org", PASSWORD, "10.0.2.1")
-    assert await store.attempts("login-acct:alice@example.org", clock.now, local.WINDOW) == 0
+    await b.login("alice@example.org", PASSWORD, "10.0.2.1")  # the next window: the new address too (remembered from now on)
+    assert "10.0.2.1" in await store.sign_in_addresses("alice@example.org", clock.now - timedelta(seconds=1))
+
+
+async def test_the_owners_address_still_has_its_own_limit(store):
+    clock = Clock()
+    await add(store, "alice@example.org")
+    auth = local.LocalAuth(SECRET, store, clock)
+    await auth.login("alice@example.org", PASSWORD, "10.0.0.1")
+    for _ in range(local.PAIR_ATTEMPTS - 1):
+        with pytest.raises(local.LoginRefused):
+            await auth.login("alice@example.org", "wrong password!", "10.0.0.1")
+    await auth.login("alice@example.org", PASSWORD, "10.0.0.1")  # a success resets this address's count...
+    for _ in range(local.PAIR_ATTEMPTS):
+        with pytest.raises(local.LoginRefused):
+            await auth.login("alice@example.org", "wrong password!", "10.0.0.1")
+    with pytest.raises(local.TooManyAttempts):  # ...and guessing from a known address is still limited
+        await auth.login("alice@example.org", PASSWORD, "10.0.0.1")
+    assert await store.attempts("login-acct:alice@example.org", clock.now, local.WINDOW) == 1  # only her first sign-in from there
+
+
+async def test_ipv6_clients_count_per_64(store):
+    auth = local.LocalAuth(SECRET, store, Clock())
+    for i in range(local.ADDRESS_ATTEMPTS):
+        with pytest.raises(local.LoginRefused):
+            await auth.login(f"user{i}@example.org", "whatever pass", f"2001:db8:1:2::{i + 1:x}")
+    with pytest.raises(local.TooManyAttempts):  # another address of the same /64
+        await auth.login("someone@example.org", "whatever pass", "2001:db8:1:2:ffff::1")
+    with pytest.raises(local.LoginRefused):  # another /64
+        await auth.login("someone@example.org", "whatever pass", "2001:db8:1:3::1")
+    assert local.address_bucket("::ffff:192.0.2.7") == "192.0.2.7" == local.address_bucket("192.0.2.7")
+    assert local.address_bucket("unknown") == "unknown"
 
 
 async def test_login_limits_per_address(store):
@@ -366,3 +395,116 @@ async def test_while_entra_is_down_plausible_tokens_do_not_each_fetch():
             assert hits == 1
     finally:
         await runner.cleanup()
+
+
+# ----- issue 18: long emails, login floods on Table Storage, addresses behind proxies -------------------
+
+@pytest.fixture(params=["sqlite", "azure-tables"])
+async def any_store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "db.sqlite3")
+    else:
+        from bot.store.tables import TableStore
+
+        server = request.getfixturevalue("azurite")
+        s = TableStore.from_connection_string(server.connection_string, prefix=server.prefix())
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_long_and_odd_emails_are_refused_or_served_never_a_crash(any_store):
+    """On Table Storage these were a 500: keys past the size limit after escaping (issue 18.6)."""
+    auth = local.LocalAuth(SECRET, any_store, Clock())
+    storable = ["/" * 200 + "@example.org", "\u0080" * 100 + "@example.org", "\U0001F600" * 242 + "@example.org", "/" * 170 + "@example.org"]
+    for email in storable:
+        assert local.normalize_email(email) == email
+        with pytest.raises(local.LoginRefused):
+            await auth.login(email, "wrong password!", "192.0.2.1")
+    await add(any_store, storable[0])
+    await auth.login(storable[0], PASSWORD, "192.0.2.2")  # such an account works end to end
+    for email in ("\U0001F600" * 249 + "@example.org", "a" * 243 + "@example.org", "x" * 10_000 + "@example.org"):
+        with pytest.raises(local.BadEmail, match="at most 254"):  # too long: said plainly, nothing counted or stored
+            await auth.login(email, "wrong password!", "192.0.2.3")
+        with pytest.raises(ValueError):  # `users add` refuses it with the same check
+            local.normalize_email(email)
+    assert await any_store.attempts("login-addr:192.0.2.3", datetime.now(timezone.utc), local.WINDOW) == 0
+
+
+async def test_a_login_flood_on_table_storage_is_answered_without_a_retry_storm(azurite, monkeypatch):
+    """Issue 18.8: each attempt read and compare-and-set one shared counter entity until it won (O(N) round
+    trips each; 150 concurrent took up to 41 s). Now: a bounded handful of keyed requests, an exhausted
+    window answered with 429, only the allowed attempts hashed, and another user unaffected."""
+    import asyncio
+
+    from azure.data.tables.aio import TableServiceClient
+
+    from bot.store.tables import TableStore
+
+    requests = 0
+
+    def count(_):
+        nonlocal requests
+        requests += 1
+
+    hashed = 0
+    verify = local.verify_password
+
+    def counting_verify(password, stored):
+        nonlocal hashed
+        hashed += 1
+        return verify(password, stored)
+
+    monkeypatch.setattr(local, "verify_password", counting_verify)
+    monkeypatch.setattr(local, "_DUMMY_HASH", local.hash_password("x", iterations=1000))
+    store = TableStore(TableServiceClient.from_connection_string(azurite.connection_string, raw_request_hook=count), prefix=azurite.prefix())
+    await store.open()
+    try:
+        await add(store, "victim@example.org")
+        await add(store, "other@example.org")
+        a, b = local.LocalAuth(SECRET, store, Clock()), local.LocalAuth(SECRET, store, Clock())  # two replicas
+        await a.login("other@example.org", PASSWORD, "192.0.2.44")
+        requests = hashed = 0
+        n = 60
+
+        async def bad(i: int) -> str:
+            try:
+                await (a if i % 2 else b).login("victim@example.org", "wrong password!", f"10.1.0.{i + 1}")
+            except local.TooManyAttempts:
+                return "429"
+            except local.LoginRefused:
+                return "401"
+            return "200"
+
+        answers = await asyncio.gather(*(bad(i) for i in range(n)), a.login("other@example.org", PASSWORD, "192.0.2.44"))
+        flood = list(answers[:n])
+        assert 1 <= flood.count("401") <= local.ACCOUNT_ATTEMPTS and flood.count("401") + flood.count("429") == n
+        assert hashed == flood.count("401") + 1  # only the allowed attempts (and the other user) were hashed
+        assert requests <= 4 * n, requests  # before: thousands (every attempt looped on one entity)
+        assert await store.attempts("login-acct:victim@example.org", Clock()(), local.WINDOW) <= local.ACCOUNT_ATTEMPTS
+    finally:
+        await store.close()
+
+
+async def test_behind_a_trusted_proxy_each_client_has_its_own_limit(tmp_path, monkeypatch):
+    """Issue 18.9: behind a proxy every client was the proxy's address: 31 anonymous logins locked everyone out."""
+    monkeypatch.setattr(local, "_DUMMY_HASH", local.hash_password("x", iterations=1000))
+    for env, forged_counts in (({}, True), ({"VPN_TRUSTED_PROXIES": "1"}, False)):
+        app = await WebApp(tmp_path / f"data{len(env)}", VPN_METRICS_PORT="0", **env).start()
+        try:
+            await app.add_user("alice@example.org")
+            async with aiohttp.ClientSession() as http:
+                anon = Client(http, app.base)
+                statuses = []
+                for i in range(local.ADDRESS_ATTEMPTS + 2):
+                    status, _, _ = await anon.json("POST", "/api/login", json={"email": f"user{i}@example.org", "password": "whatever pass"},
+                                                   headers={"X-Forwarded-For": f"198.51.100.9, 203.0.113.{i + 1}"})
+                    statuses.append(status)
+                status, _, _ = await anon.json("POST", "/api/login", json={"email": "alice@example.org", "password": PASSWORD},
+                                               headers={"X-Forwarded-For": "203.0.113.200"})
+            if forged_counts:  # no proxy configured: the header is the client's own words, the peer is counted
+                assert statuses[-1] == 429 and status == 429
+            else:  # the proxy (the peer, 127.0.0.1) vouches for the last entry: each client counted apart
+                assert set(statuses) == {401} and status == 200
+        finally:
+            await app.close()
