@@ -3,18 +3,27 @@
 Channels that speak HTTP (Teams, GroupMe) attach their routes here through `RouteHook`s. One
 middleware guards every route: what a client can break by sending bytes (nesting deep enough to
 exhaust the parser's recursion, text that is not valid UTF-8 or holds lone surrogates) is answered
-400 with one log line; anything else that escapes a handler is a bug: 500 with a reference and no
-traceback in the body, and the traceback logged once per route and error type, so nobody can flood
-the log by repeating a request. Requests aiohttp's own parser refuses (400) are logged in one line too.
+400 with one log line, as is a body that does not decompress (Content-Encoding garbage); anything
+else that escapes a handler is a bug: 500 with a reference and no traceback in the body, and the
+traceback logged once per route and error type, so nobody can flood the log by repeating a request.
+Requests aiohttp's own parser refuses (400) are logged in one line too.
+
+Read time-outs: a request head must arrive within `header_timeout` of the connection opening or of
+the previous response (aiohttp's keep-alive timer, which closes a connection still waiting for a
+complete head; it also closes idle keep-alive connections), and its body within `body_timeout` of
+the head (408, connection closed), so a client trickling bytes cannot hold a connection for long.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestPayloadError
 
 from bot import metrics
 from bot.wiring import Runtime
@@ -27,6 +36,27 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Raised by json.loads / str.encode / bytes.decode on hostile input, never by our own logic.
 CLIENT_ERRORS = (RecursionError, UnicodeError)
 _MAX_REMEMBERED_BUGS = 256
+# From the connection opening (or the previous response) to a complete request head; aiohttp closes a
+# connection idle that long too. Short enough that trickled header lines cannot hold file
+# descriptors, long enough for a slow mobile link and for a proxy's pooled connections.
+HEADER_TIMEOUT = 15.0
+BODY_TIMEOUT = 20.0  # from the head to the whole body (at most MAX_BODY)
+
+
+class BodyTimeout(TimeoutError):
+    """Set on a request's payload when its body did not arrive in time: every read raises it. A
+    TimeoutError, so aiohttp's lingering close (draining what a handler left unread) stops quietly."""
+
+
+def _cut_off(payload: StreamReader) -> None:
+    if not payload.is_eof() and payload.exception() is None:
+        payload.set_exception(BodyTimeout())
+
+
+def _closing(status: int, text: str) -> web.Response:
+    response = web.Response(status=status, text=text)
+    response.force_close()  # the rest of the body is unreadable or not coming: never reuse the connection
+    return response
 
 
 def _route_name(request: web.Request) -> str:
@@ -36,15 +66,27 @@ def _route_name(request: web.Request) -> str:
     return f"{request.method} {resource.canonical if resource is not None else '(no route)'}"
 
 
-def error_middleware() -> Callable:
+def error_middleware(body_timeout: float = BODY_TIMEOUT) -> Callable:
     logged_bugs: set[tuple[str, str]] = set()
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        payload = request.content
+        watch = None if payload.is_eof() else asyncio.get_running_loop().call_later(body_timeout, _cut_off, payload)
         try:
             return await handler(request)
         except web.HTTPException:
             raise
+        except BodyTimeout:
+            log.warning("%s: the request body did not arrive within %g s; connection closed", _route_name(request), body_timeout)
+            return _closing(408, "request body timed out")
+        except RequestPayloadError as exc:
+            # Content-Encoding gzip/deflate that does not decompress, a chunked body cut short: input.
+            reason = str(exc).strip().rsplit("\n", 1)[-1].strip()[:80]
+            log.warning("%s: refused a request body that could not be read (%s)", _route_name(request), reason)
+            if not payload.is_eof():
+                payload.feed_eof()  # the parser stopped at the error: nothing more comes, nothing to drain
+            return _closing(400, "malformed request body")
         except CLIENT_ERRORS as exc:
             log.warning("%s: refused a request the parser could not take (%s)", _route_name(request), type(exc).__name__)
             return web.Response(status=400, text="malformed request")
@@ -57,6 +99,9 @@ def error_middleware() -> Callable:
             else:
                 log.error("%s failed again with %s (ref %s)", key[0], key[1], ref)
             return web.Response(status=500, text=f"internal error (ref {ref})")
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     return guard
 
@@ -67,7 +112,7 @@ class _OneLineForBadHttp(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):  # the latter: a body a handler left unread
             record.msg, record.args = "malformed HTTP request refused (%s)", (type(exc).__name__,)
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
@@ -92,9 +137,20 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def create_app(make_runtime: Callable[[], Runtime], hooks: list[RouteHook] = ()) -> web.Application:
-    # Metrics outermost, so they count the 400/500 the error guard answers.
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[metrics.observe_requests, error_middleware()])
+def create_app(
+    make_runtime: Callable[[], Runtime],
+    hooks: list[RouteHook] = (),
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    body_timeout: float = BODY_TIMEOUT,
+) -> web.Application:
+    # Metrics outermost, so they count the 400/500 the error guard answers. handler_args reach every
+    # connection's RequestHandler, however the app is run (serve, tests).
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        middlewares=[metrics.observe_requests, error_middleware(body_timeout)],
+        handler_args={"keepalive_timeout": header_timeout, "lingering_time": min(10.0, body_timeout)},
+    )
     logging.getLogger("aiohttp.server").addFilter(_BAD_HTTP_FILTER)  # a no-op when already added
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
