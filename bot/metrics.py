@@ -1,11 +1,14 @@
 """Prometheus metrics for operators, served on their own port (`VPN_METRICS_PORT`), never the bot's.
 
 Counters and histograms live in this process (Prometheus scrapes each replica and sums); sessions by
-state are read from the shared store at scrape time, so every replica reports the same truth. No
-label ever carries a user's identity: only provider, state, stage, channel, outcome, reason, route.
+state are read from the shared store, so every replica reports the same truth, at most once every
+`STORE_GAUGES_SECONDS` however often (and however many at once) anyone scrapes. The port binds
+127.0.0.1 unless `VPN_METRICS_HOST` says otherwise (it is unauthenticated). No label ever carries a
+user's identity: only provider, state, stage, channel, outcome, reason, route.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -32,6 +35,7 @@ FAILURE_REASONS = ("provider", "timeout", "delivery", "interrupted", "internal")
 CHAT_OUTCOMES = ("handled", "duplicate", "ignored", "refused", "usage", "error")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+STORE_GAUGES_SECONDS = 5.0  # a scrape inside this reuses the last store read (Prometheus scrapes every 15-60 s)
 
 PROVISION_SECONDS = Histogram(
     "vpn_provision_seconds",
@@ -152,13 +156,33 @@ class _Snapshot:
         yield gauge
 
 
-async def scrape(store, provider_name: str) -> bytes:
-    try:
-        active = await store.sessions(list(ACTIVE_STATES))
-        counts: dict | None = collections.Counter((s.state.value, s.provider) for s in active)
-    except Exception:
-        log.exception("metrics: the store did not answer")
-        counts = None
+class StoreGauges:
+    """Active sessions by (state, provider), read from the store at most once per `ttl` seconds;
+    scrapes arriving meanwhile, or together, share that read (a failed read too: None)."""
+
+    def __init__(self, store, ttl: float | None = None) -> None:
+        self._store = store
+        self._ttl = STORE_GAUGES_SECONDS if ttl is None else ttl
+        self._read_at = float("-inf")
+        self._counts: dict | None = None
+        self._lock = asyncio.Lock()
+
+    async def counts(self) -> dict | None:
+        async with self._lock:
+            if time.monotonic() - self._read_at < self._ttl:
+                return self._counts
+            try:
+                active = await self._store.sessions(list(ACTIVE_STATES))
+                self._counts = collections.Counter((s.state.value, s.provider) for s in active)
+            except Exception:
+                log.exception("metrics: the store did not answer")
+                self._counts = None
+            self._read_at = time.monotonic()
+            return self._counts
+
+
+async def scrape(gauges: StoreGauges, provider_name: str) -> bytes:
+    counts = await gauges.counts()
     snapshot = CollectorRegistry(auto_describe=False)
     snapshot.register(_Snapshot(counts, {provider_name}))
     return generate_latest(REGISTRY) + generate_latest(snapshot)
@@ -166,21 +190,22 @@ async def scrape(store, provider_name: str) -> bytes:
 
 @contextlib.asynccontextmanager
 async def serving(runtime) -> AsyncIterator[int]:
-    """Serve /metrics on `VPN_METRICS_PORT` (bound like HOST; 127.0.0.1 in dev mode) while the runtime lives; yields the port (0: off)."""
+    """Serve /metrics on `VPN_METRICS_PORT` (on `VPN_METRICS_HOST`, 127.0.0.1 by default and always in dev mode) while the runtime lives; yields the port (0: off)."""
     settings = runtime.settings
     if not settings.metrics_port:
         yield 0
         return
+    gauges = StoreGauges(runtime.store)
 
     async def handle(request: web.Request) -> web.Response:
-        body = await scrape(runtime.store, runtime.provider.name)
+        body = await scrape(gauges, runtime.provider.name)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/metrics", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host = "127.0.0.1" if settings.dev_mode else settings.host
+    host = "127.0.0.1" if settings.dev_mode else settings.metrics_host
     site = web.TCPSite(runner, host, settings.metrics_port)
     try:
         await site.start()

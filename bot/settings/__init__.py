@@ -60,6 +60,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_port: int = 9464
+    metrics_host: str = "127.0.0.1"  # not HOST: /metrics is unauthenticated
     instance_name: str = "vpn-bot"
     deployment_id: str = ""  # empty: a random id the store keeps (see Runtime)
     public_url: str = ""
@@ -155,6 +156,7 @@ class Settings:
             log_level=r.choice("VPN_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             log_format=r.choice("VPN_LOG_FORMAT", "text", ("text", "json")),
             metrics_port=r.integer("VPN_METRICS_PORT", 9464, 0, 65535),
+            metrics_host=r.text("VPN_METRICS_HOST", "127.0.0.1") or "127.0.0.1",
             instance_name=r.parse("VPN_INSTANCE_NAME", "vpn-bot", _resource_name, "1-40 lowercase letters, digits or '-'"),
             deployment_id=r.parse("VPN_DEPLOYMENT_ID", "", _deployment_id, "1-64 lowercase letters, digits or '-'"),
             public_url=r.parse("VPN_PUBLIC_URL", "", _public_url, "an https:// URL (http:// only for localhost)"),

@@ -189,6 +189,11 @@ var settings = [
     name: 'VPN_METRICS_PORT'
     value: string(metricsPort)
   }
+  {
+    // The internal port mapping reaches the container's own address, not its loopback.
+    name: 'VPN_METRICS_HOST'
+    value: '0.0.0.0'
+  }
 ]
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = if (enableLogAnalytics) {
