@@ -88,7 +88,8 @@ class Runtime:
         stack = self._stack
         await self.store.open()
         stack.push_async_callback(self.store.close)
-        self.provider.bind_deployment(self.settings.deployment_id or await self.store.deployment_id())
+        stored = await self.store.deployment_id()  # issue 18: the default no longer lives (only) in the store
+        self.provider.bind_deployment(self.settings.deployment_id or self.provider.default_deployment_id() or stored, store_id=stored)
         stack.push_async_callback(self.provider.close)
         self.http = aiohttp.ClientSession()
         stack.push_async_callback(self.http.close)  # after the runner: tasks finishing in its grace period still send

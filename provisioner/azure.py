@@ -7,7 +7,10 @@ says so. Every operation is polled at our own short interval (ARM's Retry-After 
 Delete options make deleting the VM remove its NIC, IP and disk; `destroy` also tries each one and
 reports what Azure still holds. Names derive from the session id and every resource carries this
 deployment's id (OS disks in their name), so creates and deletes are idempotent and reconciliation
-finds whatever a crash or a lost store left behind, and nothing of another deployment's. Shared
+finds whatever a crash or a lost store left behind, and nothing of another deployment's (which it
+reports). The default deployment id derives from the subscription, resource group and instance
+name, so it survives losing the store; resources made with another store are left until they
+expire (a lost store's, or those of a deployment configured the same way). Shared
 per-region infrastructure (VNet, subnet, NSG allowing only UDP to WireGuard) is free, found by
 name, and created once.
 """
@@ -21,7 +24,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -45,6 +48,7 @@ TAG_DEPLOYMENT = "vpn-deployment"
 TAG_SESSION = "vpn-session"
 TAG_OWNER = "vpn-owner"
 TAG_EXPIRES = "expires-at"
+TAG_STORE = "vpn-store"  # the store's own id: tells a lost store's (or a look-alike deployment's) resources from ours
 ADMIN_USER = "vpnadmin"
 
 IMAGES: dict = {}  # name -> ImageReference, filled by _load_sdk()
@@ -125,7 +129,8 @@ class AzureConfig:
     arm_endpoint: str = PUBLIC_ARM
     instance_name: str = "vpn-bot"
     # Which deployment owns a resource; two deployments may share a resource group and an instance
-    # name. Empty: bound at start-up from the store (`bind_deployment`), else the instance name.
+    # name if they set different ids. Empty: derived from subscription, resource group and instance
+    # name (`default_deployment_id`), so a fresh store still finds what a lost one left.
     deployment_id: str = ""
     tunnel_network: str = "10.77.0.0/24"
     listen_port: int = DEFAULT_PORT
@@ -193,6 +198,17 @@ def credential_scopes(arm_endpoint: str) -> list[str]:
 def deployment_mark(deployment_id: str) -> str:
     """8 hex characters naming a deployment where a tag cannot: in OS disk names (disks get no tags)."""
     return hashlib.sha256(deployment_id.encode()).hexdigest()[:8]
+
+
+def default_deployment_id(subscription_id: str, resource_group: str, instance_name: str) -> str:
+    """`<instance>-<13 hex>`: the same for every replica and restart of a deployment configured this
+    way, with or without its store (ARM compares subscription and group names case-insensitively)."""
+    key = f"{subscription_id.strip().lower()}/{resource_group.strip().lower()}/{instance_name}"
+    return f"{instance_name}-{hashlib.sha256(key.encode()).hexdigest()[:13]}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _names(session_id: str, deployment_id: str) -> dict[str, str]:
@@ -280,7 +296,10 @@ class AzureProvider:
         self._pending: dict[str, _Pending] = {}
         self._ssh_key = config.ssh_public_key
         self._ssh_key_task: asyncio.Future | None = None
-        self._deployment = config.deployment_id or config.instance_name
+        self._deployment = config.deployment_id or self.default_deployment_id()
+        self._store_id = ""  # the store's own id (bind_deployment): tagged on what we make
+        self._reported = ""  # the last report of what reconcile leaves alone: repeated only when it changes
+        self.clock: Callable[[], datetime] = _utcnow  # when tagged resources of another store count as expired
         self._http: aiohttp.ClientSession | None = None  # boot diagnostics blobs
 
     async def _clients(self) -> None:
@@ -313,10 +332,19 @@ class AzureProvider:
     def deployment_id(self) -> str:
         return self._deployment
 
-    def bind_deployment(self, deployment_id: str) -> None:
-        """The store's deployment id, when the settings name none (called once at start-up)."""
+    def default_deployment_id(self) -> str:
+        return default_deployment_id(self.config.subscription_id, self.config.resource_group, self.config.instance_name)
+
+    def bind_deployment(self, deployment_id: str, *, store_id: str = "") -> None:
+        """Called once at start-up: the deployment id (`VPN_DEPLOYMENT_ID` or the default) and the
+        store's own id. Resources tagged with the store's id as their deployment (made before the
+        default was derived) stay this deployment's, so an upgrade orphans nothing."""
         if not self.config.deployment_id and deployment_id:
             self._deployment = deployment_id
+        self._store_id = store_id
+
+    def _own_ids(self) -> set[str]:
+        return {self._deployment} | ({self._store_id} if self._store_id else set())
 
     def hourly_cost(self, region: str) -> float:
         if self.config.hourly_cost_override:
@@ -343,6 +371,7 @@ class AzureProvider:
             TAG_SESSION: spec.session_id,
             TAG_OWNER: spec.owner,
             TAG_EXPIRES: spec.expires_at.astimezone(timezone.utc).isoformat(timespec="seconds"),
+            **({TAG_STORE: self._store_id} if self._store_id else {}),
         }
 
     @property
@@ -677,9 +706,11 @@ class AzureProvider:
                 refused[name] = _code(exc) or str(exc.status_code)
 
         await delete(self.compute.virtual_machines.begin_delete, names["vm"], force_deletion=True)
+        # The disk's name carries the deployment's mark: a session made before an upgrade has the old one.
+        disks = dict.fromkeys([names["disk"], *(_names(session_id, d)["disk"] for d in sorted(self._own_ids()))])
         await asyncio.gather(
             delete(self.network.network_interfaces.begin_delete, names["nic"]),
-            delete(self.compute.disks.begin_delete, names["disk"]),
+            *(delete(self.compute.disks.begin_delete, disk) for disk in disks),
         )
         await delete(self.network.public_ip_addresses.begin_delete, names["ip"])  # after its NIC
         if refused:
@@ -691,18 +722,31 @@ class AzureProvider:
     async def list_managed(self) -> list[ManagedResource]:
         """Every per-session resource this deployment owns, one entry per session: tagged VMs, NICs
         and public IPs, and OS disks by name (disks get no tags). Another deployment's resources in
-        the same group carry another deployment id and are never listed."""
+        the same group are never listed, only reported; ours made with another store (its tag) are
+        listed only once they have expired: a lost store's leftovers then go, while a deployment
+        configured like this one (same subscription, group and instance name, no VPN_DEPLOYMENT_ID)
+        keeps its live sessions."""
         await self._clients()
         rg, found = self.config.resource_group, {}
-        mark = deployment_mark(self._deployment)
+        own = self._own_ids()
+        marks = {deployment_mark(d): d for d in own}
+        now = self.clock()
+        others: dict[str, list[str]] = {}  # another deployment -> names
+        held: dict[str, datetime | None] = {}  # session made with another store, not expired yet -> its expiry
 
         def owner(res) -> tuple[str, str] | None:
             tags = res.tags or {}
-            if tags.get(TAG_MANAGED_BY) == self.config.instance_name and tags.get(TAG_DEPLOYMENT) == self._deployment and TAG_SESSION in tags:
-                return tags[TAG_SESSION], tags.get(TAG_EXPIRES, "")
+            if TAG_SESSION in tags:
+                if tags.get(TAG_MANAGED_BY) == self.config.instance_name and tags.get(TAG_DEPLOYMENT) in own:
+                    return tags[TAG_SESSION], tags.get(TAG_EXPIRES, "")
+                theirs = f"{tags.get(TAG_MANAGED_BY, '?')}/{tags.get(TAG_DEPLOYMENT, '(no deployment tag)')}"
+                others.setdefault(theirs, []).append(res.name)
+                return None
             m = _DISK_NAME.match(res.name or "") if res.type and res.type.lower().endswith("/disks") else None
-            if m and m["deployment"] == mark:
+            if m and m["deployment"] in marks:
                 return m["session"], ""
+            if m:
+                others.setdefault(f"disks with deployment mark {m['deployment']}", []).append(res.name)
             return None
 
         listings = (
@@ -722,9 +766,32 @@ class AzureProvider:
                     expires = datetime.fromisoformat(expires_text)
                 except ValueError:
                     pass
+                store = (res.tags or {}).get(TAG_STORE)
+                if store and self._store_id and store != self._store_id and expires is not None and expires > now:
+                    held[sid] = max(filter(None, (held.get(sid), expires)))
                 entry = found.setdefault(sid, ManagedResource(resource_id=self._names(sid)["vm"], session_id=sid, expires_at=expires, details={"names": []}))
                 entry.details["names"].append(res.name)
+        self._report(others, {sid: (held[sid], found.pop(sid).details["names"]) for sid in held})
         return list(found.values())
+
+    def _report(self, others: dict[str, list[str]], held: dict[str, tuple[datetime, list[str]]]) -> None:
+        """One warning per kind of thing reconcile leaves alone, repeated only when it changes."""
+        lines = []
+        for theirs, names in sorted(others.items()):
+            lines.append(f"reconcile: leaving {len(names)} resource(s) of another deployment ({theirs}) in {self.config.resource_group} alone: {', '.join(sorted(names)[:10])}")
+        if held:
+            names = sorted(n for _, ns in held.values() for n in ns)
+            latest = max(e for e, _ in held.values())
+            lines.append(
+                f"reconcile: {len(names)} resource(s) of {len(held)} session(s) carry this deployment's id but were made with another store"
+                f" (a lost store, or another deployment with the same subscription, resource group and VPN_INSTANCE_NAME: give each its own"
+                f" VPN_DEPLOYMENT_ID); they are removed once they expire (the last at {latest.isoformat(timespec='seconds')}): {', '.join(names[:10])}"
+            )
+        report = "\n".join(lines)
+        if report != self._reported:
+            for line in lines:
+                log.warning("%s", line)
+            self._reported = report
 
     async def close(self) -> None:
         for sid in list(self._pending):

@@ -115,7 +115,10 @@ class HostProvider:
             if addrs and all(a in self._pool for a in addrs)
         ]
 
-    def bind_deployment(self, deployment_id: str) -> None:
+    def default_deployment_id(self) -> str:
+        return ""  # nothing in a cloud to tell apart
+
+    def bind_deployment(self, deployment_id: str, *, store_id: str = "") -> None:
         return None  # nothing in a cloud to tag
 
     async def close(self) -> None:
