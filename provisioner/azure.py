@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core import AzureClouds
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
 from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 from azure.mgmt.core.tools import get_arm_endpoints
@@ -116,6 +116,8 @@ VM_PRICES = {
     "Standard_B2ts_v2": 0.0104,
 }
 EXTRAS_PER_HOUR = 0.005 + 0.0021
+CONSOLE_BACKOFF_MAX = 30.0  # seconds between serial-console reads while boot diagnostics keep failing
+BOOT_DIAGNOSTICS_ACTION = "Microsoft.Compute/virtualMachines/retrieveBootDiagnosticsData/action"
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,17 @@ def _code(exc: HttpResponseError) -> str:
     return getattr(getattr(exc, "error", None), "code", "") or ""
 
 
+def _azure_code(exc: AzureError) -> str:
+    """ARM's error code, else the HTTP status, else the kind of failure (a connection error has neither)."""
+    if isinstance(exc, HttpResponseError):
+        return _code(exc) or str(exc.status_code)
+    return type(exc).__name__
+
+
+def _has_callback(spec: ServerSpec) -> bool:
+    return spec.callback_url is not None and spec.server_up is not None
+
+
 def _friendly(exc: HttpResponseError, step: str) -> ProvisionError:
     """ARM errors a user can understand, with an actionable line for the admin's log."""
     code = _code(exc)
@@ -257,6 +270,22 @@ def _friendly(exc: HttpResponseError, step: str) -> ProvisionError:
             detail=f"{step}: {code}: {exc.message}",
         )
     return ProvisionError("Azure refused to create the server; an admin has been told", detail=f"{step}: {status} {code}: {exc.message}")
+
+
+class _ConsoleUnavailable(Exception):
+    """The serial console (boot diagnostics) or the VM's instance view could not be read."""
+
+    def __init__(self, step: str, code: str) -> None:
+        super().__init__(f"{step}: {code}")
+        self.step, self.code = step, code
+
+
+@dataclass
+class _Boot:
+    """What one wait for "server up" saw of the serial console."""
+
+    console_failures: int = 0
+    console_error: str = ""
 
 
 @dataclass
@@ -522,10 +551,17 @@ class AzureProvider:
             await progress("creating server")
             await pending.task
             await progress("server booting")
+            boot = _Boot()
             try:
                 async with asyncio.timeout(self.config.boot_timeout):
-                    how = await self._booted(spec, name)
+                    how = await self._booted(spec, name, progress, boot)
             except TimeoutError:
+                if boot.console_failures and not _has_callback(spec):
+                    raise ProvisionError(
+                        f"the server's own proof that its tunnel is up (its boot log) could not be read within {int(self.config.boot_timeout)} seconds;"
+                        " an admin has been told",
+                        detail=f"{name}: no server-up callback (VPN_PUBLIC_URL is not set) and the serial console is unreadable ({boot.console_error})",
+                    ) from None
                 raise ProvisionError(
                     f"the server did not come up within {int(self.config.boot_timeout)} seconds",
                     detail=f"{name}: no server-up callback and no '{bootconfig.SERIAL_MARKER}' on the serial console; check boot diagnostics",
@@ -534,15 +570,17 @@ class AzureProvider:
         finally:
             await self._forget(spec.session_id)
 
-    async def _booted(self, spec: ServerSpec, name: str) -> str:
+    async def _booted(self, spec: ServerSpec, name: str, progress: ProgressFn, boot: _Boot) -> str:
         """Either signal the boot script gives once it has proven wg0 up: its callback, recorded in
         the store by whichever replica received it, or its line on the serial console (boot
         diagnostics) once the VM agent is Ready. The agent's Ready alone is not proof: cloud-init
-        reports ready before the boot script runs."""
+        reports ready before the boot script runs. While the console cannot be read (a role without
+        the boot diagnostics action, an ARM error) it is read less and less often, the admin gets
+        one log line and the user one sentence, and the callback is the proof that remains."""
         loop = asyncio.get_running_loop()
         interval = max(self.config.polling_interval, 0.01)
         # With a callback coming, the console is only the fallback: look there less often.
-        console_every = interval * (10 if spec.callback_url is not None and spec.server_up is not None else 1)
+        console_every = interval * (10 if _has_callback(spec) else 1)
         next_console = loop.time()
         while True:
             if spec.server_up is not None:
@@ -553,23 +591,53 @@ class AzureProvider:
                     log.warning("%s: could not read the server-up record; trying again", name, exc_info=True)
             if loop.time() >= next_console:
                 next_console = loop.time() + console_every
-                if await self._console_says_up(name):
-                    return "serial console"
+                try:
+                    up = await self._console_says_up(name)
+                except _ConsoleUnavailable as exc:
+                    boot.console_failures += 1
+                    boot.console_error = str(exc)
+                    wait = min(CONSOLE_BACKOFF_MAX, console_every * 2 ** boot.console_failures)
+                    next_console = loop.time() + wait
+                    if boot.console_failures == 1:
+                        await self._console_unavailable(spec, name, exc, progress)
+                    else:
+                        log.debug("%s: serial console still unavailable (%s); next look in %.1f s", name, exc, wait)
+                else:
+                    if boot.console_failures:
+                        log.info("%s: the serial console can be read again", name)
+                        boot.console_failures = 0
+                    if up:
+                        return "serial console"
             await asyncio.sleep(interval)
 
+    async def _console_unavailable(self, spec: ServerSpec, name: str, exc: _ConsoleUnavailable, progress: ProgressFn) -> None:
+        """One line for the admin (no traceback: it is configuration or Azure, not a bug), one sentence for the user."""
+        hint = ""
+        if exc.code in ("AuthorizationFailed", "403", "LinkedAuthorizationFailed"):
+            hint = f": the bot's role lacks {BOOT_DIAGNOSTICS_ACTION} (docs/azure-role.json)"
+        fallback = "waiting for the server's own callback" if _has_callback(spec) else "no callback either (VPN_PUBLIC_URL is not set)"
+        log.warning("%s: serial console unavailable (%s)%s; %s, reading it less often", name, exc, hint, fallback)
+        if _has_callback(spec):
+            await progress("server booting; its boot log cannot be read, so I am waiting for the server to report its tunnel up itself")
+        else:
+            await progress("server booting; its boot log, the server's own proof that the tunnel is up, cannot be read right now (an admin has been told)")
+
     async def _console_says_up(self, name: str) -> bool:
+        """Whether the serial console shows the boot script's line; _ConsoleUnavailable when Azure will not say."""
         rg = self.config.resource_group
         try:
             vm = await self.compute.virtual_machines.get(rg, name, expand="instanceView")
-            view = vm.instance_view
-            codes = {s.code for s in (view.statuses or [])} if view else set()
-            agent = {s.display_status for s in (view.vm_agent.statuses or [])} if view and view.vm_agent else set()
-            if "PowerState/running" not in codes or "Ready" not in agent:
-                return False
-            blobs = await self.compute.virtual_machines.retrieve_boot_diagnostics_data(rg, name, sas_uri_expiration_time_in_minutes=5)
-        except HttpResponseError as exc:
-            log.warning("%s: boot status unavailable (%s)", name, _code(exc) or exc.status_code)
+        except AzureError as exc:
+            raise _ConsoleUnavailable("instance view", _azure_code(exc)) from None
+        view = vm.instance_view
+        codes = {s.code for s in (view.statuses or [])} if view else set()
+        agent = {s.display_status for s in (view.vm_agent.statuses or [])} if view and view.vm_agent else set()
+        if "PowerState/running" not in codes or "Ready" not in agent:
             return False
+        try:
+            blobs = await self.compute.virtual_machines.retrieve_boot_diagnostics_data(rg, name, sas_uri_expiration_time_in_minutes=5)
+        except AzureError as exc:
+            raise _ConsoleUnavailable("boot diagnostics", _azure_code(exc)) from None
         if not blobs.serial_console_log_blob_uri:
             return False
         if self._http is None:
