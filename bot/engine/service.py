@@ -159,6 +159,8 @@ class VpnService:
             refusal = await self.outbox.check_private_delivery(conv, who)  # e.g. Teams opens the 1:1 chat first
             if refusal:
                 raise Refused(refusal)
+        if public_key is not None and await self._key_in_use(public_key):  # issue 18.7: one live session per key
+            raise Refused("That public key is already in use by another VPN session. Create a new tunnel in your WireGuard app and use its public key.")
         owner = str(who.key)
         lock = self._user_locks.get(owner)
         if lock is None:
@@ -203,6 +205,10 @@ class VpnService:
             self._start_provisioning(session.id)
         log.info("session %s requested by %s in %s for %d min", session.id, owner, region, minutes)
         return session
+
+    async def _key_in_use(self, public_key: str) -> bool:
+        """A brought key that a live session already has: its peer is someone's tunnel (host: the same peer)."""
+        return any(s.client_public_key == public_key for s in await self.store.sessions(ACTIVE_STATES))
 
     async def sessions_of(self, who: UserKey) -> list[Session]:
         return await self.store.sessions(ACTIVE_STATES, owner=str(who))
