@@ -48,9 +48,34 @@ class BodyTimeout(TimeoutError):
     TimeoutError, so aiohttp's lingering close (draining what a handler left unread) stops quietly."""
 
 
-def _cut_off(payload: StreamReader) -> None:
-    if not payload.is_eof() and payload.exception() is None:
-        payload.set_exception(BodyTimeout())
+class _BodyWatch:
+    """Looks at a request's body every `EVERY` s until it is in. Two ways it never would be: the
+    client stops sending (past the deadline: BodyTimeout), or all of it arrived but aiohttp's
+    decoder refused its end (a truncated deflate stream: aiohttp then queues an error for the
+    connection and leaves this payload open for ever), which becomes the RequestPayloadError it is.
+    It outlives the handler, so a body nobody reads ends the same way (aiohttp's lingering close
+    reads it). Stops by itself: at the end of the body, at an error, at the deadline."""
+
+    EVERY = 0.1
+
+    def __init__(self, request: web.Request, timeout: float) -> None:
+        self._payload: StreamReader = request.content
+        self._length = request.content_length
+        self._encoding = request.headers.get("Content-Encoding", "")[:20]
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + timeout
+        self._loop.call_at(min(self._loop.time() + self.EVERY, self._deadline), self._check)
+
+    def _check(self) -> None:
+        payload = self._payload
+        if payload.is_eof() or payload.exception() is not None:
+            return
+        if self._length is not None and payload.total_raw_bytes >= self._length:
+            payload.set_exception(RequestPayloadError(f"Can not decode content-encoding: {self._encoding} (its end)"))
+        elif self._loop.time() >= self._deadline:
+            payload.set_exception(BodyTimeout())
+        else:
+            self._loop.call_at(min(self._loop.time() + self.EVERY, self._deadline), self._check)
 
 
 def _closing(status: int, text: str) -> web.Response:
@@ -72,7 +97,8 @@ def error_middleware(body_timeout: float = BODY_TIMEOUT) -> Callable:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         payload = request.content
-        watch = None if payload.is_eof() else asyncio.get_running_loop().call_later(body_timeout, _cut_off, payload)
+        if not payload.is_eof():
+            _BodyWatch(request, body_timeout)
         try:
             return await handler(request)
         except web.HTTPException:
@@ -99,23 +125,27 @@ def error_middleware(body_timeout: float = BODY_TIMEOUT) -> Callable:
             else:
                 log.error("%s failed again with %s (ref %s)", key[0], key[1], ref)
             return web.Response(status=500, text=f"internal error (ref {ref})")
-        finally:
-            if watch is not None:
-                watch.cancel()
 
     return guard
 
 
 class _OneLineForBadHttp(logging.Filter):
     """aiohttp's own parser logs a full traceback for every malformed request line or header (bad
-    method, bytes a header may not hold): that is input, not a bug. One warning line instead."""
+    method, bytes a header may not hold): that is input, not a bug. One warning line instead. A body
+    that turns out unreadable only after the handler answered without reading it all (aiohttp's
+    lingering close drains it) is logged with a traceback too: the handler has spoken, so one debug
+    line at most."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):  # the latter: a body a handler left unread
+        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
             record.msg, record.args = "malformed HTTP request refused (%s)", (type(exc).__name__,)
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
+            if isinstance(exc, RequestPayloadError):
+                record.msg = "unread rest of a request body dropped (%s)"
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
 
 

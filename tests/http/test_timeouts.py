@@ -36,11 +36,23 @@ async def _connect(port: int) -> tuple[float, asyncio.StreamReader, asyncio.Stre
     return time.monotonic(), reader, writer
 
 
+async def _until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sent before it closed; a reset (the server closed with our trickle
+    unread, so the kernel answers it with RST) ends it too, keeping what arrived before."""
+    data = b""
+    try:
+        while chunk := await reader.read(65536):
+            data += chunk
+    except ConnectionError:
+        pass
+    return data
+
+
 async def _trickle(connection, head: bytes, drip: bytes, give_up: float) -> tuple[float, bytes]:
     """Send `head`, then `drip` every TRICKLE_EVERY s; returns (seconds from connecting until the
     server closed, what it answered)."""
     started, reader, writer = connection
-    answer = asyncio.ensure_future(reader.read())
+    answer = asyncio.ensure_future(_until_closed(reader))
     try:
         writer.write(head)
         while not answer.done() and time.monotonic() - started < give_up:
@@ -53,8 +65,8 @@ async def _trickle(connection, head: bytes, drip: bytes, give_up: float) -> tupl
                     break
         try:
             data = await asyncio.wait_for(answer, 1.0)
-        except (asyncio.TimeoutError, ConnectionError):
-            data = b"(still open)" if not answer.done() else b""
+        except asyncio.TimeoutError:
+            data = b"(still open)"
         return time.monotonic() - started, data
     finally:
         answer.cancel()
@@ -89,7 +101,10 @@ async def test_trickled_heads_and_bodies_are_cut_off_within_the_time_out(make_ru
     body_results = results[160:]
     assert max(head_times) < HEADER_TIMEOUT + SLACK, [(i, round(t, 1), d[:30]) for i, (t, d) in enumerate(results[:160]) if t > HEADER_TIMEOUT + SLACK][:8]
     assert max(t for t, _ in body_results) < BODY_TIMEOUT + SLACK, sorted(t for t, _ in body_results)[-5:]
-    assert all(data.startswith(b"HTTP/1.1 408") for _, data in body_results), {data[:40] for _, data in body_results}
+    # Each was answered 408 (see the log below); a client still trickling may get the close as a
+    # reset before it reads the answer, so the answer itself is not always there to see.
+    assert all(data.startswith(b"HTTP/1.1 408") or data == b"" for _, data in body_results), {data[:40] for _, data in body_results}
+    assert sum(data.startswith(b"HTTP/1.1 408") for _, data in body_results) > 0
     assert ok.startswith(b"HTTP/1.1 200") and ok.endswith(b"read 2")
     timeouts = [r for r in caplog.records if "did not arrive within" in r.getMessage()]
     assert len(timeouts) == len(body_results) and not any(r.exc_info for r in caplog.records)  # one line each, no tracebacks
