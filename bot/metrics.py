@@ -1,26 +1,16 @@
-"""Prometheus metrics for operators, served on their own port (`VPN_METRICS_PORT`), never the bot's.
+"""Prometheus metrics: the registry, the counters and histograms, and one call per event the engine
+and the chat front door report. No aiohttp here (the engine imports this): the HTTP middleware and
+the /metrics endpoint on its own port are bot/http/metrics.py.
 
-Counters and histograms live in this process (Prometheus scrapes each replica and sums); sessions by
-state are read from the shared store at scrape time, so every replica reports the same truth. No
-label ever carries a user's identity: only provider, state, stage, channel, outcome, reason, route.
+Counters and histograms live in this process (Prometheus scrapes each replica and sums). No label
+ever carries a user's identity: only provider, state, stage, channel, outcome, reason, route.
 """
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
-import re
-import secrets
-import time
 from datetime import datetime
-from typing import AsyncIterator, Callable
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-
-from bot.logs import bind
-from bot.store.model import ACTIVE_STATES
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +20,6 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15)
 # A closed set: a new failure kind maps to one of these, never to free text.
 FAILURE_REASONS = ("provider", "timeout", "delivery", "interrupted", "internal")
 CHAT_OUTCOMES = ("handled", "duplicate", "ignored", "refused", "usage", "error")
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 PROVISION_SECONDS = Histogram(
     "vpn_provision_seconds",
@@ -103,93 +91,3 @@ def reconcile_deleted(provider: str, count: int = 1) -> None:
 
 def chat_message(channel: str, outcome: str) -> None:
     CHAT_MESSAGES.labels(channel[:32], outcome if outcome in CHAT_OUTCOMES else "handled").inc()
-
-
-# ----- HTTP: latency and request ids (middleware on the bot's app) -------------------------------------
-
-
-@web.middleware
-async def observe_requests(request: web.Request, handler) -> web.StreamResponse:
-    """Times every request by route template (never the raw path: it may hold a secret) and binds a request id for the logs."""
-    incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
-    bind(request_id=request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        method = request.method if request.method in _METHODS else "other"
-        HTTP_SECONDS.labels(route, method, str(status)).observe(time.perf_counter() - started)
-
-
-# ----- the /metrics endpoint on its own port ------------------------------------------------------------
-
-
-class _Snapshot:
-    """Sessions by state and provider, read from the store for one scrape."""
-
-    def __init__(self, counts: dict[tuple[str, str], int] | None, providers: set[str]) -> None:
-        self.counts, self.providers = counts, providers
-
-    def collect(self):
-        up = GaugeMetricFamily("vpn_store_up", "1 if the session store answered this scrape.")
-        up.add_metric([], 1.0 if self.counts is not None else 0.0)
-        yield up
-        if self.counts is None:
-            return
-        gauge = GaugeMetricFamily("vpn_sessions", "Sessions holding (or about to hold) resources, by state and provider.", labels=["state", "provider"])
-        for provider in sorted(self.providers | {p for _, p in self.counts}):
-            for state in ACTIVE_STATES:
-                gauge.add_metric([state.value, provider], float(self.counts.get((state.value, provider), 0)))
-        yield gauge
-
-
-async def scrape(store, provider_name: str, store_open: bool = True) -> bytes:
-    counts: dict | None = None  # vpn_store_up 0: also while start-up is still opening the store
-    if store_open:
-        try:
-            active = await store.sessions(list(ACTIVE_STATES))
-            counts = collections.Counter((s.state.value, s.provider) for s in active)
-        except Exception:
-            log.exception("metrics: the store did not answer")
-    snapshot = CollectorRegistry(auto_describe=False)
-    snapshot.register(_Snapshot(counts, {provider_name}))
-    return generate_latest(REGISTRY) + generate_latest(snapshot)
-
-
-@contextlib.asynccontextmanager
-async def serving(store, provider_name: str, host: str, port: int, store_open: Callable[[], bool] = lambda: True) -> AsyncIterator[int]:
-    """Serve /metrics on `port` (VPN_METRICS_PORT; 0: off) and `host` while the context lives; yields the port (0: off)."""
-    if not port:
-        yield 0
-        return
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await scrape(store, provider_name, store_open())
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/metrics", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        log.error("metrics: cannot listen on %s:%d (%s); serving without /metrics", host, port, exc.strerror or exc)
-        yield 0
-        return
-    log.info("metrics on http://%s:%d/metrics", host, port)
-    try:
-        yield port
-    finally:
-        await runner.cleanup()

@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot import metrics
 from bot.access import AccessPolicy
 from bot.channels.deps import ChatDeps
 from bot.channels.web.deps import WebDeps
@@ -28,6 +27,7 @@ from bot.engine.config import SessionPolicy
 from bot.engine.policy import Policy
 from bot.engine.service import VpnService
 from bot.engine.tasks import TaskRunner
+from bot.http import metrics as http_metrics
 from bot.http.app import create_app
 from bot.http.health import Health
 from bot.http.ready_callback import ReadyCallback
@@ -208,7 +208,8 @@ class Runtime:
                 if not opened:
                     await self.store.open()
                     opened = True
-                self.provider.bind_deployment(self.settings.ops.deployment_id or await self.store.deployment_id())
+                stored = await self.store.deployment_id()  # issue 18.2: the default no longer lives (only) in the store
+                self.provider.bind_deployment(self.settings.ops.deployment_id or self.provider.default_deployment_id() or stored, store_id=stored)
                 if attempt:
                     log.info("the store answers now (after %d attempt(s))", attempt + 1)
                 return
@@ -298,7 +299,7 @@ def _lifetime(runtime: Runtime, startup: Startup) -> Callable[[web.Application],
             stack.push_async_callback(runtime.aclose)
             # /metrics at once too: vpn_store_up says 0 while the store is still opening.
             await stack.enter_async_context(
-                metrics.serving(runtime.store, runtime.provider.name, ops.listen_host, ops.metrics_port, lambda: startup.is_ready)
+                http_metrics.serving(runtime.store, runtime.provider.name, ops.metrics_listen_host, ops.metrics_port, lambda: startup.is_ready)
             )
             task = asyncio.get_running_loop().create_task(start(), name="start-up")
             stack.push_async_callback(_cancel, task)

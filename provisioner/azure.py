@@ -7,7 +7,10 @@ says so. Every operation is polled at our own short interval (ARM's Retry-After 
 Delete options make deleting the VM remove its NIC, IP and disk; `destroy` also tries each one and
 reports what Azure still holds. Names derive from the session id and every resource carries this
 deployment's id (OS disks in their name), so creates and deletes are idempotent and reconciliation
-finds whatever a crash or a lost store left behind, and nothing of another deployment's. Shared
+finds whatever a crash or a lost store left behind, and nothing of another deployment's (which it
+reports). The default deployment id derives from the subscription, resource group and instance
+name, so it survives losing the store; resources made with another store are left until they
+expire (a lost store's, or those of a deployment configured the same way). Shared
 per-region infrastructure (VNet, subnet, NSG allowing only UDP to WireGuard) is free, found by
 name, and created once.
 """
@@ -21,12 +24,12 @@ import random
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core import AzureClouds
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
 from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 from azure.mgmt.core.tools import get_arm_endpoints
@@ -45,6 +48,7 @@ TAG_DEPLOYMENT = "vpn-deployment"
 TAG_SESSION = "vpn-session"
 TAG_OWNER = "vpn-owner"
 TAG_EXPIRES = "expires-at"
+TAG_STORE = "vpn-store"  # the store's own id: tells a lost store's (or a look-alike deployment's) resources from ours
 ADMIN_USER = "vpnadmin"
 
 IMAGES: dict = {}  # name -> ImageReference, filled by _load_sdk()
@@ -112,6 +116,8 @@ VM_PRICES = {
     "Standard_B2ts_v2": 0.0104,
 }
 EXTRAS_PER_HOUR = 0.005 + 0.0021
+CONSOLE_BACKOFF_MAX = 30.0  # seconds between serial-console reads while boot diagnostics keep failing
+BOOT_DIAGNOSTICS_ACTION = "Microsoft.Compute/virtualMachines/retrieveBootDiagnosticsData/action"
 
 
 class CappedPolling(AsyncARMPolling):
@@ -157,6 +163,17 @@ def deployment_mark(deployment_id: str) -> str:
     return hashlib.sha256(deployment_id.encode()).hexdigest()[:8]
 
 
+def default_deployment_id(subscription_id: str, resource_group: str, instance_name: str) -> str:
+    """`<instance>-<13 hex>`: the same for every replica and restart of a deployment configured this
+    way, with or without its store (ARM compares subscription and group names case-insensitively)."""
+    key = f"{subscription_id.strip().lower()}/{resource_group.strip().lower()}/{instance_name}"
+    return f"{instance_name}-{hashlib.sha256(key.encode()).hexdigest()[:13]}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def _names(session_id: str, deployment_id: str) -> dict[str, str]:
     base = f"vpn-{session_id}"
     return {"ip": f"{base}-ip", "nic": f"{base}-nic", "vm": f"{base}-vm", "disk": f"{base}-osdisk-{deployment_mark(deployment_id)}"}
@@ -170,6 +187,17 @@ def _throwaway_ssh_key() -> str:
 
 def _code(exc: HttpResponseError) -> str:
     return getattr(getattr(exc, "error", None), "code", "") or ""
+
+
+def _azure_code(exc: AzureError) -> str:
+    """ARM's error code, else the HTTP status, else the kind of failure (a connection error has neither)."""
+    if isinstance(exc, HttpResponseError):
+        return _code(exc) or str(exc.status_code)
+    return type(exc).__name__
+
+
+def _has_callback(spec: ServerSpec) -> bool:
+    return spec.callback_url is not None and spec.server_up is not None
 
 
 def _friendly(exc: HttpResponseError, step: str) -> ProvisionError:
@@ -203,6 +231,22 @@ def _friendly(exc: HttpResponseError, step: str) -> ProvisionError:
             detail=f"{step}: {code}: {exc.message}",
         )
     return ProvisionError("Azure refused to create the server; an admin has been told", detail=f"{step}: {status} {code}: {exc.message}")
+
+
+class _ConsoleUnavailable(Exception):
+    """The serial console (boot diagnostics) or the VM's instance view could not be read."""
+
+    def __init__(self, step: str, code: str) -> None:
+        super().__init__(f"{step}: {code}")
+        self.step, self.code = step, code
+
+
+@dataclass
+class _Boot:
+    """What one wait for "server up" saw of the serial console."""
+
+    console_failures: int = 0
+    console_error: str = ""
 
 
 @dataclass
@@ -242,7 +286,10 @@ class AzureProvider:
         self._pending: dict[str, _Pending] = {}
         self._ssh_key = config.ssh_public_key
         self._ssh_key_task: asyncio.Future | None = None
-        self._deployment = config.deployment_id or config.instance_name
+        self._deployment = config.deployment_id or self.default_deployment_id()
+        self._store_id = ""  # the store's own id (bind_deployment): tagged on what we make
+        self._reported = ""  # the last report of what reconcile leaves alone: repeated only when it changes
+        self.clock: Callable[[], datetime] = _utcnow  # when tagged resources of another store count as expired
         self._http: aiohttp.ClientSession | None = None  # boot diagnostics blobs
 
     async def _clients(self) -> None:
@@ -275,10 +322,19 @@ class AzureProvider:
     def deployment_id(self) -> str:
         return self._deployment
 
-    def bind_deployment(self, deployment_id: str) -> None:
-        """The store's deployment id, when the settings name none (called once at start-up)."""
+    def default_deployment_id(self) -> str:
+        return default_deployment_id(self.config.subscription_id, self.config.resource_group, self.config.instance_name)
+
+    def bind_deployment(self, deployment_id: str, *, store_id: str = "") -> None:
+        """Called once at start-up: the deployment id (`VPN_DEPLOYMENT_ID` or the default) and the
+        store's own id. Resources tagged with the store's id as their deployment (made before the
+        default was derived) stay this deployment's, so an upgrade orphans nothing."""
         if not self.config.deployment_id and deployment_id:
             self._deployment = deployment_id
+        self._store_id = store_id
+
+    def _own_ids(self) -> set[str]:
+        return {self._deployment} | ({self._store_id} if self._store_id else set())
 
     def hourly_cost(self, region: str) -> float:
         if self.config.hourly_cost_override:
@@ -305,6 +361,7 @@ class AzureProvider:
             TAG_SESSION: spec.session_id,
             TAG_OWNER: spec.owner,
             TAG_EXPIRES: spec.expires_at.astimezone(timezone.utc).isoformat(timespec="seconds"),
+            **({TAG_STORE: self._store_id} if self._store_id else {}),
         }
 
     @property
@@ -455,10 +512,17 @@ class AzureProvider:
             await progress("creating server")
             await pending.task
             await progress("server booting")
+            boot = _Boot()
             try:
                 async with asyncio.timeout(self.config.boot_timeout):
-                    how = await self._booted(spec, name)
+                    how = await self._booted(spec, name, progress, boot)
             except TimeoutError:
+                if boot.console_failures and not _has_callback(spec):
+                    raise ProvisionError(
+                        f"the server's own proof that its tunnel is up (its boot log) could not be read within {int(self.config.boot_timeout)} seconds;"
+                        " an admin has been told",
+                        detail=f"{name}: no server-up callback (VPN_PUBLIC_URL is not set) and the serial console is unreadable ({boot.console_error})",
+                    ) from None
                 raise ProvisionError(
                     f"the server did not come up within {int(self.config.boot_timeout)} seconds",
                     detail=f"{name}: no server-up callback and no '{bootconfig.SERIAL_MARKER}' on the serial console; check boot diagnostics",
@@ -467,15 +531,17 @@ class AzureProvider:
         finally:
             await self._forget(spec.session_id)
 
-    async def _booted(self, spec: ServerSpec, name: str) -> str:
+    async def _booted(self, spec: ServerSpec, name: str, progress: ProgressFn, boot: _Boot) -> str:
         """Either signal the boot script gives once it has proven wg0 up: its callback, recorded in
         the store by whichever replica received it, or its line on the serial console (boot
         diagnostics) once the VM agent is Ready. The agent's Ready alone is not proof: cloud-init
-        reports ready before the boot script runs."""
+        reports ready before the boot script runs. While the console cannot be read (a role without
+        the boot diagnostics action, an ARM error) it is read less and less often, the admin gets
+        one log line and the user one sentence, and the callback is the proof that remains."""
         loop = asyncio.get_running_loop()
         interval = max(self.config.polling_interval, 0.01)
         # With a callback coming, the console is only the fallback: look there less often.
-        console_every = interval * (10 if spec.callback_url is not None and spec.server_up is not None else 1)
+        console_every = interval * (10 if _has_callback(spec) else 1)
         next_console = loop.time()
         while True:
             if spec.server_up is not None:
@@ -486,23 +552,53 @@ class AzureProvider:
                     log.warning("%s: could not read the server-up record; trying again", name, exc_info=True)
             if loop.time() >= next_console:
                 next_console = loop.time() + console_every
-                if await self._console_says_up(name):
-                    return "serial console"
+                try:
+                    up = await self._console_says_up(name)
+                except _ConsoleUnavailable as exc:
+                    boot.console_failures += 1
+                    boot.console_error = str(exc)
+                    wait = min(CONSOLE_BACKOFF_MAX, console_every * 2 ** boot.console_failures)
+                    next_console = loop.time() + wait
+                    if boot.console_failures == 1:
+                        await self._console_unavailable(spec, name, exc, progress)
+                    else:
+                        log.debug("%s: serial console still unavailable (%s); next look in %.1f s", name, exc, wait)
+                else:
+                    if boot.console_failures:
+                        log.info("%s: the serial console can be read again", name)
+                        boot.console_failures = 0
+                    if up:
+                        return "serial console"
             await asyncio.sleep(interval)
 
+    async def _console_unavailable(self, spec: ServerSpec, name: str, exc: _ConsoleUnavailable, progress: ProgressFn) -> None:
+        """One line for the admin (no traceback: it is configuration or Azure, not a bug), one sentence for the user."""
+        hint = ""
+        if exc.code in ("AuthorizationFailed", "403", "LinkedAuthorizationFailed"):
+            hint = f": the bot's role lacks {BOOT_DIAGNOSTICS_ACTION} (docs/azure-role.json)"
+        fallback = "waiting for the server's own callback" if _has_callback(spec) else "no callback either (VPN_PUBLIC_URL is not set)"
+        log.warning("%s: serial console unavailable (%s)%s; %s, reading it less often", name, exc, hint, fallback)
+        if _has_callback(spec):
+            await progress("server booting; its boot log cannot be read, so I am waiting for the server to report its tunnel up itself")
+        else:
+            await progress("server booting; its boot log, the server's own proof that the tunnel is up, cannot be read right now (an admin has been told)")
+
     async def _console_says_up(self, name: str) -> bool:
+        """Whether the serial console shows the boot script's line; _ConsoleUnavailable when Azure will not say."""
         rg = self.config.resource_group
         try:
             vm = await self.compute.virtual_machines.get(rg, name, expand="instanceView")
-            view = vm.instance_view
-            codes = {s.code for s in (view.statuses or [])} if view else set()
-            agent = {s.display_status for s in (view.vm_agent.statuses or [])} if view and view.vm_agent else set()
-            if "PowerState/running" not in codes or "Ready" not in agent:
-                return False
-            blobs = await self.compute.virtual_machines.retrieve_boot_diagnostics_data(rg, name, sas_uri_expiration_time_in_minutes=5)
-        except HttpResponseError as exc:
-            log.warning("%s: boot status unavailable (%s)", name, _code(exc) or exc.status_code)
+        except AzureError as exc:
+            raise _ConsoleUnavailable("instance view", _azure_code(exc)) from None
+        view = vm.instance_view
+        codes = {s.code for s in (view.statuses or [])} if view else set()
+        agent = {s.display_status for s in (view.vm_agent.statuses or [])} if view and view.vm_agent else set()
+        if "PowerState/running" not in codes or "Ready" not in agent:
             return False
+        try:
+            blobs = await self.compute.virtual_machines.retrieve_boot_diagnostics_data(rg, name, sas_uri_expiration_time_in_minutes=5)
+        except AzureError as exc:
+            raise _ConsoleUnavailable("boot diagnostics", _azure_code(exc)) from None
         if not blobs.serial_console_log_blob_uri:
             return False
         if self._http is None:
@@ -639,9 +735,11 @@ class AzureProvider:
                 refused[name] = _code(exc) or str(exc.status_code)
 
         await delete(self.compute.virtual_machines.begin_delete, names["vm"], force_deletion=True)
+        # The disk's name carries the deployment's mark: a session made before an upgrade has the old one.
+        disks = dict.fromkeys([names["disk"], *(_names(session_id, d)["disk"] for d in sorted(self._own_ids()))])
         await asyncio.gather(
             delete(self.network.network_interfaces.begin_delete, names["nic"]),
-            delete(self.compute.disks.begin_delete, names["disk"]),
+            *(delete(self.compute.disks.begin_delete, disk) for disk in disks),
         )
         await delete(self.network.public_ip_addresses.begin_delete, names["ip"])  # after its NIC
         if refused:
@@ -653,18 +751,31 @@ class AzureProvider:
     async def list_managed(self) -> list[ManagedResource]:
         """Every per-session resource this deployment owns, one entry per session: tagged VMs, NICs
         and public IPs, and OS disks by name (disks get no tags). Another deployment's resources in
-        the same group carry another deployment id and are never listed."""
+        the same group are never listed, only reported; ours made with another store (its tag) are
+        listed only once they have expired: a lost store's leftovers then go, while a deployment
+        configured like this one (same subscription, group and instance name, no VPN_DEPLOYMENT_ID)
+        keeps its live sessions."""
         await self._clients()
         rg, found = self.config.resource_group, {}
-        mark = deployment_mark(self._deployment)
+        own = self._own_ids()
+        marks = {deployment_mark(d): d for d in own}
+        now = self.clock()
+        others: dict[str, list[str]] = {}  # another deployment -> names
+        held: dict[str, datetime | None] = {}  # session made with another store, not expired yet -> its expiry
 
         def owner(res) -> tuple[str, str] | None:
             tags = res.tags or {}
-            if tags.get(TAG_MANAGED_BY) == self.config.instance_name and tags.get(TAG_DEPLOYMENT) == self._deployment and TAG_SESSION in tags:
-                return tags[TAG_SESSION], tags.get(TAG_EXPIRES, "")
+            if TAG_SESSION in tags:
+                if tags.get(TAG_MANAGED_BY) == self.config.instance_name and tags.get(TAG_DEPLOYMENT) in own:
+                    return tags[TAG_SESSION], tags.get(TAG_EXPIRES, "")
+                theirs = f"{tags.get(TAG_MANAGED_BY, '?')}/{tags.get(TAG_DEPLOYMENT, '(no deployment tag)')}"
+                others.setdefault(theirs, []).append(res.name)
+                return None
             m = _DISK_NAME.match(res.name or "") if res.type and res.type.lower().endswith("/disks") else None
-            if m and m["deployment"] == mark:
+            if m and m["deployment"] in marks:
                 return m["session"], ""
+            if m:
+                others.setdefault(f"disks with deployment mark {m['deployment']}", []).append(res.name)
             return None
 
         listings = (
@@ -684,9 +795,32 @@ class AzureProvider:
                     expires = datetime.fromisoformat(expires_text)
                 except ValueError:
                     pass
+                store = (res.tags or {}).get(TAG_STORE)
+                if store and self._store_id and store != self._store_id and expires is not None and expires > now:
+                    held[sid] = max(filter(None, (held.get(sid), expires)))
                 entry = found.setdefault(sid, ManagedResource(resource_id=self._names(sid)["vm"], session_id=sid, expires_at=expires, details={"names": []}))
                 entry.details["names"].append(res.name)
+        self._report(others, {sid: (held[sid], found.pop(sid).details["names"]) for sid in held})
         return list(found.values())
+
+    def _report(self, others: dict[str, list[str]], held: dict[str, tuple[datetime, list[str]]]) -> None:
+        """One warning per kind of thing reconcile leaves alone, repeated only when it changes."""
+        lines = []
+        for theirs, names in sorted(others.items()):
+            lines.append(f"reconcile: leaving {len(names)} resource(s) of another deployment ({theirs}) in {self.config.resource_group} alone: {', '.join(sorted(names)[:10])}")
+        if held:
+            names = sorted(n for _, ns in held.values() for n in ns)
+            latest = max(e for e, _ in held.values())
+            lines.append(
+                f"reconcile: {len(names)} resource(s) of {len(held)} session(s) carry this deployment's id but were made with another store"
+                f" (a lost store, or another deployment with the same subscription, resource group and VPN_INSTANCE_NAME: give each its own"
+                f" VPN_DEPLOYMENT_ID); they are removed once they expire (the last at {latest.isoformat(timespec='seconds')}): {', '.join(names[:10])}"
+            )
+        report = "\n".join(lines)
+        if report != self._reported:
+            for line in lines:
+                log.warning("%s", line)
+            self._reported = report
 
     async def close(self) -> None:
         for sid in list(self._pending):

@@ -108,9 +108,17 @@ class Provider(Protocol):
     def hourly_cost(self, region: str) -> float:
         """Estimated cost of one session per hour, in US dollars."""
 
-    def bind_deployment(self, deployment_id: str) -> None:
+    def default_deployment_id(self) -> str:
+        """The deployment id derived from what this provider is configured with (Azure: subscription,
+        resource group and instance name), so that it survives losing the store; "" for providers
+        that keep no cloud resources."""
+
+    def bind_deployment(self, deployment_id: str, *, store_id: str = "") -> None:
         """Which deployment this process serves: cloud providers tag what they create with it and
-        reconcile only their own; providers that keep no cloud resources ignore it."""
+        reconcile only their own; providers that keep no cloud resources ignore it. `store_id` is
+        the store's own random id (the deployment id before issue 18): what carries it as its
+        deployment id is still this deployment's, and resources made with another store are left
+        alone until they expire (a lost store, or a deployment with the same configuration)."""
 
     async def close(self) -> None:
         """Release clients and connections."""

@@ -5,8 +5,9 @@ packages to install): a `.netdev` with the keys and the peer, a `.network` with 
 masquerading, and IP forwarding in sysctl; for full tunnels systemd-resolved also listens on the
 server's tunnel address so clients resolve names through the tunnel. Ubuntu gets it as cloud-init
 `#cloud-config` (`write_files` + `runcmd`), Flatcar as Ignition JSON. The last step is one
-`set -euo pipefail` script that proves the interface is up before it says so: on the serial
-console (read through boot diagnostics) and, when the bot is reachable, by POSTing a one-time URL.
+`set -euo pipefail` script that proves the interface is up, and the masquerade rule in place, before
+it says so: on the serial console (read through boot diagnostics) and, when the bot is reachable, by
+POSTing a one-time URL.
 """
 from __future__ import annotations
 
@@ -78,6 +79,7 @@ SERVER_UP_SCRIPT = r"""#!/bin/bash
 set -euo pipefail
 IFACE="${VPN_WG_IF:-wg0}"
 ADDRESS="__ADDRESS__"
+NAT_NET="__NAT_NET__"
 PORT="__PORT__"
 DNS_ADDR="__DNS_ADDR__"
 CONSOLE="${VPN_CONSOLE:-/dev/ttyS0}"
@@ -94,6 +96,42 @@ tunnel_up() {
   if command -v wg >/dev/null 2>&1; then [ "$(wg show "$IFACE" listen-port)" = "$PORT" ] || return 1; fi
   [ "$(sysctl -n net.ipv4.ip_forward)" = 1 ]
 }
+# IPMasquerade= makes networkd install the rule (nftables: table ip io.systemd.nat, a set holding the
+# tunnel's prefix and "ip saddr @set masquerade"; iptables where nftables is unavailable). Without
+# it clients connect and reach nothing, so no rule, no "up". Accepted: a masquerade rule naming the
+# prefix, a set that holds it, or no source at all.
+HAS_NET='function has_net(s,  i, rest) {
+  rest = " " s " "
+  while ((i = index(rest, net)) > 0) {
+    if (substr(rest, i - 1, 1) !~ /[0-9.]/ && substr(rest, i + length(net), 1) !~ /[0-9]/) return 1
+    rest = substr(rest, i + length(net))
+  }
+  return 0
+}'
+NFT_MASQ='
+$1 == "table" { table = $2 " " $3 }
+$1 == "set" && $NF == "{" { set = table " " $2; next }
+set != "" && $1 == "}" && NF == 1 { set = ""; next }
+set != "" { if (has_net($0)) member[set] = 1; next }
+(" " $0 " ") ~ /[ \t]masquerade[ \t;]/ { n++; rule[n] = $0; where[n] = table }
+END {
+  for (k = 1; k <= n; k++) {
+    r = rule[k]
+    if (has_net(r) || r !~ /saddr/) exit 0
+    while (match(r, /@[A-Za-z0-9_.]+/)) {
+      if (member[where[k] " " substr(r, RSTART + 1, RLENGTH - 1)]) exit 0
+      r = substr(r, RSTART + RLENGTH)
+    }
+  }
+  exit 1
+}'
+IPT_MASQ='/-j MASQUERADE/ { if (has_net($0) || $0 !~ / -s /) ok = 1 } END { exit !ok }'
+nat_up() {
+  if command -v nft >/dev/null 2>&1 && nft list ruleset 2>/dev/null | awk -v net="$NAT_NET" "$HAS_NET $NFT_MASQ"; then
+    return 0
+  fi
+  command -v iptables >/dev/null 2>&1 && iptables -t nat -S POSTROUTING 2>/dev/null | awk -v net="$NAT_NET" "$HAS_NET $IPT_MASQ"
+}
 resolver_up() {
   [ -z "$DNS_ADDR" ] || ss -Hlun "sport = :53" | grep -qF "$DNS_ADDR:53"
 }
@@ -105,6 +143,7 @@ wait_for() {
 sysctl --system >/dev/null
 networkctl reload
 wait_for tunnel_up || { say "vpn-boot: $IFACE did not come up"; exit 1; }
+wait_for nat_up || { say "vpn-boot: no masquerade rule for $NAT_NET (nft or iptables): clients would reach nothing"; exit 1; }
 if [ -n "$DNS_ADDR" ]; then
   systemctl restart systemd-resolved  # binds the extra stub listener on the tunnel address
   wait_for resolver_up || { say "vpn-boot: no resolver on $DNS_ADDR:53"; exit 1; }
@@ -138,6 +177,7 @@ def server_up_script(server: ServerConfig, *, tunnel_dns: bool) -> str:
     """The boot's last step: wait for the interface (and resolver), prove them, then signal."""
     values = {
         "__ADDRESS__": server.address,
+        "__NAT_NET__": str(ipaddress.ip_interface(server.address).network),
         "__PORT__": str(server.listen_port),
         "__DNS_ADDR__": tunnel_address(server) if tunnel_dns else "",
         "__CALLBACK_FILE__": CALLBACK_FILE,

@@ -132,7 +132,10 @@ class DryRunProvider:
             for sid, e in state.items()
         ]
 
-    def bind_deployment(self, deployment_id: str) -> None:
+    def default_deployment_id(self) -> str:
+        return ""  # nothing in a cloud to tell apart
+
+    def bind_deployment(self, deployment_id: str, *, store_id: str = "") -> None:
         return None  # nothing in a cloud to tag
 
     async def close(self) -> None:

@@ -50,16 +50,24 @@ class HostProvider:
     async def create(self, spec: ServerSpec, progress: ProgressFn) -> ServerInfo:
         await progress("reading the WireGuard interface")
         server_key = (await self._run(*self._wg, "show", self._interface, "public-key")).strip()
+        if spec.client_public_key == server_key:
+            raise ProvisionError(
+                "that public key is the VPN server's own, not your device's; use the public key your WireGuard app shows for your tunnel",
+                detail=f"session {spec.session_id}: the client key is {self._interface}'s own public key",
+            )
         port = (await self._run(*self._wg, "show", self._interface, "listen-port")).strip()
         endpoint = self._endpoint if ":" in self._endpoint.rsplit("]", 1)[-1] else f"{self._endpoint}:{port}"
         await progress("adding your peer")
         async with self._lock:
             peers = await self._peers()
             existing = peers.get(spec.client_public_key)
-            if existing:  # a retry: the peer is already there
+            if existing:  # a retry: the peer is already there, unless its address is another live session's
                 ip = existing[0]
-                if spec.reserve_address is not None:
-                    await spec.reserve_address(str(ip))
+                if spec.reserve_address is not None and not await spec.reserve_address(str(ip)):
+                    raise ProvisionError(
+                        "that public key is already in use by another VPN session; create a new tunnel in your WireGuard app and use its public key",
+                        detail=f"session {spec.session_id}: the peer with that key holds {ip} for another live session",
+                    )
             else:
                 taken = [a for addrs in peers.values() for a in addrs] + await self._interface_addresses()
                 ip = await self._reserve_free(spec, taken)
@@ -115,7 +123,10 @@ class HostProvider:
             if addrs and all(a in self._pool for a in addrs)
         ]
 
-    def bind_deployment(self, deployment_id: str) -> None:
+    def default_deployment_id(self) -> str:
+        return ""  # nothing in a cloud to tell apart
+
+    def bind_deployment(self, deployment_id: str, *, store_id: str = "") -> None:
         return None  # nothing in a cloud to tag
 
     async def close(self) -> None:

@@ -25,6 +25,8 @@ SMALLEST = {
     "bench_store.py": (["--ops", "5", "--sessions", "5"], "warned after that sweep: sqlite=5, azure-tables (Azurite)=5"),
     "bench_web.py": (["--sessions", "1", "--polls", "5", "--bad", "5"], "invalid bearer token -> 401"),
     "bench_groupme_chatter.py": (["--requests", "20", "--rounds", "1", "--skip-server"], "cheapest honest design"),
+    "bench_logins.py": (["--flood", "10", "--scenarios", "one", "--others", "1"], "the other user's logins meanwhile"),
+    "bench_store_open.py": ([], "reap, tables present"),
 }
 
 

@@ -43,8 +43,12 @@ async def scrape(port: int) -> str:
 
 
 @pytest.fixture
-async def served(make_runtime):
-    """The bot's aiohttp app on a loopback port, with /metrics on another; yields (runtime, bot base URL, metrics port)."""
+async def served(make_runtime, monkeypatch):
+    """The bot's aiohttp app on a loopback port, with /metrics on another; yields (runtime, bot base URL, metrics port).
+    Store-derived gauges are read afresh on every scrape here (these tests scrape before and after a change)."""
+    from bot.http import metrics
+
+    monkeypatch.setattr(metrics, "STORE_GAUGES_SECONDS", 0.0)
     holder = {}
 
     async def start(**env):
@@ -187,3 +191,67 @@ async def test_http_latency_is_labelled_by_route_template_never_the_path(make_ru
         await runner.cleanup()
     assert "s3cr3t" not in text and "BREW" not in text and "coffee" not in text
     assert value(text, "vpn_http_request_seconds_count", route="/api/groupme/{secret}", method="POST", status="204") == 1
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses with a TCP socket listening on `port`, from the kernel's own table (no traffic)."""
+    import ipaddress
+    import socket
+    import struct
+
+    found = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            found.add(str(ipaddress.IPv4Address(socket.ntohl(struct.unpack("<I", struct.pack("<I", int(address, 16)))[0]))))
+    return found
+
+
+@pytest.mark.parametrize("env, bound", [
+    ({"HOST": "0.0.0.0"}, "127.0.0.1"),  # /metrics is unauthenticated: never bound like HOST
+    ({"HOST": "0.0.0.0", "VPN_METRICS_HOST": "0.0.0.0"}, "0.0.0.0"),  # Container Apps' internal port mapping
+    ({"HOST": "0.0.0.0", "VPN_METRICS_HOST": "0.0.0.0", "VPN_DEV_MODE": "1"}, "127.0.0.1"),
+])
+async def test_metrics_bind_loopback_unless_told_otherwise(make_runtime, env, bound):
+    from bot.http import metrics
+
+    port = free_port()
+    runtime = make_runtime(VPN_METRICS_PORT=port, **env)
+    async with runtime, metrics.serving(runtime.store, runtime.provider.name, runtime.settings.ops.metrics_listen_host, port) as serving_port:
+        assert serving_port == port
+        assert _listening(port) == {bound}
+        assert value(await scrape(port), "vpn_store_up") == 1
+
+
+def test_metrics_host_defaults_to_loopback():
+    assert Settings.from_env({"HOST": "0.0.0.0"}).ops.metrics_host == "127.0.0.1"
+    assert Settings.from_env({"VPN_METRICS_HOST": "0.0.0.0"}).ops.metrics_host == "0.0.0.0"
+
+
+async def test_store_gauges_are_read_once_per_interval_however_often_anyone_scrapes(make_runtime, monkeypatch):
+    from bot.http import metrics
+
+    monkeypatch.setattr(metrics, "STORE_GAUGES_SECONDS", 1.0)
+    port = free_port()
+    runtime = make_runtime(VPN_METRICS_PORT=port, VPN_DRYRUN_STEP_SECONDS=0)
+    async with runtime, metrics.serving(runtime.store, runtime.provider.name, runtime.settings.ops.metrics_listen_host, port):
+        reads = 0
+        real = runtime.store.sessions
+
+        async def counted(*args, **kwargs):
+            nonlocal reads
+            reads += 1
+            await asyncio.sleep(0.05)  # a store round trip: concurrent scrapes overlap it
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(runtime.store, "sessions", counted)
+        texts = await asyncio.gather(*(scrape(port) for _ in range(20)))
+        texts += [await scrape(port) for _ in range(5)]
+        assert reads == 1 and all(value(t, "vpn_store_up") == 1 for t in texts)
+        await runtime.dispatcher.handle(incoming("/vpn start"))
+        await runtime.runner.wait_idle()
+        assert value(await scrape(port), "vpn_sessions", state="ready", provider="dryrun") == 0  # still the cached read
+        await asyncio.sleep(1.05)
+        assert value(await scrape(port), "vpn_sessions", state="ready", provider="dryrun") == 1  # a few seconds later: fresh
+        assert reads == 2

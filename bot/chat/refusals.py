@@ -32,6 +32,8 @@ def say(r: Refused, *, private: bool = True) -> str:
             )
         case Code.PRIVATE_CHAT_UNAVAILABLE:
             return str(f["reason"])
+        case Code.KEY_IN_USE:
+            return "That public key is already in use by another VPN session. Create a new tunnel in your WireGuard app and use its public key."
         case Code.USER_LIMIT:
             detail = f" (session {f['session_id']}, {f['state']})" if f.get("session_id") else ""
             return (

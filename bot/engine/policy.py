@@ -72,6 +72,7 @@ class Code(str, enum.Enum):
     MINUTES_OUT_OF_RANGE = "minutes_out_of_range"  # minutes, max
     NO_PRIVATE_DELIVERY = "no_private_delivery"  # channel
     PRIVATE_CHAT_UNAVAILABLE = "private_chat_unavailable"  # reason (the channel's own sentence)
+    KEY_IN_USE = "key_in_use"  # (a brought public key another live session has)
     USER_LIMIT = "user_limit"  # session_id, state
     GLOBAL_LIMIT = "global_limit"  # max
     NOTHING_TO_EXTEND = "nothing_to_extend"  # session_id, state ("" when the person has no session)

@@ -81,6 +81,8 @@ class VpnService:
         region, minutes = self.policy.start_request(region, minutes, list(self.provider.regions))
         if public_key is None:
             await self._check_private_delivery(actor, conv)
+        if public_key is not None and await self._key_in_use(public_key):  # issue 18.7: one live session per key
+            raise Refused(Code.KEY_IN_USE)
         owner = actor.key
         lock = self._user_locks.get(owner)
         if lock is None:
@@ -125,6 +127,10 @@ class VpnService:
         reason = await self.outbox.check_private_delivery(conv, actor.identity)  # e.g. Teams opens the 1:1 chat first
         if reason:
             raise Refused(Code.PRIVATE_CHAT_UNAVAILABLE, reason=reason)
+
+    async def _key_in_use(self, public_key: str) -> bool:
+        """A brought key that a live session already has: its peer is someone's tunnel (host: the same peer)."""
+        return any(s.client_public_key == public_key for s in await self.store.sessions(ACTIVE_STATES))
 
     # ----- reading ----------------------------------------------------------------------------------
 

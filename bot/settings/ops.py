@@ -19,13 +19,18 @@ class OpsSettings:
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_port: int = 9464  # 0: off
+    metrics_host: str = "127.0.0.1"  # not HOST: /metrics is unauthenticated (Container Apps' internal port: 0.0.0.0)
     instance_name: str = "vpn-bot"
-    deployment_id: str = ""  # empty: a random id the store keeps (bot/wiring.py binds it at start-up)
+    deployment_id: str = ""  # empty: the provider's own default (derived from its configuration), else the store's
 
     @property
     def listen_host(self) -> str:
         """HOST, except in dev mode: unauthenticated Teams is never reachable from another machine."""
         return "127.0.0.1" if self.dev_mode else self.host
+
+    @property
+    def metrics_listen_host(self) -> str:
+        return "127.0.0.1" if self.dev_mode else self.metrics_host
 
 
 def read(r: Reader) -> OpsSettings:
@@ -38,6 +43,7 @@ def read(r: Reader) -> OpsSettings:
         log_level=r.choice("VPN_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
         log_format=r.choice("VPN_LOG_FORMAT", "text", ("text", "json")),
         metrics_port=r.integer("VPN_METRICS_PORT", 9464, 0, 65535),
+        metrics_host=r.text("VPN_METRICS_HOST", "127.0.0.1") or "127.0.0.1",
         instance_name=r.parse("VPN_INSTANCE_NAME", "vpn-bot", resource_name, "1-40 lowercase letters, digits or '-'"),
         deployment_id=r.parse("VPN_DEPLOYMENT_ID", "", deployment_id, "1-64 lowercase letters, digits or '-'"),
     )

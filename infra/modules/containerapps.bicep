@@ -239,6 +239,11 @@ var settings = [
     value: string(metricsPort)
   }
   {
+    // The internal port mapping reaches the container's own address, not its loopback.
+    name: 'VPN_METRICS_HOST'
+    value: '0.0.0.0'
+  }
+  {
     // Container Apps' ingress (Envoy) is the one proxy in front of the app and appends the client's
     // address to X-Forwarded-For: trust that one hop, so the web channel's per-address limits count
     // clients, not the ingress (issue 18.9).

@@ -298,6 +298,7 @@ def test_ingress_probes_and_settings_match_the_app():
     assert "MicrosoftAppPassword" not in env
     assert ref(env["PORT"]["value"]) == "string(port)" and ref(env["VPN_METRICS_PORT"]["value"]) == "string(metricsPort)"
     assert variables["metricsPort"]["value"] != variables["port"]["value"]
+    assert env["VPN_METRICS_HOST"]["value"] == "0.0.0.0"  # the internal port mapping reaches the container's address, not loopback
 
     # Every name is one the app (or azure-identity) reads, and the values as deployed pass validation.
     settings_source = "".join(p.read_text() for p in (ROOT / "bot").rglob("*.py"))

@@ -95,6 +95,7 @@ async def test_request_bodies(make_runtime, channel, arm):
         await rt.dispatcher.handle(incoming("/vpn start"))
         await settle(rt)
         (s,) = await rt.store.sessions([SessionState.READY])
+        stored = await rt.store.deployment_id()
     config = next(x for x in channel.sent if x.kind == "config").text
     client_private = config.split("PrivateKey = ")[1].split("\n")[0]
     psk = config.split("PresharedKey = ")[1].split("\n")[0]
@@ -124,7 +125,8 @@ async def test_request_bodies(make_runtime, channel, arm):
     for put in (ip, nic, vm):
         tags = put.body["tags"]
         assert tags["managed-by"] == "vpn-bot" and tags["vpn-session"] == s.id and tags["vpn-owner"] == "test:alice"
-        assert tags["vpn-deployment"].startswith("d")  # the store's own id: two deployments never mix
+        assert tags["vpn-deployment"] == rt.provider.default_deployment_id()  # from subscription, group and instance: survives the store
+        assert tags["vpn-store"] == stored  # the store's own id: tells a lost store's resources from ours
         assert tags["expires-at"].endswith("+00:00")
 
     files = boot_files(customdata_of(arm))
@@ -467,18 +469,22 @@ async def test_a_disk_left_behind_is_found_by_reconcile(make_runtime, arm):
 
 
 async def test_two_deployments_in_one_group_leave_each_other_alone(arm, channel, clock, tmp_path):
-    """Same resource group, same default VPN_INSTANCE_NAME, two stores: each reconciles only its own."""
+    """Same resource group, same default VPN_INSTANCE_NAME, no VPN_DEPLOYMENT_ID, two stores: the
+    same derived deployment id, but each leaves the other's live sessions alone (made with another
+    store, not expired yet) and reconciles only its own."""
     from tests.support.factories import RecordingChannel
     from bot.wiring import Runtime
     from bot.settings import Settings
 
     def runtime(folder: str, ch) -> Runtime:
         settings = Settings.from_env({"VPN_DATA_DIR": str(tmp_path / folder), "VPN_USERS": "test:alice,test:bob"})
-        return Runtime(settings, azure(arm), [ch], clock=clock, background=False)
+        provider = azure(arm)
+        provider.clock = clock
+        return Runtime(settings, provider, [ch], clock=clock, background=False)
 
     other = RecordingChannel()
     async with runtime("one", channel) as one, runtime("two", other) as two:
-        assert one.provider.deployment_id != two.provider.deployment_id
+        assert one.provider.deployment_id == two.provider.deployment_id  # issue 18: derived, so it survives a lost store
         await one.dispatcher.handle(incoming("/vpn start"))
         await two.dispatcher.handle(incoming("/vpn start", user="test:bob"))
         await settle(one)

@@ -3,6 +3,7 @@ network namespace the way systemd-networkd would apply it, carries the delivered
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import sys
 from pathlib import Path
@@ -54,6 +55,21 @@ def apply_like_networkd(lab, files: dict[str, str], tmp_path: Path) -> None:
     run("ip", "-n", lab.server_ns, "addr", "add", network["Address"], "dev", lab.server_if)
     key, value = files[bootconfig.SYSCTL].split("=")
     run(*lab.in_server("sysctl", "-w", f"{key.strip()}={value.strip()}"))
+    if network.get("IPMasquerade") in ("ipv4", "both", "yes"):
+        masquerade_like_networkd(lab, str(ipaddress.ip_interface(network["Address"]).network))
+
+
+def masquerade_like_networkd(lab, prefix: str) -> None:
+    """What IPMasquerade=ipv4 makes systemd-networkd install over netlink (firewall-util-nft.c):
+    table ip io.systemd.nat, a set masq_saddr holding the address's prefix, a postrouting rule."""
+    rules = (
+        "table ip io.systemd.nat {\n"
+        "  set masq_saddr { type ipv4_addr; flags interval; }\n"
+        "  chain postrouting { type nat hook postrouting priority srcnat + 1; policy accept; ip saddr @masq_saddr masquerade; }\n"
+        "}\n"
+        f"add element ip io.systemd.nat masq_saddr {{ {prefix} }}\n"
+    )
+    run(*lab.in_server("nft", "-f", "/dev/stdin"), input=rules.encode())
 
 
 DNS_SERVER = """
@@ -82,7 +98,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
 
-def systemd_stubs(tmp_path: Path, files: dict[str, str], *, networkctl_fails: bool = False) -> Path:
+def systemd_stubs(tmp_path: Path, files: dict[str, str], *, networkctl_fails: bool = False, iptables_nat: str | None = None) -> Path:
     """Only the systemd front ends are stood in for (no systemd in a namespace); everything the
     script checks — the interface, its address, the UDP port, wg, forwarding, the resolver — is real."""
     import shutil
@@ -97,13 +113,17 @@ def systemd_stubs(tmp_path: Path, files: dict[str, str], *, networkctl_fails: bo
         "networkctl": "#!/bin/sh\nexit 1\n" if networkctl_fails else "#!/bin/sh\nexit 0\n",
         "systemctl": "#!/bin/sh\nexit 0\n",
     }
+    if iptables_nat is not None:  # what `iptables -t nat -S POSTROUTING` prints (no iptables here)
+        (tmp_path / "iptables-nat").write_text(iptables_nat)
+        scripts["iptables"] = f"#!/bin/sh\nexec cat {tmp_path / 'iptables-nat'}\n"
     for name, text in scripts.items():
         (stubs / name).write_text(text)
         (stubs / name).chmod(0o755)
     return stubs
 
 
-def run_server_up_script(lab, files: dict[str, str], tmp_path: Path, *, networkctl_fails: bool = False, wait: int = 5) -> tuple[int, str, list[str]]:
+def run_server_up_script(lab, files: dict[str, str], tmp_path: Path, *, networkctl_fails: bool = False, wait: int = 5,
+                         iptables_nat: str | None = None) -> tuple[int, str, list[str]]:
     """The boot's last step, as delivered, run in the "VM" namespace; returns (exit code, console, callbacks)."""
     import os
     import subprocess
@@ -117,7 +137,7 @@ def run_server_up_script(lab, files: dict[str, str], tmp_path: Path, *, networkc
     callback.write_text("http://127.0.0.1:8099/api/server-up/abc/" + "t" * 43 + "\n")
     lab.spawn(lab.in_server(sys.executable, "-c", CALLBACK_RECORDER, "8099", str(hits)))
     time.sleep(0.3)
-    stubs = systemd_stubs(tmp_path, files, networkctl_fails=networkctl_fails)
+    stubs = systemd_stubs(tmp_path, files, networkctl_fails=networkctl_fails, iptables_nat=iptables_nat)
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "VPN_WG_IF": lab.server_if, "VPN_CONSOLE": str(console),
            "VPN_CALLBACK_FILE": str(callback), "VPN_UP_WAIT_SECONDS": str(wait)}
     done = subprocess.run(lab.in_server("bash", str(script)), env=env, capture_output=True, timeout=60)
@@ -165,6 +185,31 @@ def test_a_boot_whose_wireguard_step_fails_never_reports_up(lab, tmp_path, broke
     assert code != 0
     assert "vpn-wg-up" not in console and "vpn-boot:" in console
     assert hits == []
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("nat, up", [
+    ("none", False),  # IPMasquerade failed: clients would connect and reach nothing
+    ("another prefix", False),
+    ("nftables, as networkd makes it", True),
+    ("iptables, as networkd makes it without nftables", True),
+])
+def test_the_boot_proof_includes_the_masquerade_rule(lab, tmp_path, nat, up):
+    """Issue 18.4: interface, address, port and forwarding up, but no NAT: never "up"."""
+    files = {f.path: f.content for f in bootconfig.boot_files(_server(), tunnel_dns=False)}
+    iptables_nat = None
+    if nat == "another prefix":
+        masquerade_like_networkd(lab, "10.78.0.0/24")
+    elif nat.startswith("nftables"):
+        masquerade_like_networkd(lab, "10.77.0.0/24")
+    elif nat.startswith("iptables"):
+        iptables_nat = "-P POSTROUTING ACCEPT\n-A POSTROUTING -s 10.77.0.0/24 -j MASQUERADE\n"
+    code, console, hits = run_server_up_script(lab, files, tmp_path, wait=2, iptables_nat=iptables_nat)
+    if up:
+        assert code == 0 and "vpn-wg-up" in console and len(hits) == 1, console
+    else:
+        assert code != 0 and hits == []
+        assert "vpn-wg-up" not in console and "vpn-boot: no masquerade rule for 10.77.0.0/24" in console
 
 
 def _server() -> ServerConfig:

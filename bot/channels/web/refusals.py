@@ -39,6 +39,8 @@ def words(r: Refused) -> str:
             return "A config cannot be delivered privately here."
         case Code.PRIVATE_CHAT_UNAVAILABLE:
             return str(f["reason"])
+        case Code.KEY_IN_USE:
+            return "That public key is already in use by another VPN session; create a new tunnel and use its public key."
         case Code.USER_LIMIT:
             detail = f" (session {f['session_id']}, {f['state']})" if f.get("session_id") else ""
             return f"You already have a VPN session running{detail}."
