@@ -16,6 +16,7 @@ from bot import preflight
 from bot.http import ready_callback
 from bot.access import AccessPolicy, RuleError, parse_rules
 from bot.channels.console import ConsoleChannel, operator_key, qr_style, run_console
+from bot.channels.web.page import WebOffPage
 from bot.logs import setup_logging
 from bot.messages import Identity, InvalidIdentity, UserKey
 from bot.wiring import Runtime
@@ -211,6 +212,7 @@ async def serve(settings: Settings, provider: Provider, access: AccessPolicy) ->
     channels = make_channels(settings)
     hooks = [ch.routes for ch in channels]
     hooks.append(ready_callback.routes)  # servers (Azure VMs) calling back "tunnel up", verified against the store
+    hooks += [] if settings.web_enabled else [WebOffPage().register]  # `/` says how to turn the web page on (issue 21.6)
     app = create_app(lambda: Runtime(settings, provider, access, channels), hooks)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -1,14 +1,16 @@
 """The static page (index.html with its sign-in settings filled in, app.js, style.css) under a strict CSP,
-and the headers every API answer carries (CORS only for configured origins, no caching, no framing)."""
+the page that says how to turn the web channel on when it is off, and the headers every API answer
+carries (CORS only for configured origins, no caching, no framing)."""
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from bot.channels.web.config import WebConfig
+from bot.channels.web.config import STATIC_DIR, WebConfig
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 COMMON_HEADERS = {
@@ -23,6 +25,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def page_headers(csp: str) -> dict[str, str]:
+    return {**COMMON_HEADERS, "Content-Security-Policy": csp, "Cache-Control": "no-cache"}
+
+
+def page_csp(connect: str = "'self'") -> str:
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+        f"connect-src {connect}; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    )
 
 
 class Page:
@@ -66,6 +79,56 @@ class Page:
         body, ctype = self._static[request.path]
         headers = {**COMMON_HEADERS, "Content-Security-Policy": self.csp(), "Cache-Control": "no-cache"}
         return web.Response(body=body, content_type=ctype, charset="utf-8", headers=headers)
+
+
+OFF_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>VPN: web sign-in is not configured</title>
+  {style}
+</head>
+<body>
+  <main>
+    <h1>The web sign-in is not configured</h1>
+    <p>This VPN bot is running, but its web page and API are off: they need
+    <code>VPN_LOCAL_AUTH_SECRET</code>, a random secret of at least 32 characters (the same on every
+    replica, kept as secret as a password).</p>
+    <p>Generate one with either of:</p>
+    <pre><code>python3 -c 'import secrets; print(secrets.token_urlsafe(32))'
+openssl rand -base64 32</code></pre>
+    <p>Put it in the bot's settings (for example <code>VPN_LOCAL_AUTH_SECRET=&lt;the secret&gt;</code> in
+    <code>.env</code>) and restart the bot. Then add a local account with
+    <code>vpn-bot users add you@example.org</code> and allow it in <code>VPN_USERS</code>, or set
+    <code>VPN_ENTRA_*</code> for Microsoft sign-in. docs/web.md has the details.</p>
+  </main>
+</body>
+</html>
+"""
+
+
+class WebOffPage:
+    """`/` when the web channel is off (no VPN_LOCAL_AUTH_SECRET): what is missing and how to turn it
+    on, instead of a bare 404. Static, no script, the page's own CSP and headers."""
+
+    def __init__(self, static_dir: Path = STATIC_DIR) -> None:
+        css = static_dir / "style.css"
+        self._css = css.read_bytes() if css.is_file() else None
+        link = '<link rel="stylesheet" href="/style.css">' if self._css is not None else ""
+        self._html = OFF_PAGE.replace("{style}", link).encode()
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_get("/", self._index)
+        if self._css is not None:
+            app.router.add_get("/style.css", self._style)
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._html, content_type="text/html", charset="utf-8", headers=page_headers(page_csp()))
+
+    async def _style(self, request: web.Request) -> web.Response:
+        assert self._css is not None
+        return web.Response(body=self._css, content_type="text/css", charset="utf-8", headers=page_headers(page_csp()))
 
 
 class ApiHeaders:
