@@ -1,11 +1,14 @@
-"""The static page (index.html with its sign-in settings filled in, app.js, style.css) under a strict CSP,
+"""The static page (index.html, app.js, style.css, and config.json: how to sign in) under a strict CSP,
 the page that says how to turn the web channel on when it is off, and the headers every API answer
-carries (CORS only for configured origins, no caching, no framing)."""
+carries (CORS only for configured origins, no caching, no framing).
+
+The page is the same files on a static host (issue 20.9): there the deployment writes config.json
+with the API's origin; here the bot answers it from its settings with `"api": ""` (this origin)."""
 from __future__ import annotations
 
-import html
+import json
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -39,46 +42,40 @@ def page_csp(connect: str = "'self'") -> str:
 
 
 class Page:
-    """Serves the page's three files, read once at start-up."""
+    """Serves the page's files, read once at start-up, and its config.json."""
 
     def __init__(self, config: WebConfig) -> None:
         self.config = config
         self._static: dict[str, tuple[bytes, str]] = {}
 
+    def client_config(self) -> dict[str, Any]:
+        """config.json: the same shape the deployment writes for a static host (docs/deploy.md)."""
+        c = self.config
+        entra = {"client_id": c.entra_spa_client_id, "authority": f"{c.entra_authority}/{c.entra_tenant_id}", "scope": c.api_scope}
+        return {"api": "", "entra": entra if c.entra_tenant_id and c.entra_spa_client_id else None}
+
     def load(self) -> None:
-        c, d = self.config, self.config.static_dir
-        index = (d / "index.html").read_text()
-        entra = bool(c.entra_tenant_id)
-        values = {
-            "ENTRA_CLIENT_ID": c.entra_spa_client_id if entra else "",
-            "ENTRA_AUTHORITY": f"{c.entra_authority}/{c.entra_tenant_id}" if entra else "",
-            "ENTRA_SCOPE": c.api_scope if entra else "",
-        }
-        for name, value in values.items():
-            index = index.replace("{{" + name + "}}", html.escape(value, quote=True))
+        d = self.config.static_dir
         self._static = {
-            "/": (index.encode(), "text/html"),
+            "/": ((d / "index.html").read_bytes(), "text/html"),
             "/app.js": ((d / "app.js").read_bytes(), "application/javascript"),
             "/style.css": ((d / "style.css").read_bytes(), "text/css"),
+            "/config.json": (json.dumps(self.client_config()).encode(), "application/json"),
         }
 
     def register(self, app: web.Application) -> None:
-        for path in ("/", "/app.js", "/style.css"):
+        for path in ("/", "/app.js", "/style.css", "/config.json"):
             app.router.add_get(path, self._serve)
 
     def csp(self) -> str:
         connect = "'self'"
         if self.config.entra_tenant_id:
             connect += " " + _origin(self.config.entra_authority)
-        return (
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-            f"connect-src {connect}; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-        )
+        return page_csp(connect)
 
     async def _serve(self, request: web.Request) -> web.Response:
         body, ctype = self._static[request.path]
-        headers = {**COMMON_HEADERS, "Content-Security-Policy": self.csp(), "Cache-Control": "no-cache"}
-        return web.Response(body=body, content_type=ctype, charset="utf-8", headers=headers)
+        return web.Response(body=body, content_type=ctype, charset="utf-8", headers=page_headers(self.csp()))
 
 
 OFF_PAGE = """<!doctype html>

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import aiohttp
 import jwt
@@ -19,6 +21,7 @@ from tests.support.webharness import SECRET, Client, WebApp
 
 ALICE = "alice@example.org"
 OTHER_TENANT = "99999999-9999-9999-9999-999999999999"
+APP_JS = Path(__file__).resolve().parents[3] / "web" / "app.js"
 
 
 @pytest.fixture
@@ -106,3 +109,11 @@ async def test_local_tokens_name_their_reason(http, tmp_path, caplog):
     finally:
         await app.close()
 
+
+def test_the_page_has_a_sentence_for_every_reason():
+    """The page names each code in its own words (web/app.js: REASON_WORDS); none is left to a generic line."""
+    script = APP_JS.read_text()
+    block = re.search(r"const REASON_WORDS = \{(.*?)\n  \};", script, re.S)
+    assert block, "web/app.js has no REASON_WORDS"
+    named = set(re.findall(r"^\s+(\w+):", block.group(1), re.M))
+    assert named >= set(REASONS), set(REASONS) - named

@@ -46,3 +46,24 @@ async def test_without_the_secret_the_page_says_how_to_turn_it_on(tmp_path):
     assert "<script" not in body and "style=" not in body
     assert "Traceback" not in err
 
+
+async def test_the_page_served_by_the_bot_reads_its_sign_in_settings_from_config_json(tmp_path):
+    """One code path in the page: the bot answers config.json as the deployment writes it for a static host."""
+    from tests.fakes.entra import API_CLIENT_ID, SPA_CLIENT_ID, TENANT
+    from tests.support.webharness import WebApp
+
+    async with aiohttp.ClientSession() as http:
+        for env, entra in (
+            ({}, None),
+            ({"VPN_ENTRA_TENANT_ID": TENANT, "VPN_ENTRA_API_AUDIENCE": API_CLIENT_ID, "VPN_ENTRA_SPA_CLIENT_ID": SPA_CLIENT_ID},
+             {"client_id": SPA_CLIENT_ID, "authority": f"https://login.microsoftonline.com/{TENANT}", "scope": f"api://{API_CLIENT_ID}/access_as_user"}),
+        ):
+            app = await WebApp(tmp_path / "data", VPN_METRICS_PORT="0", **env).start()
+            try:
+                async with http.get(f"{app.base}/config.json") as resp:
+                    assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/json")
+                    assert await resp.json() == {"api": "", "entra": entra}
+                async with http.get(f"{app.base}/") as resp:
+                    assert "{{" not in await resp.text()  # nothing filled in: the same file a static host serves
+            finally:
+                await app.close()
