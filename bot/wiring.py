@@ -276,6 +276,10 @@ def build_http_app(runtime: Runtime, *, wait_seconds: float = 5.0) -> web.Applic
         ReadyCallback(runtime.store, runtime.service.record_server_up).register,  # servers calling back "tunnel up"
         *(ch.routes for ch in runtime.channels),
     ]
+    if runtime.settings.web is None:
+        from bot.channels.web.page import WebOffPage
+
+        hooks.append(WebOffPage().register)  # `/` says how to turn the web page on (issue 21.6)
     app = create_app(startup, hooks)
     app.cleanup_ctx.append(_lifetime(runtime, startup))
     return app

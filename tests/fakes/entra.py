@@ -2,8 +2,14 @@
 
 Tokens are real RS256 JWTs signed with a key the JWKS publishes, shaped like Entra v2 access tokens
 (iss `{authority}/{tenant}/v2.0`, aud = the API's client id, tid, oid, scp). The authorize endpoint
-signs the (only) test user in at once and redirects with a code; the token endpoint checks the PKCE
-verifier and, as Entra does for SPA redirect URIs, answers cross-origin.
+signs the (only) test user in at once and redirects with a code (in the query, or in the fragment
+with `response_mode=fragment`); the token endpoint checks the PKCE verifier and, as Entra does for
+SPA redirect URIs, answers cross-origin, with a refresh token when `offline_access` was asked for
+(a single-page app's: only on a cross-origin request, rotated on every use).
+
+Knobs for the misconfigurations and expiries a test plays: `platform = "web"` (the redirect URI
+registered as "Web": the token endpoint answers without CORS, so a browser cannot read it),
+`token_lifetime` (seconds), `token_claims` (e.g. a v1.0 token), `refuse_refresh`.
 """
 from __future__ import annotations
 
@@ -43,8 +49,14 @@ class FakeEntra:
     kid: str = "fake-key-1"
     user_oid: str = "0f0f0f0f-1111-2222-3333-444444444444"
     user_upn: str = "erin@contoso.example"
-    fetches: dict = field(default_factory=lambda: {"metadata": 0, "jwks": 0, "token": 0})
+    fetches: dict = field(default_factory=lambda: {"metadata": 0, "jwks": 0, "token": 0, "refresh": 0})
     codes: dict = field(default_factory=dict)
+    authorize_requests: list = field(default_factory=list)  # the query of every authorize request
+    platform: str = "spa"  # "web": the redirect URI registered as a Web platform
+    token_lifetime: int = 3600
+    token_claims: dict = field(default_factory=dict)  # overrides for the access tokens the token endpoint issues
+    refuse_refresh: bool = False
+    refresh_tokens: set = field(default_factory=set)
     _runner: web.AppRunner | None = None
 
     @property
@@ -113,10 +125,14 @@ class FakeEntra:
         q = request.query
         if q.get("client_id") != SPA_CLIENT_ID or q.get("response_type") != "code" or q.get("code_challenge_method") != "S256":
             return web.Response(status=400, text="AADSTS900144: bad authorize request")
+        self.authorize_requests.append(dict(q))
         code = secrets.token_urlsafe(24)
         self.codes[code] = {"challenge": q["code_challenge"], "redirect_uri": q["redirect_uri"], "scope": q.get("scope", "")}
-        sep = "&" if "?" in q["redirect_uri"] else "?"
-        raise web.HTTPFound(f"{q['redirect_uri']}{sep}code={code}&state={q.get('state', '')}&session_state={uuid.uuid4()}")
+        answer = f"code={code}&state={q.get('state', '')}&session_state={uuid.uuid4()}"
+        if q.get("response_mode") == "fragment":
+            raise web.HTTPFound(f"{q['redirect_uri']}#{answer}")
+        sep = "&" if "?" in q["redirect_uri"] else "?"  # Entra's default for the code flow: the query
+        raise web.HTTPFound(f"{q['redirect_uri']}{sep}{answer}")
 
     def _cors(self, request: web.Request) -> dict:
         origin = request.headers.get("Origin")
@@ -127,8 +143,14 @@ class FakeEntra:
 
     async def _token(self, request: web.Request) -> web.Response:
         self._tenant_ok(request)
-        self.fetches["token"] += 1
         form = await request.post()
+        if self.platform != "spa":
+            # What Entra says to a browser redeeming a code for a "Web" redirect URI, without CORS headers.
+            self.fetches["token"] += 1
+            return web.json_response({"error": "invalid_request", "error_description": "AADSTS9002326: Cross-origin token redemption is permitted only for the 'Single-Page Application' client-type."}, status=400)
+        if form.get("grant_type") == "refresh_token":
+            return self._refresh(request, form)
+        self.fetches["token"] += 1
         grant = self.codes.pop(str(form.get("code", "")), None)
         verifier = str(form.get("code_verifier", ""))
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
@@ -136,7 +158,23 @@ class FakeEntra:
             return web.json_response({"error": "invalid_grant", "error_description": "AADSTS70008: bad code or verifier"}, status=400, headers=self._cors(request))
         if f"api://{API_CLIENT_ID}/access_as_user" not in str(form.get("scope", "")).split():
             return web.json_response({"error": "invalid_scope"}, status=400, headers=self._cors(request))
-        return web.json_response(
-            {"token_type": "Bearer", "scope": f"api://{API_CLIENT_ID}/access_as_user", "expires_in": 3600, "access_token": self.issue()},
-            headers=self._cors(request),
-        )
+        return self._tokens(request, str(form.get("scope", "")))
+
+    def _refresh(self, request: web.Request, form) -> web.Response:
+        self.fetches["refresh"] += 1
+        token = str(form.get("refresh_token", ""))
+        if self.refuse_refresh or token not in self.refresh_tokens or form.get("client_id") != SPA_CLIENT_ID:
+            return web.json_response({"error": "invalid_grant", "error_description": "AADSTS700084: The refresh token has expired."}, status=400, headers=self._cors(request))
+        self.refresh_tokens.discard(token)  # rotated: each is used once
+        return self._tokens(request, str(form.get("scope", "")))
+
+    def _tokens(self, request: web.Request, scope: str) -> web.Response:
+        now = int(time.time())
+        body = {
+            "token_type": "Bearer", "scope": f"api://{API_CLIENT_ID}/access_as_user", "expires_in": self.token_lifetime,
+            "access_token": self.issue(iat=now, nbf=now, exp=now + self.token_lifetime, **self.token_claims),
+        }
+        if "offline_access" in scope.split() and request.headers.get("Origin"):  # SPAs get one only cross-origin
+            body["refresh_token"] = secrets.token_urlsafe(32)
+            self.refresh_tokens.add(body["refresh_token"])
+        return web.json_response(body, headers=self._cors(request))

@@ -4,7 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 SESSION_ID = {"type": "string", "pattern": "^[0-9a-f]{10}$"}
-ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "user": {"type": "string"}}}
+ERROR = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "string"}, "user": {"type": "string"},
+    "reason": {"type": "string", "description": "401 only: why the token was refused (expired, v1_token, wrong_audience, missing_scope, …)"},
+}}
 TIME = {"type": "string", "format": "date-time"}
 
 

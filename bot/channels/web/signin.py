@@ -15,14 +15,22 @@ from bot.channels.web.client_address import client_address
 from bot.channels.web.config import WebConfig
 from bot.channels.web.deps import WebDeps
 from bot.channels.web.signin_entra import EntraUnavailable, EntraVerifier
-from bot.channels.web.signin_entra import InvalidToken as EntraInvalid
 from bot.channels.web.signin_local import LocalAuth, LoginRefused, TooManyAttempts
-from bot.channels.web.signin_local import InvalidToken as LocalInvalid
+from bot.channels.web.token_refusals import REASONS, ROUTINE, InvalidToken
 from bot.messages import Identity, InvalidIdentity, UserKey
 
 log = logging.getLogger(__name__)
 MAX_TOKEN = 8192
 UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="vpn"'}
+
+
+def _refused(reason: str, detail: str = "") -> web.Response:
+    """The 401 with its reason code, and one log line (never the token): WARNING when it may be a
+    misconfiguration, INFO when a sign-in simply ended, nothing for a request without a token."""
+    if reason != "no_token":
+        level = logging.INFO if reason in ROUTINE else logging.WARNING
+        log.log(level, "web: bearer token refused: %s%s", reason, f" ({detail[:160]})".replace("\n", " ") if detail else "")
+    return web.json_response({"error": REASONS[reason], "reason": reason}, status=401, headers=UNAUTHORIZED)
 
 
 def _unverified_alg(token: str) -> str:
@@ -51,11 +59,11 @@ class SignIn:
             self._entra = EntraVerifier(deps.http, c.entra_authority, c.entra_tenant_id, c.entra_audience)
 
     async def identify(self, request: web.Request) -> Identity | web.Response:
-        """The verified caller, or the 401/503 to answer."""
+        """The verified caller, or the 401/503 to answer (a 401 names its reason: token_refusals.py)."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN:
-            return json_error(401, "Sign in first: send Authorization: Bearer <token>.", **UNAUTHORIZED)
+            return _refused("no_token")
         alg = _unverified_alg(token)
         try:
             if alg == "HS256" and self._local is not None:
@@ -64,11 +72,15 @@ class SignIn:
             if alg == "RS256" and self._entra is not None:
                 entra = await self._entra.verify(token)
                 return Identity(UserKey("teams", entra.oid), email=entra.email, display_name=entra.name)
-        except (LocalInvalid, EntraInvalid, InvalidIdentity) as exc:
-            log.info("web: bearer token refused (%s)", str(exc)[:120])
+        except InvalidToken as exc:
+            return _refused(exc.reason, exc.detail)
+        except InvalidIdentity as exc:
+            return _refused("malformed", str(exc))
         except EntraUnavailable:
             return json_error(503, "Microsoft sign-in cannot be checked right now; try again in a minute.", **{"Retry-After": "30"})
-        return json_error(401, "The sign-in token is not valid (expired, or not for this service). Sign in again.", **UNAUTHORIZED)
+        if alg == "RS256":
+            return _refused("entra_off", "an RS256 token, and Microsoft sign-in is not configured")
+        return _refused("malformed", f"alg {alg[:20]!r}")
 
     async def login(self, request: web.Request) -> web.Response:
         body = await json_body(request)

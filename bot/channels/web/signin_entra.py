@@ -22,14 +22,17 @@ from typing import Any
 import aiohttp
 import jwt
 
+from bot.channels.web.token_refusals import InvalidToken, jwt_reason
+
 log = logging.getLogger(__name__)
 SCOPE = "access_as_user"
 ALGORITHM = "RS256"
 LEEWAY = 60  # seconds of clock skew
 
 
-class InvalidToken(Exception):
-    pass
+def _is_v1(claims: dict[str, Any]) -> bool:
+    """Entra's v1.0 access tokens (the API app's manifest still asks for them): `ver` 1.0, issuer sts.windows.net."""
+    return str(claims.get("ver", "")) == "1.0" or str(claims.get("iss", "")).startswith("https://sts.windows.net/")
 
 
 class EntraUnavailable(Exception):
@@ -68,12 +71,17 @@ class EntraVerifier:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
-            raise InvalidToken(f"malformed: {exc}") from None
+            raise InvalidToken("malformed", str(exc)) from None
         if header.get("alg") != ALGORITHM or not isinstance(header.get("kid"), str):
-            raise InvalidToken("not an RS256 token with a key id")
+            raise InvalidToken("malformed", "not an RS256 token with a key id")
         aud = unverified.get("aud")
-        if str(unverified.get("tid", "")).lower() != self.tenant_id or (aud != self.audience and not (isinstance(aud, list) and self.audience in aud)):
-            raise InvalidToken("not for this tenant and API")
+        if str(unverified.get("tid", "")).lower() != self.tenant_id:
+            raise InvalidToken("wrong_tenant", "not for this tenant")
+        ours = aud == self.audience or (isinstance(aud, list) and self.audience in aud)
+        if _is_v1(unverified) and (ours or self.audience in str(aud)):  # a v1 token's aud is the App ID URI, api://<id>
+            raise InvalidToken("v1_token", "a v1.0 access token for this API (its app registration must ask for v2)")
+        if not ours:
+            raise InvalidToken("wrong_audience", "not for this API")
         key = await self._key(header["kid"])
         try:
             claims = jwt.decode(
@@ -81,14 +89,14 @@ class EntraVerifier:
                 options={"require": ["exp", "iat", "iss", "aud", "oid", "tid"]},
             )
         except jwt.PyJWTError as exc:
-            raise InvalidToken(str(exc)) from None
+            raise InvalidToken(jwt_reason(exc), str(exc)) from None
         if str(claims["tid"]).lower() != self.tenant_id:
-            raise InvalidToken("wrong tenant")
+            raise InvalidToken("wrong_tenant")
         if SCOPE not in str(claims.get("scp", "")).split():
-            raise InvalidToken(f"the token lacks the {SCOPE} scope (app-only tokens are not people)")
+            raise InvalidToken("missing_scope", f"the token lacks the {SCOPE} scope (app-only tokens are not people)")
         oid = claims["oid"]
         if not isinstance(oid, str) or not oid:
-            raise InvalidToken("no object id")
+            raise InvalidToken("malformed", "no object id")
         return EntraIdentity(oid=oid.lower(), tenant_id=self.tenant_id, email=_verified_email(claims, self._issuer), name=str(claims.get("name", ""))[:100])
 
     async def _key(self, kid: str) -> Any:
@@ -104,7 +112,7 @@ class EntraVerifier:
             if stale or (kid not in self._keys and may_refresh):
                 await self._refresh()
         if kid not in self._keys:
-            raise InvalidToken("unknown signing key")
+            raise InvalidToken("unknown_key", "a signing key the tenant does not publish")
         return self._keys[kid]
 
     async def _refresh(self) -> None:

@@ -35,6 +35,7 @@ import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from bot.channels.web.token_refusals import InvalidToken, jwt_reason
 from bot.store.ports import SIGN_IN_MEMORY, LocalUser
 
 ISSUER = "local"
@@ -65,10 +66,6 @@ class TooManyAttempts(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__("too many attempts")
         self.retry_after = retry_after
-
-
-class InvalidToken(Exception):
-    pass
 
 
 def _window(now: datetime) -> int:
@@ -255,13 +252,13 @@ class LocalAuth:
                 options={"require": ["exp", "iat", "iss", "aud", "sub", "email", "pwv"]},
             )
         except jwt.PyJWTError as exc:
-            raise InvalidToken(str(exc)) from None
+            raise InvalidToken(jwt_reason(exc), str(exc)) from None
         email = claims["email"]
         if not isinstance(email, str) or claims["sub"] != f"local:{email}":
-            raise InvalidToken("malformed subject")
+            raise InvalidToken("malformed", "malformed subject")
         user = await self._store.get_user(email)
         if user is None or not hmac.compare_digest(str(claims["pwv"]), _fingerprint(user.password_hash)):
-            raise InvalidToken("account removed or password changed")
+            raise InvalidToken("account_changed", "account removed or password changed")
         return LocalIdentity(email)
 
     @staticmethod
