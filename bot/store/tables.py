@@ -28,10 +28,11 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
 from bot.store.codec import decode, encode
 from bot.store.model import TERMINAL_STATES, Conflict, Session, SessionState, utcnow
-from bot.store.ports import AuditEntry, CreateOutcome, LocalUser, Worker
+from bot.store.ports import AuditEntry, Contact, CreateOutcome, LocalUser, Worker
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses"
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a string property holds 32k characters
 _SESSION_ROW = "s"
+_CONTACT = "contact"  # the meta table's partition of approvers' private chats
 
 
 def _key(text: str) -> str:
@@ -313,8 +315,9 @@ class TableStore:
         async for e in self._query("workers", "heartbeat_at lt @t", {"t": cutoff}, select=["PartitionKey", "RowKey"]):
             await self._table("workers").delete_entity(e["PartitionKey"], e["RowKey"])
         cutoff = (now - ENDED_RETENTION).isoformat()
-        query = "( state eq @deleted or state eq @failed ) and ended_at lt @t"
-        async for e in self._query("sessions", query, {"deleted": "deleted", "failed": "failed", "t": cutoff}, select=["PartitionKey", "RowKey"]):
+        query = "( state eq @deleted or state eq @failed or state eq @denied ) and ended_at lt @t"
+        ended = {"deleted": "deleted", "failed": "failed", "denied": "denied", "t": cutoff}
+        async for e in self._query("sessions", query, ended, select=["PartitionKey", "RowKey"]):
             await self._table("sessions").delete_entity(e["PartitionKey"], e["RowKey"])
 
     # ----- claim links (sealed configs; see bot/one_time_configs.py) -----------------------------------------
@@ -437,6 +440,22 @@ class TableStore:
         except ResourceExistsError:
             pass
         return (await meta.get_entity("meta", "deployment_id"))["value"]
+
+    # ----- approvers' private chats: a partition of the meta table (no table of their own to declare) -
+
+    async def put_contact(self, contact: Contact) -> None:
+        await self._table("meta").upsert_entity(
+            {"PartitionKey": _CONTACT, "RowKey": _key(contact.user), "user": contact.user, "label": contact.label,
+             "conversation": contact.conversation.to_json(), "updated_at": contact.updated_at.isoformat()},
+            mode=UpdateMode.REPLACE,
+        )
+
+    async def contacts(self) -> list[Contact]:
+        found = [
+            Contact(e["user"], e["label"], ConversationRef.from_json(e["conversation"]), datetime.fromisoformat(e["updated_at"]))
+            async for e in self._query("meta", "PartitionKey eq @p", {"p": _CONTACT})
+        ]
+        return sorted(found, key=lambda c: c.user)
 
     # ----- web channel: local accounts, attempt counters, progress text ------------------------------
 
