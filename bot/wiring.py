@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from contextlib import AsyncExitStack
-from typing import Callable
+from typing import Awaitable, Callable, Sequence
 
 import aiohttp
 
@@ -17,13 +18,15 @@ from bot.channels.deps import ChatDeps
 from bot.channels.web.deps import WebDeps
 from bot.chat.vpn import build_registry, help_card_for, welcome_card_for
 from bot.replies import Channel, Outbox
-from bot.engine.config import SessionPolicy
+from bot.engine.config import GovernanceConfig, SessionPolicy
+from bot.engine.groups import GroupLookup, Memberships, NoGraph
 from bot.engine.policy import Policy
 from bot.engine.service import VpnService
 from bot.store.model import utcnow
 from bot.store.sqlite import SqliteStore
 from bot.store.ports import Store
 from bot.settings import Settings
+from bot.settings.governance import GovernanceSettings
 from bot.engine.tasks import TaskRunner
 from provisioner.base import Provider
 
@@ -69,6 +72,8 @@ class Runtime:
         *,
         clock: Callable = utcnow,
         background: bool = True,
+        graph_token: Callable[[], Awaitable[str]] | None = None,  # tests: a token for the fake Graph
+        graph_ssl: ssl.SSLContext | None = None,  # tests: trust the fake Graph's own certificate
     ) -> None:
         self.settings = settings
         self.provider = provider
@@ -79,10 +84,15 @@ class Runtime:
         self.store = make_store(settings)
         self.runner = TaskRunner()
         limits = policy_from(settings)
-        self.policy = Policy(access, limits, self.store, clock)
+        gov = settings.governance or GovernanceSettings()
+        self._graph = _Graph(settings, gov, graph_token, graph_ssl)  # Microsoft Graph, once the HTTP session exists
+        governance = GovernanceConfig(gov.approvers, gov.approval, gov.approval_timeout_minutes, gov.policy_file, gov.policy)
+        memberships = Memberships(self._graph, clock, gov.group_cache_seconds)
+        self.policy = Policy(access, limits, self.store, clock, governance=governance, memberships=memberships)
         self.service = VpnService(self.store, provider, self.runner, self.outbox, limits, self.policy, clock=clock)
         self.registry = registry = build_registry(self.service)
-        self.dispatcher = Dispatcher(registry, self.policy, self.store, self.outbox, help_card_for(registry), clock=clock)
+        self.dispatcher = Dispatcher(registry, self.policy, self.store, self.outbox, help_card_for(registry), clock=clock,
+                                     on_admitted=self.service.remember_contact)
         self.channels = list(channels)
         self.http: aiohttp.ClientSession | None = None  # one client session for every outbound call
         self._background = background
@@ -96,6 +106,7 @@ class Runtime:
         stack.push_async_callback(self.provider.close)
         self.http = aiohttp.ClientSession()
         stack.push_async_callback(self.http.close)  # after the runner: tasks finishing in its grace period still send
+        self._graph.open(self.http)
         stack.push_async_callback(self.runner.shutdown)
         deps = ChatDeps(
             http=self.http,
@@ -134,6 +145,30 @@ class Runtime:
 
     async def __aexit__(self, *exc) -> None:
         await self._stack.aclose()
+
+
+class _Graph:
+    """The group lookup the policy asks: Microsoft Graph with the bot's own app (bot/graph.py), built
+    once the HTTP session exists; with no app id configured every lookup fails closed."""
+
+    def __init__(self, settings: Settings, gov: GovernanceSettings, token: Callable[[], Awaitable[str]] | None, ssl_context: ssl.SSLContext | None) -> None:
+        self._settings, self._gov, self._token, self._ssl = settings, gov, token, ssl_context
+        self._lookup: GroupLookup = NoGraph()
+
+    def open(self, http: aiohttp.ClientSession) -> None:
+        token = self._token
+        s = self._settings
+        if token is None and s.teams_app_id:
+            from bot.graph import AppToken
+
+            token = AppToken(s.teams_app_id, s.teams_app_password, s.teams_app_type, s.teams_tenant_id, self._gov.graph_endpoint)
+        if token is not None:
+            from bot.graph import GraphClient
+
+            self._lookup = GraphClient(http, self._gov.graph_endpoint, token, ssl_context=self._ssl)
+
+    async def member_groups(self, object_id: str, group_ids: Sequence[str]) -> frozenset[str]:
+        return await self._lookup.member_groups(object_id, group_ids)
 
 
 async def _cancel(task: asyncio.Task) -> None:

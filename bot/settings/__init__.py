@@ -10,10 +10,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from provisioner.wireguard import DEFAULT_ALLOWED_IPS, parse_allowed_ips
+
+if TYPE_CHECKING:
+    from bot.settings.governance import GovernanceSettings
 
 T = TypeVar("T")
 PROVIDERS = ("dryrun", "host", "azure")
@@ -99,6 +102,7 @@ class Settings:
     entra_authority: str = "https://login.microsoftonline.com"
     local_auth_secret: str = ""
     cors_origins: tuple[str, ...] = ()
+    governance: GovernanceSettings | None = None  # approvals, groups, the policy file: bot/settings/governance.py (None: all off)
 
     @property
     def web_enabled(self) -> bool:
@@ -194,6 +198,7 @@ class Settings:
             entra_authority=r.parse("VPN_ENTRA_AUTHORITY", "https://login.microsoftonline.com", _public_url, "an https:// URL (http:// only for localhost)"),
             local_auth_secret=r.text("VPN_LOCAL_AUTH_SECRET", ""),
             cors_origins=r.parse("VPN_CORS_ORIGINS", "", _origin_list, "comma-separated origins like https://vpn.example.org (no paths, no '*')"),
+            governance=_governance(env),
         )
         if s.max_session_minutes < s.session_minutes:
             raise SettingsError(
@@ -258,6 +263,15 @@ class Settings:
                 "configs waiting for download, so every replica can open them (local accounts exist only after `app.py users add`)"
             )
         return s
+
+
+def _governance(env: Mapping[str, str]) -> GovernanceSettings:
+    from bot.settings import governance  # its own section (approvals, groups, the policy file)
+
+    try:
+        return governance.read(env)
+    except governance.Invalid as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _table_prefix(text: str) -> str:
