@@ -44,7 +44,7 @@ from botbuilder.integration.aiohttp import (
     ConfigurationBotFrameworkAuthentication,
     ConfigurationServiceClientCredentialFactory,
 )
-from botbuilder.schema import Activity
+from botbuilder.schema import Activity, AdaptiveCardInvokeResponse
 from botframework.connector.auth import AuthenticationConstants, JwtTokenExtractor
 from botframework.connector.auth.jwt_token_extractor import _OpenIdConfig
 from jwt.algorithms import RSAAlgorithm
@@ -605,8 +605,13 @@ class TeamsChannel(ChannelDefaults):
     async def send_text(self, conv: ConversationRef, text: str) -> None:
         await self._post(conv, {"type": "message", "text": text})
 
-    async def send_card(self, conv: ConversationRef, card: Card) -> None:
-        await self._post(conv, _card_activity(card))
+    async def send_card(self, conv: ConversationRef, card: Card) -> str | None:
+        return await self._post(conv, _card_activity(card))  # the activity id: update_card replaces it
+
+    async def update_card(self, conv: ConversationRef, handle: str, card: Card) -> bool:
+        """PUT the activity (issue 22: every approver's card becomes the outcome), from any replica."""
+        await self._post(conv, _card_activity(card), update_id=handle)
+        return True
 
     async def send_progress(self, conv: ConversationRef, text: str, handle: str | None) -> str | None:
         """One card, updated in place (PUT) as the steps go by. Updates do not hold up the work: the
@@ -870,6 +875,20 @@ class TeamsChannel(ChannelDefaults):
         return (session.conversation.data.get("tenant_id") or "") == _tenant_of(activity)
 
 
+# ----- Action.Execute card actions (issue 22) --------------------------------------------------------
+
+async def _on_card_action(channel: TeamsChannel, turn_context: TurnContext, invoke_value: Any) -> AdaptiveCardInvokeResponse:
+    """An `adaptiveCard/action` invoke (Action.Execute): its `data.command` is handled like typed text,
+    authorised the same way; Teams gets its answer at once, the command runs in a tracked task."""
+    activity = turn_context.activity
+    data = (invoke_value.action or {}).get("data") if invoke_value is not None else None
+    command = str(data.get("command") or "") if isinstance(data, dict) else ""
+    if channel.tenant_allowed(activity) and command:
+        activity.text = command
+        channel._later(activity, lambda: channel._handle_message(activity))
+    return AdaptiveCardInvokeResponse(status_code=200, type="application/vnd.microsoft.activity.message", value="Working on it…")
+
+
 def _private_chat_refusal(exc: ConnectorError) -> str:
     """The true reason a 1:1 chat could not be opened, in words the user can act on."""
     if exc.status in (403, 404) or exc.code in ("BotNotInConversationRoster", "ConversationBlockedByUser", "Forbidden"):
@@ -906,3 +925,6 @@ class _Handler(TeamsActivityHandler):
 
     async def on_teams_file_consent_decline(self, turn_context: TurnContext, file_consent_card_response) -> None:
         await self.channel.on_file_consent(turn_context, accepted=False)
+
+    async def on_adaptive_card_invoke(self, turn_context: TurnContext, invoke_value) -> AdaptiveCardInvokeResponse:
+        return await _on_card_action(self.channel, turn_context, invoke_value)
