@@ -1,16 +1,17 @@
 // The VPN page: sign in (Microsoft Entra ID via authorization code + PKCE, or a local account),
-// start a session, follow its progress, show the config once, extend, stop; admins see every session.
+// start a session, follow its progress, show the config once, extend, stop; admins see every session;
+// approvers see the requests waiting for them, with Approve and Deny.
 // No library, no build step, no inline script (the CSP forbids it). No API call before sign-in.
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
   const meta = (name) => (document.querySelector(`meta[name="${name}"]`) || {}).content || "";
   const entra = { clientId: meta("vpn-entra-client-id"), authority: meta("vpn-entra-authority"), scope: meta("vpn-entra-scope") };
-  const ENDED = ["deleted", "failed"];
+  const ENDED = ["deleted", "failed", "denied"];
   let token = null;
   let me = null;
   let current = null; // the Location of the session being followed
-  let pollTimer = null, adminTimer = null, tickTimer = null;
+  let pollTimer = null, adminTimer = null, tickTimer = null, pendingTimer = null;
   let configTried = false;
   let objectUrls = [];
 
@@ -33,7 +34,7 @@
   function signOut(message) {
     sessionStorage.removeItem("vpn.token");
     token = null;
-    for (const t of [pollTimer, adminTimer, tickTimer]) clearInterval(t);
+    for (const t of [pollTimer, adminTimer, tickTimer, pendingTimer]) clearInterval(t);
     forgetConfig();
     if (message) sessionStorage.setItem("vpn.notice", message);
     location.assign("/");
@@ -139,6 +140,7 @@
     select.replaceChildren(...me.regions.map((r) => new Option(r, r)));
     $("minutes").value = me.session_minutes;
     $("minutes").max = me.max_session_minutes;
+    $("limits").textContent = limitsText(me);
     const list = await (await api("GET", "/api/sessions")).json();
     const mine = list.sessions.find((s) => s.owner === undefined || s.owner === me.user);
     if (mine) follow(`/api/sessions/${mine.id}`);
@@ -148,6 +150,19 @@
       refreshAdmin();
       adminTimer = setInterval(refreshAdmin, 5000);
     }
+    if (me.approver) {
+      $("pending").hidden = false;
+      refreshPending();
+      pendingTimer = setInterval(refreshPending, 5000);
+    }
+  }
+
+  function limitsText(m) {
+    // Each person's own limits: their access policy entry, else the defaults.
+    let text = `Your sessions: up to ${m.max_session_minutes} minutes, in ${m.regions.join(", ") || "no region"}.`;
+    if (m.approval === "always") text += " Every session needs an approval first.";
+    else if (m.approval && m.approval.startsWith("over:")) text += ` Sessions longer than ${m.approval.slice(5)} minutes need an approval first.`;
+    return text;
   }
 
   async function start(event) {
@@ -155,7 +170,9 @@
     const button = $("start-button");
     button.disabled = true;
     try {
-      const resp = await api("POST", "/api/sessions", { region: $("region").value, minutes: Number($("minutes").value) });
+      const body = { region: $("region").value, minutes: Number($("minutes").value) };
+      if ($("reason").value.trim()) body.reason = $("reason").value.trim();
+      const resp = await api("POST", "/api/sessions", body);
       if (resp.status !== 202) return say(await problem(resp));
       say("");
       follow(resp.headers.get("Location"));
@@ -199,7 +216,11 @@
     $("s-state").textContent = s.state;
     $("s-region").textContent = s.region;
     $("s-endpoint").textContent = s.endpoint || "-";
-    $("progress").textContent = s.state === "failed" ? `Failed: ${s.error}` : s.progress;
+    if (s.state === "failed") $("progress").textContent = `Failed: ${s.error}`;
+    else if (s.state === "denied") $("progress").textContent = `Not granted: ${s.end_reason}`;
+    else if (s.state === "awaiting_approval") $("progress").textContent = `Waiting for an approval${s.asked ? ` (asked: ${s.asked})` : ""}.`;
+    else $("progress").textContent = s.progress;
+    $("s-approval").textContent = s.state === "awaiting_approval" ? "waiting" : s.decided_by ? `${s.state === "denied" ? "decided" : "approved"} by ${s.decided_by}` : "-";
     $("extend").disabled = s.state !== "ready";
     $("stop").disabled = ENDED.includes(s.state) || s.state === "expiring";
     clearInterval(tickTimer);
@@ -291,6 +312,47 @@
       return tr;
     });
     $("admin-rows").replaceChildren(...rows);
+  }
+
+  async function decide(id, verb) {
+    let body = {};
+    if (verb === "deny") {
+      const reason = window.prompt(`Deny request ${id}: a reason for the requester (optional)`, "");
+      if (reason === null) return;
+      body = { reason: reason.slice(0, 200) };
+    }
+    const resp = await api("POST", `/api/sessions/${id}/${verb}`, body);
+    say(resp.ok ? "" : await problem(resp));
+    refreshPending();
+  }
+
+  async function refreshPending() {
+    const resp = await api("GET", "/api/sessions?state=awaiting_approval");
+    if (!resp.ok) return;
+    const waiting = (await resp.json()).sessions.filter((s) => s.owner_label !== undefined);
+    const rows = waiting.map((s) => {
+      const tr = document.createElement("tr");
+      const by = s.decide_by ? new Date(s.decide_by).toLocaleTimeString() : "-";
+      for (const text of [s.id, s.owner_label, String(s.minutes), s.region, s.reason || "-", by]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      const td = document.createElement("td");
+      for (const [verb, label, cls] of [["approve", "Approve", ""], ["deny", "Deny", "danger"]]) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = cls;
+        b.textContent = label;
+        b.setAttribute("aria-label", `${label} request ${s.id} of ${s.owner_label}`);
+        b.addEventListener("click", () => decide(s.id, verb));
+        td.append(b);
+      }
+      tr.append(td);
+      return tr;
+    });
+    $("pending-rows").replaceChildren(...rows);
+    $("pending-none").hidden = rows.length > 0;
   }
 
   async function main() {

@@ -62,7 +62,7 @@ class SignIn:
                 return Identity(UserKey("local", local.email), email=local.email, display_name=local.email)
             if alg == "RS256" and self._entra is not None:
                 entra = await self._entra.verify(token)
-                return Identity(UserKey("teams", entra.oid), email=entra.email, display_name=entra.name)
+                return Identity(UserKey("teams", entra.oid), email=entra.email, display_name=entra.name, groups=entra.groups)
         except (LocalInvalid, EntraInvalid, InvalidIdentity) as exc:
             log.info("web: bearer token refused (%s)", str(exc)[:120])
         except EntraUnavailable:
