@@ -86,7 +86,7 @@ class Runtime:
         limits = policy_from(settings)
         gov = settings.governance or GovernanceSettings()
         self._graph = _Graph(settings, gov, graph_token, graph_ssl)  # Microsoft Graph, once the HTTP session exists
-        governance = GovernanceConfig(gov.approvers, gov.approval, gov.approval_timeout_minutes, gov.policy_file, gov.policy)
+        governance = GovernanceConfig(gov.approvers, gov.approval, gov.approval_timeout_minutes, gov.policy_file, gov.policy, gov.policy_stamp)
         memberships = Memberships(self._graph, clock, gov.group_cache_seconds)
         self.policy = Policy(access, limits, self.store, clock, governance=governance, memberships=memberships)
         self.service = VpnService(self.store, provider, self.runner, self.outbox, limits, self.policy, clock=clock)

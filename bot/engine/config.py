@@ -42,3 +42,4 @@ class GovernanceConfig:
     approval_timeout_minutes: int = 60
     policy_file: Path | None = None  # re-read when it changes (a bad edit keeps the policy in force)
     policy: tuple[PolicyEntry, ...] = ()
+    policy_stamp: tuple[float, int] | None = None  # the file's mtime and size when `policy` was read

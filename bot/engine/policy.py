@@ -184,7 +184,7 @@ class Policy:
         self.memberships = memberships or Memberships(NoGraph(), clock, 0)
         self._approvers = parse_rules(self.governance.approvers)
         self._entries: tuple[PolicyEntry, ...] = self.governance.policy
-        self._file_stamp: tuple[float, int] | None = None
+        self._file_stamp = self.governance.policy_stamp
         self._parsed: dict[str, tuple[Match, ...]] = {}
 
     # ----- who someone is: role, groups, policy entry -------------------------------------------
@@ -381,9 +381,6 @@ class Policy:
             stamp = await asyncio.to_thread(_stamp, path)
         except OSError as exc:
             log.error("VPN_POLICY_FILE %s cannot be read (%s); keeping the policy in force", path, type(exc).__name__)
-            return False
-        if self._file_stamp is None:
-            self._file_stamp = stamp  # as read at start-up
             return False
         if stamp == self._file_stamp:
             return False

@@ -6,6 +6,7 @@ from here would be an import cycle; docs/governance.md explains every variable).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
@@ -31,6 +32,7 @@ class GovernanceSettings:
     graph_endpoint: str = PUBLIC_GRAPH
     policy_file: Path | None = None
     policy: tuple[PolicyEntry, ...] = field(default=(), repr=False)  # the file's entries as read at start-up
+    policy_stamp: tuple[float, int] | None = None  # its mtime and size then: a later change is re-read
 
     @property
     def uses_groups(self) -> bool:
@@ -50,7 +52,13 @@ def read(env: Mapping[str, str]) -> GovernanceSettings:
     graph = r.parse("VPN_GRAPH_ENDPOINT", PUBLIC_GRAPH, _https_url, "an https:// URL such as https://graph.microsoft.com (https://graph.microsoft.us in GCC High)")
     path_text = r.text("VPN_POLICY_FILE", "")
     policy: tuple[PolicyEntry, ...] = ()
+    stamp = None
     if path_text:
+        try:
+            st = os.stat(path_text)  # before reading: a change made meanwhile is re-read later
+            stamp = (st.st_mtime, st.st_size)
+        except OSError:
+            pass  # load_policy says what is wrong
         try:
             policy = load_policy(Path(path_text))
         except PolicyFileError as exc:
@@ -61,7 +69,7 @@ def read(env: Mapping[str, str]) -> GovernanceSettings:
         needs = entry.approval if entry.approval is not None else approval
         if needs.kind != "never" and not (entry.approvers or approver_rules):
             raise Invalid(f"VPN_POLICY_FILE {path_text}: {entry.label}: approval {needs} needs approvers (in the entry or VPN_APPROVERS)")
-    settings = GovernanceSettings(approvers, approval, timeout, cache, graph, Path(path_text) if path_text else None, policy)
+    settings = GovernanceSettings(approvers, approval, timeout, cache, graph, Path(path_text) if path_text else None, policy, stamp)
     named = settings.uses_groups
     for name in ("VPN_USERS", "VPN_ADMINS"):
         try:

@@ -82,7 +82,8 @@ class FakeGraph:
         self._port = self._site._server.sockets[0].getsockname()[1]  # noqa: SLF001
 
     async def go_down(self) -> None:
-        """Stop listening: connections are refused, as an unreachable Graph's are."""
+        """Stop listening (new connections are refused) and drop every request on a kept-alive one,
+        as an unreachable Graph does."""
         self.down = True
         if self._site is not None:
             await self._site.stop()
@@ -101,6 +102,9 @@ class FakeGraph:
         return sum(1 for c in self.calls if c["user"] == user)
 
     async def _check(self, request: web.Request) -> web.Response:
+        if self.down and request.transport is not None:
+            request.transport.close()  # a connection kept alive from before: dropped without an answer
+            raise web.HTTPServiceUnavailable()
         user = request.match_info["user"]
         body = await request.json()
         ids = body.get("groupIds") if isinstance(body, dict) else None
