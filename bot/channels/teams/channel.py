@@ -37,7 +37,7 @@ import jwt
 import msal
 import requests
 from aiohttp import web
-from botbuilder.core import TurnContext
+from botbuilder.core import InvokeResponse, TurnContext
 from botbuilder.core.teams import TeamsActivityHandler
 from botbuilder.integration.aiohttp import (
     CloudAdapter,
@@ -877,16 +877,27 @@ class TeamsChannel(ChannelDefaults):
 
 # ----- Action.Execute card actions (issue 22) --------------------------------------------------------
 
-async def _on_card_action(channel: TeamsChannel, turn_context: TurnContext, invoke_value: Any) -> AdaptiveCardInvokeResponse:
+class _MessageResponse(AdaptiveCardInvokeResponse):
+    """The SDK types an invoke response's `value` as an object; a message response's value is a string."""
+
+    _attribute_map = {**AdaptiveCardInvokeResponse._attribute_map, "value": {"key": "value", "type": "str"}}
+
+
+async def _on_card_action(channel: TeamsChannel, turn_context: TurnContext) -> InvokeResponse:
     """An `adaptiveCard/action` invoke (Action.Execute): its `data.command` is handled like typed text,
     authorised the same way; Teams gets its answer at once, the command runs in a tracked task."""
     activity = turn_context.activity
-    data = (invoke_value.action or {}).get("data") if invoke_value is not None else None
+    value = activity.value if isinstance(activity.value, dict) else {}
+    action = value.get("action") if isinstance(value.get("action"), dict) else {}
+    data = action.get("data")
     command = str(data.get("command") or "") if isinstance(data, dict) else ""
-    if channel.tenant_allowed(activity) and command:
+    if action.get("type") != "Action.Execute" or not command:
+        return InvokeResponse(status=400, body=AdaptiveCardInvokeResponse(
+            status_code=400, type="application/vnd.microsoft.error", value={"code": "BadRequest", "message": "not a command card action"}))
+    if channel.tenant_allowed(activity):
         activity.text = command
         channel._later(activity, lambda: channel._handle_message(activity))
-    return AdaptiveCardInvokeResponse(status_code=200, type="application/vnd.microsoft.activity.message", value="Working on it…")
+    return InvokeResponse(status=200, body=_MessageResponse(status_code=200, type="application/vnd.microsoft.activity.message", value="Working on it…"))
 
 
 def _private_chat_refusal(exc: ConnectorError) -> str:
@@ -926,5 +937,7 @@ class _Handler(TeamsActivityHandler):
     async def on_teams_file_consent_decline(self, turn_context: TurnContext, file_consent_card_response) -> None:
         await self.channel.on_file_consent(turn_context, accepted=False)
 
-    async def on_adaptive_card_invoke(self, turn_context: TurnContext, invoke_value) -> AdaptiveCardInvokeResponse:
-        return await _on_card_action(self.channel, turn_context, invoke_value)
+    async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
+        if turn_context.activity.name == "adaptiveCard/action":
+            return await _on_card_action(self.channel, turn_context)
+        return await super().on_invoke_activity(turn_context)
