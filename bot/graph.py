@@ -2,8 +2,9 @@
 
 `POST {endpoint}/v1.0/users/{object id}/checkMemberGroups` with at most 20 group ids per call (Graph's
 limit) answers which of them the user belongs to, nested groups included. It needs the application
-permission GroupMember.Read.All on the bot's app registration (or its managed identity), granted by
-an admin (docs/governance.md): a deployment template cannot consent for the tenant.
+permissions GroupMember.Read.All and User.Read.All (Microsoft's page for checkMemberGroups pairs them
+for calls about users) on the bot's app registration or its managed identity, granted with an
+admin's consent (docs/governance.md): a deployment template cannot consent for the tenant.
 
 Fail closed: anything but a clear answer — no token, 401/403, 429/5xx after retries, a timeout, a
 reply that is not the documented shape — raises `GroupsUnavailable`, and the policy refuses. A 404
@@ -92,7 +93,8 @@ class GraphClient:
                     return None
                 code = _error_code(raw)
                 if status in (401, 403):
-                    log.error("Microsoft Graph refused the bot (%d %s): grant its app GroupMember.Read.All with admin consent", status, code)
+                    log.error("Microsoft Graph refused the bot (%d %s): grant its app GroupMember.Read.All and User.Read.All "
+                              "with admin consent (docs/governance.md)", status, code)
                     raise GroupsUnavailable(f"Microsoft Graph refused the bot ({status} {code})")
                 problem = f"Microsoft Graph answered {status} {code}".strip()
                 if status not in RETRY:

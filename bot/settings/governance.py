@@ -79,7 +79,7 @@ def read(env: Mapping[str, str]) -> GovernanceSettings:
     if named and not r.text("MicrosoftAppId", ""):
         raise Invalid(
             "group: rules are checked with Microsoft Graph as the bot's own app: set MicrosoftAppId (with MicrosoftAppPassword, "
-            "or MicrosoftAppType=UserAssignedMSI) and grant it GroupMember.Read.All (docs/governance.md)"
+            "or MicrosoftAppType=UserAssignedMSI) and grant it GroupMember.Read.All and User.Read.All (docs/governance.md)"
         )
     return settings
 
