@@ -333,12 +333,15 @@
     const rows = waiting.map((s) => {
       const tr = document.createElement("tr");
       const by = s.decide_by ? new Date(s.decide_by).toLocaleTimeString() : "-";
-      for (const text of [s.id, s.owner_label, String(s.minutes), s.region, s.reason || "-", by]) {
+      for (const text of [s.owner_label, `${s.minutes} min in ${s.region} (${s.id})`, s.reason || "-", by]) {
         const td = document.createElement("td");
         td.textContent = text;
         tr.append(td);
       }
       const td = document.createElement("td");
+      const buttons = document.createElement("div");
+      buttons.className = "row-actions";
+      td.append(buttons);
       for (const [verb, label, cls] of [["approve", "Approve", ""], ["deny", "Deny", "danger"]]) {
         const b = document.createElement("button");
         b.type = "button";
@@ -346,7 +349,7 @@
         b.textContent = label;
         b.setAttribute("aria-label", `${label} request ${s.id} of ${s.owner_label}`);
         b.addEventListener("click", () => decide(s.id, verb));
-        td.append(b);
+        buttons.append(b);
       }
       tr.append(td);
       return tr;
