@@ -114,7 +114,7 @@ class Runtime:
             runner=self.runner,
             handle=self.dispatcher.handle,
             notify=self.outbox.text,
-            welcome=welcome_card_for(self.registry, self.access),
+            welcome=welcome_card_for(self.registry, self.policy),  # the allowlist and the policy file (no group lookups)
             configs=self.store,
             sessions=self.store,
         )

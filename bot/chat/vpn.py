@@ -11,7 +11,7 @@ from bot.chat.parser import Command, Usage, parse_approve, parse_deny, parse_ext
 from bot.chat.registry import Context, Registry
 from bot.chat.refusals import say
 from bot.engine.policy import Action as Do
-from bot.engine.policy import Limits, Refused
+from bot.engine.policy import Limits, Policy, Refused
 from bot.engine.service import VpnService
 from bot.store.model import Session, SessionState
 from cards.model import Action, Card, Table
@@ -103,7 +103,7 @@ def help_card_for(registry: Registry) -> Callable[..., Card]:
     return help_card
 
 
-def welcome_card_for(registry: Registry, access: AccessPolicy) -> Callable[[Identity | None, bool], Card]:
+def welcome_card_for(registry: Registry, access: AccessPolicy | Policy) -> Callable[[Identity | None, bool], Card]:
     """A newcomer's card (Teams says hello on install): their commands, or how to be let in."""
     help_card = help_card_for(registry)
 

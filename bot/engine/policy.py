@@ -12,20 +12,17 @@ so is "who may approve this request?" (`check_decider`: an approver the request 
 """
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bot.access import NO_GROUPS, AccessPolicy, Role, RuleError, group_ids, matches_any, parse_rules
 from bot.access import Rule as Match
 from bot.engine.config import GovernanceConfig, SessionPolicy
 from bot.engine.groups import GroupsUnavailable, Memberships, NoGraph
-from bot.engine.policy_file import Approval, PolicyEntry, PolicyFileError, load_policy
+from bot.engine.policy_file import Approval, PolicyEntry, WatchedPolicy
 from bot.messages import Identity, InvalidIdentity, UserKey
 from bot.store.model import Session
 from bot.store.ports import AuditEntry, AuditStore
@@ -183,15 +180,14 @@ class Policy:
         self.governance = governance or GovernanceConfig()
         self.memberships = memberships or Memberships(NoGraph(), clock, 0)
         self._approvers = parse_rules(self.governance.approvers)
-        self._entries: tuple[PolicyEntry, ...] = self.governance.policy
-        self._file_stamp = self.governance.policy_stamp
+        self._file = WatchedPolicy(self.governance.policy_file, self.governance.policy, self.governance.policy_stamp)
         self._parsed: dict[str, tuple[Match, ...]] = {}
 
     # ----- who someone is: role, groups, policy entry -------------------------------------------
 
     @property
-    def entries(self) -> tuple[PolicyEntry, ...]:
-        return self._entries
+    def _entries(self) -> tuple[PolicyEntry, ...]:
+        return self._file.entries
 
     @property
     def wanted_groups(self) -> frozenset[str]:
@@ -373,25 +369,8 @@ class Policy:
             return None
 
     async def reload_if_changed(self) -> bool:
-        """Re-read the policy file when it changed on disk; a bad edit is logged and the old policy stays."""
-        path = self.governance.policy_file
-        if path is None:
-            return False
-        try:
-            stamp = await asyncio.to_thread(_stamp, path)
-        except OSError as exc:
-            log.error("VPN_POLICY_FILE %s cannot be read (%s); keeping the policy in force", path, type(exc).__name__)
-            return False
-        if stamp == self._file_stamp:
-            return False
-        self._file_stamp = stamp
-        try:
-            self._entries = await asyncio.to_thread(load_policy, path)
-        except PolicyFileError as exc:
-            log.error("%s; keeping the policy in force", exc)
-            return False
-        log.info("VPN_POLICY_FILE %s reloaded: %d entries", path, len(self._entries))
-        return True
+        """Re-read the policy file if it changed on disk (a bad edit keeps the policy in force)."""
+        return await self._file.reload_if_changed()
 
     async def record(self, who: Identity, channel: str, command: str, allowed: bool, reason: str) -> None:
         """One audit entry (and one log line) per decision."""
@@ -403,7 +382,3 @@ class Policy:
         log.info("audit user=%s command=%s allowed=%s reason=%s", entry.user, command[:60], allowed, reason[:80])
         await self._audit.audit(entry)
 
-
-def _stamp(path: Path) -> tuple[float, int]:
-    st = os.stat(path)
-    return st.st_mtime, st.st_size

@@ -18,6 +18,9 @@ reload that finds one keeps the policy it had.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from typing import Any, Callable
 from bot.access import Rule, RuleError, group_ids, parse_rules
 from provisioner.wireguard import parse_allowed_ips
 
+log = logging.getLogger(__name__)
 LONGEST = 7 * 24 * 60  # minutes: the bound of every length a file may give
 KEYS = ("name", "match", "max_minutes", "default_minutes", "regions", "providers", "allowed_ips", "approval", "approvers")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -188,3 +192,38 @@ def _names(raw: dict[str, Any], key: str, bad: Callable[[str, str], PolicyFileEr
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and _NAME.fullmatch(v.lower()) for v in value):
         raise bad(key, 'must be a list of names, e.g. ["westeurope", "eastus"]')
     return tuple(v.lower() for v in value)
+
+
+class WatchedPolicy:
+    """The file's entries as last read; `reload_if_changed` (every sweep) re-reads it when its mtime or
+    size differ from the last read, in a thread. A bad edit is logged and the entries in force stay."""
+
+    def __init__(self, path: Path | None, entries: tuple[PolicyEntry, ...], stamp: tuple[float, int] | None) -> None:
+        self._path = path
+        self.entries = entries
+        self._stamp = stamp  # as start-up read it (bot/settings/governance.py)
+
+    async def reload_if_changed(self) -> bool:
+        path = self._path
+        if path is None:
+            return False
+        try:
+            stamp = await asyncio.to_thread(_stamp, path)
+        except OSError as exc:
+            log.error("VPN_POLICY_FILE %s cannot be read (%s); keeping the policy in force", path, type(exc).__name__)
+            return False
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            self.entries = await asyncio.to_thread(load_policy, path)
+        except PolicyFileError as exc:
+            log.error("%s; keeping the policy in force", exc)
+            return False
+        log.info("VPN_POLICY_FILE %s reloaded: %d entries", path, len(self.entries))
+        return True
+
+
+def _stamp(path: Path) -> tuple[float, int]:
+    st = os.stat(path)
+    return st.st_mtime, st.st_size
