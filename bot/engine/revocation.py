@@ -10,14 +10,16 @@ ends at its time); every revocation is in the audit log.
 from __future__ import annotations
 
 import logging
-from typing import Awaitable
+from typing import TYPE_CHECKING, Awaitable
 
 from bot.engine import notices
-from bot.engine.approvals import Approvals
 from bot.engine.parts import EngineParts
 from bot.engine.policy import Policy
-from bot.engine.teardown import Teardown
 from bot.store.model import Session, SessionState
+
+if TYPE_CHECKING:  # handed in by the service; importing teardown here would load bot.metrics (aiohttp)
+    from bot.engine.approvals import Approvals
+    from bot.engine.teardown import Teardown
 
 log = logging.getLogger(__name__)
 CHECKED = (SessionState.AWAITING_APPROVAL, SessionState.REQUESTED, SessionState.PROVISIONING, SessionState.READY)
