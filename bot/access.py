@@ -2,11 +2,14 @@
 
 Rules (VPN_USERS / VPN_ADMINS, comma-separated) name stable ids — `teams:<aadObjectId>`,
 `groupme:<user_id>`, `console:<name>` — or match an email a channel verified: `email:<address>`,
-`domain:<example.org>`. An empty allowlist refuses everyone but the local console operator.
+`domain:<example.org>`, or name an Entra group, `group:<object id>` (membership is looked up by the
+policy, bot/engine/groups.py, and handed in as `groups`). An empty allowlist refuses everyone but the
+local console operator.
 """
 from __future__ import annotations
 
 import enum
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
@@ -28,14 +31,21 @@ def _clean(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold().strip()
 
 
+GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+NO_GROUPS: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True)
 class Rule:
-    kind: str  # "id", "email" or "domain"
+    kind: str  # "id", "email", "domain" or "group"
     value: str
 
-    def matches(self, who: Identity) -> bool:
+    def matches(self, who: Identity, groups: frozenset[str] = NO_GROUPS) -> bool:
+        """`groups`: the Entra groups (object ids) `who` is known to belong to, among those the rules name."""
         if self.kind == "id":
             return _id_text(who.key) == self.value
+        if self.kind == "group":
+            return self.value in groups
         if who.email is None:
             return False
         email = _clean(who.email)
@@ -58,7 +68,7 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
         kind, sep, value = item.partition(":")
         kind, value = kind.strip().lower(), value.strip()
         if not sep or not value:
-            raise RuleError(f"{item!r} is not kind:value (teams:…, groupme:…, console:…, email:…, domain:…)")
+            raise RuleError(f"{item!r} is not kind:value (teams:…, groupme:…, console:…, email:…, domain:…, group:…)")
         if kind == "email":
             value = _clean(value)
             if value.count("@") != 1 or value.startswith("@") or value.endswith("@"):
@@ -69,6 +79,11 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
             if "@" in value or "." not in value:
                 raise RuleError(f"{item!r} is not a domain like example.org")
             rules.append(Rule("domain", value))
+        elif kind == "group":
+            value = value.lower()
+            if not GUID.fullmatch(value):
+                raise RuleError(f"{item!r} is not group:<Entra group object id> (a GUID)")
+            rules.append(Rule("group", value))
         else:
             try:
                 key = UserKey(kind, value)
@@ -76,6 +91,15 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
                 raise RuleError(f"{item!r}: {exc}") from None
             rules.append(Rule("id", _id_text(key)))
     return tuple(rules)
+
+
+def group_ids(rules: Iterable[Rule]) -> frozenset[str]:
+    """The Entra groups some rule names."""
+    return frozenset(r.value for r in rules if r.kind == "group")
+
+
+def matches_any(rules: Iterable[Rule], who: Identity, groups: frozenset[str] = NO_GROUPS) -> bool:
+    return any(rule.matches(who, groups) for rule in rules)
 
 
 class AccessPolicy:
@@ -93,11 +117,18 @@ class AccessPolicy:
     def with_operator(self, operator: UserKey) -> "AccessPolicy":
         return AccessPolicy(self._users, self._admins, operator)
 
-    def role_of(self, who: Identity) -> Role | None:
-        if self._operator is not None and who.key == self._operator:
+    @property
+    def group_ids(self) -> frozenset[str]:
+        return group_ids((*self._users, *self._admins))
+
+    def is_operator(self, who: Identity) -> bool:
+        return self._operator is not None and who.key == self._operator
+
+    def role_of(self, who: Identity, groups: frozenset[str] = NO_GROUPS) -> Role | None:
+        if self.is_operator(who):
             return Role.ADMIN
-        if any(rule.matches(who) for rule in self._admins):
+        if matches_any(self._admins, who, groups):
             return Role.ADMIN
-        if any(rule.matches(who) for rule in self._users):
+        if matches_any(self._users, who, groups):
             return Role.USER
         return None

@@ -43,11 +43,14 @@ class UserKey:
 
 @dataclass(frozen=True)
 class Identity:
-    """The sender as a channel vouches for them; `email` only when the platform verified it."""
+    """The sender as a channel vouches for them; `email` only when the platform verified it. `groups`:
+    the Entra group object ids a signed token listed (the web's `groups` claim), None when it listed
+    none or too many (then the policy asks Microsoft Graph)."""
 
     key: UserKey
     email: str | None = None
     display_name: str = ""
+    groups: frozenset[str] | None = None
 
     @property
     def label(self) -> str:

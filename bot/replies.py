@@ -43,8 +43,13 @@ class Channel(Protocol):
 
     async def send_text(self, conv: ConversationRef, text: str) -> None: ...
 
-    async def send_card(self, conv: ConversationRef, card: Card) -> None:
-        """Native card where the platform has them, else its text rendering."""
+    async def send_card(self, conv: ConversationRef, card: Card) -> str | None:
+        """Native card where the platform has them, else its text rendering. Returns a handle for
+        `update_card` where the channel can change a sent card in place (None elsewhere)."""
+
+    async def update_card(self, conv: ConversationRef, handle: str, card: Card) -> bool:
+        """Replace a card sent earlier (its handle from `send_card`), from any replica: e.g. every
+        approver's request card becomes "approved by …". False where cards cannot be changed."""
 
     async def send_progress(self, conv: ConversationRef, text: str, handle: str | None) -> str | None:
         """Post (handle None) or update a progress message; returns the handle for the next update."""
@@ -72,9 +77,12 @@ class Channel(Protocol):
 
 
 class ChannelDefaults:
-    """What a channel without an ability does: no pre-check, nothing to retract, no routes."""
+    """What a channel without an ability does: no pre-check, nothing to retract, no card updates, no routes."""
 
     speaks_commands = True
+
+    async def update_card(self, conv: ConversationRef, handle: str, card: Card) -> bool:
+        return False
 
     async def check_private_delivery(self, conv: ConversationRef, recipient: Identity) -> str | None:
         return None
@@ -113,6 +121,27 @@ class Outbox:
 
     async def card(self, conv: ConversationRef, card: Card) -> bool:
         return await self._send(conv, "card", lambda ch: ch.send_card(conv, card))
+
+    async def card_for_update(self, conv: ConversationRef, card: Card) -> tuple[bool, str | None]:
+        """Send a card and keep its handle (None where the channel cannot update cards); (False, None) if it failed."""
+        handle: list[str | None] = [None]
+
+        async def send(ch: Channel) -> None:
+            handle[0] = await ch.send_card(conv, card)
+
+        sent = await self._send(conv, "card", send)
+        return sent, handle[0] if sent else None
+
+    async def update_card(self, conv: ConversationRef, handle: str, card: Card) -> bool:
+        """Logged, never raised; False when the channel cannot (then say it as text instead)."""
+        ch = self.channel(conv)
+        if ch is None:
+            return False
+        try:
+            return await ch.update_card(conv, handle, card)
+        except Exception:
+            log.exception("updating a card on %s failed", conv.channel)
+            return False
 
     async def _send(self, conv: ConversationRef, what: str, send) -> bool:
         """A notice that cannot be sent is logged, never raised: it must not break the work that sends it."""

@@ -10,7 +10,8 @@ import asyncio
 import logging
 import random
 import shlex
-from collections.abc import AsyncIterator, Callable, Iterable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,8 @@ from bot.channels.deps import ChatDeps
 from bot.channels.web.deps import WebDeps
 from bot.chat.dispatcher import Dispatcher
 from bot.chat.vpn import build_registry, help_card_for, welcome_card_for
-from bot.engine.config import SessionPolicy
+from bot.engine.config import GovernanceConfig, SessionPolicy
+from bot.engine.groups import GroupLookup, Memberships, NoGraph
 from bot.engine.policy import Policy
 from bot.engine.service import VpnService
 from bot.engine.tasks import TaskRunner
@@ -35,6 +37,7 @@ from bot.http.startup import Startup
 from bot.messages import Identity
 from bot.replies import Channel, Outbox
 from bot.settings import Settings
+from bot.settings.governance import GovernanceSettings
 from bot.settings.store import StoreSettings
 from bot.store.model import ACTIVE_STATES, utcnow
 from bot.store.ports import Store
@@ -124,13 +127,42 @@ class Engine:
 
 
 def build_engine(store: Store, provider: Provider, runner: TaskRunner, outbox: Outbox, limits: SessionPolicy,
-                 access: AccessPolicy, clock: Callable[..., Any]) -> Engine:
+                 access: AccessPolicy, clock: Callable[..., Any], *, governance: GovernanceConfig | None = None,
+                 memberships: Memberships | None = None) -> Engine:
     """The engine's constructor in one place: the policy both front doors ask, the use cases, the chat door."""
-    policy = Policy(access, limits, store, clock)
+    policy = Policy(access, limits, store, clock, governance=governance, memberships=memberships)
     service = VpnService(store, provider, runner, outbox, limits, policy, clock=clock)
     registry = build_registry(service)
-    dispatcher = Dispatcher(registry, policy, store, outbox, help_card_for(registry), clock=clock)
-    return Engine(service, policy, dispatcher, welcome_card_for(registry, access))
+    dispatcher = Dispatcher(registry, policy, store, outbox, help_card_for(registry), clock=clock, on_admitted=service.remember_contact)
+    # The welcome card reads the allowlist and the policy file (no group lookups).
+    return Engine(service, policy, dispatcher, welcome_card_for(registry, policy))
+
+
+class _Graph:
+    """The group lookup the policy asks: Microsoft Graph with the bot's own app (bot/graph.py), built
+    once the HTTP session exists; with no app id configured every lookup fails closed."""
+
+    def __init__(self, settings: Settings, token: Callable[[], Awaitable[str]] | None, ssl_context: ssl.SSLContext | None) -> None:
+        self._settings, self._token, self._ssl = settings, token, ssl_context
+        self._lookup: GroupLookup = NoGraph()
+
+    def open(self, http: aiohttp.ClientSession) -> None:
+        token, teams, gov = self._token, self._settings.teams, self._settings.governance
+        if token is None and teams is not None and teams.app_id:
+            from bot.graph import AppToken
+
+            token = AppToken(teams.app_id, teams.app_password, teams.app_type, teams.tenant_id, gov.graph_endpoint)
+        if token is not None:
+            from bot.graph import GraphClient
+
+            self._lookup = GraphClient(http, gov.graph_endpoint, token, ssl_context=self._ssl)
+
+    async def member_groups(self, object_id: str, group_ids: Sequence[str]) -> frozenset[str]:
+        return await self._lookup.member_groups(object_id, group_ids)
+
+
+def governance_of(gov: GovernanceSettings) -> GovernanceConfig:
+    return GovernanceConfig(gov.approvers, gov.approval, gov.approval_timeout_minutes, gov.policy_file, gov.policy, gov.policy_stamp)
 
 
 # ----- the runtime: everything with a lifetime ---------------------------------------------------------
@@ -145,6 +177,8 @@ class Runtime:
         access: AccessPolicy | None = None,
         clock: Callable[..., Any] = utcnow,
         background: bool = True,
+        graph_token: Callable[[], Awaitable[str]] | None = None,  # tests: a token for the fake Graph
+        graph_ssl: ssl.SSLContext | None = None,  # tests: trust the fake Graph's own certificate
     ) -> None:
         self.settings = settings
         self.provider = provider
@@ -156,7 +190,10 @@ class Runtime:
             self.outbox.register(ch)
         self.store = make_store(settings.store)
         self.runner = TaskRunner()
-        engine = build_engine(self.store, provider, self.runner, self.outbox, settings.sessions, self.access, clock)
+        self._graph = _Graph(settings, graph_token, graph_ssl)  # Microsoft Graph, once the HTTP session exists
+        memberships = Memberships(self._graph, clock, settings.governance.group_cache_seconds)
+        engine = build_engine(self.store, provider, self.runner, self.outbox, settings.sessions, self.access, clock,
+                              governance=governance_of(settings.governance), memberships=memberships)
         self.service, self.policy, self.dispatcher, self._welcome = engine.service, engine.policy, engine.dispatcher, engine.welcome
         self.http: aiohttp.ClientSession | None = None  # one client session for every outbound call
         self._background = background
@@ -171,6 +208,7 @@ class Runtime:
         stack.push_async_callback(self.provider.close)
         self.http = aiohttp.ClientSession()
         stack.push_async_callback(self.http.close)  # after the runner: tasks finishing in its grace period still send
+        self._graph.open(self.http)
         stack.push_async_callback(self.runner.shutdown)
         deps = ChatDeps(
             http=self.http,

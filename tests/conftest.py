@@ -48,13 +48,15 @@ def store_env(request, store_backend) -> dict[str, str]:
 def make_runtime(tmp_path, clock, channel, store_env):
     """Build a Runtime on tmp_path with settings from keyword overrides; enter it with `async with`."""
 
-    def build(*, users: str = "test:alice,test:bob", admins: str = "test:root", provider=None, channels=None, clock_fn=None, **env) -> Runtime:
+    def build(*, users: str = "test:alice,test:bob", admins: str = "test:root", provider=None, channels=None, clock_fn=None,
+              runtime_kw: dict | None = None, **env) -> Runtime:
         values = {"VPN_DATA_DIR": str(tmp_path / "data"), "VPN_USERS": users, "VPN_ADMINS": admins, "VPN_METRICS_PORT": "0", **store_env}
         values.update({k: str(v) for k, v in env.items()})
         settings = Settings.from_env(values)
         settings.ops.data_dir.mkdir(parents=True, exist_ok=True)
         provider = provider or make_provider(settings)
-        return Runtime(settings, provider, [channel] if channels is None else channels, clock=clock_fn or clock, background=False)
+        return Runtime(settings, provider, [channel] if channels is None else channels, clock=clock_fn or clock, background=False,
+                       **(runtime_kw or {}))  # e.g. a fake Graph's token and certificate (tests/support/governance.py)
 
     return build
 

@@ -1,5 +1,6 @@
 // The VPN page: sign in (Microsoft Entra ID via authorization code + PKCE, or a local account),
-// start a session, follow its progress, show the config once, extend, stop; admins see every session.
+// start a session, follow its progress, show the config once, extend, stop; admins see every session;
+// approvers see the requests waiting for them, with Approve and Deny.
 // No library, no build step, no inline script (the CSP forbids it). No API call before sign-in.
 // config.json next to this page says where the API is and how to sign in: the bot answers it from
 // its settings, a static host serves the one the deployment wrote (docs/deploy.md). Without one, the
@@ -7,14 +8,14 @@
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
-  const ENDED = ["deleted", "failed"];
+  const ENDED = ["deleted", "failed", "denied"];
   const TOKEN = "vpn.token", KEPT = "vpn.config", PKCE = "vpn.pkce";
   let settings = { api: "", entra: null };
   let token = null;
   let me = null;
   let current = null; // the path of the session being followed (/api/sessions/<id>)
   let lastSession = null; // its latest view
-  let pollTimer = null, adminTimer = null, tickTimer = null;
+  let pollTimer = null, adminTimer = null, tickTimer = null, pendingTimer = null;
   let taking = false; // a config request is under way (polls overlap)
   let restart = null; // "start over": what to start once the stopped session has ended
   let objectUrls = [];
@@ -172,6 +173,7 @@
   function stopPolling() {
     clearInterval(pollTimer);
     clearInterval(adminTimer);
+    clearInterval(pendingTimer);
     pollTimer = adminTimer = null;
   }
 
@@ -297,6 +299,7 @@
     select.replaceChildren(...me.regions.map((r) => new Option(r, r)));
     $("minutes").value = me.session_minutes;
     $("minutes").max = me.max_session_minutes;
+    $("limits").textContent = limitsText(me);
     const list = await (await api("GET", "/api/sessions")).json();
     const mine = list.sessions.find((s) => s.owner === undefined || s.owner === me.user);
     if (mine) follow(`/api/sessions/${mine.id}`);
@@ -310,6 +313,20 @@
       clearInterval(adminTimer);
       adminTimer = setInterval(guard(refreshAdmin), 5000);
     }
+    if (me.approver) {
+      $("pending").hidden = false;
+      guard(refreshPending)();
+      clearInterval(pendingTimer);
+      pendingTimer = setInterval(guard(refreshPending), 5000);
+    }
+  }
+
+  function limitsText(m) {
+    // Each person's own limits: their access policy entry, else the defaults.
+    let text = `Your sessions: up to ${m.max_session_minutes} minutes, in ${m.regions.join(", ") || "no region"}.`;
+    if (m.approval === "always") text += " Every session needs an approval first.";
+    else if (m.approval && m.approval.startsWith("over:")) text += ` Sessions longer than ${m.approval.slice(5)} minutes need an approval first.`;
+    return text;
   }
 
   async function start(event) {
@@ -317,14 +334,16 @@
     const button = $("start-button");
     button.disabled = true;
     try {
-      await startSession($("region").value, Number($("minutes").value));
+      await startSession($("region").value, Number($("minutes").value), $("reason").value.trim());
     } finally {
       button.disabled = false;
     }
   }
 
-  async function startSession(region, minutes) {
-    const resp = await api("POST", "/api/sessions", { region, minutes });
+  async function startSession(region, minutes, reason) {
+    const body = { region, minutes };
+    if (reason) body.reason = reason.slice(0, 200);
+    const resp = await api("POST", "/api/sessions", body);
     if (resp.status !== 202) return tell("start-alert", await problem(resp));
     tell("start-alert", "");
     follow(resp.headers.get("Location"));
@@ -374,6 +393,8 @@
   // (an Extend moves it; the progress line would still say the old one).
   function statusLine(s) {
     if (s.state === "failed") return `Failed: ${s.error}`;
+    if (s.state === "denied") return `Not granted: ${s.end_reason}`;
+    if (s.state === "awaiting_approval") return `Waiting for an approval${s.asked ? ` (asked: ${s.asked})` : ""}.`;
     if (s.state === "ready" && s.expires_at) return `Your VPN is ready (session ${s.id}). It ends at ${clock(s.expires_at)}.`;
     return s.progress;
   }
@@ -381,10 +402,11 @@
   function render(s) {
     lastSession = s;
     $("s-id").textContent = s.id;
-    $("s-state").textContent = s.state;
+    $("s-state").textContent = s.state === "deleted" ? "ended" : s.state;  // "deleted" is the store's word; a person reads "ended"
     $("s-region").textContent = s.region;
     $("s-endpoint").textContent = s.endpoint || "-";
     $("progress").textContent = statusLine(s);
+    $("s-approval").textContent = s.state === "awaiting_approval" ? "waiting" : s.decided_by ? `${s.state === "denied" ? "decided" : "approved"} by ${s.decided_by}` : "-";
     $("extend").disabled = s.state !== "ready";
     $("stop").disabled = ENDED.includes(s.state) || s.state === "expiring";
     clearInterval(tickTimer);
@@ -562,6 +584,52 @@
   }
 
   // ----- start ------------------------------------------------------------------------------------
+
+  // ----- approvals: the requests waiting for this approver ------------------------------------------
+
+  async function decide(id, verb) {
+    let body = {};
+    if (verb === "deny") {
+      const reason = window.prompt(`Deny request ${id}: a reason for the requester (optional)`, "");
+      if (reason === null) return;
+      body = { reason: reason.slice(0, 200) };
+    }
+    const resp = await api("POST", `/api/sessions/${id}/${verb}`, body);
+    tell("pending-alert", resp.ok ? "" : await problem(resp));
+    guard(refreshPending)();
+  }
+
+  async function refreshPending() {
+    const resp = await api("GET", "/api/sessions?state=awaiting_approval");
+    if (!resp.ok) return;
+    const waiting = (await resp.json()).sessions.filter((s) => s.owner_label !== undefined);
+    const rows = waiting.map((s) => {
+      const tr = document.createElement("tr");
+      const by = s.decide_by ? new Date(s.decide_by).toLocaleTimeString() : "-";
+      for (const text of [s.owner_label, `${s.minutes} min in ${s.region} (${s.id})`, s.reason || "-", by]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      const td = document.createElement("td");
+      const buttons = document.createElement("div");
+      buttons.className = "row-actions";
+      td.append(buttons);
+      for (const [verb, label, cls] of [["approve", "Approve", ""], ["deny", "Deny", "danger"]]) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = cls;
+        b.textContent = label;
+        b.setAttribute("aria-label", `${label} request ${s.id} of ${s.owner_label}`);
+        b.addEventListener("click", () => decide(s.id, verb));
+        buttons.append(b);
+      }
+      tr.append(td);
+      return tr;
+    });
+    $("pending-rows").replaceChildren(...rows);
+    $("pending-none").hidden = rows.length > 0;
+  }
 
   async function main() {
     document.addEventListener("securitypolicyviolation", (e) => blocked.push(String(e.blockedURI)));

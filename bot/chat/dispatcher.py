@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Callable
+from typing import Awaitable, Callable
 
 from bot import metrics
 from datetime import datetime
 
 from bot.access import Role
 from bot.chat.refusals import say
-from bot.engine.policy import Policy, Refused
+from bot.engine.policy import Actor, Policy, Refused
 from bot.logs import bind
 from bot.chat.parser import Command, Usage, parse
 from bot.chat.registry import Context, Registry
-from bot.messages import Incoming
+from bot.messages import ConversationRef, Incoming
 from bot.replies import Outbox
 from bot.store.model import utcnow
 from bot.store.ports import DedupeStore
@@ -38,8 +38,10 @@ class Dispatcher:
         help_card: Callable[[Role | None, str], Card],
         *,
         clock: Callable[[], datetime] = utcnow,
+        on_admitted: Callable[[Actor, ConversationRef, bool], Awaitable[None]] | None = None,
     ) -> None:
         self.registry = registry
+        self._on_admitted = on_admitted  # the engine keeps approvers' private chats (bot/engine/approvals.py)
         self.policy = policy
         self.dedupe = dedupe
         self.outbox = outbox
@@ -66,6 +68,11 @@ class Dispatcher:
         except Refused as refused:
             await self.outbox.text(msg.conversation, say(refused, private=msg.is_private))
             return "refused"
+        if self._on_admitted is not None:
+            try:
+                await self._on_admitted(actor, msg.conversation, msg.is_private)
+            except Exception:
+                log.exception("remembering where %s can be reached failed", msg.identity.key)
         if parsed is None or isinstance(parsed, Usage):
             problem = parsed.problem if isinstance(parsed, Usage) else "I only understand /vpn commands"
             await self.policy.record(msg.identity, channel, command_text, True, f"usage: {problem}")

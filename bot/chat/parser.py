@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from provisioner.wireguard import is_valid_key
 
 MAX_TEXT = 500
-MAX_ARGS = 8
-VERBS = ("start", "stop", "status", "extend", "list", "help")
+MAX_ARGS = 8  # words before a free-text reason (`reason=…`, or what follows `/vpn deny <id>`); MAX_TEXT bounds the rest
+VERBS = ("start", "stop", "status", "extend", "list", "help", "approve", "deny", "pending")
 ALIASES = {"ls": "list", "end": "stop", "down": "stop", "up": "start", "info": "status", "?": "help"}
 _DURATION = re.compile(r"^(?:(\d{1,4})h)?(?:(\d{1,5})(?:m|min|mins|minutes?)?)?$")
 
@@ -36,6 +36,7 @@ class StartOptions:
     region: str | None = None
     minutes: int | None = None
     public_key: str | None = None  # bring-your-own-key: the user's WireGuard public key
+    reason: str = ""  # for the approvers, where the person's sessions need an approval
 
 
 def normalise(text: str) -> str:
@@ -68,7 +69,10 @@ def parse(text: str | None) -> Command | Usage | None:
     if verb not in VERBS:
         return Usage(f"'{words[1][:30]}' is not a command I know")
     args = tuple(words[2:])
-    if len(args) > MAX_ARGS:
+    free = next((n for n, a in enumerate(args) if a.lower().startswith("reason=")), len(args))
+    if verb == "deny":
+        free = min(free, 1)
+    if free > MAX_ARGS:
         return Usage("too many words after the command")
     return Command(verb, args)
 
@@ -82,9 +86,15 @@ def parse_minutes(token: str) -> int | None:
 
 
 def parse_start(args: tuple[str, ...]) -> StartOptions | Usage:
-    """`/vpn start [region] [duration] [key=<public key>]`, in any order."""
+    """`/vpn start [region] [duration] [key=<public key>] [reason=<free text>]`, in any order; the reason last."""
     region = minutes = public_key = None
-    for arg in args:
+    reason = ""
+    for n, arg in enumerate(args):
+        if arg.lower().startswith("reason="):
+            reason = " ".join((arg[7:], *args[n + 1:])).strip()
+            if not reason:
+                return Usage("give the reason after reason=, e.g. /vpn start 60 reason=fixing the build server")
+            break
         if arg.lower().startswith("key="):
             if public_key is not None:
                 return Usage("give one key, e.g. /vpn start key=YOUR-PUBLIC-KEY")
@@ -106,7 +116,29 @@ def parse_start(args: tuple[str, ...]) -> StartOptions | Usage:
             region = arg.lower()
         else:
             return Usage(f"'{arg[:30]}' is neither a region nor a duration")
-    return StartOptions(region, minutes, public_key)
+    return StartOptions(region, minutes, public_key, reason)
+
+
+def parse_approve(args: tuple[str, ...]) -> tuple[str, int | None] | Usage:
+    """`/vpn approve <session|user> [duration]`: a shorter duration grants less than was asked."""
+    if not args or len(args) > 2:
+        return Usage("approve takes a session id (or user) and an optional duration, e.g. /vpn approve 0123456789 30")
+    minutes = None
+    if len(args) == 2:
+        minutes = parse_minutes(args[1])
+        if minutes is None:
+            return Usage(f"'{args[1][:30]}' is not a duration; try /vpn approve {args[0][:20]} 30")
+    return args[0], minutes
+
+
+def parse_deny(args: tuple[str, ...]) -> tuple[str, str] | Usage:
+    """`/vpn deny <session|user> [reason]`."""
+    if not args:
+        return Usage("deny takes a session id (or user) and an optional reason, e.g. /vpn deny 0123456789 not this week")
+    reason = " ".join(args[1:])
+    if reason.lower().startswith("reason="):
+        reason = reason[7:]
+    return args[0], reason.strip()
 
 
 def parse_extend(args: tuple[str, ...]) -> int | None | Usage:

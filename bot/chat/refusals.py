@@ -49,7 +49,27 @@ def say(r: Refused, *, private: bool = True) -> str:
         case Code.EXTEND_TOO_SHORT:
             return "Extend by at least 1 minute."
         case Code.AT_MAXIMUM:
-            return f"Session {f['session_id']} is already at the maximum of {f['max']} minutes."
+            return f"Session {f['session_id']} is already at the maximum of {f['max']} minutes.{_longer(f)}"
         case Code.EXTEND_TOO_LONG:
-            return f"Session {f['session_id']} can be extended by at most {f['room']} more minutes (the maximum is {f['max']})."
+            return f"Session {f['session_id']} can be extended by at most {f['room']} more minutes (the maximum is {f['max']}).{_longer(f)}"
+        case Code.GROUPS_UNAVAILABLE:
+            return ("Sorry, I cannot check your group memberships with Microsoft right now, so I did nothing. "
+                    "Please try again in a few minutes; if it keeps happening, tell an admin.")
+        case Code.PROVIDER_NOT_ALLOWED:
+            return f"Sorry, your access policy does not include this VPN's {f['provider']} servers (only: {', '.join(f['providers'])})."
+        case Code.REASON_TOO_LONG:
+            return f"Please keep the reason under {f['max']} characters."
+        case Code.NOT_APPROVER:
+            return f"Sorry, you are not one of the approvers of request {f['session_id']}."
+        case Code.SELF_APPROVAL:
+            return f"You cannot decide your own request ({f['session_id']}): another approver has to. /vpn stop withdraws it."
+        case Code.ALREADY_DECIDED:
+            by = f" by {f['decided_by']}" if f.get("decided_by") else ""
+            return f"Request {f['session_id']} was already decided{by}: it is {str(f['state']).replace('_', ' ')} now."
+        case Code.AMBIGUOUS:
+            return f"'{str(f['target'])[:40]}' has several requests waiting ({', '.join(f['session_ids'])}): name one by its id."
     return "Sorry, I cannot do that."
+
+
+def _longer(f: dict[str, object]) -> str:
+    return " Longer needs an approval: ask with /vpn start." if f.get("approval") else ""

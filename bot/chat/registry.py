@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from bot.access import Role
-from bot.engine.policy import Action, Actor, allows
+from bot.engine.policy import RULES, Action, Actor, allows
 from bot.chat.parser import Command
 from bot.messages import Incoming
 from bot.replies import Outbox
@@ -63,5 +63,5 @@ class Registry:
     def get(self, verb: str) -> CommandSpec | None:
         return self._specs.get(verb)
 
-    def available_to(self, role: Role | None) -> list[CommandSpec]:
-        return [s for s in self._specs.values() if allows(role, s.action)]
+    def available_to(self, role: Role | None, *, approver: bool = False) -> list[CommandSpec]:
+        return [s for s in self._specs.values() if allows(role, s.action) and (approver or not RULES[s.action].approvers_only)]

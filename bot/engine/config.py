@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
+from bot.engine.policy_file import NEVER, Approval, PolicyEntry
 from provisioner.wireguard import DEFAULT_ALLOWED_IPS
 
 
@@ -30,3 +32,15 @@ class SessionPolicy:
     @property
     def renew_seconds(self) -> float:
         return self.lease_seconds / 3
+
+
+@dataclass(frozen=True)
+class GovernanceConfig:
+    """Approvals and the per-group policy (read by bot/settings/governance.py; docs/governance.md)."""
+
+    approvers: str = ""  # VPN_APPROVERS, VPN_USERS syntax
+    approval: Approval = NEVER  # VPN_APPROVAL
+    approval_timeout_minutes: int = 60
+    policy_file: Path | None = None  # re-read when it changes (a bad edit keeps the policy in force)
+    policy: tuple[PolicyEntry, ...] = ()
+    policy_stamp: tuple[float, int] | None = None  # the file's mtime and size when `policy` was read

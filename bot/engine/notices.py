@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from bot.messages import Notice
+from bot.store.model import Session, SessionState
+from cards.model import Action, Card
 from cards.text import format_minutes
 
 __all__ = ["Notice"]  # and the sentence functions below
@@ -124,3 +126,67 @@ TIME_IS_UP = "time is up"
 
 def stopped_by_admin(label: str) -> str:
     return f"stopped by an admin ({label})"
+
+
+# ----- approvals (bot/engine/approvals.py) ---------------------------------------------------------
+
+ACCESS_WITHDRAWN = "your access was withdrawn: you are no longer on the allowlist or in an allowed group"
+
+
+def no_decision(minutes: int) -> str:
+    return f"no approver decided within {format_minutes(minutes * 60)}"
+
+
+def denied_by(label: str, reason: str) -> str:
+    return f"denied by {label}" + (f": {reason}" if reason else "")
+
+
+def withdrawn_by_owner() -> str:
+    return "withdrawn by you"
+
+
+def _request_facts(s: Session) -> list[tuple[str, str]]:
+    facts = [("Session", s.id), ("Requested by", s.owner_label), ("Length", format_minutes(s.minutes * 60)), ("Region", s.region)]
+    if s.reason:
+        facts.append(("Reason", s.reason))
+    if s.decide_by is not None:
+        facts.append(("Decide by", _hm(s.decide_by)))
+    return facts
+
+
+def approval_request(s: Session) -> Card:
+    """The card each approver gets privately; its buttons send the commands back (authorised like typed text)."""
+    return Card(
+        title="VPN access request",
+        lines=(f"{s.owner_label} asks for a VPN session. Approve it, or deny it (/vpn deny {s.id} <reason> gives a reason).",),
+        facts=_request_facts(s),
+        actions=(Action("Approve", f"/vpn approve {s.id}"), Action("Deny", f"/vpn deny {s.id}")),
+    )
+
+
+def _outcome(s: Session) -> str:
+    if s.state is SessionState.DENIED:
+        return f"Not granted: {s.end_reason}." if s.end_reason else "Not granted."
+    granted = format_minutes(s.minutes * 60)
+    return f"Approved by {s.decided_by} for {granted}."
+
+
+def approval_closed(s: Session) -> Card:
+    """What every approver's card becomes once the request is decided, timed out or withdrawn."""
+    title = "VPN access request: approved" if s.state is not SessionState.DENIED else "VPN access request: closed"
+    return Card(title=title, lines=(_outcome(s),), facts=_request_facts(s)[:4])
+
+
+def approval_closed_text(s: Session) -> Notice:
+    """For an approver whose channel cannot update a card in place."""
+    return plain(f"VPN request {s.id} of {s.owner_label}: {_outcome(s)}")
+
+
+def approved(s: Session) -> Notice:
+    return plain(f"Your VPN request {s.id} was approved by {s.decided_by} for {format_minutes(s.minutes * 60)}; setting it up now.")
+
+
+def request_closed(s: Session) -> Notice:
+    """To the requester: denied, timed out, withdrawn or revoked (`end_reason` says which)."""
+    head = f"Your VPN request {s.id} was not granted ({s.end_reason})."
+    return Notice(f"{head} Use /vpn start to ask again.", head)

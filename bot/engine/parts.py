@@ -9,12 +9,12 @@ from bot.engine.config import SessionPolicy
 from bot.engine.leases import Leases
 from bot.engine.tasks import TaskRunner
 from bot.replies import Outbox
-from bot.store.ports import AddressStore, OneTimeConfigStore, RetentionStore, SessionStore, Worker, WorkerStore
+from bot.store.ports import AddressStore, ContactStore, OneTimeConfigStore, RetentionStore, SessionStore, Worker, WorkerStore
 from provisioner.base import Provider
 
 
-class EngineStore(SessionStore, OneTimeConfigStore, AddressStore, WorkerStore, RetentionStore, Protocol):
-    """The ports the engine itself uses: sessions, held configs (erased at the end), addresses, workers, retention."""
+class EngineStore(SessionStore, OneTimeConfigStore, AddressStore, WorkerStore, RetentionStore, ContactStore, Protocol):
+    """The ports the engine itself uses: sessions, held configs (erased at the end), addresses, workers, retention, approvers' chats."""
 
 
 @dataclass(frozen=True)

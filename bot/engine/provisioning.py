@@ -175,7 +175,8 @@ class Provisioning:
                 preshared_key=a.psk,
                 endpoint=info.endpoint,
                 dns=tuple(info.dns) or tuple(limits.dns),
-                allowed_ips=tuple(limits.allowed_ips),
+                # The person's split-tunnel profile (their policy entry), else WG_ALLOWED_IPS.
+                allowed_ips=tuple(ip.strip() for ip in s.allowed_ips.split(",")) if s.allowed_ips else tuple(limits.allowed_ips),
                 keepalive=limits.keepalive,
             )
         )

@@ -1,8 +1,8 @@
-"""The use cases every front door calls: start, status, stop, extend, list; plus the sweeper and reap.
+"""The use cases every front door calls: start, status, stop, extend, list, approve, deny, pending; plus the sweeper and reap.
 
-The façade over the engine's steps (provisioning, teardown, sweeper, leases). Who may do what is
-decided by `Policy` (bot/engine/policy.py) — here, for everything about sessions; refusals are
-`Refused(code, facts)` that each front end puts in its own words.
+The façade over the engine's steps (provisioning, teardown, approvals, revocation, sweeper, leases).
+Who may do what is decided by `Policy` (bot/engine/policy.py) — here, for everything about sessions;
+refusals are `Refused(code, facts)` that each front end puts in its own words.
 """
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
 from bot.engine import notices
+from bot.engine.approvals import Approvals
 from bot.engine.config import SessionPolicy
 from bot.engine.leases import Leases, this_worker
 from bot.engine.parts import EngineParts, EngineStore
-from bot.engine.policy import Action, Actor, Code, Policy, Refused
+from bot.engine.policy import Action, Actor, Code, Limits, Policy, Refused
 from bot.engine.provisioning import Provisioning
+from bot.engine.revocation import Revocation
 from bot.engine.sweeper import Sweeper
 from bot.engine.tasks import TaskRunner
 from bot.engine.teardown import Teardown
@@ -58,7 +60,9 @@ class VpnService:
         self.sweeper: Sweeper
         self.provisioning = Provisioning(parts, on_ready=lambda s: self.sweeper.due(s))
         self.teardown = Teardown(parts)
-        self.sweeper = Sweeper(parts, self.provisioning, self.teardown)
+        self.approvals = Approvals(parts, policy, store, self.provisioning.start, policy.governance.approval_timeout_minutes)
+        self.revocation = Revocation(parts, policy, self.teardown, self.approvals)
+        self.sweeper = Sweeper(parts, self.provisioning, self.teardown, self.approvals, self.revocation)
         self._user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         runner.set_error_handler(self._on_task_error)
 
@@ -73,12 +77,17 @@ class VpnService:
         minutes: int | None = None,
         message_id: str | None = None,
         public_key: str | None = None,
+        reason: str = "",
     ) -> Session:
         """Record the request and hand provisioning to the runner; returns at once (Teams allows ~15 s).
+        Where the person's policy wants an approval, the session waits in `awaiting_approval` instead
+        (nothing made, no key) and its approvers are asked (`asked` names who).
 
         With `public_key` the user brought their own key pair: no secret exists, so the peer settings
         may be posted anywhere."""
-        region, minutes = self.policy.start_request(region, minutes, list(self.provider.regions))
+        plan = await self.policy.start_request(actor, region, minutes, list(self.provider.regions), self.provider.name, reason)
+        region, minutes = plan.region, plan.minutes
+        asked = await self.approvals.recipients(plan.approvers, actor.key) if plan.needs_approval else []
         if public_key is None:
             await self._check_private_delivery(actor, conv)
         if public_key is not None and await self._key_in_use(public_key):  # issue 18.7: one live session per key
@@ -91,12 +100,13 @@ class VpnService:
         # atomic caps decide (this lock only saves a doomed create).
         async with lock:
             now = self.clock()
+            waiting = plan.needs_approval
             session = Session(
                 id=new_session_id(),
                 owner=owner,
                 owner_label=actor.identity.label,
                 conversation=conv,
-                state=SessionState.REQUESTED,
+                state=SessionState.AWAITING_APPROVAL if waiting else SessionState.REQUESTED,
                 provider=self.provider.name,
                 region=region,
                 created_at=now,
@@ -107,7 +117,15 @@ class VpnService:
                 message_id=message_id or "",
                 client_public_key=public_key or "",
                 own_key=public_key is not None,
-                **self.leases.lease(now),  # ours from the first moment: no other worker takes it for an orphan
+                reason=plan.reason,
+                max_minutes=plan.max_minutes,
+                allowed_ips=plan.allowed_ips,
+                approvers=plan.approvers,
+                asked=", ".join(c.label for c in asked),
+                decide_by=now + timedelta(minutes=self.approvals.timeout_minutes) if waiting else None,
+                # Ours from the first moment: no other worker takes it for an orphan (a request waiting
+                # for an approval is nobody's work until it is approved).
+                **(self.leases.unleased() if waiting else self.leases.lease(now)),
             )
             outcome = await self.store.create_session(session, per_user=self.limits.max_sessions_per_user, total=self.limits.max_sessions)
             if outcome is CreateOutcome.USER_LIMIT:
@@ -116,8 +134,13 @@ class VpnService:
                 raise Refused(Code.USER_LIMIT, session_id=current.id if current else "", state=current.state.value if current else "")
             if outcome is CreateOutcome.GLOBAL_LIMIT:
                 raise Refused(Code.GLOBAL_LIMIT, max=self.limits.max_sessions)
-            self.provisioning.start(session.id)
-        log.info("session %s requested by %s in %s for %d min", session.id, owner, region, minutes)
+            if waiting:
+                await self.policy.record(actor.identity, actor.channel, f"request {session.id}", True,
+                                         f"awaiting approval ({minutes} min){': ' + plan.reason if plan.reason else ''}")
+                self.approvals.ask(session, asked)
+            else:
+                self.provisioning.start(session.id)
+        log.info("session %s requested by %s in %s for %d min%s", session.id, owner, region, minutes, " (awaiting approval)" if waiting else "")
         return session
 
     async def _check_private_delivery(self, actor: Actor, conv: ConversationRef) -> None:
@@ -139,6 +162,10 @@ class VpnService:
 
     async def live_sessions(self) -> list[Session]:
         return await self.store.sessions(ACTIVE_STATES)
+
+    async def limits_for(self, actor: Actor) -> Limits:
+        """This person's own limits (`/vpn help`, the web page)."""
+        return await self.policy.limits_for(actor, list(self.provider.regions))
 
     async def visible_sessions(self, actor: Actor) -> list[Session]:
         """What a list shows this actor: every live session where the rules let them see others', else their own."""
@@ -183,11 +210,20 @@ class VpnService:
                 raise Refused(Code.NO_SUCH_SESSION, target=target)
         mine = all(s.owner == actor.key for s in targets)
         reason = notices.STOPPED_BY_OWNER if mine else notices.stopped_by_admin(actor.identity.label)
-        return await self.end(targets, reason)
+        if mine and all(s.state is SessionState.AWAITING_APPROVAL for s in targets):
+            reason = notices.withdrawn_by_owner()
+        return await self.end(targets, reason, actor.identity.label)
 
-    async def end(self, sessions: Sequence[Session], reason: str) -> list[Session]:
-        """Tear these sessions down (the caller decided it may); returns those that were active."""
-        return [s for s in sessions if await self.teardown.begin(s.id, reason)]
+    async def end(self, sessions: Sequence[Session], reason: str, by: str = "") -> list[Session]:
+        """Tear these sessions down, or withdraw those still awaiting approval (the caller decided it
+        may); returns those that were active."""
+        ended = []
+        for s in sessions:
+            if s.state is SessionState.AWAITING_APPROVAL and await self.approvals.cancel(s.id, reason, by):
+                ended.append(s)
+            elif await self.teardown.begin(s.id, reason):
+                ended.append(s)
+        return ended
 
     async def extend(self, actor: Actor, minutes: int | None, session_id: str | None = None) -> Session:
         """The actor's running session, or the one named (theirs, or anyone's for an admin), ends later."""
@@ -201,17 +237,17 @@ class VpnService:
             if target.state is not SessionState.READY:
                 raise Refused(Code.NOTHING_TO_EXTEND, session_id=target.id, state=target.state.value)
         minutes = self.policy.extend_request(minutes)
-        max_minutes = self.limits.max_session_minutes
 
         def change(s: Session) -> Session:
             if s.state is not SessionState.READY:
                 raise Refused(Code.NOTHING_TO_EXTEND, session_id=s.id, state=s.state.value)
+            max_minutes = self.policy.max_minutes_of(s)  # the person's policy, or what an approver granted
             latest_end = (s.ready_at or s.created_at) + timedelta(minutes=max_minutes)
             room = int((latest_end - s.expires_at).total_seconds() // 60)
             if room < 1:
-                raise Refused(Code.AT_MAXIMUM, session_id=s.id, max=max_minutes)
+                raise Refused(Code.AT_MAXIMUM, session_id=s.id, max=max_minutes, approval=bool(s.approvers))
             if minutes > room:
-                raise Refused(Code.EXTEND_TOO_LONG, session_id=s.id, room=room, max=max_minutes)
+                raise Refused(Code.EXTEND_TOO_LONG, session_id=s.id, room=room, max=max_minutes, approval=bool(s.approvers))
             return s.with_changes(self.clock(), expires_at=s.expires_at + timedelta(minutes=minutes), warned=False)
 
         s = await self.leases.update(target.id, change)
@@ -220,6 +256,20 @@ class VpnService:
         self.sweeper.wake()
         log.info("session %s extended by %d min", s.id, minutes)
         return s
+
+    # ----- approvals --------------------------------------------------------------------------------
+
+    async def approve(self, actor: Actor, target: str, minutes: int | None = None) -> Session:
+        return await self.approvals.approve(actor, target, minutes)
+
+    async def deny(self, actor: Actor, target: str, reason: str = "") -> Session:
+        return await self.approvals.deny(actor, target, reason)
+
+    async def pending(self, actor: Actor) -> list[Session]:
+        return await self.approvals.pending(actor)
+
+    async def remember_contact(self, actor: Actor, conv: ConversationRef, private: bool) -> None:
+        await self.approvals.remember(actor, conv, private)
 
     async def record_server_up(self, session_id: str) -> Session | None:
         """The server's "tunnel up" callback reached this replica: note it once, by compare-and-set."""

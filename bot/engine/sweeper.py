@@ -10,8 +10,10 @@ from typing import Awaitable, Sequence
 
 from bot import metrics
 from bot.engine import notices
+from bot.engine.approvals import Approvals
 from bot.engine.parts import EngineParts
 from bot.engine.provisioning import Provisioning
+from bot.engine.revocation import Revocation
 from bot.engine.teardown import Teardown
 from bot.store.model import ACTIVE_STATES, IN_FLIGHT_STATES, Session, SessionState
 from bot.store.ports import Worker
@@ -40,10 +42,15 @@ def _earliest(*times: datetime | None) -> datetime | None:
 
 
 class Sweeper:
-    def __init__(self, parts: EngineParts, provisioning: Provisioning, teardown: Teardown) -> None:
+    def __init__(
+        self, parts: EngineParts, provisioning: Provisioning, teardown: Teardown,
+        approvals: Approvals | None = None, revocation: Revocation | None = None,
+    ) -> None:
         self.p = parts
         self.provisioning = provisioning
         self.teardown = teardown
+        self.approvals = approvals  # requests past their decide-by time are denied
+        self.revocation = revocation  # owners no longer allowed lose their sessions
         self._wake = asyncio.Event()
         self._sweep_at: datetime | None = None  # when the sweeper means to look next (None: sweeping now)
         self._due_at: datetime | None = None  # the earliest due time reported since the sweep began
@@ -63,8 +70,8 @@ class Sweeper:
             self._wake.set()
 
     async def sweep(self, *, resume: bool = True) -> datetime | None:
-        """Warn, expire, finish interrupted teardowns, take over provisioning whose lease expired;
-        returns when to look again."""
+        """Warn, expire, finish interrupted teardowns, time out requests awaiting approval, revoke what
+        its owner may no longer have, take over provisioning whose lease expired; returns when to look again."""
         p = self.p
         now = p.clock()
         await p.store.heartbeat(Worker(p.worker.id, p.worker.host, p.worker.pid, now))
@@ -89,6 +96,12 @@ class Sweeper:
                 due.append(self.teardown.begin(s.id, s.end_reason or "ended"))
             elif s.lease_expires_at is not None:
                 next_due = _earliest(next_due, s.lease_expires_at)
+        if self.approvals is not None:
+            timeouts, decide_by = await self.approvals.sweep(now)
+            due += timeouts
+            next_due = _earliest(next_due, decide_by)
+        if self.revocation is not None:
+            due += await self.revocation.sweep()
         await _bounded(due, SWEEP_CONCURRENCY)
         return _earliest(next_due, await self._recover_orphans(now, resume=resume))
 

@@ -16,7 +16,8 @@ from bot.channels.groupme.config import GroupMeConfig
 from bot.channels.teams.config import TeamsConfig
 from bot.channels.web.config import WebConfig
 from bot.engine.config import SessionPolicy
-from bot.settings import access, azure, groupme, ops, providers, sessions, store, teams, web
+from bot.settings import access, azure, governance, groupme, ops, providers, sessions, store, teams, web
+from bot.settings.governance import GovernanceSettings
 from bot.settings.ops import OpsSettings
 from bot.settings.providers import ProviderSettings
 from bot.settings.reader import Reader, SettingsError, environment, read_env_file
@@ -37,6 +38,7 @@ class Settings:
     teams: TeamsConfig | None  # MicrosoftAppId, or VPN_DEV_MODE=1
     groupme: GroupMeConfig | None  # GROUPME_BOT_ID
     web: WebConfig | None  # VPN_LOCAL_AUTH_SECRET
+    governance: GovernanceSettings = GovernanceSettings()  # approvals, Entra groups, the policy file
     unknown: tuple[str, ...] = ()  # one warning line per VPN_/AZURE_/TEAMS_/GROUPME_ name nothing reads
 
     @classmethod
@@ -56,6 +58,7 @@ class Settings:
             teams=teams.read(r, dev_mode=o.dev_mode),
             groupme=groupme.read(r, public_url=o.public_url),
             web=web.read(r),
+            governance=governance.read(r),
             unknown=r.unread(),
         )
         s.check()

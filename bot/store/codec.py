@@ -143,9 +143,10 @@ def store_key(text: str) -> str:
     return _HASHED + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def refusal_sample(user: str, reason: str, at: datetime) -> tuple[datetime, str]:
-    """The hour holding `at` and a digest of (user, reason): the one audit row that counts such refusals."""
+def refusal_sample(user: str, command: str, reason: str, at: datetime) -> tuple[datetime, str]:
+    """The hour holding `at` and a digest of (user, command, reason): the one audit row that counts such
+    refusals (a stranger's flood is one row per route an hour; a member's refused decisions stay apart)."""
     seconds = int(at.timestamp())
     hour = datetime.fromtimestamp(seconds - seconds % 3600, tz=at.tzinfo)
-    digest = hashlib.sha256(f"{user}\0{reason}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    digest = hashlib.sha256(f"{user}\0{command}\0{reason}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return hour, digest

@@ -2,6 +2,8 @@
 
 requested -> provisioning -> ready -> expiring -> deleted, and failed from any step before ready.
 A session in `expiring` still holds cloud resources: it counts against caps until it is `deleted`.
+Where approval is needed a session starts in `awaiting_approval` (nothing made, no key): an approval
+moves it to `requested`, a denial, a timeout or a withdrawal to `denied` (terminal, with its reason).
 
 Several processes may work on one store: every write is a compare-and-set on `version` (the store
 sets it; a stale write raises `Conflict`), and whoever works on a session (provisioning, teardown)
@@ -27,6 +29,8 @@ class SessionState(str, enum.Enum):
     EXPIRING = "expiring"
     DELETED = "deleted"
     FAILED = "failed"
+    AWAITING_APPROVAL = "awaiting_approval"
+    DENIED = "denied"
 
 
 ALLOWED = {
@@ -36,11 +40,14 @@ ALLOWED = {
     SessionState.EXPIRING: {SessionState.DELETED},
     SessionState.DELETED: set(),
     SessionState.FAILED: set(),
+    SessionState.AWAITING_APPROVAL: {SessionState.REQUESTED, SessionState.DENIED},
+    SessionState.DENIED: set(),
 }
-# Holding (or about to hold) resources: these count against the caps and are reconciled.
-ACTIVE_STATES = (SessionState.REQUESTED, SessionState.PROVISIONING, SessionState.READY, SessionState.EXPIRING)
+# Holding (or about to hold) resources: these count against the caps and are reconciled. A request
+# awaiting approval holds its place under the caps, so an approval never finds them full.
+ACTIVE_STATES = (SessionState.REQUESTED, SessionState.PROVISIONING, SessionState.READY, SessionState.EXPIRING, SessionState.AWAITING_APPROVAL)
 IN_FLIGHT_STATES = (SessionState.REQUESTED, SessionState.PROVISIONING)
-TERMINAL_STATES = (SessionState.DELETED, SessionState.FAILED)
+TERMINAL_STATES = (SessionState.DELETED, SessionState.FAILED, SessionState.DENIED)
 
 
 class InvalidTransition(RuntimeError):
@@ -93,7 +100,17 @@ class Session:
     server_up_at: datetime | None = None  # when that callback arrived (on whichever replica)
     lease_owner: str = ""  # the worker provisioning or tearing it down; empty when nobody works on it
     lease_expires_at: datetime | None = None  # after this, another worker may take the work over
-    end_reason: str = ""  # why it is ending ("stopped by you"): told by whoever finishes the teardown
+    end_reason: str = ""  # why it is ending ("stopped by you"), or why it was denied: told by whoever finishes it
+    # Governance (docs/governance.md): what the person's policy allowed when they asked, and the approval.
+    reason: str = ""  # the requester's reason (`reason=…`), shown to approvers
+    max_minutes: int = 0  # this session's longest run from ready, extensions included (0: VPN_MAX_SESSION_MINUTES)
+    allowed_ips: str = ""  # the split-tunnel profile of the person's policy ("": WG_ALLOWED_IPS)
+    approvers: str = ""  # the approver rules that apply (VPN_USERS syntax), kept with the request
+    asked: str = ""  # who was sent the request privately (labels, comma-separated)
+    decide_by: datetime | None = None  # undecided by then: denied by whichever sweeper (or reap) gets there first
+    decided_by: str = ""  # the approver's label (or the requester's, for a withdrawal); "" for a timeout
+    decided_at: datetime | None = None
+    approval_cards: str = ""  # JSON: where each approver's card went, so every one of them is updated once decided
     # Set by the store on every read and write (a counter in SQLite, the ETag in Table Storage);
     # never stored as a field of its own. A save whose version is stale raises Conflict.
     version: str = ""

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, Sequence
 
+from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
 from bot.store.model import Conflict, Session, SessionState
 
 __all__ = [
-    "AccountStore", "AddressStore", "AuditEntry", "AuditStore", "Conflict", "CreateOutcome", "DedupeStore", "LocalUser",
+    "AccountStore", "AddressStore", "AuditEntry", "AuditStore", "Conflict", "Contact", "ContactStore", "CreateOutcome", "DedupeStore", "LocalUser",
     "OneTimeConfigStore", "ProgressStore", "RetentionStore", "SessionReader", "SessionStore", "Store", "StoreLifecycle", "Worker", "WorkerStore",
     "AUDIT_RETENTION", "SIGN_IN_MEMORY",
 ]
@@ -62,6 +63,17 @@ class Worker:
     host: str
     pid: int
     heartbeat_at: datetime
+
+
+@dataclass(frozen=True)
+class Contact:
+    """Where one person can be reached privately: the engine keeps approvers' private chats, so a request
+    reaches them on any replica (bot/engine/approvals.py)."""
+
+    user: str  # UserKey as text
+    label: str  # verified email or the key
+    conversation: ConversationRef
+    updated_at: datetime
 
 
 class StoreLifecycle(Protocol):
@@ -165,8 +177,16 @@ class RetentionStore(Protocol):
         a call that comes within 10 minutes of the last one in this process."""
 
 
+class ContactStore(Protocol):
+    """Approvers' private chats, one per person, readable by every replica."""
+
+    async def put_contact(self, contact: Contact) -> None:
+        """Insert or replace the contact of `contact.user`."""
+    async def contacts(self) -> list[Contact]: ...
+
+
 class Store(
     StoreLifecycle, SessionStore, WorkerStore, DedupeStore, AuditStore, OneTimeConfigStore, AddressStore, AccountStore, ProgressStore,
-    RetentionStore, Protocol
+    RetentionStore, ContactStore, Protocol
 ):
     """A whole back end (SQLite or Table Storage): one object implements every port; each caller is typed against the port it uses."""

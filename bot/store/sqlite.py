@@ -19,10 +19,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
 from bot.store.codec import FIELDS, FieldSpec, decode, encode, encode_value, refusal_sample, store_key
 from bot.store.model import ACTIVE_STATES, Conflict, Session, SessionState
-from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, AuditEntry, CreateOutcome, LocalUser, Worker
+from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, AuditEntry, Contact, CreateOutcome, LocalUser, Worker
 
 T = TypeVar("T")
 MESSAGE_ID_TTL = timedelta(days=2)
@@ -134,6 +135,12 @@ CREATE INDEX IF NOT EXISTS addresses_session ON addresses(session_id);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    user TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    conversation TEXT NOT NULL,
+    updated_at TEXT NOT NULL
 );
 """
 
@@ -294,7 +301,7 @@ class SqliteStore:
         if entry.allowed:
             args = (*row, None, None)
         else:  # one row per identity, reason and hour counts the refusals (the first one's details)
-            hour, digest = refusal_sample(entry.user, entry.reason, entry.at)
+            hour, digest = refusal_sample(entry.user, entry.command, entry.reason, entry.at)
             args = (*row, f"{hour.isoformat()}|{digest}", row[0])
             sql += " ON CONFLICT(sample) DO UPDATE SET count = count + 1, last_at = max(last_at, excluded.last_at)"
         await self._run(lambda: self.conn.execute(sql, args))
@@ -492,6 +499,18 @@ class SqliteStore:
     async def get_progress(self, key: str) -> str:
         row = await self._run(lambda: self.conn.execute("SELECT text FROM progress WHERE key=?", (key,)).fetchone())
         return row["text"] if row else ""
+
+    # ----- approvers' private chats (bot/engine/approvals.py) -------------------------------------
+
+    async def put_contact(self, contact: Contact) -> None:
+        row = (contact.user, contact.label, contact.conversation.to_json(), contact.updated_at.isoformat())
+        await self._run(lambda: self.conn.execute(
+            "INSERT INTO contacts VALUES (?,?,?,?) ON CONFLICT(user) DO UPDATE SET label=excluded.label, "
+            "conversation=excluded.conversation, updated_at=excluded.updated_at", row))
+
+    async def contacts(self) -> list[Contact]:
+        rows = await self._run(lambda: self.conn.execute("SELECT * FROM contacts ORDER BY user").fetchall())
+        return [Contact(r["user"], r["label"], ConversationRef.from_json(r["conversation"]), datetime.fromisoformat(r["updated_at"])) for r in rows]
 
 
 def _window_start(now: datetime, window: timedelta) -> str:

@@ -38,10 +38,11 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
 from bot.store.codec import decode, encode, refusal_sample, store_key
 from bot.store.model import TERMINAL_STATES, Conflict, Session, SessionState, utcnow
-from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, AuditEntry, CreateOutcome, LocalUser, Worker
+from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, AuditEntry, Contact, CreateOutcome, LocalUser, Worker
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ AUDIT_COUNT_TRIES = 3  # compare-and-set tries to count a repeated refusal; past
 PURGE_EVERY = timedelta(minutes=10)  # purge_expired runs at most this often per process
 _KNOWN = "known|"  # attempts-table partitions of remembered sign-ins (window partitions start with a digit)
 _LEGACY_ATTEMPTS = "attempt"  # the single counter partition of earlier versions: purged
+_CONTACT = "contact"  # the meta table's partition of approvers' private chats
 
 
 _key = store_key
@@ -301,7 +303,7 @@ class TableStore:
         """One row per identity, reason and hour, holding the first refusal and a count: a stranger with
         a valid token cannot fill the table row by row. The count is a compare-and-set, a few tries at
         most: under a concurrent flood it is a lower bound, never a retry storm."""
-        hour, digest = refusal_sample(entry.user, entry.reason, entry.at)
+        hour, digest = refusal_sample(entry.user, entry.command, entry.reason, entry.at)
         # Keyed at the hour's end (never earlier than any refusal it counts); audit_log orders by time.
         pk, rk = _audit_day(hour), f"{_countdown(hour + timedelta(hours=1))}-r-{digest}"
         table = self._table("audit")
@@ -372,8 +374,9 @@ class TableStore:
         async for e in self._query("workers", "heartbeat_at lt @t", {"t": cutoff}, select=["PartitionKey", "RowKey"]):
             await self._table("workers").delete_entity(e["PartitionKey"], e["RowKey"])
         cutoff = (now - ENDED_RETENTION).isoformat()
-        query = "( state eq @deleted or state eq @failed ) and ended_at lt @t"
-        async for e in self._query("sessions", query, {"deleted": "deleted", "failed": "failed", "t": cutoff}, select=["PartitionKey", "RowKey"]):
+        query = "( state eq @deleted or state eq @failed or state eq @denied ) and ended_at lt @t"
+        ended = {"deleted": "deleted", "failed": "failed", "denied": "denied", "t": cutoff}
+        async for e in self._query("sessions", query, ended, select=["PartitionKey", "RowKey"]):
             await self._table("sessions").delete_entity(e["PartitionKey"], e["RowKey"])
 
     # ----- claim links (sealed configs; see bot/one_time_configs.py) -----------------------------------------
@@ -500,6 +503,22 @@ class TableStore:
         except ResourceExistsError:
             pass
         return (await meta.get_entity("meta", "deployment_id"))["value"]
+
+    # ----- approvers' private chats: a partition of the meta table (no table of their own to declare) -
+
+    async def put_contact(self, contact: Contact) -> None:
+        await self._table("meta").upsert_entity(
+            {"PartitionKey": _CONTACT, "RowKey": _key(contact.user), "user": contact.user, "label": contact.label,
+             "conversation": contact.conversation.to_json(), "updated_at": contact.updated_at.isoformat()},
+            mode=UpdateMode.REPLACE,
+        )
+
+    async def contacts(self) -> list[Contact]:
+        found = [
+            Contact(e["user"], e["label"], ConversationRef.from_json(e["conversation"]), datetime.fromisoformat(e["updated_at"]))
+            async for e in self._query("meta", "PartitionKey eq @p", {"p": _CONTACT})
+        ]
+        return sorted(found, key=lambda c: c.user)
 
     # ----- web channel: local accounts, attempt counters, progress text ------------------------------
 

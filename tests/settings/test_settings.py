@@ -85,7 +85,7 @@ def test_the_allowlist_section_is_the_access_policy():
     ({"WG_POOL": "10.0.0.0/31"}, "WG_POOL='10.0.0.0/31' is not valid: expected a CIDR network with at least two host addresses, e.g. 10.77.0.0/24"),
     ({"VPN_PUBLIC_URL": "http://vpn.example.org"}, "VPN_PUBLIC_URL='http://vpn.example.org' is not valid: expected an https:// URL (http:// only for localhost)"),
     # access
-    ({"VPN_USERS": "bogus"}, "VPN_USERS: 'bogus' is not kind:value (teams:…, groupme:…, console:…, email:…, domain:…)"),
+    ({"VPN_USERS": "bogus"}, "VPN_USERS: 'bogus' is not kind:value (teams:…, groupme:…, console:…, email:…, domain:…, group:…)"),
     ({"VPN_ADMINS": "email:nobody"}, "VPN_ADMINS: 'email:nobody' is not an email address"),
     # ops
     ({"PORT": "8080", "VPN_METRICS_PORT": "8080"}, "VPN_METRICS_PORT=8080 is the bot's PORT: metrics are never served on the public port (0 turns them off)"),

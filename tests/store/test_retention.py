@@ -22,13 +22,13 @@ def entry(at: datetime, user: str = "test:alice", command: str = "status", allow
 
 async def test_refusals_are_counted_on_one_row_per_identity_reason_and_hour(store, replica):
     for i in range(60):
-        await (store if i % 2 else replica).audit(entry(T0 + timedelta(seconds=i), "test:mallory", f"GET /api/sessions/{i}", False, "not on the allowlist"))
+        await (store if i % 2 else replica).audit(entry(T0 + timedelta(seconds=i), "test:mallory", "GET /api/sessions/{id}", False, "not on the allowlist"))
     (row,) = await store.audit_log()
     assert (row.user, row.allowed, row.reason, row.count) == ("test:mallory", False, "not on the allowlist", 60)
-    assert row.at == T0 and row.command == "GET /api/sessions/0"  # the first refusal is the sample
+    assert row.at == T0 and row.command == "GET /api/sessions/{id}"  # the first refusal is the sample (the route, not the path)
     await store.audit(entry(T0 + timedelta(minutes=5), "test:eve", "start", False, "not on the allowlist"))  # another identity
     await store.audit(entry(T0 + timedelta(minutes=6), "test:mallory", "list", False, "admins only"))  # another reason
-    await store.audit(entry(T0 + timedelta(hours=1), "test:mallory", "start", False, "not on the allowlist"))  # the next hour
+    await store.audit(entry(T0 + timedelta(hours=1), "test:mallory", "GET /api/sessions/{id}", False, "not on the allowlist"))  # the next hour
     log = await replica.audit_log()
     assert [(e.user, e.reason, e.count) for e in log] == [
         ("test:mallory", "not on the allowlist", 1), ("test:mallory", "admins only", 1), ("test:eve", "not on the allowlist", 1),

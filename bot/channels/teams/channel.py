@@ -20,7 +20,7 @@ from aiohttp import web
 from botbuilder.core import InvokeResponse, TurnContext
 from botbuilder.core.teams import TeamsActivityHandler
 from botbuilder.integration.aiohttp import CloudAdapter
-from botbuilder.schema import Activity, ActivityTypes
+from botbuilder.schema import Activity, ActivityTypes, AdaptiveCardInvokeResponse
 
 from bot.channels.deps import ChatDeps
 from bot.channels.teams.activities import (
@@ -180,8 +180,13 @@ class TeamsChannel(ChannelDefaults):
     async def send_text(self, conv: ConversationRef, text: str) -> None:
         await self.sender.post(conv, {"type": "message", "text": text})
 
-    async def send_card(self, conv: ConversationRef, card: Card) -> None:
-        await self.sender.post(conv, card_activity(card))
+    async def send_card(self, conv: ConversationRef, card: Card) -> str | None:
+        return await self.sender.post(conv, card_activity(card))  # the activity id: update_card replaces it
+
+    async def update_card(self, conv: ConversationRef, handle: str, card: Card) -> bool:
+        """PUT the activity (issue 22: every approver's card becomes the outcome), from any replica."""
+        await self.sender.post(conv, card_activity(card), update_id=handle)
+        return True
 
     async def send_progress(self, conv: ConversationRef, text: str, handle: str | None) -> str | None:
         """One card, updated in place (PUT) as the steps go by. Updates do not hold up the work: the
@@ -266,6 +271,31 @@ class TeamsChannel(ChannelDefaults):
         self._later(activity, lambda: self.delivery.file_consent(activity, token, accepted, upload))
 
 
+# ----- Action.Execute card actions (issue 22) --------------------------------------------------------
+
+class _MessageResponse(AdaptiveCardInvokeResponse):
+    """The SDK types an invoke response's `value` as an object; a message response's value is a string."""
+
+    _attribute_map = {**AdaptiveCardInvokeResponse._attribute_map, "value": {"key": "value", "type": "str"}}
+
+
+async def _on_card_action(channel: TeamsChannel, turn_context: TurnContext) -> InvokeResponse:
+    """An `adaptiveCard/action` invoke (Action.Execute): its `data.command` is handled like typed text,
+    authorised the same way; Teams gets its answer at once, the command runs in a tracked task."""
+    activity = turn_context.activity
+    value = activity.value if isinstance(activity.value, dict) else {}
+    action = value.get("action") if isinstance(value.get("action"), dict) else {}
+    data = action.get("data")
+    command = str(data.get("command") or "") if isinstance(data, dict) else ""
+    if action.get("type") != "Action.Execute" or not command:
+        return InvokeResponse(status=400, body=AdaptiveCardInvokeResponse(
+            status_code=400, type="application/vnd.microsoft.error", value={"code": "BadRequest", "message": "not a command card action"}))
+    if channel.tenant_allowed(activity):
+        activity.text = command
+        channel._later(activity, lambda: channel._handle_message(activity))
+    return InvokeResponse(status=200, body=_MessageResponse(status_code=200, type="application/vnd.microsoft.activity.message", value="Working on it…"))
+
+
 class _Handler(TeamsActivityHandler):
     """Routes Teams events to the channel; everything else gets the SDK's defaults."""
 
@@ -301,3 +331,8 @@ class _Handler(TeamsActivityHandler):
 
     async def on_teams_file_consent_decline(self, turn_context: TurnContext, file_consent_card_response) -> None:
         await self.channel.on_file_consent(turn_context, accepted=False)
+
+    async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
+        if turn_context.activity.name == "adaptiveCard/action":
+            return await _on_card_action(self.channel, turn_context)
+        return await super().on_invoke_activity(turn_context)

@@ -23,8 +23,8 @@ from bot.channels.web.held_configs import CONF, PNG, HeldConfigs
 from bot.channels.web.openapi import openapi_document
 from bot.channels.web.page import NO_STORE, ApiHeaders
 from bot.channels.web.signin import SignIn
+from bot.engine.policy import MAX_EXTEND_INPUT, MAX_REASON, Action, Actor, Limits, Refused
 from bot.logs import bind
-from bot.engine.policy import MAX_EXTEND_INPUT, Action, Actor, Refused
 from bot.messages import ConversationRef
 from bot.one_time_configs import ClaimState
 from bot.store.model import ACTIVE_STATES, IN_FLIGHT_STATES, Session, SessionState
@@ -47,7 +47,8 @@ def progress_key(conv: ConversationRef) -> str:
 
 
 def _refused(r: Refused) -> web.Response:
-    return web.json_response(refusals.body(r), status=refusals.status_of(r))
+    status = refusals.status_of(r)
+    return web.json_response(refusals.body(r), status=status, headers={"Retry-After": "30"} if status == 503 else None)
 
 
 def _whole(value: Any, low: int, high: int) -> bool:
@@ -82,6 +83,8 @@ class WebApi:
             ("GET", f"/api/sessions/{sid}", h.route(self._authed(Action.VIEW, self._get))),
             ("DELETE", f"/api/sessions/{sid}", h.route(self._authed(Action.STOP, self._stop))),
             ("POST", f"/api/sessions/{sid}/extend", h.route(self._authed(Action.EXTEND, self._extend))),
+            ("POST", f"/api/sessions/{sid}/approve", h.route(self._authed(Action.APPROVE, self._approve))),
+            ("POST", f"/api/sessions/{sid}/deny", h.route(self._authed(Action.DENY, self._deny))),
             ("GET", f"/api/sessions/{sid}/config", h.route(self._authed(Action.TAKE_CONFIG, self._config))),
             ("GET", f"/api/sessions/{sid}/config.png", h.route(self._authed(Action.TAKE_CONFIG, self._config_png))),
         ]
@@ -102,7 +105,9 @@ class WebApi:
                 return who
             bind(user=str(who.key))  # the JSON log lines of this request name who made it
             try:
-                actor = await self.deps.policy.admit(who, CHANNEL, f"{request.method} {request.path}"[:60])
+                route = request.match_info.route.resource
+                # The route, not the path: a stranger probing ids is one audit row an hour, not one per id.
+                actor = await self.deps.policy.admit(who, CHANNEL, f"{request.method} {route.canonical if route else request.path}"[:60])
                 if action is Action.VIEW or action is Action.TAKE_CONFIG:
                     await self.deps.policy.authorize(actor, action, action.value)  # not audited (polled)
                 return await handler(request, actor)
@@ -117,34 +122,73 @@ class WebApi:
         return web.json_response(openapi_document(self.deps.limits.max_session_minutes))
 
     async def _me(self, request: web.Request, actor: Actor) -> web.Response:
-        who, limits = actor.identity, self.deps.limits
+        who, engine = actor.identity, self.deps.engine
+        mine: Limits = await engine.limits_for(actor)
         return web.json_response({
             "user": actor.key, "email": who.email, "name": who.display_name, "role": actor.role.value,
-            "regions": list(self.deps.regions),
-            "session_minutes": limits.session_minutes, "max_session_minutes": limits.max_session_minutes,
+            "regions": list(mine.regions),  # this person's own limits (their access policy entry, else the defaults)
+            "session_minutes": mine.default_minutes, "max_session_minutes": mine.max_minutes,
+            "approval": str(mine.approval), "policy": mine.entry,
+            "approver": await self.deps.policy.is_approver(actor),
         })
 
     async def _list(self, request: web.Request, actor: Actor) -> web.Response:
-        sessions = await self.deps.engine.visible_sessions(actor)
-        return web.json_response({"sessions": [await self._view(s, actor) for s in sessions]})
+        engine = self.deps.engine
+        state = request.query.get("state")
+        if state is None:
+            sessions = await engine.visible_sessions(actor)
+            return web.json_response({"sessions": [await self._view(s, actor) for s in sessions]})
+        if state not in {st.value for st in ACTIVE_STATES}:
+            return json_error(400, f"state must be one of: {', '.join(st.value for st in ACTIVE_STATES)}")
+        sessions = [s for s in await engine.visible_sessions(actor) if s.state.value == state]
+        decidable: set[str] = set()
+        if state == SessionState.AWAITING_APPROVAL.value:  # approvers: every request they may decide
+            for s in await engine.pending(actor):
+                decidable.add(s.id)
+                if all(s.id != v.id for v in sessions):
+                    sessions.append(s)
+        return web.json_response({"sessions": [await self._view(s, actor, decider=s.id in decidable) for s in sessions]})
 
     async def _start(self, request: web.Request, actor: Actor) -> web.Response:
         body = await json_body(request, optional=True)
         if isinstance(body, web.Response):
             return body
-        region, minutes, public_key = body.get("region"), body.get("minutes"), body.get("public_key")
-        max_minutes = self.deps.limits.max_session_minutes
+        region, minutes, public_key, reason = body.get("region"), body.get("minutes"), body.get("public_key"), body.get("reason")
         if region is not None and not isinstance(region, str):
             return json_error(400, f"region must be one of: {', '.join(self.deps.regions)}")
-        if minutes is not None and not _whole(minutes, 1, max_minutes):
-            return json_error(400, f"minutes must be a whole number from 1 to {max_minutes}")
+        if minutes is not None and not _whole(minutes, 1, MAX_EXTEND_INPUT):  # the person's own maximum is the engine's
+            return json_error(400, f"minutes must be a whole number from 1 to {MAX_EXTEND_INPUT}")
         if public_key is not None and (not isinstance(public_key, str) or not is_valid_key(public_key)):
             return json_error(400, "public_key must be a WireGuard public key (44 characters of base64 ending in '=')")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+            return json_error(400, f"reason must be text of at most {MAX_REASON} characters")
         command = "start" + (f" {region}" if region else "") + (f" {minutes}" if minutes else "") + (" key=…" if public_key else "")
         await self.deps.policy.authorize(actor, Action.START, command)
         conv = ConversationRef(CHANNEL, {"request": secrets.token_hex(12), "user": actor.key})
-        s = await self.deps.engine.start(actor, conv, region=region, minutes=minutes, public_key=public_key)
+        s = await self.deps.engine.start(actor, conv, region=region, minutes=minutes, public_key=public_key, reason=" ".join((reason or "").split()))
         return web.json_response(await self._view(s, actor), status=202, headers={"Location": f"/api/sessions/{s.id}"})
+
+    async def _approve(self, request: web.Request, actor: Actor) -> web.Response:
+        body = await json_body(request, optional=True)
+        if isinstance(body, web.Response):
+            return body
+        minutes, sid = body.get("minutes"), request.match_info["id"]
+        if minutes is not None and not _whole(minutes, 1, MAX_EXTEND_INPUT):
+            return json_error(400, f"minutes must be a whole number from 1 to {MAX_EXTEND_INPUT} (at most what was asked)")
+        await self.deps.policy.authorize(actor, Action.APPROVE, f"approve {sid} {minutes or ''}".strip())
+        s = await self.deps.engine.approve(actor, sid, minutes)
+        return web.json_response(await self._view(s, actor, decider=True))
+
+    async def _deny(self, request: web.Request, actor: Actor) -> web.Response:
+        body = await json_body(request, optional=True)
+        if isinstance(body, web.Response):
+            return body
+        reason, sid = body.get("reason", ""), request.match_info["id"]
+        if not isinstance(reason, str) or len(reason) > MAX_REASON:
+            return json_error(400, f"reason must be text of at most {MAX_REASON} characters")
+        await self.deps.policy.authorize(actor, Action.DENY, f"deny {sid}")
+        s = await self.deps.engine.deny(actor, sid, reason)
+        return web.json_response(await self._view(s, actor, decider=True))
 
     async def _get(self, request: web.Request, actor: Actor) -> web.Response:
         s = await self.deps.engine.session_for(actor, request.match_info["id"], Action.VIEW)
@@ -200,7 +244,7 @@ class WebApi:
             return json_error(410, "This session uses your own key: there is no config to download (the peer settings are in its messages).")
         return json_error(410, "This config was already downloaded (or the session ended). Each config is handed out once; start a new session for another.")
 
-    async def _view(self, s: Session, actor: Actor) -> dict[str, Any]:
+    async def _view(self, s: Session, actor: Actor, *, decider: bool = False) -> dict[str, Any]:
         deps = self.deps
         now = deps.clock()
         key = progress_key(s.conversation)
@@ -229,7 +273,14 @@ class WebApi:
             "time_left": int(s.time_left(now)) if s.state is SessionState.READY else None,
             "config_ready": config_ready,
             "messages": notes if mine else [],
+            "reason": s.reason,  # the requester's, for the approvers
+            "decided_by": s.decided_by,
+            "end_reason": s.end_reason,  # why it ended, or why it was not granted
+            "decide_by": _iso(s.decide_by),
+            "asked": s.asked if mine or actor.is_admin else "",
         }
+        if decider:  # an approver sees who asks
+            view.update(owner_label=s.owner_label)
         if actor.is_admin:
             view.update(owner=s.owner, owner_label=s.owner_label, cost=round(s.cost_so_far(now), 4))
         return view

@@ -18,14 +18,14 @@ def _err(description: str) -> dict:
 AUTH_ERRORS = {
     "401": _err("No token, or a token that is invalid or expired"),
     "403": _err("Signed in, but not on the allowlist"),
-    "503": _err("Microsoft Entra keys cannot be fetched right now (Entra tokens only)"),
+    "503": _err("Microsoft Entra keys, or group memberships (Microsoft Graph), cannot be checked right now"),
 }
 
 
 def _session_op(summary: str, ok: dict, *extra: str, body: dict | None = None) -> dict:
     responses = {**ok, **AUTH_ERRORS, "404": _err("No such session, or not yours")}
     for code in extra:
-        responses[code] = _err({"400": "Invalid input", "409": "Not possible in this state", "410": "Already handed out",
+        responses[code] = _err({"400": "Invalid input", "409": "Not possible in this state (e.g. already decided)", "410": "Already handed out",
                                 "413": "Body too large"}[code])
     op: dict[str, Any] = {"summary": summary, "security": [{"bearer": []}], "responses": responses}
     if body:
@@ -33,8 +33,13 @@ def _session_op(summary: str, ok: dict, *extra: str, body: dict | None = None) -
     return op
 
 
+STATES = ["requested", "provisioning", "ready", "expiring", "deleted", "failed", "awaiting_approval", "denied"]
+LIVE_STATES = ["requested", "provisioning", "ready", "expiring", "awaiting_approval"]
+
+
 def openapi_document(max_minutes: int) -> dict:
-    minutes = {"type": "integer", "minimum": 1, "maximum": max_minutes}
+    # The person's own maximum may differ (their access policy): the engine answers 400 beyond it.
+    minutes = {"type": "integer", "minimum": 1, "maximum": 7 * 24 * 60, "description": f"default maximum {max_minutes}; GET /api/me has yours"}
     session_path_param = [{"name": "id", "in": "path", "required": True, "schema": SESSION_ID}]
     return {
         "openapi": "3.1.0",
@@ -52,7 +57,7 @@ def openapi_document(max_minutes: int) -> dict:
                     "required": ["id", "state", "progress", "region", "endpoint", "created_at", "expires_at", "error"],
                     "properties": {
                         "id": SESSION_ID,
-                        "state": {"enum": ["requested", "provisioning", "ready", "expiring", "deleted", "failed"]},
+                        "state": {"enum": STATES},
                         "progress": {"type": "string", "description": "The latest progress step or message"},
                         "region": {"type": "string"},
                         "endpoint": {"type": "string"},
@@ -66,6 +71,11 @@ def openapi_document(max_minutes: int) -> dict:
                         "owner": {"type": "string", "description": "Admins only"},
                         "owner_label": {"type": "string", "description": "Admins only"},
                         "cost": {"type": "number", "description": "Admins only: estimated cost so far"},
+                        "reason": {"type": "string", "description": "The requester's reason"},
+                        "decided_by": {"type": "string", "description": "Who approved (or denied) the request"},
+                        "end_reason": {"type": "string", "description": "Why it ended, or why it was not granted"},
+                        "decide_by": {"type": ["string", "null"], "format": "date-time", "description": "Awaiting approval until then"},
+                        "asked": {"type": "string", "description": "Owner and admins: the approvers sent the request privately"},
                     },
                 },
             },
@@ -99,7 +109,10 @@ def openapi_document(max_minutes: int) -> dict:
                             "type": "object", "required": ["user", "role", "regions"],
                             "properties": {"user": {"type": "string"}, "email": {"type": ["string", "null"]}, "name": {"type": "string"},
                                            "role": {"enum": ["user", "admin"]}, "regions": {"type": "array", "items": {"type": "string"}},
-                                           "session_minutes": {"type": "integer"}, "max_session_minutes": {"type": "integer"}},
+                                           "session_minutes": {"type": "integer"}, "max_session_minutes": {"type": "integer"},
+                                           "approval": {"type": "string", "description": "never, always or over:<minutes>"},
+                                           "policy": {"type": "string", "description": "The access policy entry that applies (empty: the defaults)"},
+                                           "approver": {"type": "boolean", "description": "May decide requests (see GET /api/sessions?state=awaiting_approval)"}},
                         }}}},
                         **AUTH_ERRORS,
                     },
@@ -107,13 +120,15 @@ def openapi_document(max_minutes: int) -> dict:
             },
             "/api/sessions": {
                 "get": {
-                    "summary": "Your live sessions (admins: everyone's, with owner and cost)",
+                    "summary": "Your live sessions (admins: everyone's, with owner and cost); ?state=awaiting_approval adds the requests you may decide",
                     "security": [{"bearer": []}],
+                    "parameters": [{"name": "state", "in": "query", "required": False, "schema": {"enum": LIVE_STATES}}],
                     "responses": {
                         "200": {"description": "Live sessions", "content": {"application/json": {"schema": {
                             "type": "object", "required": ["sessions"],
                             "properties": {"sessions": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}}},
                         }}}},
+                        "400": _err("Unknown state"),
                         **AUTH_ERRORS,
                     },
                 },
@@ -123,10 +138,11 @@ def openapi_document(max_minutes: int) -> dict:
                     "requestBody": {"required": False, "content": {"application/json": {"schema": {
                         "type": "object",
                         "properties": {"region": {"type": "string"}, "minutes": minutes,
-                                       "public_key": {"type": "string", "description": "Bring your own WireGuard key pair: only its public key"}},
+                                       "public_key": {"type": "string", "description": "Bring your own WireGuard key pair: only its public key"},
+                                       "reason": {"type": "string", "maxLength": 200, "description": "For the approvers, where an approval is needed"}},
                     }}}},
                     "responses": {
-                        "202": {"description": "Accepted; provisioning runs in the background",
+                        "202": {"description": "Accepted; provisioning runs in the background (state awaiting_approval: once approved)",
                                 "headers": {"Location": {"schema": {"type": "string"}, "description": "/api/sessions/{id}"}},
                                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}},
                         "400": _err("Invalid input"),
@@ -148,6 +164,24 @@ def openapi_document(max_minutes: int) -> dict:
                     {"200": {"description": "Extended", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}}},
                     "400", "409", "413",
                     body={"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 7 * 24 * 60}}}}}},
+                ),
+            },
+            "/api/sessions/{id}/approve": {
+                "parameters": session_path_param,
+                "post": _session_op(
+                    "Approve a request awaiting approval (its approvers only, never its owner); fewer minutes grant less",
+                    {"200": {"description": "Approved; provisioning starts", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}}},
+                    "400", "409", "413",
+                    body={"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 7 * 24 * 60}}}}}},
+                ),
+            },
+            "/api/sessions/{id}/deny": {
+                "parameters": session_path_param,
+                "post": _session_op(
+                    "Deny a request awaiting approval (its approvers only); the reason goes to the requester",
+                    {"200": {"description": "Denied", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}}},
+                    "400", "409", "413",
+                    body={"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 200}}}}}},
                 ),
             },
             "/api/sessions/{id}/config": {

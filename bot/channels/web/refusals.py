@@ -11,6 +11,11 @@ STATUS: dict[Code, int] = {
     Code.UNKNOWN_REGION: 400,
     Code.MINUTES_OUT_OF_RANGE: 400,
     Code.EXTEND_TOO_SHORT: 400,
+    Code.REASON_TOO_LONG: 400,
+    Code.PROVIDER_NOT_ALLOWED: 403,
+    Code.NOT_APPROVER: 403,
+    Code.SELF_APPROVAL: 403,
+    Code.GROUPS_UNAVAILABLE: 503,  # Microsoft Graph: not the caller's fault, and nothing was allowed on a guess
 }
 
 
@@ -53,10 +58,29 @@ def words(r: Refused) -> str:
         case Code.EXTEND_TOO_SHORT:
             return "Extend by at least 1 minute."
         case Code.AT_MAXIMUM:
-            return f"Session {f['session_id']} is already at the maximum of {f['max']} minutes."
+            return f"Session {f['session_id']} is already at the maximum of {f['max']} minutes.{_longer(f)}"
         case Code.EXTEND_TOO_LONG:
-            return f"Session {f['session_id']} can be extended by at most {f['room']} more minutes (the maximum is {f['max']})."
+            return f"Session {f['session_id']} can be extended by at most {f['room']} more minutes (the maximum is {f['max']}).{_longer(f)}"
+        case Code.GROUPS_UNAVAILABLE:
+            return "Your group memberships cannot be checked with Microsoft right now, so nothing was done. Try again in a few minutes."
+        case Code.PROVIDER_NOT_ALLOWED:
+            return f"Your access policy does not include this service's {f['provider']} servers."
+        case Code.REASON_TOO_LONG:
+            return f"reason must be text of at most {f['max']} characters"
+        case Code.NOT_APPROVER:
+            return "You are not one of the approvers of this request."
+        case Code.SELF_APPROVAL:
+            return "You cannot decide your own request: another approver has to (stopping it withdraws it)."
+        case Code.ALREADY_DECIDED:
+            by = f" by {f['decided_by']}" if f.get("decided_by") else ""
+            return f"Request {f['session_id']} was already decided{by}: it is {str(f['state']).replace('_', ' ')} now."
+        case Code.AMBIGUOUS:
+            return "Several requests match: name one by its id."
     return "That cannot be done."
+
+
+def _longer(f: dict[str, object]) -> str:
+    return " Longer needs an approval: start a new session." if f.get("approval") else ""
 
 
 def body(r: Refused) -> dict[str, object]:

@@ -71,7 +71,7 @@ class SignIn:
                 return Identity(UserKey("local", local.email), email=local.email, display_name=local.email)
             if alg == "RS256" and self._entra is not None:
                 entra = await self._entra.verify(token)
-                return Identity(UserKey("teams", entra.oid), email=entra.email, display_name=entra.name)
+                return Identity(UserKey("teams", entra.oid), email=entra.email, display_name=entra.name, groups=entra.groups)
         except InvalidToken as exc:
             return _refused(exc.reason, exc.detail)
         except InvalidIdentity as exc:

@@ -8,7 +8,9 @@ name RS256, our tenant and our audience; an unknown key id refreshes the keys at
 
 Identity: `oid` is the same person as `teams:<aadObjectId>`. An email counts as verified only where
 Entra vouches for it: the `upn` of a member account of the tenant (its domain is one the tenant
-verified), or `email` with `xms_edov` = true.
+verified), or `email` with `xms_edov` = true. A `groups` claim (group object ids, where the app
+registration asks for them) answers `group:` rules; past Entra's limit the token says "overage"
+instead, and the policy asks Microsoft Graph.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class EntraIdentity:
     tenant_id: str
     email: str | None
     name: str
+    groups: frozenset[str] | None = None  # None: no groups claim, or an overage (ask Graph)
 
 
 class EntraVerifier:
@@ -97,7 +100,7 @@ class EntraVerifier:
         oid = claims["oid"]
         if not isinstance(oid, str) or not oid:
             raise InvalidToken("malformed", "no object id")
-        return EntraIdentity(oid=oid.lower(), tenant_id=self.tenant_id, email=_verified_email(claims, self._issuer), name=str(claims.get("name", ""))[:100])
+        return EntraIdentity(oid=oid.lower(), tenant_id=self.tenant_id, email=_verified_email(claims, self._issuer), name=str(claims.get("name", ""))[:100], groups=_groups(claims))
 
     async def _key(self, kid: str) -> Any:
         now = time.monotonic()
@@ -146,6 +149,17 @@ class EntraVerifier:
         if not isinstance(data, dict):
             raise ValueError(f"{url} did not answer a JSON object")
         return data
+
+
+def _groups(claims: dict) -> frozenset[str] | None:
+    """The token's group object ids; None when it has none to give or too many (`_claim_names`, `hasgroups`)."""
+    names = claims.get("_claim_names")
+    if (isinstance(names, dict) and "groups" in names) or claims.get("hasgroups"):
+        return None
+    groups = claims.get("groups")
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        return None
+    return frozenset(g.lower() for g in groups[:1000])
 
 
 def _verified_email(claims: dict, issuer: str | None) -> str | None:

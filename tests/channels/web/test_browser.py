@@ -113,7 +113,7 @@ async def test_local_account_host_provider_config_carries_traffic(lab, tmp_path)
                 assert lab.tcp_through_tunnel() == "echo:through the tunnel"
                 assert "min" in await page.text_content("#s-left")
                 await page.click("#stop")
-                await page.wait_for_function("() => document.getElementById('s-state').textContent === 'deleted'", timeout=30000)
+                await page.wait_for_function("() => document.getElementById('s-state').textContent === 'ended'", timeout=30000)
                 assert await page.is_hidden("#config")  # the secret leaves the page with the session
                 assert lab.server_peers() == []
                 assert lab.tcp_through_tunnel(timeout=3).startswith("FAILED")
@@ -164,7 +164,7 @@ async def test_microsoft_sign_in_start_scan_stop_and_the_admin_list(tmp_path):
                 await page.click("#extend")
                 await page.wait_for_function("() => parseInt(document.getElementById('s-left').textContent) >= 44")
                 await page.click("#stop")
-                await page.wait_for_function("() => document.getElementById('s-state').textContent === 'deleted'", timeout=30000)
+                await page.wait_for_function("() => document.getElementById('s-state').textContent === 'ended'", timeout=30000)
                 assert entra.fetches["token"] == 1
                 assert elsewhere == []
             finally:

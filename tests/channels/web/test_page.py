@@ -211,7 +211,7 @@ async def test_a_reload_keeps_the_config_and_another_tab_can_start_over(browser,
     assert fresh != scanned and "PrivateKey" in fresh
     assert await other.is_hidden("#config-gone")
     # The first window follows its session to the end, and the dead config leaves it.
-    await page.wait_for_function("() => document.getElementById('s-state').textContent === 'deleted'", timeout=30000)
+    await page.wait_for_function("() => document.getElementById('s-state').textContent === 'ended'", timeout=30000)
     assert await page.is_hidden("#config")
     assert await page.evaluate("sessionStorage.getItem('vpn.config')") is None
     await other.close()
@@ -289,7 +289,7 @@ async def test_the_page_from_a_static_host_uses_the_api_on_its_origin(browser, m
         assert "PrivateKey" in scanned and await download_text(page) == scanned
         await page.wait_for_selector("#admin-rows tr")
         await page.click("#stop")
-        await page.wait_for_function("() => document.getElementById('s-state').textContent === 'deleted'", timeout=30000)
+        await page.wait_for_function("() => document.getElementById('s-state').textContent === 'ended'", timeout=30000)
         assert to_app and all(p.startswith("/api/") for p in to_app), to_app  # the bot serves the API only
         assert set(served) == {"/", "/app.js", "/style.css", "/config.json"}
         assert not [p for p in problems if "Content Security Policy" in p or "CORS" in p], problems
