@@ -23,7 +23,7 @@ def check(settings: Settings, command: str, out_dir: Path | None = None) -> None
     if settings.provider.kind == "host" and not interface_exists(interface):
         raise StartupError(
             f"WG_INTERFACE={interface}: no such network interface here; create it with "
-            "`vpn-bot host-setup` (README: the host provider)"
+            "`vpn-bot host-setup` (docs/how-it-works.md: the host provider)"
         )
     if settings.azure is not None:
         reachable("AZURE_ARM_ENDPOINT", settings.azure.arm_endpoint)

@@ -24,12 +24,12 @@ def qr_png(text: str, *, max_px: int = MAX_PX) -> bytes:
     """A 1-bit PNG. zxing-cpp encodes in C++ (~1.5 ms, with the best of the 8 masks); the qrcode
     library took ~8 ms of pure Python holding the GIL, a third of a /vpn start burst's CPU."""
     symbol = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level=EC_LEVEL)
-    pixels = memoryview(symbol.to_image(scale=1, add_quiet_zones=True))  # one byte per module, 4-module quiet zone
-    n = pixels.shape[0]
-    img = Image.frombuffer("L", (n, n), pixels, "raw", "L", 0, 1).convert("1", dither=Image.Dither.NONE)
+    pixels = memoryview(symbol.to_image(scale=1, add_quiet_zones=True))  # type: ignore[arg-type]  # one byte per module (the buffer protocol)
+    n = (pixels.shape or (0,))[0]
+    img = Image.frombuffer("L", (n, n), pixels.tobytes(), "raw", "L", 0, 1).convert("1", dither=Image.Dither.NONE)
     buf = io.BytesIO()
     box = max(1, min(BOX_SIZE, max_px // n))
-    img.resize((n * box, n * box), Image.NEAREST).save(buf, format="PNG")
+    img.resize((n * box, n * box), Image.Resampling.NEAREST).save(buf, format="PNG")
     return buf.getvalue()
 
 

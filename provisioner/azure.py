@@ -396,7 +396,7 @@ class AzureProvider:
         if not ip.ip_address:
             raise ProvisionError("Azure did not assign an address", detail=f"public IP {names['ip']} has no ip_address")
         net = ipaddress.ip_network(self.config.tunnel_network)
-        hosts = net.hosts()
+        hosts = iter(net.hosts())
         server_ip, client_ip = next(hosts), next(hosts)
         keys = await asyncio.to_thread(generate_keypair)
         server = ServerConfig(
@@ -756,12 +756,13 @@ class AzureProvider:
         configured like this one (same subscription, group and instance name, no VPN_DEPLOYMENT_ID)
         keeps its live sessions."""
         await self._clients()
-        rg, found = self.config.resource_group, {}
+        rg = self.config.resource_group
+        found: dict[str, ManagedResource] = {}
         own = self._own_ids()
         marks = {deployment_mark(d): d for d in own}
         now = self.clock()
         others: dict[str, list[str]] = {}  # another deployment -> names
-        held: dict[str, datetime | None] = {}  # session made with another store, not expired yet -> its expiry
+        held: dict[str, datetime] = {}  # session made with another store, not expired yet -> its expiry
 
         def owner(res) -> tuple[str, str] | None:
             tags = res.tags or {}
@@ -797,7 +798,7 @@ class AzureProvider:
                     pass
                 store = (res.tags or {}).get(TAG_STORE)
                 if store and self._store_id and store != self._store_id and expires is not None and expires > now:
-                    held[sid] = max(filter(None, (held.get(sid), expires)))
+                    held[sid] = max(held.get(sid, expires), expires)
                 entry = found.setdefault(sid, ManagedResource(resource_id=self._names(sid)["vm"], session_id=sid, expires_at=expires, details={"names": []}))
                 entry.details["names"].append(res.name)
         self._report(others, {sid: (held[sid], found.pop(sid).details["names"]) for sid in held})

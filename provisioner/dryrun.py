@@ -28,7 +28,7 @@ class DryRunProvider:
         self,
         state_file: Path,
         *,
-        pool: ipaddress.IPv4Network,
+        pool: ipaddress.IPv4Network | ipaddress.IPv6Network,
         regions: Sequence[str] = ("local",),
         step_seconds: float = 0.3,
         fail_step: str | None = None,
@@ -101,7 +101,7 @@ class DryRunProvider:
         }
         return entry, True
 
-    def _free_ip(self, state: dict, refused: set[str]) -> ipaddress.IPv4Address:
+    def _free_ip(self, state: dict, refused: set[str]) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """The lowest free address; the taken set is built once per locked batch (state object),
         not once per create (parsing every live session's address made each create O(sessions))."""
         if self._taken[0] is not state:

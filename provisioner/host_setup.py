@@ -77,7 +77,7 @@ def plan(
             raise HostSetupError(f"`{tool}` is missing: apt-get install {'iproute2' if tool == 'ip' else 'wireguard-tools'}")
     steps: list[Step] = []
     v6 = pool.version == 6
-    address = f"{next(pool.hosts())}/{pool.prefixlen}"
+    address = f"{next(iter(pool.hosts()))}/{pool.prefixlen}"
     if not exists(interface):
         kernel = Path("/sys/module/wireguard").exists()
         userspace = which("wireguard-go")

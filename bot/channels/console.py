@@ -261,4 +261,5 @@ async def run_console(
             loop.remove_signal_handler(signal.SIGINT)
             import termios
 
-            termios.tcsetattr(stdin.fileno(), termios.TCSADRAIN, saved_tty)
+            if saved_tty is not None:
+                termios.tcsetattr(stdin.fileno(), termios.TCSADRAIN, saved_tty)

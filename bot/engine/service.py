@@ -145,7 +145,7 @@ class VpnService:
 
     async def _check_private_delivery(self, actor: Actor, conv: ConversationRef) -> None:
         if not self.outbox.can_deliver_privately(conv):
-            log.warning("%s channel cannot deliver configs privately here; see README for what to configure", conv.channel)
+            log.warning("%s channel cannot deliver configs privately here; see docs/teams.md or docs/groupme.md for what to configure", conv.channel)
             raise Refused(Code.NO_PRIVATE_DELIVERY, channel=conv.channel)
         reason = await self.outbox.check_private_delivery(conv, actor.identity)  # e.g. Teams opens the 1:1 chat first
         if reason:

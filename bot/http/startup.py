@@ -8,6 +8,8 @@ Retry-After, which Teams redelivers and the web page retries.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 from collections.abc import Awaitable, Callable
 
@@ -52,7 +54,7 @@ STARTUP = web.AppKey("startup", Startup)
 UNGATED = frozenset({"/healthz", "/readyz"})
 
 
-def gate(startup: Startup) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def gate(startup: Startup) -> Any:  # an aiohttp middleware (its Protocol type is private)
     """The middleware: routes other than the probes run only once start-up is done."""
 
     @web.middleware

@@ -298,6 +298,7 @@ class SqliteStore:
             entry.reason[:AUDIT_TEXT_LIMIT],
         )
         sql = "INSERT INTO audit (at, user, email, channel, command, allowed, reason, sample, last_at) VALUES (?,?,?,?,?,?,?,?,?)"
+        args: tuple[object, ...]
         if entry.allowed:
             args = (*row, None, None)
         else:  # one row per identity, reason and hour counts the refusals (the first one's details)

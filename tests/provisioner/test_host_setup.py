@@ -79,7 +79,7 @@ def test_a_missing_interface_stops_serve_and_console_with_one_line(tmp_path):
         result = subprocess.run([sys.executable, APP, command], env=env, input="", capture_output=True, text=True, timeout=30)
         assert result.returncode == 1
         assert result.stderr.strip().splitlines() == [
-            "error: WG_INTERFACE=wgmissing0: no such network interface here; create it with `vpn-bot host-setup` (README: the host provider)"
+            "error: WG_INTERFACE=wgmissing0: no such network interface here; create it with `vpn-bot host-setup` (docs/how-it-works.md: the host provider)"
         ]
 
 

@@ -13,7 +13,7 @@ import pytest
 from bot.messages import ConversationRef
 from bot.store.model import ACTIVE_STATES, TERMINAL_STATES, Conflict, InvalidTransition, SessionState
 from bot.store.ports import Contact, CreateOutcome
-from tests.store.test_contract import T0, new_session, spec, stores  # noqa: F401 (fixtures)
+from tests.support.factories import T0, new_session
 
 
 async def test_contacts_are_one_per_person_and_shared_by_every_replica(stores):

@@ -14,7 +14,7 @@ import pytest
 from bot.store.codec import KEY_BYTES, store_key
 from bot.store.model import SessionState
 from bot.store.ports import CreateOutcome, LocalUser
-from tests.store.test_contract import new_session
+from tests.support.factories import new_session
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 WINDOW = timedelta(minutes=15)

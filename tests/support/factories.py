@@ -1,11 +1,13 @@
 """Shared factories: a fake clock, a channel that records what it was asked to send, neutral messages."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from bot.messages import ConversationRef, Identity, Incoming, UserKey
 from bot.replies import ChannelDefaults, ConfigDelivery, DeliveryError
+from bot.store.model import Session, SessionState, new_session_id
 from cards.model import Card
 from cards.text import render_card_text
 
@@ -72,3 +74,16 @@ def conversation(channel: str = "test", **data) -> ConversationRef:
 
 def incoming(text: str, user: str = "test:alice", *, email: str | None = None, message_id: str | None = None, private: bool = True, channel: str = "test") -> Incoming:
     return Incoming(Identity(UserKey.parse(user), email=email), text, conversation(channel, user=user), message_id, private)
+
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+
+
+def new_session(owner: str = "test:alice", session_id: str | None = None, **changes) -> Session:
+    """A session as the store keeps it, for the store's own tests."""
+    s = Session(
+        id=session_id or new_session_id(), owner=owner, owner_label=owner, conversation=ConversationRef("test", {"user": owner}),
+        state=SessionState.REQUESTED, provider="dryrun", region="local", created_at=T0, expires_at=T0 + timedelta(minutes=30),
+        minutes=30, updated_at=T0,
+    )
+    return dataclasses.replace(s, **changes)

@@ -23,7 +23,7 @@ def open_store(spec: dict):
 
 
 async def main(spec: dict) -> list:
-    from tests.store.test_contract import new_session
+    from tests.support.factories import new_session
 
     store = open_store(spec)
     await store.open()

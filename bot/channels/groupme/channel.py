@@ -15,6 +15,8 @@ them are in claim_pages.py, the re-fetch in verify.py, the rate limits in admiss
 """
 from __future__ import annotations
 
+import functools
+
 import hmac
 import json
 import logging
@@ -66,6 +68,9 @@ class GroupMeChannel(ChannelDefaults):
                 "GroupMe: no GROUPME_ACCESS_TOKEN/VPN_PUBLIC_URL: callbacks cannot be verified and configs cannot be "
                 "delivered privately; only /vpn help is answered until an admin sets them"
             )
+
+    async def _notify_once(self, conv: ConversationRef, notice: str) -> None:
+        await self.deps.notify(conv, notice)
 
     @property
     def deps(self) -> ChatDeps:
@@ -167,7 +172,7 @@ class GroupMeChannel(ChannelDefaults):
             if admission is not Admission.ALLOWED:
                 log.warning("GroupMe: rate limit hit (%s); message %s dropped", "group" if limiter is self._per_group else f"groupme:{user_id}", message_id)
                 if admission is Admission.REFUSED_FIRST:
-                    deps.runner.start(f"groupme:limit:{key}", lambda n=notice: deps.notify(conv, n))
+                    deps.runner.start(f"groupme:limit:{key}", functools.partial(self._notify_once, conv, notice))
                 return web.Response(status=200)
         deps.runner.start(f"groupme:{message_id}", lambda: self._process(conv, message_id, user_id, text, parsed))
         return web.Response(status=200)

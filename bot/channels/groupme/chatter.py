@@ -58,8 +58,10 @@ def addressed(text: str) -> bool:
     return head == "vpn" or (len(words) == 1 and words[0].startswith("/") and head in VERBS)
 
 
-def strip_mentions(text: str, attachments: list) -> str:
+def strip_mentions(text: object, attachments: object) -> str:
     """Remove @mentions GroupMe marks with loci, so '@VPN Bot /vpn start' reads '/vpn start'."""
+    if not isinstance(text, str):
+        return ""
     spans = []
     for att in attachments if isinstance(attachments, list) else []:
         if isinstance(att, dict) and att.get("type") == "mentions":

@@ -94,7 +94,7 @@ class ClaimPages:
             return self._message(claim_page.USED, 410)
         if state is not ClaimState.READY:
             return self._message(claim_page.EXPIRED, 410 if claim else 404)
-        if not self._authorised(request, claim):
+        if claim is None or not self._authorised(request, claim):
             login = f"{self.config.oauth_url}?{urlencode({'client_id': self.config.oauth_client_id})}"
             return self._respond(lambda nonce: claim_page.login_page(login, nonce), cookies={CLAIM_COOKIE: token})
         minutes = max(1, int((claim.expires_at - now).total_seconds() // 60))

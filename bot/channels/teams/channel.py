@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import jwt
 from aiohttp import web
@@ -167,7 +168,7 @@ class TeamsChannel(ChannelDefaults):
     async def _on_turn_error(self, turn_context: TurnContext, error: Exception) -> None:
         log.error("Teams turn failed", exc_info=error)
 
-    def _later(self, activity: Activity, work: Callable[[], Awaitable[None]]) -> None:
+    def _later(self, activity: Activity, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Answer Teams now; the work (lookups, the command, replies) runs as a tracked task."""
         name = f"teams:{activity.type}:{activity.id or uuid.uuid4().hex}"
         try:
@@ -284,7 +285,7 @@ async def _on_card_action(channel: TeamsChannel, turn_context: TurnContext) -> I
     authorised the same way; Teams gets its answer at once, the command runs in a tracked task."""
     activity = turn_context.activity
     value = activity.value if isinstance(activity.value, dict) else {}
-    action = value.get("action") if isinstance(value.get("action"), dict) else {}
+    action: dict[str, Any] = value["action"] if isinstance(value.get("action"), dict) else {}
     data = action.get("data")
     command = str(data.get("command") or "") if isinstance(data, dict) else ""
     if action.get("type") != "Action.Execute" or not command:

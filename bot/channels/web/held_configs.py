@@ -31,9 +31,9 @@ class HeldConfigs:
         now: datetime, lifetime: timedelta,
     ) -> None:
         await store.purge_claims(now, session_id=session_id)  # a dead attempt's config (its keys are gone)
-        common = dict(session_id=session_id, user=user, tunnel_name=tunnel_name, now=now, lifetime=lifetime)
-        await one_time_configs.hold(store, config=base64.b64encode(qr_png).decode(), token=self.token(PNG, session_id, attempt), **common)
-        await one_time_configs.hold(store, config=config, token=self.token(CONF, session_id, attempt), **common)
+        for purpose, text in ((PNG, base64.b64encode(qr_png).decode()), (CONF, config)):
+            await one_time_configs.hold(store, session_id=session_id, user=user, tunnel_name=tunnel_name, config=text, now=now, lifetime=lifetime,
+                                        token=self.token(purpose, session_id, attempt))
 
     async def take(
         self, store: OneTimeConfigStore, purpose: str, session_id: str, attempt: int, now: datetime

@@ -1,10 +1,8 @@
-"""The store methods the web channel added (accounts, attempt counters, progress text): a contract any back end passes."""
+"""The account port on both back ends: local accounts, sign-in attempt counters, remembered sign-ins."""
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
-
-import pytest
 
 from bot.store.ports import LocalUser
 
@@ -56,14 +54,3 @@ async def test_remembered_sign_ins(store, replica):
     assert await replica.sign_in_addresses("b@example.org", month) == frozenset()
     await replica.remember_sign_in("a@example.org", "192.0.2.1", T0 + timedelta(days=1))  # again, later
     assert await store.sign_in_addresses("a@example.org", T0 + timedelta(hours=1)) == {"192.0.2.1"}
-
-
-async def test_progress_text(store):
-    assert await store.get_progress("web:r1") == ""
-    await store.set_progress("web:r1", "step 1", T0)
-    await store.set_progress("web:r1", "step 2", T0)
-    await store.set_progress("web:r2", "x" * 5000, T0)  # stored whole: the web channel keeps notes under 15k
-    assert await store.get_progress("web:r1") == "step 2"
-    assert await store.get_progress("web:r2") == "x" * 5000
-    await store.set_progress("web:r3", "later", T0 + timedelta(days=3))  # old texts are forgotten
-    assert await store.get_progress("web:r1") == ""
