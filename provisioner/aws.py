@@ -7,7 +7,10 @@ NAT), no key pair, a network interface with an auto-assigned public IPv4 address
 the instance (no Elastic IP quota of 5 per region, nothing to release). The instance, its volume
 and its network interface carry the session's tags from the moment they exist, so `destroy` and
 reconciliation find whatever a crash or a lost store left behind, and nothing of another
-deployment's. The client config is complete once the address shows in DescribeInstances; the
+deployment's (which reconcile reports). The default deployment id derives from the instance name
+(everything the bot can see is in its own account), so it survives losing the store; resources
+made with another store are left until they expire (a lost store's, or those of a deployment
+configured the same way in the same account). The client config is complete once the address shows in DescribeInstances; the
 config goes out then and the server boots meanwhile; "server up" is the boot script's own signal
 (its authenticated callback, or its line on the serial console through GetConsoleOutput).
 
@@ -20,6 +23,7 @@ sentence for the user and an actionable line for the admin's log.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import itertools
 import logging
@@ -29,7 +33,7 @@ import secrets
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 from provisioner import bootconfig
@@ -44,6 +48,7 @@ TAG_DEPLOYMENT = "vpn-deployment"
 TAG_SESSION = "vpn-session"
 TAG_OWNER = "vpn-owner"
 TAG_EXPIRES = "expires-at"
+TAG_STORE = "vpn-store"  # the store's own id: tells a lost store's (or a look-alike deployment's) resources from ours
 TAG_ROLE = "vpn-role"  # "shared" on the per-region network
 USER_DATA_LIMIT = 16 * 1024  # EC2's limit, before base64
 LIVE_STATES = ("pending", "running", "stopping", "stopped")  # billed, or about to be
@@ -137,6 +142,18 @@ def _warm_models(session: Any) -> None:
             loader.load_data(name)
         except Exception:  # a file this botocore does not ship: built on first use instead
             pass
+
+
+def default_deployment_id(instance_name: str) -> str:
+    """`<instance>-<13 hex>`: the same for every replica and restart of a deployment with this instance
+    name, with or without its store. Only the instance name: the account is implicit (the bot sees only
+    its own account's resources), and the regions are where it looks, not who it is (adding one to
+    AWS_ALLOWED_REGIONS must not orphan what the others hold)."""
+    return f"{instance_name}-{hashlib.sha256(f'aws/{instance_name}'.encode()).hexdigest()[:13]}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _code(exc: BaseException) -> str:
@@ -318,7 +335,10 @@ class AwsProvider:
         self._watchers: dict[str, _Watcher] = {}
         self._pending: dict[str, _Pending] = {}
         self._background: set[asyncio.Task] = set()
-        self._deployment = config.deployment_id or config.instance_name
+        self._deployment = config.deployment_id or self.default_deployment_id()
+        self._store_id = ""  # the store's own id (bind_deployment): tagged on what we make
+        self._reported = ""  # the last report of what reconcile leaves alone: repeated only when it changes
+        self.clock: Callable[[], datetime] = _utcnow  # when tagged resources of another store count as expired
         self._latest_console = True  # GetConsoleOutput Latest=true (Nitro); off after UnsupportedOperation
 
     # ----- plumbing ---------------------------------------------------------------------------------
@@ -331,10 +351,19 @@ class AwsProvider:
     def deployment_id(self) -> str:
         return self._deployment
 
-    def bind_deployment(self, deployment_id: str) -> None:
-        """The store's deployment id, when the settings name none (called once at start-up)."""
+    def default_deployment_id(self) -> str:
+        return default_deployment_id(self.config.instance_name)
+
+    def bind_deployment(self, deployment_id: str, *, store_id: str = "") -> None:
+        """Called once at start-up: the deployment id (`VPN_DEPLOYMENT_ID` or the default) and the
+        store's own id. Resources tagged with the store's id as their deployment (made before the
+        default was derived) stay this deployment's, so an upgrade orphans nothing."""
         if not self.config.deployment_id and deployment_id:
             self._deployment = deployment_id
+        self._store_id = store_id
+
+    def _own_ids(self) -> list[str]:
+        return sorted({self._deployment} | ({self._store_id} if self._store_id else set()))
 
     def hourly_cost(self, region: str) -> float:
         return self.config.hourly_cost()
@@ -419,15 +448,17 @@ class AwsProvider:
             TAG_SESSION: spec.session_id,
             TAG_OWNER: spec.owner,
             TAG_EXPIRES: spec.expires_at.astimezone(timezone.utc).isoformat(timespec="seconds"),
+            **({TAG_STORE: self._store_id} if self._store_id else {}),
         }
 
     def _ours(self, session_id: str | None = None) -> list[dict]:
-        """Filters for this deployment's per-session resources (of one session, if given)."""
-        filters = [
-            {"Name": f"tag:{TAG_MANAGED_BY}", "Values": [self.config.instance_name]},
-            {"Name": f"tag:{TAG_DEPLOYMENT}", "Values": [self._deployment]},
-        ]
-        filters.append({"Name": f"tag:{TAG_SESSION}", "Values": [session_id]} if session_id else {"Name": "tag-key", "Values": [TAG_SESSION]})
+        """Filters for this deployment's per-session resources (of one session, if given); without a
+        session, every session's of this instance name, whose deployment `list_managed` then tells."""
+        filters = [{"Name": f"tag:{TAG_MANAGED_BY}", "Values": [self.config.instance_name]}]
+        if session_id:
+            filters += [{"Name": f"tag:{TAG_DEPLOYMENT}", "Values": self._own_ids()}, {"Name": f"tag:{TAG_SESSION}", "Values": [session_id]}]
+        else:
+            filters.append({"Name": "tag-key", "Values": [TAG_SESSION]})
         return filters
 
     # ----- create -----------------------------------------------------------------------------------
@@ -961,18 +992,30 @@ class AwsProvider:
     async def list_managed(self) -> list[ManagedResource]:
         """Every per-session resource this deployment owns in the allowed regions, one entry per
         session: live instances, volumes and network interfaces (and open Spot requests) by tag.
-        Another deployment's resources carry another deployment id and are never listed."""
+        Another deployment's resources (another `vpn-deployment` under this instance name) are never
+        listed, only reported; ours made with another store (its `vpn-store` tag) are listed only once
+        they have expired: a lost store's leftovers then go, while a deployment configured like this
+        one (same instance name in the same account, no VPN_DEPLOYMENT_ID) keeps its live sessions."""
         await self._sdk()
         found: dict[str, ManagedResource] = {}
+        own, now = set(self._own_ids()), self.clock()
+        others: dict[str, list[str]] = {}  # another deployment -> names
+        held: dict[str, datetime] = {}  # session made with another store, not expired yet -> its expiry
 
         def add(region: str, tags: dict[str, str], name: str, instance_id: str | None = None) -> None:
             sid = tags.get(TAG_SESSION)
-            if not sid or tags.get(TAG_DEPLOYMENT) != self._deployment or tags.get(TAG_MANAGED_BY) != self.config.instance_name:
+            if not sid or tags.get(TAG_MANAGED_BY) != self.config.instance_name:
+                return
+            if tags.get(TAG_DEPLOYMENT) not in own:
+                others.setdefault(f"{region}: {tags.get(TAG_DEPLOYMENT, '(no deployment tag)')}", []).append(name)
                 return
             try:
                 expires = datetime.fromisoformat(tags.get(TAG_EXPIRES, ""))
             except ValueError:
                 expires = None
+            store = tags.get(TAG_STORE)
+            if store and self._store_id and store != self._store_id and expires is not None and expires > now:
+                held[sid] = max(held.get(sid, expires), expires)
             entry = found.setdefault(sid, ManagedResource(resource_id=f"{region}/", session_id=sid, expires_at=expires, details={"names": []}))
             if instance_id and entry.resource_id == f"{region}/":
                 found[sid] = entry = ManagedResource(f"{region}/{instance_id}", sid, expires_at=entry.expires_at, details=entry.details)
@@ -1002,7 +1045,28 @@ class AwsProvider:
                     add(region, _tags_of(r), r["SpotInstanceRequestId"])
 
         await asyncio.gather(*(region_listing(r) for r in self.regions))
+        self._report(others, {sid: (held[sid], found.pop(sid).details["names"]) for sid in held})
         return list(found.values())
+
+    def _report(self, others: dict[str, list[str]], held: dict[str, tuple[datetime, list[str]]]) -> None:
+        """One warning per kind of thing reconcile leaves alone, repeated only when it changes."""
+        lines = []
+        for theirs, names in sorted(others.items()):
+            region, _, deployment = theirs.partition(": ")
+            lines.append(f"reconcile: leaving {len(names)} resource(s) of another deployment ({self.config.instance_name}/{deployment}) in {region} alone: {', '.join(sorted(names)[:10])}")
+        if held:
+            names = sorted(n for _, ns in held.values() for n in ns)
+            latest = max(e for e, _ in held.values())
+            lines.append(
+                f"reconcile: {len(names)} resource(s) of {len(held)} session(s) carry this deployment's id but were made with another store"
+                f" (a lost store, or another deployment with the same VPN_INSTANCE_NAME in this AWS account: give each its own"
+                f" VPN_DEPLOYMENT_ID); they are removed once they expire (the last at {latest.isoformat(timespec='seconds')}): {', '.join(names[:10])}"
+            )
+        report = "\n".join(lines)
+        if report != self._reported:
+            for line in lines:
+                log.warning("%s", line)
+            self._reported = report
 
     async def close(self) -> None:
         self._pending.clear()

@@ -71,8 +71,8 @@ class AwsConfig:
     # None: the SDK's own resolution (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_EC2, the config file, AWS).
     endpoint_url: str | None = None
     instance_name: str = "vpn-bot"
-    # Which deployment owns a resource (the `vpn-deployment` tag). Empty: bound at start-up from the
-    # store (`bind_deployment`), else the instance name.
+    # Which deployment owns a resource (the `vpn-deployment` tag). Empty: the default derived from the
+    # instance name (`provisioner.aws.default_deployment_id`), or what start-up binds (`bind_deployment`).
     deployment_id: str = ""
     tunnel_network: str = "10.77.0.0/24"
     listen_port: int = DEFAULT_PORT
