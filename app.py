@@ -31,7 +31,7 @@ ENV_HELP = """\
 environment (all optional; ./.env is read too, the real environment wins; README.md "Configuration"
 has every variable with its default, .env.example lists them; an unknown VPN_/AZURE_/TEAMS_/GROUPME_
 name is a warning):
-  VPN_PROVIDER            dryrun (default), host or azure
+  VPN_PROVIDER            dryrun (default), host, azure or aws
   VPN_USERS, VPN_ADMINS   who may use it: teams:<id>, groupme:<id>, console:<name>, local:<email> (a web
                           account from `vpn-bot users add`), email:<address>, domain:<example.org>
   VPN_SESSION_MINUTES     session length (30); VPN_MAX_SESSION_MINUTES, VPN_WARN_MINUTES, VPN_MAX_SESSIONS
@@ -48,6 +48,7 @@ name is a warning):
                           VPN_ENTRA_TENANT_ID, VPN_ENTRA_API_AUDIENCE, VPN_ENTRA_SPA_CLIENT_ID: Microsoft sign-in;
                           VPN_CORS_ORIGINS: a page served from another origin
   AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZURE_LOCATION  azure provider
+  AWS_REGION, AWS_ALLOWED_REGIONS, AWS_INSTANCE_TYPE, AWS_SPOT   aws provider (credentials: the AWS SDK's chain)
 """
 
 

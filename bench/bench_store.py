@@ -90,7 +90,9 @@ async def bench(name: str, store, ops: int, sessions: int, tmp: Path) -> dict:
         runner = TaskRunner()
         clock_now = [now]
         limits = SessionPolicy(max_sessions=100_000)
-        policy = Policy(AccessPolicy.from_text("", ""), limits, store, lambda: clock_now[0])
+        # The owners are on the allowlist: the sweep re-checks each live session's owner (revocation, issue 22).
+        allowed = AccessPolicy.from_text(",".join(f"bench:l{i}" for i in range(sessions)), "")
+        policy = Policy(allowed, limits, store, lambda: clock_now[0])
         service = VpnService(store, provider, runner, outbox, limits, policy, clock=lambda: clock_now[0])
         idle = []
         for _ in range(3):

@@ -27,6 +27,13 @@ def check(settings: Settings, command: str, out_dir: Path | None = None) -> None
         )
     if settings.azure is not None:
         reachable("AZURE_ARM_ENDPOINT", settings.azure.arm_endpoint)
+    if settings.aws is not None:
+        from provisioner.aws import credentials_problem
+
+        reachable("AWS_ENDPOINT_URL", settings.aws.endpoint_url or f"https://ec2.{settings.aws.region}.amazonaws.com")
+        problem = credentials_problem(settings.aws.region)
+        if problem:
+            raise StartupError(problem)
     if out_dir is not None:
         writable_dir("--out", out_dir, create=False)  # made at the first delivery
 

@@ -76,6 +76,10 @@ def make_provider(settings: Settings, azure_credential: Any = None) -> Provider:
         from provisioner import azure
 
         return azure.AzureProvider(settings.azure, azure_credential or azure.default_credential())
+    if settings.aws is not None:
+        from provisioner.aws import AwsProvider
+
+        return AwsProvider(settings.aws)  # credentials: the AWS SDK's own chain (tests: fake keys in the environment)
     from provisioner.dryrun import DryRunProvider
 
     settings.ops.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

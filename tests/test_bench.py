@@ -16,6 +16,7 @@ SCRIPTS = sorted((ROOT / "bench").glob("*.py"))
 # The smallest run of each benchmark (a few seconds each), and a line its report always has.
 SMALLEST = {
     "bench_azure.py": (["--runs", "1", "--scale", "0.01", "--retry-after", "0"], "old design"),
+    "bench_aws.py": (["--runs", "1", "--scale", "0.01", "--cases", "warm"], "server up:"),
     "bench_chat.py": (["--rounds", "1", "--help-rate", "20", "--help-seconds", "0.5", "--start-rate", "4", "--start-seconds", "0.5", "--drain", "5"],
                       "medians over rounds"),
     "bench_coldstart.py": (["--runs", "1", "--arm-latency", "0"], "azure+teams  /healthz"),

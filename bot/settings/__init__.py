@@ -16,12 +16,13 @@ from bot.channels.groupme.config import GroupMeConfig
 from bot.channels.teams.config import TeamsConfig
 from bot.channels.web.config import WebConfig
 from bot.engine.config import SessionPolicy
-from bot.settings import access, azure, governance, groupme, ops, providers, sessions, store, teams, web
+from bot.settings import access, aws, azure, governance, groupme, ops, providers, sessions, store, teams, web
 from bot.settings.governance import GovernanceSettings
 from bot.settings.ops import OpsSettings
 from bot.settings.providers import ProviderSettings
 from bot.settings.reader import Reader, SettingsError, environment, read_env_file
 from bot.settings.store import StoreSettings
+from provisioner.aws_config import AwsConfig
 from provisioner.azure_config import AzureConfig
 
 __all__ = ["Settings", "SettingsError", "environment", "read_env_file"]
@@ -35,6 +36,7 @@ class Settings:
     store: StoreSettings
     provider: ProviderSettings
     azure: AzureConfig | None  # VPN_PROVIDER=azure
+    aws: AwsConfig | None  # VPN_PROVIDER=aws
     teams: TeamsConfig | None  # MicrosoftAppId, or VPN_DEV_MODE=1
     groupme: GroupMeConfig | None  # GROUPME_BOT_ID
     web: WebConfig | None  # VPN_LOCAL_AUTH_SECRET
@@ -55,6 +57,7 @@ class Settings:
             store=store.read(r, data_dir=o.data_dir),
             provider=provider,
             azure=azure.read(r, provider=provider, ops=o, sessions=policy),
+            aws=aws.read(r, provider=provider, ops=o, sessions=policy),
             teams=teams.read(r, dev_mode=o.dev_mode),
             groupme=groupme.read(r, public_url=o.public_url),
             web=web.read(r),
@@ -70,6 +73,11 @@ class Settings:
             raise SettingsError(
                 f"WG_POOL={self.provider.wireguard.pool} is IPv6: Azure VMs forward and masquerade IPv4 only, so an IPv6 tunnel "
                 "would carry nothing. Use an IPv4 pool such as 10.77.0.0/24 with VPN_PROVIDER=azure"
+            )
+        if self.aws is not None and self.provider.wireguard.pool.version != 4:
+            raise SettingsError(
+                f"WG_POOL={self.provider.wireguard.pool} is IPv6: EC2 servers forward and masquerade IPv4 only, so an IPv6 tunnel "
+                "would carry nothing. Use an IPv4 pool such as 10.77.0.0/24 with VPN_PROVIDER=aws"
             )
         if self.groupme is not None and self.groupme.access_token and not self.ops.public_url:
             raise SettingsError("VPN_PUBLIC_URL is required with GROUPME_ACCESS_TOKEN: claim links point there")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from bot.settings.reader import IPNetwork, Reader, SettingsError, interface_name, name_list, pool
 
-PROVIDERS = ("dryrun", "host", "azure")
+PROVIDERS = ("dryrun", "host", "azure", "aws")
 
 
 @dataclass(frozen=True)

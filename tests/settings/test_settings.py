@@ -19,12 +19,14 @@ from bot.settings.ops import OpsSettings
 from bot.settings.providers import DryRunSettings, ProviderSettings, WireGuardSettings
 from bot.settings.reader import READ_ELSEWHERE, read_env_file
 from bot.settings.store import StoreSettings
+from provisioner.aws_config import AwsConfig
 from provisioner.azure_config import AzureConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 GUID = "11111111-2222-3333-4444-555555555555"
 SECRET = "s" * 32
 AZURE = {"VPN_PROVIDER": "azure", "AZURE_SUBSCRIPTION_ID": "sub", "AZURE_RESOURCE_GROUP": "rg"}
+AWS = {"VPN_PROVIDER": "aws"}
 GROUPME = {"GROUPME_BOT_ID": "bot-1", "GROUPME_GROUP_ID": "4242", "GROUPME_CALLBACK_SECRET": "c" * 20}
 
 
@@ -36,6 +38,7 @@ GROUPME = {"GROUPME_BOT_ID": "bot-1", "GROUPME_GROUP_ID": "4242", "GROUPME_CALLB
     ({}, "store", StoreSettings(path=Path("data/vpn-bot.sqlite3"))),
     ({}, "provider", ProviderSettings()),
     ({}, "azure", None),
+    ({}, "aws", None),
     ({}, "teams", None),
     ({}, "groupme", None),
     ({}, "web", None),
@@ -57,6 +60,15 @@ GROUPME = {"GROUPME_BOT_ID": "bot-1", "GROUPME_GROUP_ID": "4242", "GROUPME_CALLB
      AzureConfig("sub", "rg", "eastus", instance_name="vpn-x", dns=("9.9.9.9",), full_tunnel=True)),
     ({**AZURE, "WG_ALLOWED_IPS": "10.0.0.0/8", "WG_POOL": "10.5.0.0/24"}, "azure",
      AzureConfig("sub", "rg", "eastus", tunnel_network="10.5.0.0/24", full_tunnel=False)),
+    (AWS, "aws", AwsConfig()),
+    ({**AWS, "AWS_REGION": "EU-West-1", "AWS_ALLOWED_REGIONS": "us-east-1, AP-Southeast-2", "AWS_INSTANCE_TYPE": "T3.nano", "AWS_SPOT": "1",
+      "AWS_AMI_ID": "ami-0123456789abcdef0", "AWS_SUBNET_ID": "subnet-0123456789abcdef0", "AWS_SECURITY_GROUP_ID": "sg-0123abcd",
+      "AWS_ENDPOINT_URL": "http://127.0.0.1:4566/", "AWS_BOOT_TIMEOUT_SECONDS": "60", "AWS_POLL_SECONDS": "0.1",
+      "VPN_INSTANCE_NAME": "vpn-x", "VPN_DEPLOYMENT_ID": "d-x", "WG_POOL": "10.5.0.0/24", "WG_DNS": "9.9.9.9", "WG_ALLOWED_IPS": "10.0.0.0/8"}, "aws",
+     AwsConfig(region="eu-west-1", allowed_regions=("us-east-1", "ap-southeast-2"), instance_type="t3.nano", spot=True, ami_id="ami-0123456789abcdef0",
+               subnet_id="subnet-0123456789abcdef0", security_group_id="sg-0123abcd", endpoint_url="http://127.0.0.1:4566",
+               boot_timeout=60.0, poll_interval=0.1, instance_name="vpn-x", deployment_id="d-x", tunnel_network="10.5.0.0/24",
+               dns=("9.9.9.9",), full_tunnel=False)),
     (GROUPME, "groupme", GroupMeConfig(bot_id="bot-1", group_ids=("4242",), callback_secret="c" * 20)),
     ({"VPN_LOCAL_AUTH_SECRET": SECRET}, "web", WebConfig(local_secret=SECRET)),
 ])
@@ -79,7 +91,7 @@ def test_the_allowlist_section_is_the_access_policy():
     ({"PORT": "abc"}, "PORT='abc' is not a whole number"),
     ({"PORT": "0"}, "PORT=0 is out of range: expected 1 to 65535"),
     ({"VPN_SWEEP_SECONDS": "soon"}, "VPN_SWEEP_SECONDS='soon' is not a number"),
-    ({"VPN_PROVIDER": "gcp"}, "VPN_PROVIDER='gcp' is not one of: dryrun, host, azure"),
+    ({"VPN_PROVIDER": "gcp"}, "VPN_PROVIDER='gcp' is not one of: dryrun, host, azure, aws"),
     ({"VPN_LOG_LEVEL": "loud"}, "VPN_LOG_LEVEL='loud' is not one of: DEBUG, INFO, WARNING, ERROR"),
     ({"VPN_DEV_MODE": "yes"}, "VPN_DEV_MODE='yes' is not one of: 0, 1"),
     ({"WG_POOL": "10.0.0.0/31"}, "WG_POOL='10.0.0.0/31' is not valid: expected a CIDR network with at least two host addresses, e.g. 10.77.0.0/24"),
@@ -102,6 +114,18 @@ def test_the_allowlist_section_is_the_access_policy():
     ({"VPN_PROVIDER": "azure", "AZURE_SUBSCRIPTION_ID": "s"}, "AZURE_RESOURCE_GROUP is required with VPN_PROVIDER=azure"),
     ({**AZURE, "AZURE_SSH_PUBLIC_KEY": "k"}, "AZURE_SSH_PUBLIC_KEY and AZURE_SSH_SOURCE go together: SSH is opened only to that source"),
     ({"AZURE_ARM_ENDPOINT": "http://arm.example.org"}, "AZURE_ARM_ENDPOINT='http://arm.example.org' is not valid: expected an https:// URL"),
+    # aws
+    ({"AWS_REGION": "mars"}, "AWS_REGION='mars' is not valid: expected an AWS region name such as eu-west-1"),
+    ({"AWS_ALLOWED_REGIONS": "eu-west-1,westeurope"},
+     "AWS_ALLOWED_REGIONS='eu-west-1,westeurope' is not valid: expected comma-separated AWS region names such as eu-west-1, us-east-1"),
+    ({"AWS_INSTANCE_TYPE": "tiny"}, "AWS_INSTANCE_TYPE='tiny' is not valid: expected an EC2 instance type such as t4g.nano or t3.nano"),
+    ({"AWS_AMI_ID": "ubuntu"}, "AWS_AMI_ID='ubuntu' is not valid: expected an image id such as ami-0123456789abcdef0 (in AWS_REGION)"),
+    ({"AWS_SUBNET_ID": "sg-0123abcd"}, "AWS_SUBNET_ID='sg-0123abcd' is not valid: expected a subnet id such as subnet-0123456789abcdef0 (in AWS_REGION)"),
+    ({"AWS_SPOT": "yes"}, "AWS_SPOT='yes' is not one of: 0, 1"),
+    ({"AWS_ENDPOINT_URL": "http://10.0.0.5:4566"}, "AWS_ENDPOINT_URL='http://10.0.0.5:4566' is not valid: expected an https:// URL (http:// only for localhost)"),
+    ({"AWS_POLL_SECONDS": "61"}, "AWS_POLL_SECONDS=61.0 is out of range: expected 0.0 to 60.0"),
+    ({**AWS, "AWS_SECURITY_GROUP_ID": "sg-0123456789abcdef0"},
+     "AWS_SECURITY_GROUP_ID needs AWS_SUBNET_ID: a security group belongs to one VPC, so name a subnet in it too"),
     # teams
     ({"MicrosoftAppPassword": "pw"}, "MicrosoftAppId is missing while other MicrosoftApp* variables are set: refusing to start with "
                                      "Teams authentication off (for local tries without credentials set VPN_DEV_MODE=1)"),
@@ -127,6 +151,8 @@ def test_the_allowlist_section_is_the_access_policy():
     # across sections (Settings.check)
     ({**AZURE, "WG_POOL": "fd00:77::/64"}, "WG_POOL=fd00:77::/64 is IPv6: Azure VMs forward and masquerade IPv4 only, so an IPv6 tunnel "
                                            "would carry nothing. Use an IPv4 pool such as 10.77.0.0/24 with VPN_PROVIDER=azure"),
+    ({**AWS, "WG_POOL": "fd00:77::/64"}, "WG_POOL=fd00:77::/64 is IPv6: EC2 servers forward and masquerade IPv4 only, so an IPv6 tunnel "
+                                         "would carry nothing. Use an IPv4 pool such as 10.77.0.0/24 with VPN_PROVIDER=aws"),
     ({**GROUPME, "GROUPME_ACCESS_TOKEN": "t"}, "VPN_PUBLIC_URL is required with GROUPME_ACCESS_TOKEN: claim links point there"),
 ])
 def test_each_error_is_one_line_naming_the_variable(env, message):
@@ -141,6 +167,8 @@ def test_a_section_that_is_off_still_checks_its_values():
         Settings.from_env({"AZURE_LOCATION": "west europe!"})
     with pytest.raises(SettingsError, match="TEAMS_UPLOAD_HOSTS"):
         Settings.from_env({"TEAMS_UPLOAD_HOSTS": "http://x"})
+    with pytest.raises(SettingsError, match="AWS_INSTANCE_TYPE"):
+        Settings.from_env({"AWS_INSTANCE_TYPE": "tiny"})
 
 
 def test_env_file_errors_are_one_line(tmp_path):
@@ -197,13 +225,15 @@ def test_every_name_the_azure_sdks_read_is_known():
 
 # ----- no SDK behind the settings ---------------------------------------------------------------------------
 
-def test_reading_settings_loads_no_sdk():
-    """Config modules import no SDK: Teams, Azure and the web server load only when chosen."""
+@pytest.mark.parametrize("env", [
+    "{'VPN_PROVIDER': 'azure', 'AZURE_SUBSCRIPTION_ID': 's', 'AZURE_RESOURCE_GROUP': 'g', 'VPN_DEV_MODE': '1', 'VPN_LOCAL_AUTH_SECRET': 'x' * 32}",
+    "{'VPN_PROVIDER': 'aws', 'AWS_REGION': 'eu-west-1', 'AWS_ENDPOINT_URL': 'http://localhost:4566'}",
+])
+def test_reading_settings_loads_no_sdk(env):
+    """Config modules import no SDK: Teams, Azure, AWS and the web server load only when chosen."""
     code = (
-        "import sys; from bot.settings import Settings; "
-        "Settings.from_env({'VPN_PROVIDER': 'azure', 'AZURE_SUBSCRIPTION_ID': 's', 'AZURE_RESOURCE_GROUP': 'g', 'VPN_DEV_MODE': '1', "
-        "'VPN_LOCAL_AUTH_SECRET': 'x' * 32}); "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'azure', 'botbuilder', 'aiohttp', 'msal', 'jwt', 'boto3'}))"
+        f"import sys; from bot.settings import Settings; Settings.from_env({env}); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'azure', 'botbuilder', 'aiohttp', 'msal', 'jwt', 'boto3', 'botocore', 'aiobotocore'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

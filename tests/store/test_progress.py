@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from tests.support.factories import T0
+
 
 async def test_progress_text(store):
     assert await store.get_progress("web:r1") == ""
