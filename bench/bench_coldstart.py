@@ -13,6 +13,14 @@ Configurations:
   azure+teams    what the Azure deployment runs: the azure provider against a fake ARM on 127.0.0.1
                  (list calls delayed by --arm-latency, like real ARM) and the Teams channel with a
                  UserAssignedMSI identity, JSON logs and metrics on
+  tables+teams   end to end on Table Storage (Azurite on 127.0.0.1, by connection string), Teams in dev
+                 mode (VPN_DEV_MODE=1) replying to a fake Bot Connector, JSON logs and metrics on: exec
+                 -> /healthz 200 -> /readyz 200 -> the `/vpn help` reply at the connector. The activity
+                 is posted as soon as /healthz answers (the platform's proxy holds the first request
+                 while a replica starts) and posted again after a 503 (Teams redelivers). Two cases:
+                 `fresh` (a table prefix never used: the app creates its tables, as on a new account)
+                 and `present` (the same prefix again: what every later replica start meets).
+                 Skipped, with a note, when azurite-table is not installed.
 Prints numbers; asserts nothing.
 """
 from __future__ import annotations
