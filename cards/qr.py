@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import io
 
-import qrcode
-import zxingcpp
-from PIL import Image
-from qrcode.constants import ERROR_CORRECT_L
+# The QR libraries (zxing-cpp, Pillow, qrcode: ~20 ms of CPU) load on first use, inside the functions:
+# a cold start answers its first message without them (issue 20.11).
 
 # 8 px modules with the standard 4-module quiet zone: a ~300-char config gives a ~600 px image that
 # phones read from a laptop screen at arm's length; medium error correction tolerates glare.
@@ -23,6 +21,9 @@ MAX_PX = 1024
 def qr_png(text: str, *, max_px: int = MAX_PX) -> bytes:
     """A 1-bit PNG. zxing-cpp encodes in C++ (~1.5 ms, with the best of the 8 masks); the qrcode
     library took ~8 ms of pure Python holding the GIL, a third of a /vpn start burst's CPU."""
+    import zxingcpp
+    from PIL import Image
+
     symbol = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level=EC_LEVEL)
     pixels = memoryview(symbol.to_image(scale=1, add_quiet_zones=True))  # type: ignore[arg-type]  # one byte per module (the buffer protocol)
     n = (pixels.shape or (0,))[0]
@@ -51,6 +52,9 @@ def qr_terminal(text: str, *, theme: str = "dark", max_rows: int | None = None, 
     """
     if theme not in THEMES:
         raise ValueError(f"theme must be one of {THEMES}")
+    import qrcode
+    from qrcode.constants import ERROR_CORRECT_L
+
     qr = qrcode.QRCode(error_correction=ERROR_CORRECT_L, border=TERMINAL_BORDER)
     qr.add_data(text.encode("utf-8"))
     qr.make(fit=True)
