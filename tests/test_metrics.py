@@ -232,7 +232,12 @@ def test_metrics_host_defaults_to_loopback():
 async def test_store_gauges_are_read_once_per_interval_however_often_anyone_scrapes(make_runtime, monkeypatch):
     from bot.http import metrics
 
+    import time
+    from types import SimpleNamespace
+
     monkeypatch.setattr(metrics, "STORE_GAUGES_SECONDS", 1.0)
+    clock = [1000.0]  # the gauges' clock, moved by hand: a loaded machine cannot make the test late
+    monkeypatch.setattr(metrics, "time", SimpleNamespace(monotonic=lambda: clock[0], perf_counter=time.perf_counter))
     port = free_port()
     runtime = make_runtime(VPN_METRICS_PORT=port, VPN_DRYRUN_STEP_SECONDS=0)
     async with runtime, metrics.serving(runtime.store, runtime.provider.name, runtime.settings.ops.metrics_listen_host, port):
@@ -252,6 +257,6 @@ async def test_store_gauges_are_read_once_per_interval_however_often_anyone_scra
         await runtime.dispatcher.handle(incoming("/vpn start"))
         await runtime.runner.wait_idle()
         assert value(await scrape(port), "vpn_sessions", state="ready", provider="dryrun") == 0  # still the cached read
-        await asyncio.sleep(1.05)
+        clock[0] += 1.05
         assert value(await scrape(port), "vpn_sessions", state="ready", provider="dryrun") == 1  # a few seconds later: fresh
         assert reads == 2

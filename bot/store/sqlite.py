@@ -14,6 +14,7 @@ import dataclasses
 import os
 import secrets
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -60,6 +61,7 @@ SESSIONS_DDL = (
     + ",\n    version INTEGER NOT NULL DEFAULT 0\n);"
 )
 
+OPEN_TRIES = 100  # ~10 s of another process opening the same file at once
 SCHEMA = SESSIONS_DDL + """
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE INDEX IF NOT EXISTS sessions_owner ON sessions(owner, state);
@@ -202,10 +204,20 @@ class SqliteStore:
                 os.chmod(path, 0o600)
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
-        _add_missing_columns(conn)
+        # Another process opening the same file at this moment can hold the lock through the journal
+        # switch and the schema, where SQLite answers "locked" without waiting: try again briefly.
+        for attempt in range(OPEN_TRIES):
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(SCHEMA)
+                _add_missing_columns(conn)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == OPEN_TRIES - 1:
+                    conn.close()
+                    raise
+                time.sleep(0.05 * (1 + attempt % 4))  # in the store's own thread, never the event loop
         self._conn = conn
 
     async def close(self) -> None:
