@@ -15,7 +15,7 @@ from bot.channels.web.client_address import client_address
 from bot.channels.web.config import WebConfig
 from bot.channels.web.deps import WebDeps
 from bot.channels.web.signin_entra import EntraUnavailable, EntraVerifier
-from bot.channels.web.signin_local import LocalAuth, LoginRefused, TooManyAttempts
+from bot.channels.web.signin_local import BadEmail, LocalAuth, LoginRefused, TooManyAttempts
 from bot.channels.web.token_refusals import REASONS, ROUTINE, InvalidToken
 from bot.messages import Identity, InvalidIdentity, UserKey
 
@@ -95,6 +95,8 @@ class SignIn:
             token, expires_in = await self._local.login(email, password, where)
         except TooManyAttempts as exc:
             return json_error(429, "Too many sign-in attempts. Wait a while and try again.", **{"Retry-After": str(exc.retry_after)})
+        except BadEmail as exc:  # the text's shape, not the account's existence: said plainly (issue 18.6)
+            return json_error(400, f"Check the email: {exc}.")
         except LoginRefused:
             return json_error(401, "Wrong email or password.")
         finally:

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import hmac
 import ipaddress
+import json
 import os
 import time
 import unicodedata
@@ -138,6 +139,15 @@ def derive_key(secret: str, purpose: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"vpn-bot web {purpose} v1".encode()).derive(secret.encode())
 
 
+class _Utf8Json(json.JSONEncoder):
+    """Claims as UTF-8, not \\u escapes: a 254-character address of emoji made a token of over 8 KiB
+    (12 bytes a character, twice), past the request-header limit, so its owner signed in and every
+    request was refused (issue 18.6). As UTF-8 it stays under 3 KiB."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**{**kwargs, "ensure_ascii": False})
+
+
 def _fingerprint(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
@@ -243,7 +253,7 @@ class LocalAuth:
             "iat": int(now.timestamp()),
             "exp": int((now + TOKEN_LIFETIME).timestamp()),
         }
-        return jwt.encode(claims, self._key, algorithm=ALGORITHM)
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, json_encoder=_Utf8Json)
 
     async def verify(self, token: str) -> LocalIdentity:
         try:
