@@ -29,6 +29,7 @@ from bot.engine.groups import GroupLookup, Memberships, NoGraph
 from bot.engine.policy import Policy
 from bot.engine.service import VpnService
 from bot.engine.tasks import TaskRunner
+from bot.engine.usage import UsageConfig
 from bot.http import metrics as http_metrics
 from bot.http.app import create_app
 from bot.http.health import Health
@@ -128,10 +129,10 @@ class Engine:
 
 def build_engine(store: Store, provider: Provider, runner: TaskRunner, outbox: Outbox, limits: SessionPolicy,
                  access: AccessPolicy, clock: Callable[..., Any], *, governance: GovernanceConfig | None = None,
-                 memberships: Memberships | None = None) -> Engine:
+                 memberships: Memberships | None = None, usage: UsageConfig | None = None) -> Engine:
     """The engine's constructor in one place: the policy both front doors ask, the use cases, the chat door."""
     policy = Policy(access, limits, store, clock, governance=governance, memberships=memberships)
-    service = VpnService(store, provider, runner, outbox, limits, policy, clock=clock)
+    service = VpnService(store, provider, runner, outbox, limits, policy, clock=clock, usage_config=usage)
     registry = build_registry(service)
     dispatcher = Dispatcher(registry, policy, store, outbox, help_card_for(registry), clock=clock, on_admitted=service.remember_contact)
     # The welcome card reads the allowlist and the policy file (no group lookups).
@@ -193,7 +194,7 @@ class Runtime:
         self._graph = _Graph(settings, graph_token, graph_ssl)  # Microsoft Graph, once the HTTP session exists
         memberships = Memberships(self._graph, clock, settings.governance.group_cache_seconds)
         engine = build_engine(self.store, provider, self.runner, self.outbox, settings.sessions, self.access, clock,
-                              governance=governance_of(settings.governance), memberships=memberships)
+                              governance=governance_of(settings.governance), memberships=memberships, usage=settings.usage)
         self.service, self.policy, self.dispatcher, self._welcome = engine.service, engine.policy, engine.dispatcher, engine.welcome
         self.http: aiohttp.ClientSession | None = None  # one client session for every outbound call
         self._background = background

@@ -10,6 +10,7 @@ from bot.messages import Identity
 from bot.chat.parser import Command, Usage, parse_approve, parse_deny, parse_extend, parse_start
 from bot.chat.registry import Context, Registry
 from bot.chat.refusals import say
+from bot.chat.usage import register_usage
 from bot.engine.policy import Action as Do
 from bot.engine.policy import Limits, Policy, Refused
 from bot.engine.service import VpnService
@@ -235,4 +236,5 @@ def build_registry(service: VpnService) -> Registry:
             mine = [say(r, private=ctx.message.is_private)]
         await ctx.reply_card(help_card(ctx.role, approver=await service.policy.is_approver(ctx.actor), limits=mine))
 
+    register_usage(registry, service)  # /vpn report, /vpn audit (bot/chat/usage.py)
     return registry

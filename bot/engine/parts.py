@@ -8,13 +8,25 @@ from typing import Callable, Protocol
 from bot.engine.config import SessionPolicy
 from bot.engine.leases import Leases
 from bot.engine.tasks import TaskRunner
+from bot.engine.usage import UsageConfig
 from bot.replies import Outbox
-from bot.store.ports import AddressStore, ContactStore, OneTimeConfigStore, RetentionStore, SessionStore, Worker, WorkerStore
+from bot.store.ports import (
+    AddressStore,
+    AuditStore,
+    ContactStore,
+    OneTimeConfigStore,
+    RetentionStore,
+    SessionStore,
+    UsageStore,
+    Worker,
+    WorkerStore,
+)
 from provisioner.base import Provider
 
 
-class EngineStore(SessionStore, OneTimeConfigStore, AddressStore, WorkerStore, RetentionStore, ContactStore, Protocol):
-    """The ports the engine itself uses: sessions, held configs (erased at the end), addresses, workers, retention, approvers' chats."""
+class EngineStore(SessionStore, OneTimeConfigStore, AddressStore, WorkerStore, RetentionStore, ContactStore, UsageStore, AuditStore, Protocol):
+    """The ports the engine itself uses: sessions, held configs (erased at the end), addresses, workers, retention, approvers' chats,
+    usage records and the audit log (reports)."""
 
 
 @dataclass(frozen=True)
@@ -27,3 +39,4 @@ class EngineParts:
     clock: Callable[[], datetime]
     worker: Worker
     leases: Leases
+    usage: UsageConfig = UsageConfig()

@@ -12,7 +12,7 @@ import weakref
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from bot.engine import notices
+from bot.engine import notices, reports, usage
 from bot.engine.approvals import Approvals
 from bot.engine.config import SessionPolicy
 from bot.engine.leases import Leases, this_worker
@@ -26,7 +26,7 @@ from bot.engine.teardown import Teardown
 from bot.messages import ConversationRef, UserKey
 from bot.replies import Outbox
 from bot.store.model import ACTIVE_STATES, Session, SessionState, new_session_id, utcnow
-from bot.store.ports import CreateOutcome, Worker
+from bot.store.ports import AuditEntry, CreateOutcome, Worker
 from provisioner.base import Provider
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class VpnService:
         *,
         clock: Callable[[], datetime] = utcnow,
         worker: Worker | None = None,
+        usage_config: usage.UsageConfig | None = None,
     ) -> None:
         self.store = store
         self.provider = provider
@@ -56,7 +57,8 @@ class VpnService:
         self.clock = clock
         self.worker = worker or this_worker()
         self.leases = Leases(store, self.worker, clock, limits.lease_seconds)
-        parts = EngineParts(store, provider, runner, outbox, limits, clock, self.worker, self.leases)
+        self.usage = usage_config or usage.UsageConfig()
+        parts = EngineParts(store, provider, runner, outbox, limits, clock, self.worker, self.leases, self.usage)
         self.sweeper: Sweeper
         self.provisioning = Provisioning(parts, on_ready=lambda s: self.sweeper.due(s))
         self.teardown = Teardown(parts)
@@ -190,6 +192,18 @@ class VpnService:
         folded = wanted.casefold()
         return [s for s in active if s.owner.casefold() == folded or s.owner_label.casefold() == folded]
 
+    # ----- usage and the audit log (admins: the front door asked the policy) -------------------------
+
+    async def usage_report(self, since: datetime, until: datetime, user: str | None = None) -> reports.Report:
+        """Sessions requested in [since, until), per user and per day; raises reports.BadPeriod for a range it will not read."""
+        reports.check_range(since, until)
+        return reports.summarize(await self.store.usage(since, until, user), since, until, user)
+
+    async def audit_entries(
+        self, limit: int, *, since: datetime | None = None, until: datetime | None = None, user: str | None = None
+    ) -> list[AuditEntry]:
+        return await self.store.audit_log(limit, since=since, until=until, user=user)
+
     # ----- stop and extend --------------------------------------------------------------------------
 
     async def stop(self, actor: Actor, target: str | None = None) -> list[Session]:
@@ -214,14 +228,14 @@ class VpnService:
             reason = notices.withdrawn_by_owner()
         return await self.end(targets, reason, actor.identity.label)
 
-    async def end(self, sessions: Sequence[Session], reason: str, by: str = "") -> list[Session]:
+    async def end(self, sessions: Sequence[Session], reason: str, by: str = "", kind: str = usage.STOPPED) -> list[Session]:
         """Tear these sessions down, or withdraw those still awaiting approval (the caller decided it
-        may); returns those that were active."""
+        may); returns those that were active. `kind`: the usage record's end reason."""
         ended = []
         for s in sessions:
-            if s.state is SessionState.AWAITING_APPROVAL and await self.approvals.cancel(s.id, reason, by):
+            if s.state is SessionState.AWAITING_APPROVAL and await self.approvals.cancel(s.id, reason, by, kind):
                 ended.append(s)
-            elif await self.teardown.begin(s.id, reason):
+            elif await self.teardown.begin(s.id, reason, kind):
                 ended.append(s)
         return ended
 

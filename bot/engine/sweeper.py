@@ -15,6 +15,7 @@ from bot.engine.parts import EngineParts
 from bot.engine.provisioning import Provisioning
 from bot.engine.revocation import Revocation
 from bot.engine.teardown import Teardown
+from bot.engine.usage import EXPIRED, STOPPED
 from bot.store.model import ACTIVE_STATES, IN_FLIGHT_STATES, Session, SessionState
 from bot.store.ports import Worker
 from provisioner.base import CleanupIncomplete, ProvisionError
@@ -76,13 +77,14 @@ class Sweeper:
         now = p.clock()
         await p.store.heartbeat(Worker(p.worker.id, p.worker.host, p.worker.pid, now))
         await p.store.purge_claims(now)
-        await p.store.purge_expired(now, audit_retention=timedelta(days=p.limits.audit_retention_days))  # at most every 10 min per process
+        await p.store.purge_expired(now, audit_retention=timedelta(days=p.limits.audit_retention_days),
+                                    usage_retention=timedelta(days=p.usage.retention_days))  # at most every 10 min per process
         next_due: datetime | None = None
         warn = timedelta(minutes=p.limits.warn_minutes)
         due: list[Awaitable[object]] = []  # per-session work, run a few at once (each is a store round trip or more)
         for s in await p.store.sessions([SessionState.READY]):
             if now >= s.expires_at:
-                due.append(self.teardown.begin(s.id, notices.TIME_IS_UP))
+                due.append(self.teardown.begin(s.id, notices.TIME_IS_UP, EXPIRED))
                 continue
             if p.limits.warn_minutes and not s.warned and s.minutes > p.limits.warn_minutes:
                 warn_at = s.expires_at - warn
@@ -93,7 +95,7 @@ class Sweeper:
             next_due = _earliest(next_due, s.expires_at)
         for s in await p.store.sessions([SessionState.EXPIRING]):
             if not self.teardown.running(s.id) and not s.leased_by_other(p.worker.id, now):
-                due.append(self.teardown.begin(s.id, s.end_reason or "ended"))
+                due.append(self.teardown.begin(s.id, s.end_reason or "ended", s.ending or STOPPED))
             elif s.lease_expires_at is not None:
                 next_due = _earliest(next_due, s.lease_expires_at)
         if self.approvals is not None:

@@ -10,6 +10,7 @@ from bot.engine import notices
 from bot.engine.endings import release_held
 from bot.engine.leases import LeaseLost
 from bot.engine.parts import EngineParts
+from bot.engine.usage import write_usage
 from bot.store.model import ACTIVE_STATES, Session, SessionState
 from provisioner.base import CleanupIncomplete
 
@@ -25,8 +26,9 @@ class Teardown:
     def running(self, session_id: str) -> bool:
         return self.p.runner.get(f"teardown:{session_id}") is not None
 
-    async def begin(self, session_id: str, reason: str) -> bool:
-        """True if the session was active (and is now ending); its provisioning in this process is cancelled."""
+    async def begin(self, session_id: str, reason: str, kind: str) -> bool:
+        """True if the session was active (and is now ending); its provisioning in this process is cancelled.
+        `kind` is the usage record's end reason (bot/engine/usage.py: stopped, expired, idle, cap, revoked)."""
         p = self.p
         await p.runner.cancel(f"provision:{session_id}")
         active = False
@@ -41,7 +43,7 @@ class Teardown:
                 if s.leased_by_other(p.worker.id, now):
                     return None  # someone is tearing it down already
                 return s.with_changes(now, **p.leases.lease(now))
-            return s.moved(SessionState.EXPIRING, now, end_reason=reason, **p.leases.lease(now))
+            return s.moved(SessionState.EXPIRING, now, end_reason=reason, ending=kind, **p.leases.lease(now))
 
         s = await p.leases.update(session_id, change)
         if s is not None:
@@ -58,6 +60,9 @@ class Teardown:
             async with p.leases.holding(s.id, (SessionState.EXPIRING,)):
                 await self._destroy(s)
                 now = p.clock()
+                # Before the last write: a crash after it leaves the session `expiring`, and whoever
+                # finishes it writes the same record again (one row per session).
+                await write_usage(p.store, await p.store.get(s.id) or s, now)
                 s = await p.leases.owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **p.leases.unleased()))
         except LeaseLost as lost:
             log.info("session %s: teardown handed over (%s)", session_id, lost)

@@ -20,11 +20,12 @@ from bot.store.model import Conflict, Session, SessionState
 
 __all__ = [
     "AccountStore", "AddressStore", "AuditEntry", "AuditStore", "Conflict", "Contact", "ContactStore", "CreateOutcome", "DedupeStore", "LocalUser",
-    "OneTimeConfigStore", "ProgressStore", "RetentionStore", "SessionReader", "SessionStore", "Store", "StoreLifecycle", "Worker", "WorkerStore",
-    "AUDIT_RETENTION", "SIGN_IN_MEMORY",
+    "OneTimeConfigStore", "ProgressStore", "RetentionStore", "SessionReader", "SessionStore", "Store", "StoreLifecycle", "UsageRecord", "UsageStore",
+    "Worker", "WorkerStore", "AUDIT_RETENTION", "END_KINDS", "SIGN_IN_MEMORY", "USAGE_RETENTION",
 ]
 
 AUDIT_RETENTION = timedelta(days=400)  # VPN_AUDIT_RETENTION_DAYS's default
+USAGE_RETENTION = timedelta(days=400)  # VPN_USAGE_RETENTION_DAYS's default
 SIGN_IN_MEMORY = timedelta(days=30)  # how long a successful sign-in's address is remembered (bot/channels/web/signin_local.py)
 
 
@@ -44,6 +45,39 @@ class AuditEntry:
     allowed: bool
     reason: str
     count: int = 1  # a refusal row counts the refusals of one identity and reason in its hour (at: the first)
+
+
+# How a session ended, as a usage record says (its owner was told the sentence in `detail`).
+END_KINDS = ("stopped", "expired", "idle", "cap", "revoked", "failed", "denied")
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One session, written once it ended (any ending) and kept VPN_USAGE_RETENTION_DAYS: what reports read.
+
+    Traffic is from the user's side: `bytes_in` reached the user (download, ↓), `bytes_out` came from them (↑).
+    `minutes` is the time in use (ready to end, 0 when it never was); `cost` the estimated spend
+    (request to end at the provider's hourly rate; 0 for a request never granted: nothing was made)."""
+
+    session_id: str
+    owner: str  # UserKey as text
+    owner_label: str  # verified email or the key
+    channel: str
+    provider: str
+    region: str
+    requested_at: datetime  # the session's creation: its month is the record's partition, so a rewrite lands on the same row
+    ready_at: datetime | None
+    ended_at: datetime
+    minutes: float
+    cost: float
+    bytes_in: int
+    bytes_out: int
+    end_reason: str  # one of END_KINDS
+    detail: str = ""  # the sentence its owner was told ("stopped by you", "time is up", …)
+    decided_by: str = ""  # approval facts, where there were any: who approved (or denied) it, and when
+    decided_at: datetime | None = None
+    approvers: str = ""
+    request_reason: str = ""  # the requester's reason for the approvers
 
 
 @dataclass(frozen=True)
@@ -115,8 +149,21 @@ class AuditStore(Protocol):
     async def audit(self, entry: AuditEntry) -> None:
         """Record a decision. A refusal (allowed=False) is counted on one row per identity, reason and
         hour (the first refusal's details, and `count`), not written row by row."""
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
-        """The newest entries first."""
+    async def audit_log(
+        self, limit: int = 100, *, since: datetime | None = None, until: datetime | None = None, user: str | None = None
+    ) -> list[AuditEntry]:
+        """The newest entries first; only those at or after `since`, before `until`, of `user` (its key or email) where given.
+        Table Storage reads only the days in the range (one partition per day)."""
+
+
+class UsageStore(Protocol):
+    """A usage record per ended session (bot/engine/usage.py), for reports; kept VPN_USAGE_RETENTION_DAYS."""
+
+    async def put_usage(self, record: UsageRecord) -> None:
+        """Insert or replace the record of `record.session_id`: writing it twice (a teardown taken over) leaves one row."""
+    async def usage(self, since: datetime, until: datetime, user: str | None = None) -> list[UsageRecord]:
+        """Sessions requested at or after `since` and before `until` (of `user`, its key or label, where given), oldest first.
+        Table Storage reads one partition per month in the range."""
 
 
 class OneTimeConfigStore(Protocol):
@@ -171,10 +218,12 @@ class ProgressStore(Protocol):
 
 
 class RetentionStore(Protocol):
-    async def purge_expired(self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION) -> None:
+    async def purge_expired(
+        self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION, usage_retention: timedelta = USAGE_RETENTION
+    ) -> None:
         """Forget what has outlived its use: sign-in attempt counters of past windows, remembered sign-ins
-        older than SIGN_IN_MEMORY, audit rows older than `audit_retention`. For the sweeper; it may skip
-        a call that comes within 10 minutes of the last one in this process."""
+        older than SIGN_IN_MEMORY, audit rows older than `audit_retention`, usage records of sessions requested
+        before `usage_retention`. For the sweeper; it may skip a call that comes within 10 minutes of the last one in this process."""
 
 
 class ContactStore(Protocol):
@@ -187,6 +236,6 @@ class ContactStore(Protocol):
 
 class Store(
     StoreLifecycle, SessionStore, WorkerStore, DedupeStore, AuditStore, OneTimeConfigStore, AddressStore, AccountStore, ProgressStore,
-    RetentionStore, ContactStore, Protocol
+    RetentionStore, ContactStore, UsageStore, Protocol
 ):
     """A whole back end (SQLite or Table Storage): one object implements every port; each caller is typed against the port it uses."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import secrets
 import sqlite3
@@ -23,7 +24,8 @@ from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
 from bot.store.codec import FIELDS, FieldSpec, decode, encode, encode_value, refusal_sample, store_key
 from bot.store.model import ACTIVE_STATES, Conflict, Session, SessionState
-from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, AuditEntry, Contact, CreateOutcome, LocalUser, Worker
+from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, USAGE_RETENTION, AuditEntry, Contact, CreateOutcome, LocalUser, UsageRecord, Worker
+from bot.store.usage_codec import USAGE_FIELDS, decode_usage, encode_usage
 
 T = TypeVar("T")
 MESSAGE_ID_TTL = timedelta(days=2)
@@ -136,6 +138,14 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS usage (
+    session_id TEXT PRIMARY KEY,
+    requested_at TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    owner_label TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_requested ON usage(requested_at);
 CREATE TABLE IF NOT EXISTS contacts (
     user TEXT PRIMARY KEY,
     label TEXT NOT NULL,
@@ -306,8 +316,21 @@ class SqliteStore:
             sql += " ON CONFLICT(sample) DO UPDATE SET count = count + 1, last_at = max(last_at, excluded.last_at)"
         await self._run(lambda: self.conn.execute(sql, args))
 
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
-        rows = await self._run(lambda: self.conn.execute("SELECT * FROM audit ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall())
+    async def audit_log(
+        self, limit: int = 100, *, since: datetime | None = None, until: datetime | None = None, user: str | None = None
+    ) -> list[AuditEntry]:
+        where, args = [], []
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since.isoformat())
+        if until is not None:
+            where.append("at < ?")
+            args.append(until.isoformat())
+        if user is not None:
+            where.append("(user = ? OR email = ?)")
+            args += [user[:AUDIT_TEXT_LIMIT]] * 2
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid DESC LIMIT ?"
+        rows = await self._run(lambda: self.conn.execute(sql, (*args, limit)).fetchall())
         return [
             AuditEntry(datetime.fromisoformat(r["at"]), r["user"], r["email"], r["channel"], r["command"], bool(r["allowed"]), r["reason"],
                        r["count"])
@@ -470,9 +493,11 @@ class SqliteStore:
         rows = await self._run(lambda: self.conn.execute("SELECT address FROM sign_ins WHERE account_key=? AND at>=?", args).fetchall())
         return frozenset(r[0] for r in rows)
 
-    async def purge_expired(self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION) -> None:
+    async def purge_expired(
+        self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION, usage_retention: timedelta = USAGE_RETENTION
+    ) -> None:
         """Forget counters of past windows, remembered sign-ins past SIGN_IN_MEMORY, audit rows past
-        `audit_retention`; at most every PURGE_EVERY per process (as on Table Storage)."""
+        `audit_retention`, usage records past `usage_retention`; at most every PURGE_EVERY per process (as on Table Storage)."""
         if self._purged_at is not None and timedelta(0) <= now - self._purged_at < PURGE_EVERY:
             return
         self._purged_at = now
@@ -482,6 +507,7 @@ class SqliteStore:
             c.execute("DELETE FROM attempt_counts WHERE window_start < ?", (f"{int((now - ATTEMPT_KEEP).timestamp()):010d}",))
             c.execute("DELETE FROM sign_ins WHERE at < ?", ((now - SIGN_IN_MEMORY).isoformat(),))
             c.execute("DELETE FROM audit WHERE at < ?", ((now - audit_retention).isoformat(),))
+            c.execute("DELETE FROM usage WHERE requested_at < ?", ((now - usage_retention).isoformat(),))
 
         await self._run(op)
 
@@ -511,6 +537,24 @@ class SqliteStore:
     async def contacts(self) -> list[Contact]:
         rows = await self._run(lambda: self.conn.execute("SELECT * FROM contacts ORDER BY user").fetchall())
         return [Contact(r["user"], r["label"], ConversationRef.from_json(r["conversation"]), datetime.fromisoformat(r["updated_at"])) for r in rows]
+
+
+    # ----- usage records (bot/engine/usage.py) -----------------------------------------------------
+
+    async def put_usage(self, record: UsageRecord) -> None:
+        values = encode_usage(record)
+        row = (record.session_id, values["requested_at"], values["owner"], values["owner_label"], json.dumps(values))
+        await self._run(lambda: self.conn.execute(
+            "INSERT INTO usage VALUES (?,?,?,?,?) ON CONFLICT(session_id) DO UPDATE SET requested_at=excluded.requested_at, "
+            "owner=excluded.owner, owner_label=excluded.owner_label, record=excluded.record", row))
+
+    async def usage(self, since: datetime, until: datetime, user: str | None = None) -> list[UsageRecord]:
+        sql, args = "SELECT record FROM usage WHERE requested_at >= ? AND requested_at < ?", [since.isoformat(), until.isoformat()]
+        if user is not None:
+            sql += " AND (owner = ? OR owner_label = ?)"
+            args += [user, user]
+        rows = await self._run(lambda: self.conn.execute(sql + " ORDER BY requested_at, session_id", args).fetchall())
+        return [decode_usage({k: v for k, v in json.loads(r[0]).items() if k in USAGE_FIELDS}) for r in rows]
 
 
 def _window_start(now: datetime, window: timedelta) -> str:

@@ -16,7 +16,9 @@ starts with VPN_TABLE_PREFIX. What makes it safe to share (docs/decisions.md, "T
   slots taken by insert-if-absent (two rounds at most, then the window counts as used up), so a
   flood on one account neither loops on one entity nor touches another account's partition;
 * audit: one partition per day, newest first; a refusal is counted on one sampled row per identity,
-  reason and hour rather than written row by row; `purge_expired` keeps it to its retention.
+  reason and hour rather than written row by row; `purge_expired` keeps it to its retention;
+* usage: one partition per month (of the session's request), one row per session (an upsert: a
+  record written twice is one row); a month's report reads one partition.
 
 Fields serialise from the Session dataclass (bot/store/codec.py): a new field needs no change here.
 """
@@ -42,7 +44,8 @@ from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
 from bot.store.codec import decode, encode, refusal_sample, store_key
 from bot.store.model import TERMINAL_STATES, Conflict, Session, SessionState, utcnow
-from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, AuditEntry, Contact, CreateOutcome, LocalUser, Worker
+from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, USAGE_RETENTION, AuditEntry, Contact, CreateOutcome, LocalUser, UsageRecord, Worker
+from bot.store.usage_codec import decode_usage, encode_usage, month_of
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ ENDED_RETENTION = timedelta(days=7)
 SLOT_GRACE = timedelta(seconds=60)
 SLOT_ROUNDS = 50
 BLIND_TRIES = 3
-TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta")
+TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta", "usage")
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a string property holds 32k characters
 _SESSION_ROW = "s"
@@ -326,14 +329,32 @@ class TableStore:
                 continue
         log.debug("audit: a refusal of %s went uncounted (concurrent refusals)", entry.user[:80])
 
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+    async def audit_log(
+        self, limit: int = 100, *, since: datetime | None = None, until: datetime | None = None, user: str | None = None
+    ) -> list[AuditEntry]:
         """Newest first. Rows come in key order, whose time never precedes a row's own time (a refusal
-        row is keyed at its hour's end): read until the next key is older than the limit-th newest row."""
+        row is keyed at its hour's end): read until the next key is older than the limit-th newest row.
+        A time range reads only its days' partitions; a user is filtered on the server."""
         if limit <= 0:
             return []
         rows: list[Any] = []
         newest: list[int] = []  # a min-heap of the `limit` newest times seen
-        async for e in self._table("audit").list_entities(results_per_page=min(limit, 1000)):
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if until is not None:  # days count down: the range's last day has the smallest partition key
+            clauses.append("PartitionKey ge @plo and at lt @until")
+            params.update(plo=_audit_day(until), until=until.isoformat())
+        if since is not None:
+            clauses.append("PartitionKey le @phi and at ge @since")
+            params.update(phi=_audit_day(since), since=since.isoformat())
+        if user is not None:
+            clauses.append("( user eq @u or email eq @u )")
+            params["u"] = user[:AUDIT_TEXT_LIMIT]
+        if clauses:
+            found = self._query("audit", " and ".join(clauses), params, results_per_page=min(limit, 1000))
+        else:
+            found = self._table("audit").list_entities(results_per_page=min(limit, 1000))
+        async for e in found:
             key_time = 10**17 - int(e["RowKey"][:17])
             if len(newest) >= limit and key_time < newest[0]:
                 break
@@ -593,9 +614,12 @@ class TableStore:
 
     # ----- retention -------------------------------------------------------------------------------
 
-    async def purge_expired(self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION) -> None:
-        """Forget sign-in counters of past windows, remembered sign-ins past SIGN_IN_MEMORY and audit rows
-        past `audit_retention`; at most every PURGE_EVERY per process (range queries, batched deletes)."""
+    async def purge_expired(
+        self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION, usage_retention: timedelta = USAGE_RETENTION
+    ) -> None:
+        """Forget sign-in counters of past windows, remembered sign-ins past SIGN_IN_MEMORY, audit rows past
+        `audit_retention` and usage records past `usage_retention`; at most every PURGE_EVERY per process
+        (range queries, batched deletes)."""
         if self._purged_at is not None and timedelta(0) <= now - self._purged_at < PURGE_EVERY:
             return
         self._purged_at = now
@@ -607,6 +631,9 @@ class TableStore:
         cutoff = now - audit_retention
         # Older days sort after newer ones; the row time decides within the cutoff's own day.
         await self._purge("audit", "PartitionKey ge @p and at lt @t", {"p": _audit_day(cutoff), "t": cutoff.isoformat()})
+        cutoff = now - usage_retention  # whole months before the cutoff's, then its own month by time
+        await self._purge("usage", "PartitionKey lt @p", {"p": month_of(cutoff)})
+        await self._purge("usage", "PartitionKey eq @p and requested_at lt @t", {"p": month_of(cutoff), "t": cutoff.isoformat()})
 
     async def _purge(self, table: str, query: str, parameters: dict[str, Any]) -> None:
         await self._delete_all(table, [e async for e in self._query(table, query, parameters, select=["PartitionKey", "RowKey"])])
@@ -645,6 +672,27 @@ class TableStore:
             return (await self._table("progress").get_entity("progress", _key(key)))["text"]
         except ResourceNotFoundError:
             return ""
+
+
+    # ----- usage records (bot/engine/usage.py): a partition per month -------------------------------
+
+    async def put_usage(self, record: UsageRecord) -> None:
+        values = {k: v for k, v in encode_usage(record).items() if v is not None}
+        await self._table("usage").upsert_entity(
+            {"PartitionKey": month_of(record.requested_at), "RowKey": _key(record.session_id), **values}, mode=UpdateMode.REPLACE
+        )
+
+    async def usage(self, since: datetime, until: datetime, user: str | None = None) -> list[UsageRecord]:
+        last = until - timedelta(microseconds=1)
+        query = "PartitionKey ge @lo and PartitionKey le @hi and requested_at ge @since and requested_at lt @until"
+        if month_of(since) == month_of(last):
+            query = "PartitionKey eq @lo and requested_at ge @since and requested_at lt @until"  # one partition: a month's report
+        params: dict[str, Any] = {"lo": month_of(since), "hi": month_of(last), "since": since.isoformat(), "until": until.isoformat()}
+        if user is not None:
+            query += " and ( owner eq @u or owner_label eq @u )"
+            params["u"] = user
+        found = [decode_usage(e) async for e in self._query("usage", query, params, results_per_page=1000)]
+        return sorted(found, key=lambda r: (r.requested_at, r.session_id))
 
 
 def _attempt_partition(key: str, now: datetime, window: timedelta) -> str:

@@ -20,6 +20,7 @@ var tableNames = [
   'attempts'
   'progress'
   'meta'
+  'usage'
 ]
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
