@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from bot.channels.web import refusals
+from bot.channels.web import refusals, usage_api
 from bot.channels.web.body import json_body, json_error
 from bot.channels.web.config import WebConfig
 from bot.channels.web.deps import WebDeps
@@ -87,6 +87,8 @@ class WebApi:
             ("POST", f"/api/sessions/{sid}/deny", h.route(self._authed(Action.DENY, self._deny))),
             ("GET", f"/api/sessions/{sid}/config", h.route(self._authed(Action.TAKE_CONFIG, self._config))),
             ("GET", f"/api/sessions/{sid}/config.png", h.route(self._authed(Action.TAKE_CONFIG, self._config_png))),
+            ("GET", "/api/usage", h.route(self._authed(Action.REPORT, lambda rq, a: usage_api.usage(rq, a, self.deps)))),
+            ("GET", "/api/audit", h.route(self._authed(Action.AUDIT, lambda rq, a: usage_api.audit(rq, a, self.deps)))),
         ]
         preflighted: set[str] = set()
         for method, path, handler in routes:
