@@ -312,7 +312,7 @@ def build_http_app(runtime: Runtime, *, wait_seconds: float = 5.0) -> web.Applic
     startup = Startup(wait_seconds)
     hooks: list[Callable[[web.Application], None]] = [
         Health(runtime.provider.name, runtime.store, startup).register,
-        ReadyCallback(runtime.store, runtime.service.record_server_up).register,  # servers calling back "tunnel up"
+        ReadyCallback(runtime.store, runtime.service.record_server_up, runtime.service.record_traffic).register,  # "tunnel up", then traffic
         *(ch.routes for ch in runtime.channels),
     ]
     if runtime.settings.web is None:

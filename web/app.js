@@ -405,6 +405,7 @@
     $("s-state").textContent = s.state === "deleted" ? "ended" : s.state;  // "deleted" is the store's word; a person reads "ended"
     $("s-region").textContent = s.region;
     $("s-endpoint").textContent = s.endpoint || "-";
+    $("s-tunnel").textContent = s.tunnel || "-"; // "connected — handshake 20 s ago, ↓ 12.4 MB ↑ 3.1 MB", or "not connected yet"
     $("progress").textContent = statusLine(s);
     $("s-approval").textContent = s.state === "awaiting_approval" ? "waiting" : s.decided_by ? `${s.state === "denied" ? "decided" : "approved"} by ${s.decided_by}` : "-";
     $("extend").disabled = s.state !== "ready";
@@ -551,7 +552,7 @@
     const rows = (await resp.json()).sessions.map((s) => {
       const tr = document.createElement("tr");
       const left = typeof s.time_left === "number" ? `${Math.round(s.time_left / 60)} min` : s.state;
-      const cells = [["Session", s.id], ["Owner", s.owner_label || s.owner], ["Region", s.region], ["State", s.state], ["Left", left], ["Cost", (s.cost || 0).toFixed(2)]];
+      const cells = [["Session", s.id], ["Owner", s.owner_label || s.owner], ["Region", s.region], ["State", s.state], ["Left", left], ["Cost", (s.cost || 0).toFixed(2)], ["Tunnel", s.tunnel || "-"]];
       for (const [label, text] of cells) {
         const td = document.createElement("td");
         td.dataset.label = label; // a phone shows each row as a card of labelled lines (style.css)

@@ -190,3 +190,47 @@ def request_closed(s: Session) -> Notice:
     """To the requester: denied, timed out, withdrawn or revoked (`end_reason` says which)."""
     head = f"Your VPN request {s.id} was not granted ({s.end_reason})."
     return Notice(f"{head} Use /vpn start to ask again.", head)
+
+
+# ----- live traffic and usage limits (bot/engine/traffic.py) -----------------------------------------
+
+CONNECTED_WITHIN = 180  # seconds: WireGuard hands shake every two minutes while a tunnel is in use
+
+
+def megabytes(n: int) -> str:
+    """12.4 MB: traffic as people read it (decimal units, as WireGuard apps show it)."""
+    if n >= 10**9:
+        return f"{n / 10**9:.2f} GB"
+    return f"{n / 10**6:.1f} MB"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    return format_minutes(seconds)
+
+
+def traffic_line(s: Session, now: datetime) -> str:
+    """'connected — handshake 20 s ago, ↓ 12.4 MB ↑ 3.1 MB', or 'not connected yet'; "" before ready."""
+    if s.state is not SessionState.READY:
+        return ""
+    if s.handshake_at is None:
+        return "not connected yet"
+    ago = (now - s.handshake_at).total_seconds()
+    head = f"connected — handshake {_ago(ago)} ago" if ago <= CONNECTED_WITHIN else f"not connected now — last handshake {_ago(ago)} ago"
+    return f"{head}, ↓ {megabytes(s.bytes_in)} ↑ {megabytes(s.bytes_out)}"
+
+
+def unused_for(minutes: int) -> str:
+    return f"unused for {format_minutes(minutes * 60)}"
+
+
+def over_cap(max_mb: int) -> str:
+    return f"past its traffic limit of {max_mb} MB"
+
+
+def unused_soon(session_id: str, seconds_left: float, idle_minutes: int) -> Notice:
+    head = (f"Your VPN session {session_id} has not been used (no tunnel handshake) for a while: it ends in "
+            f"{format_minutes(seconds_left)}, once unused for {format_minutes(idle_minutes * 60)}, unless your device connects.")
+    return plain(head)

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable, Sequence
 
+from bot.engine.notices import megabytes
 from bot.store.ports import UsageRecord
+
+__all__ = ["BadPeriod", "Report", "Totals", "check_range", "is_period", "megabytes", "period", "summarize"]
 
 DEFAULT_PERIOD = "30d"
 MAX_DAYS = 400  # a report spans at most this long (the records' default retention)
@@ -108,10 +111,3 @@ def summarize(records: Iterable[UsageRecord], since: datetime, until: datetime, 
         d += timedelta(days=1)
     users = sorted(by_user.values(), key=lambda t: (-t.cost, -t.sessions, t.label))
     return Report(since, until, user, rows, users, days, total)
-
-
-def megabytes(n: int) -> str:
-    """12.4 MB: traffic as people read it (decimal megabytes, as WireGuard apps show)."""
-    if n >= 10**9:
-        return f"{n / 10**9:.2f} GB"
-    return f"{n / 10**6:.1f} MB"

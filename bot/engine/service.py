@@ -23,11 +23,12 @@ from bot.engine.revocation import Revocation
 from bot.engine.sweeper import Sweeper
 from bot.engine.tasks import TaskRunner
 from bot.engine.teardown import Teardown
+from bot.engine.traffic import LiveTraffic
 from bot.messages import ConversationRef, UserKey
 from bot.replies import Outbox
 from bot.store.model import ACTIVE_STATES, Session, SessionState, new_session_id, utcnow
 from bot.store.ports import AuditEntry, CreateOutcome, Worker
-from provisioner.base import Provider
+from provisioner.base import Provider, Traffic
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ class VpnService:
         self.teardown = Teardown(parts)
         self.approvals = Approvals(parts, policy, store, self.provisioning.start, policy.governance.approval_timeout_minutes)
         self.revocation = Revocation(parts, policy, self.teardown, self.approvals)
-        self.sweeper = Sweeper(parts, self.provisioning, self.teardown, self.approvals, self.revocation)
+        self.traffic = LiveTraffic(parts, self.teardown)
+        self.sweeper = Sweeper(parts, self.provisioning, self.teardown, self.approvals, self.revocation, self.traffic)
         self._user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         runner.set_error_handler(self._on_task_error)
 
@@ -295,6 +297,10 @@ class VpnService:
             return s.with_changes(now, server_up_at=now)
 
         return await self.leases.update(session_id, change)
+
+    async def record_traffic(self, session_id: str, traffic: Traffic) -> Session | None:
+        """A server's own report of its tunnel (an Azure VM, every minute), on whichever replica it reached."""
+        return await self.traffic.record(session_id, traffic)
 
     # ----- time-driven work -------------------------------------------------------------------------
 

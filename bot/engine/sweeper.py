@@ -15,6 +15,7 @@ from bot.engine.parts import EngineParts
 from bot.engine.provisioning import Provisioning
 from bot.engine.revocation import Revocation
 from bot.engine.teardown import Teardown
+from bot.engine.traffic import LiveTraffic
 from bot.engine.usage import EXPIRED, STOPPED
 from bot.store.model import ACTIVE_STATES, IN_FLIGHT_STATES, Session, SessionState
 from bot.store.ports import Worker
@@ -45,13 +46,14 @@ def _earliest(*times: datetime | None) -> datetime | None:
 class Sweeper:
     def __init__(
         self, parts: EngineParts, provisioning: Provisioning, teardown: Teardown,
-        approvals: Approvals | None = None, revocation: Revocation | None = None,
+        approvals: Approvals | None = None, revocation: Revocation | None = None, traffic: LiveTraffic | None = None,
     ) -> None:
         self.p = parts
         self.provisioning = provisioning
         self.teardown = teardown
         self.approvals = approvals  # requests past their decide-by time are denied
         self.revocation = revocation  # owners no longer allowed lose their sessions
+        self.traffic = traffic  # tunnels' figures; unused or heavy sessions end (issue 23)
         self._wake = asyncio.Event()
         self._sweep_at: datetime | None = None  # when the sweeper means to look next (None: sweeping now)
         self._due_at: datetime | None = None  # the earliest due time reported since the sweep began
@@ -82,7 +84,8 @@ class Sweeper:
         next_due: datetime | None = None
         warn = timedelta(minutes=p.limits.warn_minutes)
         due: list[Awaitable[object]] = []  # per-session work, run a few at once (each is a store round trip or more)
-        for s in await p.store.sessions([SessionState.READY]):
+        ready = await p.store.sessions([SessionState.READY])
+        for s in ready:
             if now >= s.expires_at:
                 due.append(self.teardown.begin(s.id, notices.TIME_IS_UP, EXPIRED))
                 continue
@@ -104,6 +107,10 @@ class Sweeper:
             next_due = _earliest(next_due, decide_by)
         if self.revocation is not None:
             due += await self.revocation.sweep()
+        if self.traffic is not None:
+            more, at = await self.traffic.sweep(now, ready)
+            due += more
+            next_due = _earliest(next_due, at)
         await _bounded(due, SWEEP_CONCURRENCY)
         return _earliest(next_due, await self._recover_orphans(now, resume=resume))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from bot import metrics
 from bot.engine import notices
@@ -26,9 +27,10 @@ class Teardown:
     def running(self, session_id: str) -> bool:
         return self.p.runner.get(f"teardown:{session_id}") is not None
 
-    async def begin(self, session_id: str, reason: str, kind: str) -> bool:
+    async def begin(self, session_id: str, reason: str, kind: str, *, still: Callable[[Session], bool] | None = None) -> bool:
         """True if the session was active (and is now ending); its provisioning in this process is cancelled.
-        `kind` is the usage record's end reason (bot/engine/usage.py: stopped, expired, idle, cap, revoked)."""
+        `kind` is the usage record's end reason (bot/engine/usage.py: stopped, expired, idle, cap, revoked);
+        `still`, where given, decides again on the stored session whether it should end (an idle limit)."""
         p = self.p
         await p.runner.cancel(f"provision:{session_id}")
         active = False
@@ -37,7 +39,8 @@ class Teardown:
             nonlocal active
             now = p.clock()
             active = s.state in ACTIVE_STATES
-            if not active:
+            if not active or (still is not None and s.state is not SessionState.EXPIRING and not still(s)):
+                active = False
                 return None
             if s.state is SessionState.EXPIRING:
                 if s.leased_by_other(p.worker.id, now):

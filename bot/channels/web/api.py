@@ -23,6 +23,7 @@ from bot.channels.web.held_configs import CONF, PNG, HeldConfigs
 from bot.channels.web.openapi import openapi_document
 from bot.channels.web.page import NO_STORE, ApiHeaders
 from bot.channels.web.signin import SignIn
+from bot.engine import notices
 from bot.engine.policy import MAX_EXTEND_INPUT, MAX_REASON, Action, Actor, Limits, Refused
 from bot.logs import bind
 from bot.messages import ConversationRef
@@ -280,6 +281,11 @@ class WebApi:
             "end_reason": s.end_reason,  # why it ended, or why it was not granted
             "decide_by": _iso(s.decide_by),
             "asked": s.asked if mine or actor.is_admin else "",
+            # Live traffic (issue 23): the owner's and admins' own view of the tunnel.
+            "tunnel": notices.traffic_line(s, now) if mine or actor.is_admin else "",
+            "handshake_at": _iso(s.handshake_at) if mine or actor.is_admin else None,
+            "bytes_in": s.bytes_in if mine or actor.is_admin else 0,
+            "bytes_out": s.bytes_out if mine or actor.is_admin else 0,
         }
         if decider:  # an approver sees who asks
             view.update(owner_label=s.owner_label)

@@ -73,7 +73,7 @@ async def test_admins_get_the_usage_rows_as_json_and_as_csv(app):
     assert headers["Content-Disposition"] == 'attachment; filename="vpn-usage-20261101-20261201.csv"'
     rows = list(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
     assert tuple(rows[0]) == USAGE_FIELDS and len(rows) == 3
-    parsed = [dict(zip(rows[0], r)) for r in rows[1:]]
+    parsed = [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
     assert parsed[0]["owner_label"] == "kim@example.org" and parsed[0]["bytes_in"] == "12400000" and parsed[0]["ready_at"] == "2026-11-03T09:32:00Z"
     assert parsed[0]["decided_at"] == "" and float(parsed[0]["cost"]) == 0.0832
     assert parsed[1]["owner_label"] == '\'=HYPERLINK("x"),"lee"'  # text, never a formula
@@ -122,3 +122,17 @@ async def test_the_openapi_document_describes_both(app):
     assert {p["name"] for p in usage["parameters"]} == {"from", "to", "user"}
     assert {p["name"] for p in doc["paths"]["/api/audit"]["get"]["parameters"]} == {"from", "to", "user", "limit"}
     assert list(doc["components"]["schemas"]["UsageRecord"]["properties"]) == list(USAGE_FIELDS)
+
+
+async def test_the_session_view_shows_the_tunnel_to_its_owner_and_admins(app):
+    root, alice, bob = await client(app, ROOT), await client(app, ALICE), await client(app, BOB)
+    status, _, s = await alice.json("POST", "/api/sessions", json={"minutes": 20})
+    s = await alice.wait_for(f"/api/sessions/{s['id']}", lambda b: b["state"] == "ready")
+    assert s["tunnel"] == "not connected yet" and s["handshake_at"] is None
+    await app.runtime.service.sweep()  # the dryrun provider's simulated client has connected
+    _, _, s = await alice.json("GET", f"/api/sessions/{s['id']}")
+    assert s["tunnel"].startswith("connected — handshake ") and "↓ 0.0 MB ↑ 0.0 MB" in s["tunnel"] and s["handshake_at"].endswith("Z")
+    _, _, listed = await root.json("GET", "/api/sessions")
+    assert listed["sessions"][0]["tunnel"].startswith("connected")
+    status, _, theirs = await bob.json("GET", f"/api/sessions/{s['id']}")
+    assert status == 404  # not his
