@@ -13,7 +13,7 @@ from provisioner.wireguard import is_valid_key
 
 MAX_TEXT = 500
 MAX_ARGS = 8  # words before a free-text reason (`reason=…`, or what follows `/vpn deny <id>`); MAX_TEXT bounds the rest
-VERBS = ("start", "stop", "status", "extend", "list", "help", "approve", "deny", "pending", "report", "audit")
+VERBS = ("start", "stop", "status", "extend", "list", "help", "approve", "deny", "pending", "report", "audit", "notify")
 ALIASES = {"ls": "list", "end": "stop", "down": "stop", "up": "start", "info": "status", "?": "help"}
 _DURATION = re.compile(r"^(?:(\d{1,4})h)?(?:(\d{1,5})(?:m|min|mins|minutes?)?)?$")
 
@@ -183,3 +183,12 @@ def parse_audit(args: tuple[str, ...]) -> tuple[int, str | None] | Usage:
         else:
             return Usage("audit takes a number of entries and a user, e.g. /vpn audit 50 kim@example.org")
     return rows, user
+
+
+def parse_notify(args: tuple[str, ...]) -> str | Usage:
+    """`/vpn notify [here|off]`: "" shows where notifications go."""
+    if not args:
+        return ""
+    if len(args) == 1 and args[0].lower() in ("here", "off"):
+        return args[0].lower()
+    return Usage("notify takes here (send notifications to this chat) or off (stop sending them here)")

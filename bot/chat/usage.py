@@ -1,4 +1,5 @@
-"""The admins' /vpn report and /vpn audit (issue 23): usage per user over a period, and the audit log.
+"""The admins' /vpn report, /vpn audit and /vpn notify (issue 23): usage per user over a period, the audit
+log, and which chats get notifications.
 
 Reads what the engine reads for the web API (`VpnService.usage_report`, `audit_entries`); only the
 rendering is chat's. The rules (admins only) are the policy's: `Action.REPORT`, `Action.AUDIT`.
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.chat.parser import Command, Usage, parse_audit, parse_report
+from bot.chat.parser import Command, Usage, parse_audit, parse_notify, parse_report
 from bot.chat.registry import Context, Registry
 from bot.engine import reports
 from bot.engine.policy import Action as Do
@@ -73,3 +74,22 @@ def register_usage(registry: Registry, service: VpnService) -> None:
         if isinstance(parsed, Usage):
             return await usage(ctx, parsed.problem)
         await ctx.reply_card(audit_card(await service.audit_entries(parsed[0], user=parsed[1]), parsed[1]))
+
+    @registry.command("notify", action=Do.NOTIFY, usage="/vpn notify [here|off]",
+                      summary="send notifications (requests, approvals, endings, failures) to this chat, or stop (admins)")
+    async def notify(ctx: Context, cmd: Command) -> None:
+        parsed = parse_notify(cmd.args)
+        if isinstance(parsed, Usage):
+            return await usage(ctx, parsed.problem)
+        notifier, conv = service.notify, ctx.message.conversation
+        if parsed == "here":
+            target = await notifier.register(conv)
+            return await ctx.reply(f"Notifications now come to this chat too ({target}): requests, approvals, sessions ready and ended, failures.")
+        if parsed == "off":
+            gone = await notifier.unregister(conv)
+            return await ctx.reply("Notifications no longer come to this chat." if gone else
+                                   "This chat was not registered for notifications (VPN_NOTIFY's targets are set by whoever runs the bot).")
+        registered = sorted(await notifier.registered(fresh=True))
+        configured = [t.split("://", 1)[0] + "://" + t.split("://", 1)[1].split("/", 1)[0] + "/…" if "://" in t else t for t in notifier.config.targets]
+        lines = [f"VPN_NOTIFY: {', '.join(configured) or 'none'}.", f"Registered with /vpn notify here: {', '.join(registered) or 'none'}."]
+        await ctx.reply(" ".join(lines))

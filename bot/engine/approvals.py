@@ -150,6 +150,7 @@ class Approvals:
             raise Refused(Code.NO_SUCH_SESSION, target=s.id)
         await self.policy.record(actor.identity, actor.channel, f"approve {s.id}", True, f"approved {decided.owner_label} for {decided.minutes} min")
         log.info("session %s approved by %s for %d min", s.id, label, decided.minutes)
+        await self.p.emit("approved", decided)
         await self.p.outbox.notice(decided.conversation, notices.approved(decided))
         self._start_provisioning(decided.id)
         self._close_cards_later(decided)
@@ -191,6 +192,7 @@ class Approvals:
             return None
         log.info("session %s not granted: %s", s.id, reason)
         await write_usage_quietly(self.p.store, s)
+        await self.p.emit("denied", s)
         await self.p.outbox.notice(s.conversation, notices.request_closed(s))
         self._close_cards_later(s)
         return s
@@ -220,6 +222,7 @@ class Approvals:
         if s is None:
             return
         await write_usage_quietly(self.p.store, s)
+        await self.p.emit("denied", s)
         await self.policy.record_for(s.owner, s.owner_label if s.owner_label != s.owner else "", "engine", f"approval timeout {s.id}", False, reason)
         await self.p.outbox.notice(s.conversation, notices.request_closed(s))
         self._close_cards_later(s)

@@ -7,11 +7,12 @@ speaks (`Channel.speaks_commands`); nothing downstream rewrites the engine's wor
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from bot.messages import Notice
 from bot.store.model import Session, SessionState
 from cards.model import Action, Card
-from cards.text import format_minutes
+from cards.text import format_cost, format_minutes
 
 __all__ = ["Notice"]  # and the sentence functions below
 
@@ -234,3 +235,31 @@ def unused_soon(session_id: str, seconds_left: float, idle_minutes: int) -> Noti
     head = (f"Your VPN session {session_id} has not been used (no tunnel handshake) for a while: it ends in "
             f"{format_minutes(seconds_left)}, once unused for {format_minutes(idle_minutes * 60)}, unless your device connects.")
     return plain(head)
+
+
+# ----- notifications to admins' chats (bot/engine/notify.py) ------------------------------------------
+
+def event_text(e: dict[str, Any]) -> str:
+    """One line per event, from its public facts only (never a key, config or token)."""
+    s = e.get("session") or {}
+    who, sid, kind = s.get("owner_label") or s.get("owner") or "someone", s.get("id", "?"), e.get("type")
+    length = format_minutes(int(s.get("minutes") or 0) * 60)
+    if kind == "requested":
+        waiting = " — awaiting approval" if e.get("awaiting_approval") else ""
+        why = f" ({e['request_reason']})" if e.get("request_reason") else ""
+        return f"VPN: {who} requested session {sid} ({length}, {s.get('region')}){why}{waiting}."
+    if kind == "approved":
+        return f"VPN: {e.get('decided_by') or 'an approver'} approved session {sid} of {who} ({length})."
+    if kind == "denied":
+        return f"VPN: session {sid} of {who} was not granted ({e.get('reason') or 'denied'})."
+    if kind == "ready":
+        return f"VPN: session {sid} of {who} is ready ({s.get('provider')} / {s.get('region')}, {length})."
+    if kind == "ended":
+        return (f"VPN: session {sid} of {who} ended ({e.get('end_reason')}: {e.get('reason')}) after "
+                f"{format_minutes(float(e.get('minutes_used') or 0) * 60)}, {format_cost(float(e.get('cost') or 0))}.")
+    if kind == "failed":
+        return f"VPN: session {sid} of {who} failed: {e.get('reason')}."
+    if kind == "cleanup_stuck":
+        return (f"VPN: session {sid} of {who} could not be cleaned up after {e.get('attempts', 'several')} tries; its cloud resources may "
+                "still be billed. The sweeper keeps trying; reconcile removes what no session owns.")
+    return f"VPN: {kind} for session {sid} of {who}."

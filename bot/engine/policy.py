@@ -46,6 +46,7 @@ class Action(str, enum.Enum):
     PENDING = "pending"  # the requests this person may decide
     REPORT = "report"  # usage per user over a period (bot/engine/reports.py)
     AUDIT = "audit"  # the audit log, newest first
+    NOTIFY = "notify"  # where notifications go: this chat, or no longer
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ RULES: dict[Action, Rule] = {
     Action.PENDING: Rule(approvers_only=True, audited=False),
     Action.REPORT: Rule(admin_only=True),
     Action.AUDIT: Rule(admin_only=True),
+    Action.NOTIFY: Rule(admin_only=True),
 }
 
 

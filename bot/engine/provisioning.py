@@ -221,6 +221,7 @@ class Provisioning:
             lambda x: x.moved(SessionState.READY, ready_at, ready_at=ready_at, expires_at=expires_at, error="", **leases.unleased()),
         )
         metrics.session_ready(s)
+        await self.p.emit("ready", s)
         await self.p.outbox.progress(a.conv, notices.ready_progress(s.id), a.handle)
         if info.ready:
             await self.p.outbox.notice(a.conv, notices.ready(where, s.id, expires_at))
@@ -278,6 +279,7 @@ class Provisioning:
             tail = f"{notices.DEAD_CONFIG} {tail}"
         metrics.session_failed(exc)
         await write_usage_quietly(self.p.store, s)
+        await self.p.emit("failed", s)
         outbox = self.p.outbox
         await outbox.retract(s.conversation, s.id)  # a config already sent is worthless now: take it back
         await release_held(self.p, s)

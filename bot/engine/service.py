@@ -16,6 +16,7 @@ from bot.engine import notices, reports, usage
 from bot.engine.approvals import Approvals
 from bot.engine.config import SessionPolicy
 from bot.engine.leases import Leases, this_worker
+from bot.engine.notify import Notifier, NotifyConfig, WebhookPost
 from bot.engine.parts import EngineParts, EngineStore
 from bot.engine.policy import Action, Actor, Code, Limits, Policy, Refused
 from bot.engine.provisioning import Provisioning
@@ -48,6 +49,8 @@ class VpnService:
         clock: Callable[[], datetime] = utcnow,
         worker: Worker | None = None,
         usage_config: usage.UsageConfig | None = None,
+        notify_config: NotifyConfig | None = None,
+        webhook: WebhookPost | None = None,
     ) -> None:
         self.store = store
         self.provider = provider
@@ -59,7 +62,8 @@ class VpnService:
         self.worker = worker or this_worker()
         self.leases = Leases(store, self.worker, clock, limits.lease_seconds)
         self.usage = usage_config or usage.UsageConfig()
-        parts = EngineParts(store, provider, runner, outbox, limits, clock, self.worker, self.leases, self.usage)
+        self.notify = Notifier(store, outbox, clock, self.worker.id, notify_config or NotifyConfig(), webhook, limits.lease_seconds)
+        self.parts = parts = EngineParts(store, provider, runner, outbox, limits, clock, self.worker, self.leases, self.usage, self.notify)
         self.sweeper: Sweeper
         self.provisioning = Provisioning(parts, on_ready=lambda s: self.sweeper.due(s))
         self.teardown = Teardown(parts)
@@ -67,6 +71,7 @@ class VpnService:
         self.revocation = Revocation(parts, policy, self.teardown, self.approvals)
         self.traffic = LiveTraffic(parts, self.teardown)
         self.sweeper = Sweeper(parts, self.provisioning, self.teardown, self.approvals, self.revocation, self.traffic)
+        self.notify.wake = self.sweeper.wake
         self._user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         runner.set_error_handler(self._on_task_error)
 
@@ -138,6 +143,7 @@ class VpnService:
                 raise Refused(Code.USER_LIMIT, session_id=current.id if current else "", state=current.state.value if current else "")
             if outcome is CreateOutcome.GLOBAL_LIMIT:
                 raise Refused(Code.GLOBAL_LIMIT, max=self.limits.max_sessions)
+            await self.parts.emit("requested", session, awaiting_approval=waiting)
             if waiting:
                 await self.policy.record(actor.identity, actor.channel, f"request {session.id}", True,
                                          f"awaiting approval ({minutes} min){': ' + plan.reason if plan.reason else ''}")

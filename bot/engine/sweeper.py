@@ -112,7 +112,18 @@ class Sweeper:
             due += more
             next_due = _earliest(next_due, at)
         await _bounded(due, SWEEP_CONCURRENCY)
-        return _earliest(next_due, await self._recover_orphans(now, resume=resume))
+        next_due = _earliest(next_due, await self._recover_orphans(now, resume=resume))
+        return _earliest(next_due, await self.deliver_notifications())
+
+    async def deliver_notifications(self) -> datetime | None:
+        """The outbox's due items (admins' chats, webhooks); when the next one falls due."""
+        if self.p.notify is None:
+            return None
+        try:
+            return await self.p.notify.deliver_due()
+        except Exception:
+            log.exception("delivering notifications failed; the next sweep tries again")
+            return None
 
     async def _warn(self, session_id: str, now: datetime) -> None:
         p = self.p
@@ -219,4 +230,5 @@ class Sweeper:
         await self.p.runner.wait_idle()
         removed = await self.reconcile()
         await self.p.runner.wait_idle()
+        await self.deliver_notifications()  # what the teardowns above queued
         return removed

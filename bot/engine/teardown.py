@@ -3,6 +3,7 @@ it made — retrying what the cloud still holds — and tell its owner once it i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Callable
 
@@ -61,11 +62,18 @@ class Teardown:
             return
         try:
             async with p.leases.holding(s.id, (SessionState.EXPIRING,)):
-                await self._destroy(s)
+                try:
+                    await self._destroy(s)
+                except Exception:
+                    await p.emit("cleanup_stuck", s, attempts=TEARDOWN_ATTEMPTS)  # once per session: the outbox keeps one per event
+                    raise
                 now = p.clock()
                 # Before the last write: a crash after it leaves the session `expiring`, and whoever
-                # finishes it writes the same record again (one row per session).
-                await write_usage(p.store, await p.store.get(s.id) or s, now)
+                # finishes it writes the same record and queues the same event again (one of each per session).
+                current = dataclasses.replace(await p.store.get(s.id) or s, ended_at=now)
+                await write_usage(p.store, current, now)
+                if p.notify is not None:
+                    await p.notify.emit("ended", current)
                 s = await p.leases.owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **p.leases.unleased()))
         except LeaseLost as lost:
             log.info("session %s: teardown handed over (%s)", session_id, lost)

@@ -81,7 +81,7 @@ def parse_report(body: bytes) -> Traffic | None:
     values = [data.get(k) for k in ("handshake", "rx", "tx")]
     if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNTER for v in values):
         return None
-    handshake, rx, tx = values
+    handshake, rx, tx = (int(v) for v in values)  # type: ignore[arg-type]  # checked above: whole numbers
     try:
         at = datetime.fromtimestamp(handshake, timezone.utc) if handshake else None
     except (OverflowError, OSError, ValueError):

@@ -21,11 +21,12 @@ from bot.store.model import Conflict, Session, SessionState
 __all__ = [
     "AccountStore", "AddressStore", "AuditEntry", "AuditStore", "Conflict", "Contact", "ContactStore", "CreateOutcome", "DedupeStore", "LocalUser",
     "OneTimeConfigStore", "ProgressStore", "RetentionStore", "SessionReader", "SessionStore", "Store", "StoreLifecycle", "UsageRecord", "UsageStore",
-    "Worker", "WorkerStore", "AUDIT_RETENTION", "END_KINDS", "SIGN_IN_MEMORY", "USAGE_RETENTION",
+    "Notification", "NotificationStore", "Worker", "WorkerStore", "NOTIFICATION_MEMORY", "AUDIT_RETENTION", "END_KINDS", "SIGN_IN_MEMORY", "USAGE_RETENTION",
 ]
 
 AUDIT_RETENTION = timedelta(days=400)  # VPN_AUDIT_RETENTION_DAYS's default
 USAGE_RETENTION = timedelta(days=400)  # VPN_USAGE_RETENTION_DAYS's default
+NOTIFICATION_MEMORY = timedelta(days=7)  # delivered (or given up) notifications are forgotten after this
 SIGN_IN_MEMORY = timedelta(days=30)  # how long a successful sign-in's address is remembered (bot/channels/web/signin_local.py)
 
 
@@ -78,6 +79,30 @@ class UsageRecord:
     decided_at: datetime | None = None
     approvers: str = ""
     request_reason: str = ""  # the requester's reason for the approvers
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One event for one target, in the store's outbox (bot/engine/notify.py): inserted once per
+    (event, target) however many workers emit the event, claimed under a lease, marked delivered by
+    compare-and-set. Holds no key, config or token: the event's facts only."""
+
+    event_id: str  # e.g. "<session id>.ended": the same on every replica
+    target: str  # "https://…", "teams:<conversation id>", "groupme:<group id>"
+    payload: str  # the event as JSON
+    created_at: datetime
+    due_at: datetime  # the next attempt
+    attempts: int = 0
+    state: str = "pending"  # pending, delivered, failed (gave up)
+    lease_owner: str = ""
+    lease_expires_at: datetime | None = None
+    delivered_at: datetime | None = None
+    last_error: str = ""  # a status code or an exception's type: never a body
+    version: str = ""  # set by the store (compare-and-set)
+
+    @property
+    def key(self) -> str:
+        return f"{self.event_id}|{self.target}"
 
 
 @dataclass(frozen=True)
@@ -154,6 +179,24 @@ class AuditStore(Protocol):
     ) -> list[AuditEntry]:
         """The newest entries first; only those at or after `since`, before `until`, of `user` (its key or email) where given.
         Table Storage reads only the days in the range (one partition per day)."""
+
+
+class NotificationStore(Protocol):
+    """The notification outbox, and the chats an admin registered with `/vpn notify here`."""
+
+    async def enqueue(self, items: Sequence[Notification]) -> int:
+        """Insert each item unless its (event, target) is there already (any state); returns how many were new."""
+    async def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        """Pending items due at `now` or before, oldest first (leased ones included: the caller skips those)."""
+    async def next_notification_due(self) -> datetime | None:
+        """When the earliest pending item falls due (None: nothing pending)."""
+    async def save_notification(self, item: Notification) -> Notification:
+        """Compare-and-set on `item.version`; returns it with its new version or raises Conflict."""
+    async def notifications(self, event_id: str | None = None) -> list[Notification]:
+        """Every item (of one event), oldest first: for admins and tests."""
+    async def put_notify_target(self, target: str, conversation: ConversationRef) -> None: ...
+    async def delete_notify_target(self, target: str) -> bool: ...
+    async def notify_targets(self) -> dict[str, ConversationRef]: ...
 
 
 class UsageStore(Protocol):
@@ -236,6 +279,6 @@ class ContactStore(Protocol):
 
 class Store(
     StoreLifecycle, SessionStore, WorkerStore, DedupeStore, AuditStore, OneTimeConfigStore, AddressStore, AccountStore, ProgressStore,
-    RetentionStore, ContactStore, UsageStore, Protocol
+    RetentionStore, ContactStore, UsageStore, NotificationStore, Protocol
 ):
     """A whole back end (SQLite or Table Storage): one object implements every port; each caller is typed against the port it uses."""

@@ -21,6 +21,7 @@ var tableNames = [
   'progress'
   'meta'
   'usage'
+  'outbox'
 ]
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
