@@ -26,14 +26,17 @@ from bot.chat.dispatcher import Dispatcher
 from bot.chat.vpn import build_registry, help_card_for, welcome_card_for
 from bot.engine.config import GovernanceConfig, SessionPolicy
 from bot.engine.groups import GroupLookup, Memberships, NoGraph
+from bot.engine.notify import NotifyConfig, WebhookPost
 from bot.engine.policy import Policy
 from bot.engine.service import VpnService
 from bot.engine.tasks import TaskRunner
+from bot.engine.usage import UsageConfig
 from bot.http import metrics as http_metrics
 from bot.http.app import create_app
 from bot.http.health import Health
 from bot.http.ready_callback import ReadyCallback
 from bot.http.startup import Startup
+from bot.http.webhooks import WebhookClient
 from bot.messages import Identity
 from bot.replies import Channel, Outbox
 from bot.settings import Settings
@@ -132,10 +135,11 @@ class Engine:
 
 def build_engine(store: Store, provider: Provider, runner: TaskRunner, outbox: Outbox, limits: SessionPolicy,
                  access: AccessPolicy, clock: Callable[..., Any], *, governance: GovernanceConfig | None = None,
-                 memberships: Memberships | None = None) -> Engine:
+                 memberships: Memberships | None = None, usage: UsageConfig | None = None, notify: NotifyConfig | None = None,
+                 webhook: WebhookPost | None = None) -> Engine:
     """The engine's constructor in one place: the policy both front doors ask, the use cases, the chat door."""
     policy = Policy(access, limits, store, clock, governance=governance, memberships=memberships)
-    service = VpnService(store, provider, runner, outbox, limits, policy, clock=clock)
+    service = VpnService(store, provider, runner, outbox, limits, policy, clock=clock, usage_config=usage, notify_config=notify, webhook=webhook)
     registry = build_registry(service)
     dispatcher = Dispatcher(registry, policy, store, outbox, help_card_for(registry), clock=clock, on_admitted=service.remember_contact)
     # The welcome card reads the allowlist and the policy file (no group lookups).
@@ -196,8 +200,10 @@ class Runtime:
         self.runner = TaskRunner()
         self._graph = _Graph(settings, graph_token, graph_ssl)  # Microsoft Graph, once the HTTP session exists
         memberships = Memberships(self._graph, clock, settings.governance.group_cache_seconds)
+        self._webhooks = WebhookClient()  # notifications' webhooks, over the client session once it exists
         engine = build_engine(self.store, provider, self.runner, self.outbox, settings.sessions, self.access, clock,
-                              governance=governance_of(settings.governance), memberships=memberships)
+                              governance=governance_of(settings.governance), memberships=memberships, usage=settings.usage,
+                              notify=settings.notify, webhook=self._webhooks)
         self.service, self.policy, self.dispatcher, self._welcome = engine.service, engine.policy, engine.dispatcher, engine.welcome
         self.http: aiohttp.ClientSession | None = None  # one client session for every outbound call
         self._background = background
@@ -213,6 +219,7 @@ class Runtime:
         self.http = aiohttp.ClientSession()
         stack.push_async_callback(self.http.close)  # after the runner: tasks finishing in its grace period still send
         self._graph.open(self.http)
+        self._webhooks.open(self.http)
         stack.push_async_callback(self.runner.shutdown)
         deps = ChatDeps(
             http=self.http,
@@ -315,7 +322,7 @@ def build_http_app(runtime: Runtime, *, wait_seconds: float = 5.0) -> web.Applic
     startup = Startup(wait_seconds)
     hooks: list[Callable[[web.Application], None]] = [
         Health(runtime.provider.name, runtime.store, startup).register,
-        ReadyCallback(runtime.store, runtime.service.record_server_up).register,  # servers calling back "tunnel up"
+        ReadyCallback(runtime.store, runtime.service.record_server_up, runtime.service.record_traffic).register,  # "tunnel up", then traffic
         *(ch.routes for ch in runtime.channels),
     ]
     if runtime.settings.web is None:

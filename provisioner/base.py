@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Awaitable, Callable, Protocol, Sequence
+from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
 from provisioner.wireguard import Secret
 
@@ -65,6 +65,16 @@ class ManagedResource:
     details: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """A tunnel's use as its server sees it (issue 23). From the user's side: `bytes_in` reached the
+    user (↓, the server's transmit), `bytes_out` came from them (↑, the server's receive)."""
+
+    handshake_at: datetime | None  # the latest handshake; None: never
+    bytes_in: int
+    bytes_out: int
+
+
 class ProvisionError(Exception):
     """A failure the user should hear about in plain words (`user_message`); the log gets the rest."""
 
@@ -119,6 +129,13 @@ class Provider(Protocol):
         the store's own random id (the deployment id before issue 18): what carries it as its
         deployment id is still this deployment's, and resources made with another store are left
         alone until they expire (a lost store, or a deployment with the same configuration)."""
+
+    async def traffic(self, peers: Mapping[str, str]) -> dict[str, Traffic]:
+        """Each tunnel's latest handshake and bytes, read once for all: `peers` maps a session id to its
+        client's public key; the answer is keyed by session id and leaves out what it cannot see. {} for
+        a provider that cannot see its tunnels from here (an Azure VM reports its own figures over its
+        authenticated callback instead: bot/http/ready_callback.py)."""
+        return {}
 
     async def close(self) -> None:
         """Release clients and connections."""

@@ -7,7 +7,8 @@ server's tunnel address so clients resolve names through the tunnel. Ubuntu gets
 `#cloud-config` (`write_files` + `runcmd`), Flatcar as Ignition JSON. The last step is one
 `set -euo pipefail` script that proves the interface is up, and the masquerade rule in place, before
 it says so: on the serial console (read through boot diagnostics) and, when the bot is reachable, by
-POSTing a one-time URL.
+POSTing a one-time URL. Then, with that URL, a timer reports the tunnel's latest handshake and bytes to
+the bot every minute (issue 23): the VM is the only one who can see them.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ KEY = "/etc/systemd/network/50-wg0.key"
 SYSCTL = "/etc/sysctl.d/90-wireguard-forward.conf"
 RESOLVED_DROPIN = "/etc/systemd/resolved.conf.d/90-vpn-tunnel-dns.conf"
 SERVER_UP = "/opt/vpn-bot/server-up"
+TRAFFIC_REPORT = "/opt/vpn-bot/traffic-report"
+TRAFFIC_SERVICE = "/etc/systemd/system/vpn-traffic.service"
+TRAFFIC_TIMER = "/etc/systemd/system/vpn-traffic.timer"
 CALLBACK_FILE = "/etc/vpn-bot/server-up-url"
 SERIAL_MARKER = "vpn-wg-up"  # + the VM's name, on the serial console once the tunnel is proven up
 CUSTOM_DATA_LIMIT = 64 * 1024
@@ -169,8 +173,39 @@ PY
   else
     curl -fsS --retry 30 --retry-connrefused --retry-delay 5 -X POST -o /dev/null --data "" "$(cat "$CALLBACK_FILE")"
   fi
+  if [ -f "__TRAFFIC_TIMER__" ]; then
+    systemctl daemon-reload && systemctl enable --now vpn-traffic.timer || say "vpn-boot: traffic reports not started"
+  fi
 fi
 """
+
+# Every minute (vpn-traffic.timer), the tunnel's figures to the bot over the session's own callback URL.
+# With wireguard-tools: `wg show <if> dump` (its first line, the interface's keys, is skipped by awk and
+# never printed). Without them (Ubuntu's cloud image has none; networkd needs none): the interface's
+# byte counters, and "a handshake" whenever the received bytes moved since the last report.
+TRAFFIC_SCRIPT = r"""#!/bin/bash
+set -euo pipefail
+IFACE="${VPN_WG_IF:-wg0}"
+CALLBACK_FILE="${VPN_CALLBACK_FILE:-__CALLBACK_FILE__}"
+STATE="${VPN_TRAFFIC_STATE:-/run/vpn-bot-traffic}"
+[ -s "$CALLBACK_FILE" ] || exit 0
+if command -v wg >/dev/null 2>&1; then
+  read -r hs rx tx < <(wg show "$IFACE" dump | awk -F'\t' 'NR > 1 { if ($5 > h) h = $5; r += $6; t += $7 } END { printf "%d %d %d\n", h, r, t }')
+else
+  rx=$(cat "/sys/class/net/$IFACE/statistics/rx_bytes")
+  tx=$(cat "/sys/class/net/$IFACE/statistics/tx_bytes")
+  read -r last_rx hs < "$STATE" 2>/dev/null || { last_rx=0; hs=0; }
+  if [ "$rx" != "$last_rx" ]; then hs=$(date +%s); fi
+  echo "$rx $hs" > "$STATE"
+fi
+curl -fsS --max-time 20 -X POST -H "Content-Type: application/json" -o /dev/null \
+  --data "{\"handshake\": ${hs:-0}, \"rx\": ${rx:-0}, \"tx\": ${tx:-0}}" "$(cat "$CALLBACK_FILE")"
+"""
+TRAFFIC_UNITS = {
+    TRAFFIC_SERVICE: f"[Unit]\nDescription=Report the tunnel's traffic to the VPN bot\n\n[Service]\nType=oneshot\nExecStart=/bin/bash {TRAFFIC_REPORT}\n",
+    TRAFFIC_TIMER: "[Unit]\nDescription=Report the tunnel's traffic every minute\n\n[Timer]\nOnActiveSec=60\nOnUnitActiveSec=60\nAccuracySec=5\n\n"
+                   "[Install]\nWantedBy=timers.target\n",
+}
 
 
 def server_up_script(server: ServerConfig, *, tunnel_dns: bool) -> str:
@@ -182,6 +217,7 @@ def server_up_script(server: ServerConfig, *, tunnel_dns: bool) -> str:
         "__DNS_ADDR__": tunnel_address(server) if tunnel_dns else "",
         "__CALLBACK_FILE__": CALLBACK_FILE,
         "__MARKER__": SERIAL_MARKER,
+        "__TRAFFIC_TIMER__": TRAFFIC_TIMER,
     }
     text = SERVER_UP_SCRIPT
     for key, value in values.items():
@@ -203,6 +239,8 @@ def boot_files(server: ServerConfig, *, callback_url: Secret | None = None, tunn
     if callback_url is not None:
         # A file, not the script's text: the URL carries the session's one-time token.
         files.append(BootFile(CALLBACK_FILE, callback_url.reveal() + "\n", 0o600))
+        files.append(BootFile(TRAFFIC_REPORT, TRAFFIC_SCRIPT.replace("__CALLBACK_FILE__", CALLBACK_FILE), 0o700))
+        files += [BootFile(path, text) for path, text in TRAFFIC_UNITS.items()]
     return files
 
 

@@ -11,14 +11,20 @@ import fcntl
 import ipaddress
 import json
 import os
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from provisioner.base import ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec
+from provisioner.base import ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec, Traffic
 from provisioner.wireguard import DEFAULT_PORT, generate_keypair
 
 STEPS = ("reserving address", "creating server", "starting WireGuard")
+REKEY_SECONDS = 120  # WireGuard hands shake again every two minutes while a tunnel carries traffic
+SIMULATED_RATE = (20_000, 5_000)  # bytes a second to and from a simulated client
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class DryRunProvider:
@@ -43,6 +49,10 @@ class DryRunProvider:
         self._pending: list[tuple[Callable[[dict], Any], asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
         self._taken: tuple[dict | None, set[int]] = (None, set())  # (state of the running batch, its addresses)
+        # Traffic (issue 23): a simulated client connects at once and stays busy; tests turn it off
+        # (an unused session) and hand in their clock.
+        self.simulate_clients = True
+        self.clock: Callable[[], datetime] = _utcnow
 
     @property
     def regions(self) -> Sequence[str]:
@@ -98,6 +108,7 @@ class DryRunProvider:
             "server_public_key": generate_keypair().public,
             "endpoint": f"192.0.2.{10 + len(state) % 240}:{DEFAULT_PORT}",
             "expires_at": spec.expires_at.isoformat(),
+            "created_at": self.clock().isoformat(),
         }
         return entry, True
 
@@ -137,6 +148,22 @@ class DryRunProvider:
 
     def bind_deployment(self, deployment_id: str, *, store_id: str = "") -> None:
         return None  # nothing in a cloud to tag
+
+    async def traffic(self, peers: Mapping[str, str]) -> dict[str, Traffic]:
+        """Simulated: each session's client handshakes when its server is made, then every two minutes,
+        and moves SIMULATED_RATE bytes a second; with `simulate_clients` off nobody ever connects."""
+        if not self.simulate_clients or not peers:
+            return {}
+        state, now = await asyncio.to_thread(self._load), self.clock()
+        found: dict[str, Traffic] = {}
+        for sid in peers:
+            made = state.get(sid, {}).get("created_at")
+            if not made:
+                continue
+            elapsed = max(0, int((now - datetime.fromisoformat(made)).total_seconds()))
+            handshake = datetime.fromisoformat(made) + timedelta(seconds=elapsed - elapsed % REKEY_SECONDS)
+            found[sid] = Traffic(handshake, elapsed * SIMULATED_RATE[0], elapsed * SIMULATED_RATE[1])
+        return found
 
     async def close(self) -> None:
         return None

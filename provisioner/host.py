@@ -11,9 +11,10 @@ import asyncio
 import ipaddress
 import logging
 import shlex
-from typing import Sequence
+from datetime import datetime, timezone
+from typing import Mapping, Sequence
 
-from provisioner.base import ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec
+from provisioner.base import ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec, Traffic
 from provisioner.wireguard import free_address
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,26 @@ class HostProvider:
 
     def bind_deployment(self, deployment_id: str, *, store_id: str = "") -> None:
         return None  # nothing in a cloud to tag
+
+    async def traffic(self, peers: Mapping[str, str]) -> dict[str, Traffic]:
+        """One `wg show <if> dump` for every peer. Its first line (the interface's private key) and each
+        peer's preshared key are dropped as the lines are split, never kept or logged."""
+        wanted = {key: sid for sid, key in peers.items() if key}
+        if not wanted:
+            return {}
+        out = await self._run(*self._wg, "show", self._interface, "dump")
+        found: dict[str, Traffic] = {}
+        for line in out.splitlines()[1:]:
+            parts = line.split("\t")
+            if len(parts) < 8 or parts[0] not in wanted:
+                continue
+            try:
+                handshake, rx, tx = int(parts[4]), int(parts[5]), int(parts[6])
+            except ValueError:
+                continue
+            at = datetime.fromtimestamp(handshake, timezone.utc) if handshake > 0 else None
+            found[wanted[parts[0]]] = Traffic(at, bytes_in=tx, bytes_out=rx)  # the server's transmit reaches the user
+        return found
 
     async def close(self) -> None:
         return None

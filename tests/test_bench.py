@@ -28,6 +28,7 @@ SMALLEST = {
     "bench_groupme_chatter.py": (["--requests", "20", "--rounds", "1", "--skip-server"], "cheapest honest design"),
     "bench_logins.py": (["--flood", "10", "--scenarios", "one", "--others", "1"], "the other user's logins meanwhile"),
     "bench_store_open.py": ([], "reap, tables present"),
+    "bench_usage.py": (["--rows", "200", "--runs", "1"], "month 2026-11, everyone"),
 }
 
 

@@ -113,8 +113,9 @@
     token = null;
   }
 
-  function send(method, path, body) {
+  function send(method, path, body, accept) {
     const headers = { Authorization: `Bearer ${token}` };
+    if (accept) headers.Accept = accept;
     const init = { method, headers, cache: "no-store" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -133,14 +134,14 @@
 
   // Every API call: an expired Microsoft token is renewed once, silently; any other 401 asks the
   // person to sign in again and leaves the page as it is.
-  async function api(method, path, body) {
+  async function api(method, path, body, accept) {
     if (!token) throw new Error("signed out");
     const used = token;
-    let resp = await send(method, path, body);
+    let resp = await send(method, path, body, accept);
     if (resp.status !== 401) return resp;
     let reason = await reasonOf(resp);
     if (reason === "expired" && token && (token !== used || (await renew()))) {
-      resp = await send(method, path, body);
+      resp = await send(method, path, body, accept);
       if (resp.status !== 401) return resp;
       reason = await reasonOf(resp);
     }
@@ -312,6 +313,7 @@
       guard(refreshAdmin)();
       clearInterval(adminTimer);
       adminTimer = setInterval(guard(refreshAdmin), 5000);
+      showReports();
     }
     if (me.approver) {
       $("pending").hidden = false;
@@ -405,6 +407,7 @@
     $("s-state").textContent = s.state === "deleted" ? "ended" : s.state;  // "deleted" is the store's word; a person reads "ended"
     $("s-region").textContent = s.region;
     $("s-endpoint").textContent = s.endpoint || "-";
+    $("s-tunnel").textContent = s.tunnel || "-"; // "connected — handshake 20 s ago, ↓ 12.4 MB ↑ 3.1 MB", or "not connected yet"
     $("progress").textContent = statusLine(s);
     $("s-approval").textContent = s.state === "awaiting_approval" ? "waiting" : s.decided_by ? `${s.state === "denied" ? "decided" : "approved"} by ${s.decided_by}` : "-";
     $("extend").disabled = s.state !== "ready";
@@ -551,7 +554,7 @@
     const rows = (await resp.json()).sessions.map((s) => {
       const tr = document.createElement("tr");
       const left = typeof s.time_left === "number" ? `${Math.round(s.time_left / 60)} min` : s.state;
-      const cells = [["Session", s.id], ["Owner", s.owner_label || s.owner], ["Region", s.region], ["State", s.state], ["Left", left], ["Cost", (s.cost || 0).toFixed(2)]];
+      const cells = [["Session", s.id], ["Owner", s.owner_label || s.owner], ["Region", s.region], ["State", s.state], ["Left", left], ["Cost", (s.cost || 0).toFixed(2)], ["Tunnel", s.tunnel || "-"]];
       for (const [label, text] of cells) {
         const td = document.createElement("td");
         td.dataset.label = label; // a phone shows each row as a card of labelled lines (style.css)
@@ -631,6 +634,115 @@
     $("pending-none").hidden = rows.length > 0;
   }
 
+  // ----- admins: usage (a chart per day, a row per user) and the audit log --------------------------
+  // Inline SVG drawn with DOM calls (no library; the CSP allows no inline style: colours are classes).
+
+  const SVG = "http://www.w3.org/2000/svg";
+  const day = (d) => d.toISOString().slice(0, 10);
+  const mb = (n) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`);
+  const dollars = (n) => `$${n < 1 ? n.toFixed(4) : n.toFixed(2)}`;
+
+  function svg(name, attrs, text) {
+    const el = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+    if (text !== undefined) el.textContent = text;
+    return el;
+  }
+
+  function barChart(box, days, value, format, cls) {
+    const W = 600, H = 170, left = 72, bottom = 22, top = 12;
+    const max = Math.max(...days.map(value), 0);
+    const scale = max > 0 ? (H - top - bottom) / max : 0;
+    const step = (W - left) / Math.max(days.length, 1);
+    box.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    const parts = [svg("line", { x1: left, y1: H - bottom, x2: W, y2: H - bottom, class: "axis-line" }),
+      svg("text", { x: left - 6, y: top + 8, class: "axis", "text-anchor": "end" }, format(max)),
+      svg("text", { x: left - 6, y: H - bottom, class: "axis", "text-anchor": "end" }, format(0))];
+    days.forEach((d, i) => {
+      const h = value(d) * scale;
+      const bar = svg("rect", { x: left + i * step + step * 0.15, y: H - bottom - h, width: step * 0.7, height: Math.max(h, 0), class: cls });
+      bar.append(svg("title", {}, `${d.day}: ${format(value(d))}`));
+      parts.push(bar);
+      if (i === 0 || i === days.length - 1 || (days.length > 8 && i === Math.floor(days.length / 2))) {
+        const anchor = i === 0 ? "start" : i === days.length - 1 ? "end" : "middle";
+        const x = i === 0 ? left + i * step : i === days.length - 1 ? W : left + i * step + step / 2;
+        parts.push(svg("text", { x, y: H - 4, class: "axis", "text-anchor": anchor }, d.day.slice(5)));
+      }
+    });
+    box.replaceChildren(...parts);
+  }
+
+  function cells(tr, pairs) {
+    for (const [label, text] of pairs) {
+      const td = document.createElement("td");
+      td.dataset.label = label;
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  }
+
+  function usageQuery() {
+    const q = new URLSearchParams({ from: $("usage-from").value, to: $("usage-to").value });
+    if ($("usage-user").value.trim()) q.set("user", $("usage-user").value.trim());
+    return `/api/usage?${q}`;
+  }
+
+  async function refreshUsage() {
+    const resp = await api("GET", usageQuery());
+    if (!resp.ok) return tell("usage-alert", await problem(resp));
+    tell("usage-alert", "");
+    const r = await resp.json();
+    const t = r.totals;
+    $("usage-totals").textContent = `${t.sessions} session(s), ${Math.round(t.minutes)} min in use, ${dollars(t.cost)}, ↓ ${mb(t.bytes_in)} ↑ ${mb(t.bytes_out)}.`;
+    barChart($("chart-sessions"), r.days, (d) => d.sessions, (n) => String(Math.round(n)), "bar-sessions");
+    barChart($("chart-cost"), r.days, (d) => d.cost, dollars, "bar-cost");
+    $("usage-rows").replaceChildren(...r.users.map((u) => cells(document.createElement("tr"), [
+      ["User", u.label || u.user], ["Sessions", String(u.sessions)], ["Minutes", String(Math.round(u.minutes))],
+      ["Cost", dollars(u.cost)], ["Down", mb(u.bytes_in)], ["Up", mb(u.bytes_out)]])));
+  }
+
+  async function downloadUsage() {
+    const resp = await api("GET", usageQuery(), undefined, "text/csv");
+    if (!resp.ok) return tell("usage-alert", await problem(resp));
+    const url = URL.createObjectURL(await resp.blob());
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `vpn-usage-${$("usage-from").value}-${$("usage-to").value}.csv`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+
+  async function refreshAudit() {
+    const q = new URLSearchParams({ limit: "100" });
+    for (const [id, key] of [["audit-user", "user"], ["audit-from", "from"], ["audit-to", "to"]]) {
+      if ($(id).value.trim()) q.set(key, $(id).value.trim());
+    }
+    const resp = await api("GET", `/api/audit?${q}`);
+    if (!resp.ok) return tell("audit-alert", await problem(resp));
+    tell("audit-alert", "");
+    const entries = (await resp.json()).entries;
+    $("audit-rows").replaceChildren(...entries.map((e) => {
+      const tr = cells(document.createElement("tr"), [
+        ["Time", new Date(e.at).toLocaleString([], { dateStyle: "short", timeStyle: "short" })], ["Who", e.email || e.user],
+        ["Command", e.command], ["Allowed", e.allowed ? "yes" : "no"], ["Reason", e.reason + (e.count > 1 ? ` (×${e.count})` : "")]]);
+      if (!e.allowed) tr.className = "refused";
+      return tr;
+    }));
+  }
+
+  function showReports() {
+    const today = new Date();
+    if (!$("usage-to").value) $("usage-to").value = day(today);
+    if (!$("usage-from").value) $("usage-from").value = day(new Date(today.getTime() - 29 * 86400000));
+    $("usage").hidden = false;
+    $("audit").hidden = false;
+    guard(refreshUsage)();
+    guard(refreshAudit)();
+  }
+
   async function main() {
     document.addEventListener("securitypolicyviolation", (e) => blocked.push(String(e.blockedURI)));
     $("local").addEventListener("submit", guard(localSignIn));
@@ -640,6 +752,9 @@
     $("start-over").addEventListener("click", guard(startOver));
     $("signout").addEventListener("click", () => signOut());
     $("reauth-button").addEventListener("click", toSignIn);
+    $("usage-form").addEventListener("submit", (e) => { e.preventDefault(); guard(refreshUsage)(); });
+    $("usage-csv").addEventListener("click", guard(downloadUsage));
+    $("audit-form").addEventListener("submit", (e) => { e.preventDefault(); guard(refreshAudit)(); });
     await loadSettings();
     if (settings.entra) {
       $("entra-box").hidden = false;

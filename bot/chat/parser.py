@@ -13,7 +13,7 @@ from provisioner.wireguard import is_valid_key
 
 MAX_TEXT = 500
 MAX_ARGS = 8  # words before a free-text reason (`reason=…`, or what follows `/vpn deny <id>`); MAX_TEXT bounds the rest
-VERBS = ("start", "stop", "status", "extend", "list", "help", "approve", "deny", "pending")
+VERBS = ("start", "stop", "status", "extend", "list", "help", "approve", "deny", "pending", "report", "audit", "notify")
 ALIASES = {"ls": "list", "end": "stop", "down": "stop", "up": "start", "info": "status", "?": "help"}
 _DURATION = re.compile(r"^(?:(\d{1,4})h)?(?:(\d{1,5})(?:m|min|mins|minutes?)?)?$")
 
@@ -150,3 +150,45 @@ def parse_extend(args: tuple[str, ...]) -> int | None | Usage:
     if value is None:
         return Usage(f"'{args[0][:30]}' is not a duration; try /vpn extend 30")
     return value
+
+
+_PERIOD = re.compile(r"^(?:\d{1,3}d|\d{4}-\d{2})$", re.IGNORECASE)
+MAX_AUDIT_ROWS = 100
+
+
+def parse_report(args: tuple[str, ...]) -> tuple[str | None, str | None] | Usage:
+    """`/vpn report [7d|30d|YYYY-MM] [user]`, in either order: (period, user)."""
+    period = user = None
+    for arg in args:
+        if _PERIOD.match(arg) and period is None:
+            period = arg.lower()
+        elif user is None:
+            user = arg
+        else:
+            return Usage("report takes a period (7d, 30d or a month such as 2026-11) and a user, e.g. /vpn report 2026-11 kim@example.org")
+    return period, user
+
+
+def parse_audit(args: tuple[str, ...]) -> tuple[int, str | None] | Usage:
+    """`/vpn audit [n] [user]`, in either order: (rows, user)."""
+    rows, user = 20, None
+    seen_n = False
+    for arg in args:
+        if arg.isdigit() and not seen_n:
+            rows, seen_n = int(arg), True
+            if not 1 <= rows <= MAX_AUDIT_ROWS:
+                return Usage(f"audit shows 1 to {MAX_AUDIT_ROWS} entries")
+        elif user is None:
+            user = arg
+        else:
+            return Usage("audit takes a number of entries and a user, e.g. /vpn audit 50 kim@example.org")
+    return rows, user
+
+
+def parse_notify(args: tuple[str, ...]) -> str | Usage:
+    """`/vpn notify [here|off]`: "" shows where notifications go."""
+    if not args:
+        return ""
+    if len(args) == 1 and args[0].lower() in ("here", "off"):
+        return args[0].lower()
+    return Usage("notify takes here (send notifications to this chat) or off (stop sending them here)")

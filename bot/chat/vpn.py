@@ -10,6 +10,8 @@ from bot.messages import Identity
 from bot.chat.parser import Command, Usage, parse_approve, parse_deny, parse_extend, parse_start
 from bot.chat.registry import Context, Registry
 from bot.chat.refusals import say
+from bot.chat.usage import register_usage
+from bot.engine import notices
 from bot.engine.policy import Action as Do
 from bot.engine.policy import Limits, Policy, Refused
 from bot.engine.service import VpnService
@@ -41,6 +43,8 @@ def session_card(s: Session, now: datetime) -> Card:
         ("Started", _when(s.created_at)),
         ("Time left", _time_left(s, now)),
     ]
+    if s.state is SessionState.READY:
+        facts.append(("Tunnel", notices.traffic_line(s, now)))  # connected — handshake 20 s ago, ↓ 12.4 MB ↑ 3.1 MB
     if s.state is SessionState.AWAITING_APPROVAL:
         facts.append(("Asked", s.asked or "no approver could be reached privately: they see it with /vpn pending"))
     elif s.decided_by:
@@ -59,12 +63,12 @@ def list_card(sessions: list[Session], now: datetime) -> Card:
         per_user[s.owner_label] += cost
         where = f"{s.provider}/{s.region}" + (f" ({s.server_size})" if s.server_size else "")
         rows.append([s.id, s.owner_label, where, s.endpoint or "-", s.state.value,
-                     f"{s.created_at:%H:%M}", _time_left(s, now), format_cost(cost)])
+                     f"{s.created_at:%H:%M}", _time_left(s, now), format_cost(cost), notices.traffic_line(s, now) or "-"])
         stops.append(Action(f"Stop {s.id}", f"/vpn stop {s.id}") if s.state is not SessionState.EXPIRING else None)
     lines = [f"{len(sessions)} live session(s)."]
     if len(per_user) > 0:
         lines.append("Cost so far by user: " + ", ".join(f"{u} {format_cost(c)}" for u, c in sorted(per_user.items())))
-    table = Table(("Session", "Owner", "Where", "Endpoint", "State", "Since (UTC)", "Left", "Cost"), rows, stops)
+    table = Table(("Session", "Owner", "Where", "Endpoint", "State", "Since (UTC)", "Left", "Cost", "Tunnel"), rows, stops)
     return Card(title="Live VPN sessions", lines=lines, table=table)
 
 
@@ -235,4 +239,5 @@ def build_registry(service: VpnService) -> Registry:
             mine = [say(r, private=ctx.message.is_private)]
         await ctx.reply_card(help_card(ctx.role, approver=await service.policy.is_approver(ctx.actor), limits=mine))
 
+    register_usage(registry, service)  # /vpn report, /vpn audit (bot/chat/usage.py)
     return registry

@@ -23,6 +23,7 @@ from bot.engine import notices
 from bot.engine.groups import GroupsUnavailable
 from bot.engine.parts import EngineParts
 from bot.engine.policy import MAX_REASON, Action, Actor, Code, Policy, Refused
+from bot.engine.usage import DENIED, write_usage_quietly
 from bot.messages import ConversationRef, Identity, InvalidIdentity, UserKey
 from bot.store.model import Session, SessionState
 from bot.store.ports import Contact, ContactStore
@@ -149,6 +150,7 @@ class Approvals:
             raise Refused(Code.NO_SUCH_SESSION, target=s.id)
         await self.policy.record(actor.identity, actor.channel, f"approve {s.id}", True, f"approved {decided.owner_label} for {decided.minutes} min")
         log.info("session %s approved by %s for %d min", s.id, label, decided.minutes)
+        await self.p.emit("approved", decided)
         await self.p.outbox.notice(decided.conversation, notices.approved(decided))
         self._start_provisioning(decided.id)
         self._close_cards_later(decided)
@@ -166,11 +168,11 @@ class Approvals:
         await self.policy.record(actor.identity, actor.channel, f"deny {s.id}", True, why)
         return decided
 
-    async def cancel(self, session_id: str, reason: str, by: str = "") -> bool:
+    async def cancel(self, session_id: str, reason: str, by: str = "", kind: str = DENIED) -> bool:
         """Withdrawn by its owner, stopped by an admin, or its owner's access ended: denied, if still waiting."""
-        return await self._close(session_id, reason, by, strict=False) is not None
+        return await self._close(session_id, reason, by, strict=False, kind=kind) is not None
 
-    async def _close(self, session_id: str, reason: str, by: str, *, strict: bool) -> Session | None:
+    async def _close(self, session_id: str, reason: str, by: str, *, strict: bool, kind: str = DENIED) -> Session | None:
         """Awaiting -> denied (terminal, nothing was ever made: no provider call), then tell everyone."""
         clock = self.p.clock
 
@@ -180,7 +182,8 @@ class Approvals:
                     self._still_waiting(x)
                 return None
             now = clock()
-            return x.moved(SessionState.DENIED, now, end_reason=reason[:300], decided_by=by, decided_at=now, ended_at=now, **self.p.leases.unleased())
+            return x.moved(SessionState.DENIED, now, end_reason=reason[:300], decided_by=by, decided_at=now, ended_at=now, ending=kind,
+                           **self.p.leases.unleased())
 
         s = await self.p.leases.update(session_id, change)
         if s is None:
@@ -188,6 +191,8 @@ class Approvals:
                 raise Refused(Code.NO_SUCH_SESSION, target=session_id)
             return None
         log.info("session %s not granted: %s", s.id, reason)
+        await write_usage_quietly(self.p.store, s)
+        await self.p.emit("denied", s)
         await self.p.outbox.notice(s.conversation, notices.request_closed(s))
         self._close_cards_later(s)
         return s
@@ -211,11 +216,13 @@ class Approvals:
         def change(x: Session) -> Session | None:
             if x.state is not AWAITING or (x.decide_by is not None and now < x.decide_by):
                 return None  # decided meanwhile, or another sweeper timed it out
-            return x.moved(SessionState.DENIED, now, end_reason=reason, decided_at=now, ended_at=now, **self.p.leases.unleased())
+            return x.moved(SessionState.DENIED, now, end_reason=reason, decided_at=now, ended_at=now, ending=DENIED, **self.p.leases.unleased())
 
         s = await self.p.leases.update(session_id, change)
         if s is None:
             return
+        await write_usage_quietly(self.p.store, s)
+        await self.p.emit("denied", s)
         await self.policy.record_for(s.owner, s.owner_label if s.owner_label != s.owner else "", "engine", f"approval timeout {s.id}", False, reason)
         await self.p.outbox.notice(s.conversation, notices.request_closed(s))
         self._close_cards_later(s)

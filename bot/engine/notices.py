@@ -7,11 +7,12 @@ speaks (`Channel.speaks_commands`); nothing downstream rewrites the engine's wor
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from bot.messages import Notice
 from bot.store.model import Session, SessionState
 from cards.model import Action, Card
-from cards.text import format_minutes
+from cards.text import format_cost, format_minutes
 
 __all__ = ["Notice"]  # and the sentence functions below
 
@@ -190,3 +191,75 @@ def request_closed(s: Session) -> Notice:
     """To the requester: denied, timed out, withdrawn or revoked (`end_reason` says which)."""
     head = f"Your VPN request {s.id} was not granted ({s.end_reason})."
     return Notice(f"{head} Use /vpn start to ask again.", head)
+
+
+# ----- live traffic and usage limits (bot/engine/traffic.py) -----------------------------------------
+
+CONNECTED_WITHIN = 180  # seconds: WireGuard hands shake every two minutes while a tunnel is in use
+
+
+def megabytes(n: int) -> str:
+    """12.4 MB: traffic as people read it (decimal units, as WireGuard apps show it)."""
+    if n >= 10**9:
+        return f"{n / 10**9:.2f} GB"
+    return f"{n / 10**6:.1f} MB"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    return format_minutes(seconds)
+
+
+def traffic_line(s: Session, now: datetime) -> str:
+    """'connected — handshake 20 s ago, ↓ 12.4 MB ↑ 3.1 MB', or 'not connected yet'; "" before ready."""
+    if s.state is not SessionState.READY:
+        return ""
+    if s.handshake_at is None:
+        return "not connected yet"
+    ago = (now - s.handshake_at).total_seconds()
+    head = f"connected — handshake {_ago(ago)} ago" if ago <= CONNECTED_WITHIN else f"not connected now — last handshake {_ago(ago)} ago"
+    return f"{head}, ↓ {megabytes(s.bytes_in)} ↑ {megabytes(s.bytes_out)}"
+
+
+def unused_for(minutes: int) -> str:
+    return f"unused for {format_minutes(minutes * 60)}"
+
+
+def over_cap(max_mb: int) -> str:
+    return f"past its traffic limit of {max_mb} MB"
+
+
+def unused_soon(session_id: str, seconds_left: float, idle_minutes: int) -> Notice:
+    head = (f"Your VPN session {session_id} has not been used (no tunnel handshake) for a while: it ends in "
+            f"{format_minutes(seconds_left)}, once unused for {format_minutes(idle_minutes * 60)}, unless your device connects.")
+    return plain(head)
+
+
+# ----- notifications to admins' chats (bot/engine/notify.py) ------------------------------------------
+
+def event_text(e: dict[str, Any]) -> str:
+    """One line per event, from its public facts only (never a key, config or token)."""
+    s = e.get("session") or {}
+    who, sid, kind = s.get("owner_label") or s.get("owner") or "someone", s.get("id", "?"), e.get("type")
+    length = format_minutes(int(s.get("minutes") or 0) * 60)
+    if kind == "requested":
+        waiting = " — awaiting approval" if e.get("awaiting_approval") else ""
+        why = f" ({e['request_reason']})" if e.get("request_reason") else ""
+        return f"VPN: {who} requested session {sid} ({length}, {s.get('region')}){why}{waiting}."
+    if kind == "approved":
+        return f"VPN: {e.get('decided_by') or 'an approver'} approved session {sid} of {who} ({length})."
+    if kind == "denied":
+        return f"VPN: session {sid} of {who} was not granted ({e.get('reason') or 'denied'})."
+    if kind == "ready":
+        return f"VPN: session {sid} of {who} is ready ({s.get('provider')} / {s.get('region')}, {length})."
+    if kind == "ended":
+        return (f"VPN: session {sid} of {who} ended ({e.get('end_reason')}: {e.get('reason')}) after "
+                f"{format_minutes(float(e.get('minutes_used') or 0) * 60)}, {format_cost(float(e.get('cost') or 0))}.")
+    if kind == "failed":
+        return f"VPN: session {sid} of {who} failed: {e.get('reason')}."
+    if kind == "cleanup_stuck":
+        return (f"VPN: session {sid} of {who} could not be cleaned up after {e.get('attempts', 'several')} tries; its cloud resources may "
+                "still be billed. The sweeper keeps trying; reconcile removes what no session owns.")
+    return f"VPN: {kind} for session {sid} of {who}."

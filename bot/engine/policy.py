@@ -44,6 +44,9 @@ class Action(str, enum.Enum):
     APPROVE = "approve"  # a request awaiting approval: its approvers decide (check_decider)
     DENY = "deny"
     PENDING = "pending"  # the requests this person may decide
+    REPORT = "report"  # usage per user over a period (bot/engine/reports.py)
+    AUDIT = "audit"  # the audit log, newest first
+    NOTIFY = "notify"  # where notifications go: this chat, or no longer
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ RULES: dict[Action, Rule] = {
     Action.APPROVE: Rule(approvers_only=True),  # the decision itself is audited by check_decider and the use case
     Action.DENY: Rule(approvers_only=True),
     Action.PENDING: Rule(approvers_only=True, audited=False),
+    Action.REPORT: Rule(admin_only=True),
+    Action.AUDIT: Rule(admin_only=True),
+    Action.NOTIFY: Rule(admin_only=True),
 }
 
 

@@ -17,6 +17,7 @@ from bot.engine import notices, ready_tokens
 from bot.engine.endings import release_held
 from bot.engine.leases import Holding, LeaseLost
 from bot.engine.parts import EngineParts
+from bot.engine.usage import FAILED, write_usage_quietly
 from bot.messages import ConversationRef, Identity, UserKey
 from bot.replies import ConfigDelivery, DeliveryError
 from bot.store.model import IN_FLIGHT_STATES, TERMINAL_STATES, Session, SessionState
@@ -220,6 +221,7 @@ class Provisioning:
             lambda x: x.moved(SessionState.READY, ready_at, ready_at=ready_at, expires_at=expires_at, error="", **leases.unleased()),
         )
         metrics.session_ready(s)
+        await self.p.emit("ready", s)
         await self.p.outbox.progress(a.conv, notices.ready_progress(s.id), a.handle)
         if info.ready:
             await self.p.outbox.notice(a.conv, notices.ready(where, s.id, expires_at))
@@ -256,7 +258,7 @@ class Provisioning:
             now = now_fn()
             if s.state not in IN_FLIGHT_STATES or s.leased_by_other(worker_id, now):
                 return None  # stopped meanwhile, or another worker took it over: theirs to finish
-            return s.moved(SessionState.FAILED, now, error=reason[:300], ended_at=now, **leases.unleased())
+            return s.moved(SessionState.FAILED, now, error=reason[:300], ended_at=now, ending=FAILED, **leases.unleased())
 
         s = await leases.update(session_id, change)
         if s is None:
@@ -276,6 +278,8 @@ class Provisioning:
         if s.endpoint and not s.own_key and not isinstance(exc, DeliveryError):
             tail = f"{notices.DEAD_CONFIG} {tail}"
         metrics.session_failed(exc)
+        await write_usage_quietly(self.p.store, s)
+        await self.p.emit("failed", s)
         outbox = self.p.outbox
         await outbox.retract(s.conversation, s.id)  # a config already sent is worthless now: take it back
         await release_held(self.p, s)

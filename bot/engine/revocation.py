@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Awaitable
 from bot.engine import notices
 from bot.engine.parts import EngineParts
 from bot.engine.policy import Policy
+from bot.engine.usage import REVOKED
 from bot.store.model import Session, SessionState
 
 if TYPE_CHECKING:  # handed in by the service; importing teardown here would load bot.metrics (aiohttp)
@@ -49,9 +50,9 @@ class Revocation:
 
     async def _revoke(self, s: Session) -> None:
         if s.state is SessionState.AWAITING_APPROVAL:
-            ended = await self.approvals.cancel(s.id, notices.ACCESS_WITHDRAWN)
+            ended = await self.approvals.cancel(s.id, notices.ACCESS_WITHDRAWN, kind=REVOKED)
         else:
-            ended = await self.teardown.begin(s.id, notices.ACCESS_WITHDRAWN)
+            ended = await self.teardown.begin(s.id, notices.ACCESS_WITHDRAWN, REVOKED)
         if ended:
             log.warning("session %s of %s revoked: no longer allowed", s.id, s.owner)
             email = s.owner_label if s.owner_label != s.owner else ""

@@ -12,10 +12,11 @@ import weakref
 from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
-from bot.engine import notices
+from bot.engine import notices, reports, usage
 from bot.engine.approvals import Approvals
 from bot.engine.config import SessionPolicy
 from bot.engine.leases import Leases, this_worker
+from bot.engine.notify import Notifier, NotifyConfig, WebhookPost
 from bot.engine.parts import EngineParts, EngineStore
 from bot.engine.policy import Action, Actor, Code, Limits, Policy, Refused
 from bot.engine.provisioning import Provisioning
@@ -23,11 +24,12 @@ from bot.engine.revocation import Revocation
 from bot.engine.sweeper import Sweeper
 from bot.engine.tasks import TaskRunner
 from bot.engine.teardown import Teardown
+from bot.engine.traffic import LiveTraffic
 from bot.messages import ConversationRef, UserKey
 from bot.replies import Outbox
 from bot.store.model import ACTIVE_STATES, Session, SessionState, new_session_id, utcnow
-from bot.store.ports import CreateOutcome, Worker
-from provisioner.base import Provider
+from bot.store.ports import AuditEntry, CreateOutcome, Worker
+from provisioner.base import Provider, Traffic
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class VpnService:
         *,
         clock: Callable[[], datetime] = utcnow,
         worker: Worker | None = None,
+        usage_config: usage.UsageConfig | None = None,
+        notify_config: NotifyConfig | None = None,
+        webhook: WebhookPost | None = None,
     ) -> None:
         self.store = store
         self.provider = provider
@@ -56,13 +61,17 @@ class VpnService:
         self.clock = clock
         self.worker = worker or this_worker()
         self.leases = Leases(store, self.worker, clock, limits.lease_seconds)
-        parts = EngineParts(store, provider, runner, outbox, limits, clock, self.worker, self.leases)
+        self.usage = usage_config or usage.UsageConfig()
+        self.notify = Notifier(store, outbox, clock, self.worker.id, notify_config or NotifyConfig(), webhook, limits.lease_seconds)
+        self.parts = parts = EngineParts(store, provider, runner, outbox, limits, clock, self.worker, self.leases, self.usage, self.notify)
         self.sweeper: Sweeper
         self.provisioning = Provisioning(parts, on_ready=lambda s: self.sweeper.due(s))
         self.teardown = Teardown(parts)
         self.approvals = Approvals(parts, policy, store, self.provisioning.start, policy.governance.approval_timeout_minutes)
         self.revocation = Revocation(parts, policy, self.teardown, self.approvals)
-        self.sweeper = Sweeper(parts, self.provisioning, self.teardown, self.approvals, self.revocation)
+        self.traffic = LiveTraffic(parts, self.teardown)
+        self.sweeper = Sweeper(parts, self.provisioning, self.teardown, self.approvals, self.revocation, self.traffic)
+        self.notify.wake = self.sweeper.wake
         self._user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         runner.set_error_handler(self._on_task_error)
 
@@ -134,6 +143,7 @@ class VpnService:
                 raise Refused(Code.USER_LIMIT, session_id=current.id if current else "", state=current.state.value if current else "")
             if outcome is CreateOutcome.GLOBAL_LIMIT:
                 raise Refused(Code.GLOBAL_LIMIT, max=self.limits.max_sessions)
+            await self.parts.emit("requested", session, awaiting_approval=waiting)
             if waiting:
                 await self.policy.record(actor.identity, actor.channel, f"request {session.id}", True,
                                          f"awaiting approval ({minutes} min){': ' + plan.reason if plan.reason else ''}")
@@ -190,6 +200,18 @@ class VpnService:
         folded = wanted.casefold()
         return [s for s in active if s.owner.casefold() == folded or s.owner_label.casefold() == folded]
 
+    # ----- usage and the audit log (admins: the front door asked the policy) -------------------------
+
+    async def usage_report(self, since: datetime, until: datetime, user: str | None = None) -> reports.Report:
+        """Sessions requested in [since, until), per user and per day; raises reports.BadPeriod for a range it will not read."""
+        reports.check_range(since, until)
+        return reports.summarize(await self.store.usage(since, until, user), since, until, user)
+
+    async def audit_entries(
+        self, limit: int, *, since: datetime | None = None, until: datetime | None = None, user: str | None = None
+    ) -> list[AuditEntry]:
+        return await self.store.audit_log(limit, since=since, until=until, user=user)
+
     # ----- stop and extend --------------------------------------------------------------------------
 
     async def stop(self, actor: Actor, target: str | None = None) -> list[Session]:
@@ -214,14 +236,14 @@ class VpnService:
             reason = notices.withdrawn_by_owner()
         return await self.end(targets, reason, actor.identity.label)
 
-    async def end(self, sessions: Sequence[Session], reason: str, by: str = "") -> list[Session]:
+    async def end(self, sessions: Sequence[Session], reason: str, by: str = "", kind: str = usage.STOPPED) -> list[Session]:
         """Tear these sessions down, or withdraw those still awaiting approval (the caller decided it
-        may); returns those that were active."""
+        may); returns those that were active. `kind`: the usage record's end reason."""
         ended = []
         for s in sessions:
-            if s.state is SessionState.AWAITING_APPROVAL and await self.approvals.cancel(s.id, reason, by):
+            if s.state is SessionState.AWAITING_APPROVAL and await self.approvals.cancel(s.id, reason, by, kind):
                 ended.append(s)
-            elif await self.teardown.begin(s.id, reason):
+            elif await self.teardown.begin(s.id, reason, kind):
                 ended.append(s)
         return ended
 
@@ -281,6 +303,10 @@ class VpnService:
             return s.with_changes(now, server_up_at=now)
 
         return await self.leases.update(session_id, change)
+
+    async def record_traffic(self, session_id: str, traffic: Traffic) -> Session | None:
+        """A server's own report of its tunnel (an Azure VM, every minute), on whichever replica it reached."""
+        return await self.traffic.record(session_id, traffic)
 
     # ----- time-driven work -------------------------------------------------------------------------
 

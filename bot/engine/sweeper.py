@@ -15,6 +15,8 @@ from bot.engine.parts import EngineParts
 from bot.engine.provisioning import Provisioning
 from bot.engine.revocation import Revocation
 from bot.engine.teardown import Teardown
+from bot.engine.traffic import LiveTraffic
+from bot.engine.usage import EXPIRED, STOPPED
 from bot.store.model import ACTIVE_STATES, IN_FLIGHT_STATES, Session, SessionState
 from bot.store.ports import Worker
 from provisioner.base import CleanupIncomplete, ProvisionError
@@ -44,13 +46,14 @@ def _earliest(*times: datetime | None) -> datetime | None:
 class Sweeper:
     def __init__(
         self, parts: EngineParts, provisioning: Provisioning, teardown: Teardown,
-        approvals: Approvals | None = None, revocation: Revocation | None = None,
+        approvals: Approvals | None = None, revocation: Revocation | None = None, traffic: LiveTraffic | None = None,
     ) -> None:
         self.p = parts
         self.provisioning = provisioning
         self.teardown = teardown
         self.approvals = approvals  # requests past their decide-by time are denied
         self.revocation = revocation  # owners no longer allowed lose their sessions
+        self.traffic = traffic  # tunnels' figures; unused or heavy sessions end (issue 23)
         self._wake = asyncio.Event()
         self._sweep_at: datetime | None = None  # when the sweeper means to look next (None: sweeping now)
         self._due_at: datetime | None = None  # the earliest due time reported since the sweep began
@@ -76,13 +79,15 @@ class Sweeper:
         now = p.clock()
         await p.store.heartbeat(Worker(p.worker.id, p.worker.host, p.worker.pid, now))
         await p.store.purge_claims(now)
-        await p.store.purge_expired(now, audit_retention=timedelta(days=p.limits.audit_retention_days))  # at most every 10 min per process
+        await p.store.purge_expired(now, audit_retention=timedelta(days=p.limits.audit_retention_days),
+                                    usage_retention=timedelta(days=p.usage.retention_days))  # at most every 10 min per process
         next_due: datetime | None = None
         warn = timedelta(minutes=p.limits.warn_minutes)
         due: list[Awaitable[object]] = []  # per-session work, run a few at once (each is a store round trip or more)
-        for s in await p.store.sessions([SessionState.READY]):
+        ready = await p.store.sessions([SessionState.READY])
+        for s in ready:
             if now >= s.expires_at:
-                due.append(self.teardown.begin(s.id, notices.TIME_IS_UP))
+                due.append(self.teardown.begin(s.id, notices.TIME_IS_UP, EXPIRED))
                 continue
             if p.limits.warn_minutes and not s.warned and s.minutes > p.limits.warn_minutes:
                 warn_at = s.expires_at - warn
@@ -93,7 +98,7 @@ class Sweeper:
             next_due = _earliest(next_due, s.expires_at)
         for s in await p.store.sessions([SessionState.EXPIRING]):
             if not self.teardown.running(s.id) and not s.leased_by_other(p.worker.id, now):
-                due.append(self.teardown.begin(s.id, s.end_reason or "ended"))
+                due.append(self.teardown.begin(s.id, s.end_reason or "ended", s.ending or STOPPED))
             elif s.lease_expires_at is not None:
                 next_due = _earliest(next_due, s.lease_expires_at)
         if self.approvals is not None:
@@ -102,8 +107,23 @@ class Sweeper:
             next_due = _earliest(next_due, decide_by)
         if self.revocation is not None:
             due += await self.revocation.sweep()
+        if self.traffic is not None:
+            more, at = await self.traffic.sweep(now, ready)
+            due += more
+            next_due = _earliest(next_due, at)
         await _bounded(due, SWEEP_CONCURRENCY)
-        return _earliest(next_due, await self._recover_orphans(now, resume=resume))
+        next_due = _earliest(next_due, await self._recover_orphans(now, resume=resume))
+        return _earliest(next_due, await self.deliver_notifications())
+
+    async def deliver_notifications(self) -> datetime | None:
+        """The outbox's due items (admins' chats, webhooks); when the next one falls due."""
+        if self.p.notify is None:
+            return None
+        try:
+            return await self.p.notify.deliver_due()
+        except Exception:
+            log.exception("delivering notifications failed; the next sweep tries again")
+            return None
 
     async def _warn(self, session_id: str, now: datetime) -> None:
         p = self.p
@@ -210,4 +230,5 @@ class Sweeper:
         await self.p.runner.wait_idle()
         removed = await self.reconcile()
         await self.p.runner.wait_idle()
+        await self.deliver_notifications()  # what the teardowns above queued
         return removed

@@ -3,13 +3,16 @@ it made — retrying what the cloud still holds — and tell its owner once it i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from typing import Callable
 
 from bot import metrics
 from bot.engine import notices
 from bot.engine.endings import release_held
 from bot.engine.leases import LeaseLost
 from bot.engine.parts import EngineParts
+from bot.engine.usage import write_usage
 from bot.store.model import ACTIVE_STATES, Session, SessionState
 from provisioner.base import CleanupIncomplete
 
@@ -25,8 +28,10 @@ class Teardown:
     def running(self, session_id: str) -> bool:
         return self.p.runner.get(f"teardown:{session_id}") is not None
 
-    async def begin(self, session_id: str, reason: str) -> bool:
-        """True if the session was active (and is now ending); its provisioning in this process is cancelled."""
+    async def begin(self, session_id: str, reason: str, kind: str, *, still: Callable[[Session], bool] | None = None) -> bool:
+        """True if the session was active (and is now ending); its provisioning in this process is cancelled.
+        `kind` is the usage record's end reason (bot/engine/usage.py: stopped, expired, idle, cap, revoked);
+        `still`, where given, decides again on the stored session whether it should end (an idle limit)."""
         p = self.p
         await p.runner.cancel(f"provision:{session_id}")
         active = False
@@ -35,13 +40,14 @@ class Teardown:
             nonlocal active
             now = p.clock()
             active = s.state in ACTIVE_STATES
-            if not active:
+            if not active or (still is not None and s.state is not SessionState.EXPIRING and not still(s)):
+                active = False
                 return None
             if s.state is SessionState.EXPIRING:
                 if s.leased_by_other(p.worker.id, now):
                     return None  # someone is tearing it down already
                 return s.with_changes(now, **p.leases.lease(now))
-            return s.moved(SessionState.EXPIRING, now, end_reason=reason, **p.leases.lease(now))
+            return s.moved(SessionState.EXPIRING, now, end_reason=reason, ending=kind, **p.leases.lease(now))
 
         s = await p.leases.update(session_id, change)
         if s is not None:
@@ -56,8 +62,18 @@ class Teardown:
             return
         try:
             async with p.leases.holding(s.id, (SessionState.EXPIRING,)):
-                await self._destroy(s)
+                try:
+                    await self._destroy(s)
+                except Exception:
+                    await p.emit("cleanup_stuck", s, attempts=TEARDOWN_ATTEMPTS)  # once per session: the outbox keeps one per event
+                    raise
                 now = p.clock()
+                # Before the last write: a crash after it leaves the session `expiring`, and whoever
+                # finishes it writes the same record and queues the same event again (one of each per session).
+                current = dataclasses.replace(await p.store.get(s.id) or s, ended_at=now)
+                await write_usage(p.store, current, now)
+                if p.notify is not None:
+                    await p.notify.emit("ended", current)
                 s = await p.leases.owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **p.leases.unleased()))
         except LeaseLost as lost:
             log.info("session %s: teardown handed over (%s)", session_id, lost)

@@ -16,7 +16,9 @@ from bot.channels.groupme.config import GroupMeConfig
 from bot.channels.teams.config import TeamsConfig
 from bot.channels.web.config import WebConfig
 from bot.engine.config import SessionPolicy
-from bot.settings import access, aws, azure, governance, groupme, ops, providers, sessions, store, teams, web
+from bot.engine.notify import NotifyConfig
+from bot.engine.usage import UsageConfig
+from bot.settings import access, aws, azure, governance, groupme, notify, ops, providers, sessions, store, teams, usage, web
 from bot.settings.governance import GovernanceSettings
 from bot.settings.ops import OpsSettings
 from bot.settings.providers import ProviderSettings
@@ -41,6 +43,8 @@ class Settings:
     groupme: GroupMeConfig | None  # GROUPME_BOT_ID
     web: WebConfig | None  # VPN_LOCAL_AUTH_SECRET
     governance: GovernanceSettings = GovernanceSettings()  # approvals, Entra groups, the policy file
+    usage: UsageConfig = UsageConfig()  # usage records, idle and traffic limits (issue 23)
+    notify: NotifyConfig = NotifyConfig()  # VPN_NOTIFY targets and the webhook secret (issue 23)
     unknown: tuple[str, ...] = ()  # one warning line per VPN_/AZURE_/TEAMS_/GROUPME_ name nothing reads
 
     @classmethod
@@ -62,6 +66,8 @@ class Settings:
             groupme=groupme.read(r, public_url=o.public_url),
             web=web.read(r),
             governance=governance.read(r),
+            usage=usage.read(r, warn_minutes=policy.warn_minutes),
+            notify=notify.read(r),
             unknown=r.unread(),
         )
         s.check()

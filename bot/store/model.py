@@ -111,6 +111,13 @@ class Session:
     decided_by: str = ""  # the approver's label (or the requester's, for a withdrawal); "" for a timeout
     decided_at: datetime | None = None
     approval_cards: str = ""  # JSON: where each approver's card went, so every one of them is updated once decided
+    # Usage (issue 23; bot/engine/usage.py): how it ended, and its tunnel's traffic as last measured.
+    ending: str = ""  # stopped, expired, idle, cap, revoked, failed, denied (END_KINDS): the usage record's end reason
+    handshake_at: datetime | None = None  # the tunnel's latest handshake (None: never connected)
+    bytes_in: int = 0  # to the user (↓) so far
+    bytes_out: int = 0  # from the user (↑) so far
+    traffic_at: datetime | None = None  # when the figures above were measured
+    idle_warned: bool = False  # told it ends soon for want of use (VPN_IDLE_MINUTES)
     # Set by the store on every read and write (a counter in SQLite, the ETag in Table Storage);
     # never stored as a field of its own. A save whose version is stale raises Conflict.
     version: str = ""

@@ -20,11 +20,13 @@ from bot.store.model import Conflict, Session, SessionState
 
 __all__ = [
     "AccountStore", "AddressStore", "AuditEntry", "AuditStore", "Conflict", "Contact", "ContactStore", "CreateOutcome", "DedupeStore", "LocalUser",
-    "OneTimeConfigStore", "ProgressStore", "RetentionStore", "SessionReader", "SessionStore", "Store", "StoreLifecycle", "Worker", "WorkerStore",
-    "AUDIT_RETENTION", "SIGN_IN_MEMORY",
+    "OneTimeConfigStore", "ProgressStore", "RetentionStore", "SessionReader", "SessionStore", "Store", "StoreLifecycle", "UsageRecord", "UsageStore",
+    "Notification", "NotificationStore", "Worker", "WorkerStore", "NOTIFICATION_MEMORY", "AUDIT_RETENTION", "END_KINDS", "SIGN_IN_MEMORY", "USAGE_RETENTION",
 ]
 
 AUDIT_RETENTION = timedelta(days=400)  # VPN_AUDIT_RETENTION_DAYS's default
+USAGE_RETENTION = timedelta(days=400)  # VPN_USAGE_RETENTION_DAYS's default
+NOTIFICATION_MEMORY = timedelta(days=7)  # delivered (or given up) notifications are forgotten after this
 SIGN_IN_MEMORY = timedelta(days=30)  # how long a successful sign-in's address is remembered (bot/channels/web/signin_local.py)
 
 
@@ -44,6 +46,63 @@ class AuditEntry:
     allowed: bool
     reason: str
     count: int = 1  # a refusal row counts the refusals of one identity and reason in its hour (at: the first)
+
+
+# How a session ended, as a usage record says (its owner was told the sentence in `detail`).
+END_KINDS = ("stopped", "expired", "idle", "cap", "revoked", "failed", "denied")
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One session, written once it ended (any ending) and kept VPN_USAGE_RETENTION_DAYS: what reports read.
+
+    Traffic is from the user's side: `bytes_in` reached the user (download, ↓), `bytes_out` came from them (↑).
+    `minutes` is the time in use (ready to end, 0 when it never was); `cost` the estimated spend
+    (request to end at the provider's hourly rate; 0 for a request never granted: nothing was made)."""
+
+    session_id: str
+    owner: str  # UserKey as text
+    owner_label: str  # verified email or the key
+    channel: str
+    provider: str
+    region: str
+    requested_at: datetime  # the session's creation: its month is the record's partition, so a rewrite lands on the same row
+    ready_at: datetime | None
+    ended_at: datetime
+    minutes: float
+    cost: float
+    bytes_in: int
+    bytes_out: int
+    end_reason: str  # one of END_KINDS
+    detail: str = ""  # the sentence its owner was told ("stopped by you", "time is up", …)
+    decided_by: str = ""  # approval facts, where there were any: who approved (or denied) it, and when
+    decided_at: datetime | None = None
+    approvers: str = ""
+    request_reason: str = ""  # the requester's reason for the approvers
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One event for one target, in the store's outbox (bot/engine/notify.py): inserted once per
+    (event, target) however many workers emit the event, claimed under a lease, marked delivered by
+    compare-and-set. Holds no key, config or token: the event's facts only."""
+
+    event_id: str  # e.g. "<session id>.ended": the same on every replica
+    target: str  # "https://…", "teams:<conversation id>", "groupme:<group id>"
+    payload: str  # the event as JSON
+    created_at: datetime
+    due_at: datetime  # the next attempt
+    attempts: int = 0
+    state: str = "pending"  # pending, delivered, failed (gave up)
+    lease_owner: str = ""
+    lease_expires_at: datetime | None = None
+    delivered_at: datetime | None = None
+    last_error: str = ""  # a status code or an exception's type: never a body
+    version: str = ""  # set by the store (compare-and-set)
+
+    @property
+    def key(self) -> str:
+        return f"{self.event_id}|{self.target}"
 
 
 @dataclass(frozen=True)
@@ -115,8 +174,39 @@ class AuditStore(Protocol):
     async def audit(self, entry: AuditEntry) -> None:
         """Record a decision. A refusal (allowed=False) is counted on one row per identity, reason and
         hour (the first refusal's details, and `count`), not written row by row."""
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
-        """The newest entries first."""
+    async def audit_log(
+        self, limit: int = 100, *, since: datetime | None = None, until: datetime | None = None, user: str | None = None
+    ) -> list[AuditEntry]:
+        """The newest entries first; only those at or after `since`, before `until`, of `user` (its key or email) where given.
+        Table Storage reads only the days in the range (one partition per day)."""
+
+
+class NotificationStore(Protocol):
+    """The notification outbox, and the chats an admin registered with `/vpn notify here`."""
+
+    async def enqueue(self, items: Sequence[Notification]) -> int:
+        """Insert each item unless its (event, target) is there already (any state); returns how many were new."""
+    async def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        """Pending items due at `now` or before, oldest first (leased ones included: the caller skips those)."""
+    async def next_notification_due(self) -> datetime | None:
+        """When the earliest pending item falls due (None: nothing pending)."""
+    async def save_notification(self, item: Notification) -> Notification:
+        """Compare-and-set on `item.version`; returns it with its new version or raises Conflict."""
+    async def notifications(self, event_id: str | None = None) -> list[Notification]:
+        """Every item (of one event), oldest first: for admins and tests."""
+    async def put_notify_target(self, target: str, conversation: ConversationRef) -> None: ...
+    async def delete_notify_target(self, target: str) -> bool: ...
+    async def notify_targets(self) -> dict[str, ConversationRef]: ...
+
+
+class UsageStore(Protocol):
+    """A usage record per ended session (bot/engine/usage.py), for reports; kept VPN_USAGE_RETENTION_DAYS."""
+
+    async def put_usage(self, record: UsageRecord) -> None:
+        """Insert or replace the record of `record.session_id`: writing it twice (a teardown taken over) leaves one row."""
+    async def usage(self, since: datetime, until: datetime, user: str | None = None) -> list[UsageRecord]:
+        """Sessions requested at or after `since` and before `until` (of `user`, its key or label, where given), oldest first.
+        Table Storage reads one partition per month in the range."""
 
 
 class OneTimeConfigStore(Protocol):
@@ -171,10 +261,12 @@ class ProgressStore(Protocol):
 
 
 class RetentionStore(Protocol):
-    async def purge_expired(self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION) -> None:
+    async def purge_expired(
+        self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION, usage_retention: timedelta = USAGE_RETENTION
+    ) -> None:
         """Forget what has outlived its use: sign-in attempt counters of past windows, remembered sign-ins
-        older than SIGN_IN_MEMORY, audit rows older than `audit_retention`. For the sweeper; it may skip
-        a call that comes within 10 minutes of the last one in this process."""
+        older than SIGN_IN_MEMORY, audit rows older than `audit_retention`, usage records of sessions requested
+        before `usage_retention`. For the sweeper; it may skip a call that comes within 10 minutes of the last one in this process."""
 
 
 class ContactStore(Protocol):
@@ -187,6 +279,6 @@ class ContactStore(Protocol):
 
 class Store(
     StoreLifecycle, SessionStore, WorkerStore, DedupeStore, AuditStore, OneTimeConfigStore, AddressStore, AccountStore, ProgressStore,
-    RetentionStore, ContactStore, Protocol
+    RetentionStore, ContactStore, UsageStore, NotificationStore, Protocol
 ):
     """A whole back end (SQLite or Table Storage): one object implements every port; each caller is typed against the port it uses."""

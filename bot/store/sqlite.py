@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import secrets
 import sqlite3
@@ -24,7 +25,20 @@ from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
 from bot.store.codec import FIELDS, FieldSpec, decode, encode, encode_value, refusal_sample, store_key
 from bot.store.model import ACTIVE_STATES, Conflict, Session, SessionState
-from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, AuditEntry, Contact, CreateOutcome, LocalUser, Worker
+from bot.store.ports import (
+    AUDIT_RETENTION,
+    NOTIFICATION_MEMORY,
+    SIGN_IN_MEMORY,
+    USAGE_RETENTION,
+    AuditEntry,
+    Contact,
+    CreateOutcome,
+    LocalUser,
+    Notification,
+    UsageRecord,
+    Worker,
+)
+from bot.store.usage_codec import USAGE_FIELDS, decode_usage, encode_usage
 
 T = TypeVar("T")
 MESSAGE_ID_TTL = timedelta(days=2)
@@ -137,6 +151,34 @@ CREATE INDEX IF NOT EXISTS addresses_session ON addresses(session_id);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    session_id TEXT PRIMARY KEY,
+    requested_at TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    owner_label TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_requested ON usage(requested_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    due_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    lease_owner TEXT NOT NULL,
+    lease_expires_at TEXT,
+    delivered_at TEXT,
+    last_error TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, due_at);
+CREATE TABLE IF NOT EXISTS notify_targets (
+    target TEXT PRIMARY KEY,
+    conversation TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS contacts (
     user TEXT PRIMARY KEY,
@@ -319,8 +361,21 @@ class SqliteStore:
             sql += " ON CONFLICT(sample) DO UPDATE SET count = count + 1, last_at = max(last_at, excluded.last_at)"
         await self._run(lambda: self.conn.execute(sql, args))
 
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
-        rows = await self._run(lambda: self.conn.execute("SELECT * FROM audit ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall())
+    async def audit_log(
+        self, limit: int = 100, *, since: datetime | None = None, until: datetime | None = None, user: str | None = None
+    ) -> list[AuditEntry]:
+        where, args = [], []
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since.isoformat())
+        if until is not None:
+            where.append("at < ?")
+            args.append(until.isoformat())
+        if user is not None:
+            where.append("(user = ? OR email = ?)")
+            args += [user[:AUDIT_TEXT_LIMIT]] * 2
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid DESC LIMIT ?"
+        rows = await self._run(lambda: self.conn.execute(sql, (*args, limit)).fetchall())
         return [
             AuditEntry(datetime.fromisoformat(r["at"]), r["user"], r["email"], r["channel"], r["command"], bool(r["allowed"]), r["reason"],
                        r["count"])
@@ -483,9 +538,11 @@ class SqliteStore:
         rows = await self._run(lambda: self.conn.execute("SELECT address FROM sign_ins WHERE account_key=? AND at>=?", args).fetchall())
         return frozenset(r[0] for r in rows)
 
-    async def purge_expired(self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION) -> None:
+    async def purge_expired(
+        self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION, usage_retention: timedelta = USAGE_RETENTION
+    ) -> None:
         """Forget counters of past windows, remembered sign-ins past SIGN_IN_MEMORY, audit rows past
-        `audit_retention`; at most every PURGE_EVERY per process (as on Table Storage)."""
+        `audit_retention`, usage records past `usage_retention`; at most every PURGE_EVERY per process (as on Table Storage)."""
         if self._purged_at is not None and timedelta(0) <= now - self._purged_at < PURGE_EVERY:
             return
         self._purged_at = now
@@ -495,6 +552,8 @@ class SqliteStore:
             c.execute("DELETE FROM attempt_counts WHERE window_start < ?", (f"{int((now - ATTEMPT_KEEP).timestamp()):010d}",))
             c.execute("DELETE FROM sign_ins WHERE at < ?", ((now - SIGN_IN_MEMORY).isoformat(),))
             c.execute("DELETE FROM audit WHERE at < ?", ((now - audit_retention).isoformat(),))
+            c.execute("DELETE FROM usage WHERE requested_at < ?", ((now - usage_retention).isoformat(),))
+            c.execute("DELETE FROM outbox WHERE state != 'pending' AND created_at < ?", ((now - NOTIFICATION_MEMORY).isoformat(),))
 
         await self._run(op)
 
@@ -524,6 +583,95 @@ class SqliteStore:
     async def contacts(self) -> list[Contact]:
         rows = await self._run(lambda: self.conn.execute("SELECT * FROM contacts ORDER BY user").fetchall())
         return [Contact(r["user"], r["label"], ConversationRef.from_json(r["conversation"]), datetime.fromisoformat(r["updated_at"])) for r in rows]
+
+
+    # ----- usage records (bot/engine/usage.py) -----------------------------------------------------
+
+    async def put_usage(self, record: UsageRecord) -> None:
+        values = encode_usage(record)
+        row = (record.session_id, values["requested_at"], values["owner"], values["owner_label"], json.dumps(values))
+        await self._run(lambda: self.conn.execute(
+            "INSERT INTO usage VALUES (?,?,?,?,?) ON CONFLICT(session_id) DO UPDATE SET requested_at=excluded.requested_at, "
+            "owner=excluded.owner, owner_label=excluded.owner_label, record=excluded.record", row))
+
+    async def usage(self, since: datetime, until: datetime, user: str | None = None) -> list[UsageRecord]:
+        sql, args = "SELECT record FROM usage WHERE requested_at >= ? AND requested_at < ?", [since.isoformat(), until.isoformat()]
+        if user is not None:
+            sql += " AND (owner = ? OR owner_label = ?)"
+            args += [user, user]
+        rows = await self._run(lambda: self.conn.execute(sql + " ORDER BY requested_at, session_id", args).fetchall())
+        return [decode_usage({k: v for k, v in json.loads(r[0]).items() if k in USAGE_FIELDS}) for r in rows]
+
+
+    # ----- the notification outbox (bot/engine/notify.py) ------------------------------------------
+
+    async def enqueue(self, items: Sequence[Notification]) -> int:
+        rows = [(store_key(n.key), n.event_id, n.target, n.payload, n.created_at.isoformat(), n.due_at.isoformat(), n.attempts, n.state,
+                 n.lease_owner, _iso(n.lease_expires_at), _iso(n.delivered_at), n.last_error) for n in items]
+
+        def op() -> int:
+            added = 0
+            for row in rows:
+                added += self.conn.execute("INSERT OR IGNORE INTO outbox VALUES (?,?,?,?,?,?,?,?,?,?,?,?,1)", row).rowcount
+            return added
+
+        return await self._run(op)
+
+    async def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        rows = await self._run(lambda: self.conn.execute(
+            "SELECT * FROM outbox WHERE state='pending' AND due_at <= ? ORDER BY due_at, created_at LIMIT ?", (now.isoformat(), limit)).fetchall())
+        return [_notification(r) for r in rows]
+
+    async def next_notification_due(self) -> datetime | None:
+        row = await self._run(lambda: self.conn.execute("SELECT MIN(due_at) FROM outbox WHERE state='pending'").fetchone())
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    async def save_notification(self, item: Notification) -> Notification:
+        try:
+            version = int(item.version)
+        except ValueError:
+            raise Conflict(f"notification {item.key} was never read from this store") from None
+        args = (item.due_at.isoformat(), item.attempts, item.state, item.lease_owner, _iso(item.lease_expires_at), _iso(item.delivered_at),
+                item.last_error[:300], store_key(item.key), version)
+        cur = await self._run(lambda: self.conn.execute(
+            "UPDATE outbox SET due_at=?, attempts=?, state=?, lease_owner=?, lease_expires_at=?, delivered_at=?, last_error=?, "
+            "version=version+1 WHERE key=? AND version=?", args))
+        if cur.rowcount != 1:
+            raise Conflict(f"notification {item.key} changed since version {version}")
+        return dataclasses.replace(item, version=str(version + 1))
+
+    async def notifications(self, event_id: str | None = None) -> list[Notification]:
+        sql, args = "SELECT * FROM outbox", ()
+        if event_id is not None:
+            sql, args = sql + " WHERE event_id=?", (event_id,)
+        rows = await self._run(lambda: self.conn.execute(sql + " ORDER BY created_at, key", args).fetchall())
+        return [_notification(r) for r in rows]
+
+    async def put_notify_target(self, target: str, conversation: ConversationRef) -> None:
+        await self._run(lambda: self.conn.execute(
+            "INSERT INTO notify_targets VALUES (?,?) ON CONFLICT(target) DO UPDATE SET conversation=excluded.conversation",
+            (target, conversation.to_json())))
+
+    async def delete_notify_target(self, target: str) -> bool:
+        return (await self._run(lambda: self.conn.execute("DELETE FROM notify_targets WHERE target=?", (target,)))).rowcount == 1
+
+    async def notify_targets(self) -> dict[str, ConversationRef]:
+        rows = await self._run(lambda: self.conn.execute("SELECT * FROM notify_targets ORDER BY target").fetchall())
+        return {r["target"]: ConversationRef.from_json(r["conversation"]) for r in rows}
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def _notification(r: sqlite3.Row) -> Notification:
+    return Notification(
+        event_id=r["event_id"], target=r["target"], payload=r["payload"], created_at=datetime.fromisoformat(r["created_at"]),
+        due_at=datetime.fromisoformat(r["due_at"]), attempts=r["attempts"], state=r["state"], lease_owner=r["lease_owner"],
+        lease_expires_at=datetime.fromisoformat(r["lease_expires_at"]) if r["lease_expires_at"] else None,
+        delivered_at=datetime.fromisoformat(r["delivered_at"]) if r["delivered_at"] else None, last_error=r["last_error"],
+        version=str(r["version"]),
+    )
 
 
 def _window_start(now: datetime, window: timedelta) -> str:

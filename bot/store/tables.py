@@ -16,7 +16,11 @@ starts with VPN_TABLE_PREFIX. What makes it safe to share (docs/decisions.md, "T
   slots taken by insert-if-absent (two rounds at most, then the window counts as used up), so a
   flood on one account neither loops on one entity nor touches another account's partition;
 * audit: one partition per day, newest first; a refusal is counted on one sampled row per identity,
-  reason and hour rather than written row by row; `purge_expired` keeps it to its retention.
+  reason and hour rather than written row by row; `purge_expired` keeps it to its retention;
+* outbox: one partition, an item per (event, target) inserted if absent, claimed and marked delivered
+  by ETag-conditioned updates; delivered items are forgotten after a week;
+* usage: one partition per month (of the session's request), one row per session (an upsert: a
+  record written twice is one row); a month's report reads one partition.
 
 Fields serialise from the Session dataclass (bot/store/codec.py): a new field needs no change here.
 """
@@ -42,7 +46,20 @@ from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
 from bot.store.codec import decode, encode, refusal_sample, store_key
 from bot.store.model import TERMINAL_STATES, Conflict, Session, SessionState, utcnow
-from bot.store.ports import AUDIT_RETENTION, SIGN_IN_MEMORY, AuditEntry, Contact, CreateOutcome, LocalUser, Worker
+from bot.store.ports import (
+    AUDIT_RETENTION,
+    NOTIFICATION_MEMORY,
+    SIGN_IN_MEMORY,
+    USAGE_RETENTION,
+    AuditEntry,
+    Contact,
+    CreateOutcome,
+    LocalUser,
+    Notification,
+    UsageRecord,
+    Worker,
+)
+from bot.store.usage_codec import decode_usage, encode_usage, month_of
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +75,7 @@ ENDED_RETENTION = timedelta(days=7)
 SLOT_GRACE = timedelta(seconds=60)
 SLOT_ROUNDS = 50
 BLIND_TRIES = 3
-TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta")
+TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta", "usage", "outbox")
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a string property holds 32k characters
 _SESSION_ROW = "s"
@@ -70,6 +87,8 @@ PURGE_EVERY = timedelta(minutes=10)  # purge_expired runs at most this often per
 _KNOWN = "known|"  # attempts-table partitions of remembered sign-ins (window partitions start with a digit)
 _LEGACY_ATTEMPTS = "attempt"  # the single counter partition of earlier versions: purged
 _CONTACT = "contact"  # the meta table's partition of approvers' private chats
+_NOTIFY = "notify"  # the meta table's partition of chats registered with /vpn notify here
+_OUTBOX = "o"  # the outbox's one partition: pending items are found by a filter on it (delivered ones are purged after a week)
 
 
 _key = store_key
@@ -326,14 +345,32 @@ class TableStore:
                 continue
         log.debug("audit: a refusal of %s went uncounted (concurrent refusals)", entry.user[:80])
 
-    async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+    async def audit_log(
+        self, limit: int = 100, *, since: datetime | None = None, until: datetime | None = None, user: str | None = None
+    ) -> list[AuditEntry]:
         """Newest first. Rows come in key order, whose time never precedes a row's own time (a refusal
-        row is keyed at its hour's end): read until the next key is older than the limit-th newest row."""
+        row is keyed at its hour's end): read until the next key is older than the limit-th newest row.
+        A time range reads only its days' partitions; a user is filtered on the server."""
         if limit <= 0:
             return []
         rows: list[Any] = []
         newest: list[int] = []  # a min-heap of the `limit` newest times seen
-        async for e in self._table("audit").list_entities(results_per_page=min(limit, 1000)):
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if until is not None:  # days count down: the range's last day has the smallest partition key
+            clauses.append("PartitionKey ge @plo and at lt @until")
+            params.update(plo=_audit_day(until), until=until.isoformat())
+        if since is not None:
+            clauses.append("PartitionKey le @phi and at ge @since")
+            params.update(phi=_audit_day(since), since=since.isoformat())
+        if user is not None:
+            clauses.append("( user eq @u or email eq @u )")
+            params["u"] = user[:AUDIT_TEXT_LIMIT]
+        if clauses:
+            found = self._query("audit", " and ".join(clauses), params, results_per_page=min(limit, 1000))
+        else:
+            found = self._table("audit").list_entities(results_per_page=min(limit, 1000))
+        async for e in found:
             key_time = 10**17 - int(e["RowKey"][:17])
             if len(newest) >= limit and key_time < newest[0]:
                 break
@@ -593,9 +630,12 @@ class TableStore:
 
     # ----- retention -------------------------------------------------------------------------------
 
-    async def purge_expired(self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION) -> None:
-        """Forget sign-in counters of past windows, remembered sign-ins past SIGN_IN_MEMORY and audit rows
-        past `audit_retention`; at most every PURGE_EVERY per process (range queries, batched deletes)."""
+    async def purge_expired(
+        self, now: datetime, *, audit_retention: timedelta = AUDIT_RETENTION, usage_retention: timedelta = USAGE_RETENTION
+    ) -> None:
+        """Forget sign-in counters of past windows, remembered sign-ins past SIGN_IN_MEMORY, audit rows past
+        `audit_retention` and usage records past `usage_retention`; at most every PURGE_EVERY per process
+        (range queries, batched deletes)."""
         if self._purged_at is not None and timedelta(0) <= now - self._purged_at < PURGE_EVERY:
             return
         self._purged_at = now
@@ -607,6 +647,11 @@ class TableStore:
         cutoff = now - audit_retention
         # Older days sort after newer ones; the row time decides within the cutoff's own day.
         await self._purge("audit", "PartitionKey ge @p and at lt @t", {"p": _audit_day(cutoff), "t": cutoff.isoformat()})
+        cutoff = now - usage_retention  # whole months before the cutoff's, then its own month by time
+        await self._purge("usage", "PartitionKey lt @p", {"p": month_of(cutoff)})
+        await self._purge("usage", "PartitionKey eq @p and requested_at lt @t", {"p": month_of(cutoff), "t": cutoff.isoformat()})
+        await self._purge("outbox", "PartitionKey eq @p and state ne @pending and created_at lt @t",
+                          {"p": _OUTBOX, "pending": "pending", "t": (now - NOTIFICATION_MEMORY).isoformat()})
 
     async def _purge(self, table: str, query: str, parameters: dict[str, Any]) -> None:
         await self._delete_all(table, [e async for e in self._query(table, query, parameters, select=["PartitionKey", "RowKey"])])
@@ -645,6 +690,103 @@ class TableStore:
             return (await self._table("progress").get_entity("progress", _key(key)))["text"]
         except ResourceNotFoundError:
             return ""
+
+
+    # ----- usage records (bot/engine/usage.py): a partition per month -------------------------------
+
+    async def put_usage(self, record: UsageRecord) -> None:
+        values = {k: v for k, v in encode_usage(record).items() if v is not None}
+        await self._table("usage").upsert_entity(
+            {"PartitionKey": month_of(record.requested_at), "RowKey": _key(record.session_id), **values}, mode=UpdateMode.REPLACE
+        )
+
+    async def usage(self, since: datetime, until: datetime, user: str | None = None) -> list[UsageRecord]:
+        last = until - timedelta(microseconds=1)
+        query = "PartitionKey ge @lo and PartitionKey le @hi and requested_at ge @since and requested_at lt @until"
+        if month_of(since) == month_of(last):
+            query = "PartitionKey eq @lo and requested_at ge @since and requested_at lt @until"  # one partition: a month's report
+        params: dict[str, Any] = {"lo": month_of(since), "hi": month_of(last), "since": since.isoformat(), "until": until.isoformat()}
+        if user is not None:
+            query += " and ( owner eq @u or owner_label eq @u )"
+            params["u"] = user
+        found = [decode_usage(e) async for e in self._query("usage", query, params, results_per_page=1000)]
+        return sorted(found, key=lambda r: (r.requested_at, r.session_id))
+
+
+    # ----- the notification outbox (bot/engine/notify.py) ------------------------------------------
+
+    async def enqueue(self, items: Sequence[Notification]) -> int:
+        added = 0
+        for n in items:
+            try:
+                await self._table("outbox").create_entity({"PartitionKey": _OUTBOX, "RowKey": _key(n.key), **_outbox_values(n)})
+                added += 1
+            except ResourceExistsError:
+                pass  # another worker emitted this event already
+        return added
+
+    async def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        query = "PartitionKey eq @p and state eq @pending and due_at le @now"
+        found = []
+        async for e in self._query("outbox", query, {"p": _OUTBOX, "pending": "pending", "now": now.isoformat()}, results_per_page=limit):
+            found.append(_notification(e))
+        return sorted(found, key=lambda n: (n.due_at, n.created_at))[:limit]
+
+    async def next_notification_due(self) -> datetime | None:
+        query = "PartitionKey eq @p and state eq @pending"
+        dues = [datetime.fromisoformat(e["due_at"]) async for e in self._query("outbox", query, {"p": _OUTBOX, "pending": "pending"}, select=["due_at"])]
+        return min(dues, default=None)
+
+    async def save_notification(self, item: Notification) -> Notification:
+        if not item.version:
+            raise Conflict(f"notification {item.key} was never read from this store")
+        try:
+            meta = await self._table("outbox").update_entity(
+                {"PartitionKey": _OUTBOX, "RowKey": _key(item.key), **_outbox_values(item)}, mode=UpdateMode.REPLACE,
+                etag=item.version, match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise Conflict(f"notification {item.key} changed since it was read") from None
+        return dataclasses.replace(item, version=meta["etag"])
+
+    async def notifications(self, event_id: str | None = None) -> list[Notification]:
+        query, params = "PartitionKey eq @p", {"p": _OUTBOX}
+        if event_id is not None:
+            query, params = query + " and event_id eq @e", {**params, "e": event_id}
+        found = [_notification(e) async for e in self._query("outbox", query, params)]
+        return sorted(found, key=lambda n: (n.created_at, n.key))
+
+    async def put_notify_target(self, target: str, conversation: ConversationRef) -> None:
+        await self._table("meta").upsert_entity(
+            {"PartitionKey": _NOTIFY, "RowKey": _key(target), "target": target, "conversation": conversation.to_json()}, mode=UpdateMode.REPLACE)
+
+    async def delete_notify_target(self, target: str) -> bool:
+        try:
+            await self._table("meta").get_entity(_NOTIFY, _key(target))
+        except ResourceNotFoundError:
+            return False
+        await self._table("meta").delete_entity(_NOTIFY, _key(target))
+        return True
+
+    async def notify_targets(self) -> dict[str, ConversationRef]:
+        return {e["target"]: ConversationRef.from_json(e["conversation"]) async for e in self._query("meta", "PartitionKey eq @p", {"p": _NOTIFY})}
+
+
+def _outbox_values(n: Notification) -> dict[str, Any]:
+    values = {"event_id": n.event_id, "target": n.target, "payload": n.payload, "created_at": n.created_at.isoformat(),
+              "due_at": n.due_at.isoformat(), "attempts": n.attempts, "state": n.state, "lease_owner": n.lease_owner,
+              "lease_expires_at": n.lease_expires_at.isoformat() if n.lease_expires_at else None,
+              "delivered_at": n.delivered_at.isoformat() if n.delivered_at else None, "last_error": n.last_error[:300]}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _notification(e: Any) -> Notification:
+    return Notification(
+        event_id=e["event_id"], target=e["target"], payload=e["payload"], created_at=datetime.fromisoformat(e["created_at"]),
+        due_at=datetime.fromisoformat(e["due_at"]), attempts=int(e["attempts"]), state=e["state"], lease_owner=e.get("lease_owner", ""),
+        lease_expires_at=_time(e.get("lease_expires_at")), delivered_at=_time(e.get("delivered_at")), last_error=e.get("last_error", ""),
+        version=e.metadata["etag"],
+    )
 
 
 def _attempt_partition(key: str, now: datetime, window: timedelta) -> str:

@@ -20,6 +20,8 @@ var tableNames = [
   'attempts'
   'progress'
   'meta'
+  'usage'
+  'outbox'
 ]
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {

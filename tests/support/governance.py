@@ -54,6 +54,9 @@ class SpyProvider:
     async def list_managed(self):
         return await self.inner.list_managed()
 
+    async def traffic(self, peers):
+        return await self.inner.traffic(peers)
+
     def default_deployment_id(self) -> str:
         return self.inner.default_deployment_id()
 

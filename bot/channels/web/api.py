@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from bot.channels.web import refusals
+from bot.channels.web import refusals, usage_api
 from bot.channels.web.body import json_body, json_error
 from bot.channels.web.config import WebConfig
 from bot.channels.web.deps import WebDeps
@@ -23,6 +23,7 @@ from bot.channels.web.held_configs import CONF, PNG, HeldConfigs
 from bot.channels.web.openapi import openapi_document
 from bot.channels.web.page import NO_STORE, ApiHeaders
 from bot.channels.web.signin import SignIn
+from bot.engine import notices
 from bot.engine.policy import MAX_EXTEND_INPUT, MAX_REASON, Action, Actor, Limits, Refused
 from bot.logs import bind
 from bot.messages import ConversationRef
@@ -87,6 +88,8 @@ class WebApi:
             ("POST", f"/api/sessions/{sid}/deny", h.route(self._authed(Action.DENY, self._deny))),
             ("GET", f"/api/sessions/{sid}/config", h.route(self._authed(Action.TAKE_CONFIG, self._config))),
             ("GET", f"/api/sessions/{sid}/config.png", h.route(self._authed(Action.TAKE_CONFIG, self._config_png))),
+            ("GET", "/api/usage", h.route(self._authed(Action.REPORT, lambda rq, a: usage_api.usage(rq, a, self.deps)))),
+            ("GET", "/api/audit", h.route(self._authed(Action.AUDIT, lambda rq, a: usage_api.audit(rq, a, self.deps)))),
         ]
         preflighted: set[str] = set()
         for method, path, handler in routes:
@@ -278,6 +281,11 @@ class WebApi:
             "end_reason": s.end_reason,  # why it ended, or why it was not granted
             "decide_by": _iso(s.decide_by),
             "asked": s.asked if mine or actor.is_admin else "",
+            # Live traffic (issue 23): the owner's and admins' own view of the tunnel.
+            "tunnel": notices.traffic_line(s, now) if mine or actor.is_admin else "",
+            "handshake_at": _iso(s.handshake_at) if mine or actor.is_admin else None,
+            "bytes_in": s.bytes_in if mine or actor.is_admin else 0,
+            "bytes_out": s.bytes_out if mine or actor.is_admin else 0,
         }
         if decider:  # an approver sees who asks
             view.update(owner_label=s.owner_label)
