@@ -28,15 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp import web  # noqa: E402
-
-from bot.engine import ready_tokens  # noqa: E402
-from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
-from bot.replies import ChannelDefaults  # noqa: E402
-from bot.wiring import Runtime  # noqa: E402
-from bot.settings import Settings  # noqa: E402
-from bot.http.ready_callback import ReadyCallback  # noqa: E402
-from provisioner.azure import AzureConfig, AzureProvider  # noqa: E402
 from common import StaticCredential, TimingChannel, fake_process  # bench/ is the script's folder
+
+from bot.http.ready_callback import ReadyCallback  # noqa: E402
+from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
+from bot.settings import Settings  # noqa: E402
+from bot.wiring import Runtime  # noqa: E402
+from provisioner.azure import AzureConfig, AzureProvider  # noqa: E402
 
 
 class Timing(TimingChannel):

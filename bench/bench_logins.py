@@ -25,11 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from azure.data.tables.aio import TableServiceClient  # noqa: E402
+from azurite_server import AzuriteServer, connection_string  # noqa: E402  (bench/ is the script's folder)
 
 from bot.channels.web import signin_local as local  # noqa: E402
 from bot.store.ports import LocalUser  # noqa: E402
 from bot.store.tables import TableStore  # noqa: E402
-from azurite_server import AzuriteServer, connection_string  # noqa: E402  (bench/ is the script's folder)
 
 SECRET = "bench-secret-" + "x" * 40
 PASSWORD = "the right password"

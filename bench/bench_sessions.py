@@ -60,9 +60,9 @@ async def lag_probe(samples: list[float], stop: asyncio.Event, tick: float = 0.0
 async def run(args) -> None:
     stages: list[tuple[str, float]] = [("interpreter + bench imports", rss_mb())]
     from bot.messages import ConversationRef, Identity, Incoming, UserKey
-    from bot.wiring import Runtime
-    from bot.store.model import SessionState
     from bot.settings import Settings
+    from bot.store.model import SessionState
+    from bot.wiring import Runtime
     from provisioner.dryrun import DryRunProvider
 
     stages.append(("+ bot core imports", rss_mb()))

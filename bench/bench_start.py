@@ -19,13 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import TimingChannel  # noqa: E402  (bench/ is the script's folder)
+
 from bot.messages import ConversationRef, Identity, Incoming, UserKey  # noqa: E402
-from bot.wiring import Runtime  # noqa: E402
 from bot.settings import Settings  # noqa: E402
+from bot.wiring import Runtime  # noqa: E402
 from cards.qr import qr_png  # noqa: E402
 from provisioner.dryrun import DryRunProvider  # noqa: E402
 from provisioner.wireguard import generate_keypair  # noqa: E402
-from common import TimingChannel  # noqa: E402  (bench/ is the script's folder)
 
 
 async def run(sessions: int, step_seconds: float) -> None:

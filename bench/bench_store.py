@@ -21,18 +21,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import TimingChannel, fake_process  # bench/ is the script's folder
+
 from bot.access import AccessPolicy
-from bot.messages import ConversationRef
-from bot.replies import Outbox  # noqa: E402
 from bot.engine.config import SessionPolicy  # noqa: E402
 from bot.engine.policy import Policy
 from bot.engine.service import VpnService
+from bot.engine.tasks import TaskRunner  # noqa: E402
+from bot.messages import ConversationRef
+from bot.replies import Outbox  # noqa: E402
 from bot.store.model import Session, SessionState, utcnow  # noqa: E402
 from bot.store.sqlite import SqliteStore  # noqa: E402
 from bot.store.tables import TableStore  # noqa: E402
-from bot.engine.tasks import TaskRunner  # noqa: E402
 from provisioner.dryrun import DryRunProvider  # noqa: E402
-from common import TimingChannel, fake_process  # bench/ is the script's folder
 
 
 def requested(owner: str, session_id: str, now: datetime, **changes) -> Session:

@@ -127,7 +127,7 @@ async def main() -> None:
                 setup = before_work(proxy.seen, prefix)
                 print(f"{label}: {len(setup)} Table requests before its work ({len(proxy.seen)} in all; {took:.2f} s"
                       f"{' to /healthz' if command == 'serve' else ''})")
-                for method, table, path in setup:
+                for method, _table, path in setup:
                     print(f"    {method:6} {path}")
         finally:
             await proxy.stop()

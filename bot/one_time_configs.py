@@ -6,8 +6,6 @@ nor the link alone reveals it, and it survives a restart. Claiming erases the se
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
 import enum
 import hashlib
@@ -15,7 +13,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM

@@ -33,12 +33,12 @@ import secrets
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from provisioner import bootconfig
 from provisioner.aws_config import UBUNTU_SSM_PARAMETER, AwsConfig, is_region
-from provisioner.base import CleanupIncomplete, ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec
+from provisioner.base import CleanupIncomplete, ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec, Traffic
 from provisioner.wireguard import ServerConfig, ServerPeer, generate_keypair
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,12 @@ def _load_sdk() -> None:
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
-        ConnectionError as BotoConnectionError,
         HTTPClientError,
         NoCredentialsError,
         PartialCredentialsError,
+    )
+    from botocore.exceptions import (
+        ConnectionError as BotoConnectionError,
     )
 
     CONNECTION_ERRORS = (BotoConnectionError, HTTPClientError)
@@ -1067,6 +1069,9 @@ class AwsProvider:
             for line in lines:
                 log.warning("%s", line)
             self._reported = report
+
+    async def traffic(self, peers: Mapping[str, str]) -> dict[str, Traffic]:
+        return {}  # the instance reports its own figures every minute over its callback (provisioner/bootconfig.py), as Azure's VMs do
 
     async def close(self) -> None:
         self._pending.clear()

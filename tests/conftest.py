@@ -1,7 +1,6 @@
 """Shared fixtures: a fake clock, a recording channel, a runtime on tmp_path, Azurite, the namespace lab (factories: tests/support/factories.py)."""
 from __future__ import annotations
 
-
 import pytest
 
 from bot.settings import Settings

@@ -11,9 +11,9 @@ from aiohttp import web
 
 from bot.logs import NOISY_LOGGERS, JsonFormatter, RedactSecrets, setup_logging
 from bot.wiring import build_http_app
+from tests.provisioner.test_host_tunnel import secrets_of
 from tests.support.apprun import app_env, console
 from tests.support.loopback import serve_on_loopback
-from tests.provisioner.test_host_tunnel import secrets_of
 
 FIELDS = ["time", "level", "logger", "message", "session_id", "user", "request_id"]
 

@@ -9,8 +9,8 @@ import time
 from datetime import timedelta
 
 import aiohttp
-from aiohttp import web
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.settings import Settings, SettingsError
@@ -18,8 +18,7 @@ from bot.wiring import build_http_app
 from provisioner.base import ServerSpec
 from tests.support.apprun import APP, app_env
 from tests.support.factories import incoming
-from tests.support.loopback import serve_on_loopback
-from tests.support.loopback import free_port
+from tests.support.loopback import free_port, serve_on_loopback
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -230,10 +229,10 @@ def test_metrics_host_defaults_to_loopback():
 
 
 async def test_store_gauges_are_read_once_per_interval_however_often_anyone_scrapes(make_runtime, monkeypatch):
-    from bot.http import metrics
-
     import time
     from types import SimpleNamespace
+
+    from bot.http import metrics
 
     monkeypatch.setattr(metrics, "STORE_GAUGES_SECONDS", 1.0)
     clock = [1000.0]  # the gauges' clock, moved by hand: a loaded machine cannot make the test late

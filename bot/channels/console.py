@@ -21,11 +21,11 @@ from typing import Mapping, TextIO
 
 from bot.channels.deps import ChatDeps
 from bot.chat.dispatcher import Dispatcher
+from bot.engine.tasks import TaskRunner
 from bot.logs import route_to_file
 from bot.messages import ConversationRef, Identity, Incoming, UserKey
 from bot.replies import ChannelDefaults, ConfigDelivery
 from bot.store.ports import SessionReader
-from bot.engine.tasks import TaskRunner
 from cards.model import Card
 from cards.qr import qr_terminal
 from cards.text import render_card_text

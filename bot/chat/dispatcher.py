@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import logging
 import secrets
+from datetime import datetime
 from typing import Awaitable, Callable
 
 from bot import metrics
-from datetime import datetime
-
 from bot.access import Role
+from bot.chat.parser import Command, Usage, parse
 from bot.chat.refusals import say
+from bot.chat.registry import Context, Registry
 from bot.engine.policy import Actor, Policy, Refused
 from bot.logs import bind
-from bot.chat.parser import Command, Usage, parse
-from bot.chat.registry import Context, Registry
 from bot.messages import ConversationRef, Incoming
 from bot.replies import Outbox
 from bot.store.model import utcnow

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from bot.access import Role
-from bot.engine.policy import RULES, Action, Actor, allows
 from bot.chat.parser import Command
+from bot.engine.policy import RULES, Action, Actor, allows
 from bot.messages import Incoming
 from bot.replies import Outbox
 from cards.model import Card

@@ -6,15 +6,15 @@ from datetime import datetime
 from typing import Callable
 
 from bot.access import AccessPolicy, Role
-from bot.messages import Identity
 from bot.chat.parser import Command, Usage, parse_approve, parse_deny, parse_extend, parse_start
-from bot.chat.registry import Context, Registry
 from bot.chat.refusals import say
+from bot.chat.registry import Context, Registry
 from bot.chat.usage import register_usage
 from bot.engine import notices
 from bot.engine.policy import Action as Do
 from bot.engine.policy import Limits, Policy, Refused
 from bot.engine.service import VpnService
+from bot.messages import Identity
 from bot.store.model import Session, SessionState
 from cards.model import Action, Card, Table
 from cards.text import format_cost, format_minutes

@@ -77,7 +77,7 @@ class TaskRunner:
         except Exception:
             log.exception("error handler for task %s failed", name)
 
-    async def wait_idle(self, timeout: float | None = None) -> bool:
+    async def wait_idle(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 (a deadline callers pass; asyncio.timeout inside)
         """Wait until no task runs (tasks may start others); False if `timeout` ran out first."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout

@@ -8,10 +8,9 @@ Retry-After, which Teams redelivers and the web page retries.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 

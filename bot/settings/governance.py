@@ -11,8 +11,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bot.access import RuleError, group_ids, parse_rules
-from bot.settings.reader import Reader, SettingsError
 from bot.engine.policy_file import LONGEST, NEVER, Approval, PolicyEntry, PolicyFileError, load_policy, parse_approval
+from bot.settings.reader import Reader, SettingsError
 
 PUBLIC_GRAPH = "https://graph.microsoft.com"
 

@@ -11,13 +11,12 @@ holds a lease (`lease_owner` until `lease_expires_at`) that others may take over
 """
 from __future__ import annotations
 
-from typing import Any
-
 import dataclasses
 import enum
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from bot.messages import ConversationRef
 

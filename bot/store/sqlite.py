@@ -641,7 +641,7 @@ class SqliteStore:
         return dataclasses.replace(item, version=str(version + 1))
 
     async def notifications(self, event_id: str | None = None) -> list[Notification]:
-        sql, args = "SELECT * FROM outbox", ()
+        sql, args = "SELECT * FROM outbox", tuple[str, ...]()
         if event_id is not None:
             sql, args = sql + " WHERE event_id=?", (event_id,)
         rows = await self._run(lambda: self.conn.execute(sql + " ORDER BY created_at, key", args).fetchall())

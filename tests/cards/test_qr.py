@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from cards.qr import qr_png, qr_terminal
+from provisioner.wireguard import ClientConfig, generate_keypair, generate_preshared_key, render_client_config
 from tests.support.qrtools import DARK_THEME, LIGHT_THEME, render_terminal
 from tests.support.qrtools import decode_qr as decode
-from provisioner.wireguard import ClientConfig, generate_keypair, generate_preshared_key, render_client_config
 
 
 def a_config(**kw) -> str:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 import re
-
-import pytest
 import sqlite3
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+
+import pytest
 
 from tests.support.apprun import APP, LiveConsole, app_env, console
 from tests.support.qrtools import decode_qr

@@ -17,9 +17,9 @@ import time
 
 import aiohttp
 
-from tests.support.apprun import APP, app_env
-from tests.fakes.connector import FakeConnector
 from tests.channels.teams.test_channel import ALICE_AAD, TENANT, activity
+from tests.fakes.connector import FakeConnector
+from tests.support.apprun import APP, app_env
 from tests.support.loopback import free_port
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from bot.channels.teams.manifest import problems
 from bot.settings import Settings, SettingsError, read_env_file
-from tests.support.apprun import APP, app_env, console
 from tests.fakes.netns import bare_namespace
+from tests.support.apprun import APP, app_env, console
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_ID = "11111111-2222-3333-4444-555555555555"
@@ -188,7 +188,7 @@ def test_health_check_fails_for_a_loopback_only_bind_and_passes_when_reachable(t
             serve = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, APP, "serve"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             try:
-                probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:3978/healthz', timeout=1)"
+                probe = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3978/healthz', timeout=1)"
                 deadline = time.monotonic() + 20
                 while subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe], env=env, capture_output=True).returncode:
                     assert time.monotonic() < deadline and serve.poll() is None, serve.stderr.read() if serve.poll() is not None else "serve did not come up"

@@ -12,15 +12,14 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from bot.channels.groupme.channel import GroupMeChannel
-
 from bot.channels.groupme.config import GroupMeConfig
 from bot.channels.teams.channel import TeamsChannel
 from bot.channels.teams.config import TeamsConfig
 from bot.store.model import SessionState
 from bot.wiring import build_http_app
+from tests.channels.teams.test_channel import TENANT, activity
 from tests.fakes.connector import FakeConnector
 from tests.fakes.groupme import FakeGroupMe
-from tests.channels.teams.test_channel import TENANT, activity
 
 SECRET = "iso-secret-0123456789abc"
 GROUP = "4242"

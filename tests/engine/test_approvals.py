@@ -10,9 +10,9 @@ from datetime import timedelta
 
 import pytest
 
-from bot.wiring import make_provider
 from bot.settings import Settings
 from bot.store.model import SessionState
+from bot.wiring import make_provider
 from tests.support.factories import incoming
 from tests.support.governance import CardChannel, SpyProvider
 

@@ -5,16 +5,13 @@ Time is a fake clock; sweeps are called by hand, so expiry, warnings and recover
 import asyncio
 import dataclasses
 import json
-import sqlite3
 from datetime import timedelta
-
 
 import pytest
 
 from bot.store.model import SessionState
 from tests.support.factories import incoming
 from tests.support.qrtools import decode_qr
-
 
 # Every service test runs on both stores: the embedded SQLite file and Table Storage (Azurite).
 pytestmark = pytest.mark.parametrize("store_backend", ["sqlite", "azure-tables"], indirect=True)

@@ -2,8 +2,8 @@
 import asyncio
 import logging
 
-from bot.logs import RedactSecrets
 from bot.engine.tasks import TaskRunner
+from bot.logs import RedactSecrets
 
 
 async def test_same_name_runs_once():

@@ -34,9 +34,8 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from tests.support.loopback import serve_on_loopback
-
 from provisioner.wireguard import Secret
+from tests.support.loopback import serve_on_loopback
 
 _RESOURCE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/(?P<ns>Microsoft\.\w+)/(?P<type>\w+)"
@@ -81,14 +80,16 @@ class FakeCredential:
     """An async credential that never leaves this process (DefaultAzureCredential would probe IMDS)."""
 
     async def get_token(self, *scopes, **kwargs):
-        from azure.core.credentials import AccessToken
         import time
+
+        from azure.core.credentials import AccessToken
 
         return AccessToken("fake-token", int(time.time()) + 3600)
 
     async def get_token_info(self, *scopes, options=None):
-        from azure.core.credentials import AccessTokenInfo
         import time
+
+        from azure.core.credentials import AccessTokenInfo
 
         return AccessTokenInfo("fake-token", int(time.time()) + 3600)
 

@@ -26,13 +26,14 @@ import re
 import threading
 import time
 import warnings
-from urllib.parse import quote
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from bot.channels.web.signin_local import LocalAuth, hash_password
 from bot.settings import Settings

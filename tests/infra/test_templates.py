@@ -6,7 +6,6 @@ so references are compared by name, and the few literal values that matter by va
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from functools import lru_cache
@@ -479,12 +478,11 @@ async def test_user_assigned_msi_gets_the_bots_token_from_the_container_apps_ide
     IDENTITY_HEADER, App Service style), asked for that user-assigned identity, with no password."""
     import time
     import uuid
-
-    from aiohttp import web
-    from aiohttp.test_utils import TestServer
     from types import SimpleNamespace
 
     import aiohttp
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
 
     from bot.wiring import make_channels
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 from pathlib import Path
 
 import aiohttp
@@ -12,13 +11,13 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from bot.store.model import SessionState
-from provisioner import bootconfig
 from bot.engine import ready_tokens
+from bot.store.model import SessionState
 from bot.wiring import build_http_app
+from provisioner import bootconfig
 from provisioner.azure import AzureConfig, AzureProvider, deployment_mark
-from tests.support.factories import incoming
 from tests.fakes.arm import FakeArm, FakeCredential, Fault, LroFailure
+from tests.support.factories import incoming
 from tests.support.qrtools import decode_qr
 
 
@@ -472,9 +471,9 @@ async def test_two_deployments_in_one_group_leave_each_other_alone(arm, channel,
     """Same resource group, same default VPN_INSTANCE_NAME, no VPN_DEPLOYMENT_ID, two stores: the
     same derived deployment id, but each leaves the other's live sessions alone (made with another
     store, not expired yet) and reconciles only its own."""
-    from tests.support.factories import RecordingChannel
-    from bot.wiring import Runtime
     from bot.settings import Settings
+    from bot.wiring import Runtime
+    from tests.support.factories import RecordingChannel
 
     def runtime(folder: str, ch) -> Runtime:
         settings = Settings.from_env({"VPN_DATA_DIR": str(tmp_path / folder), "VPN_USERS": "test:alice,test:bob"})

@@ -14,10 +14,10 @@ import yaml
 from bot.store.model import SessionState
 from provisioner import bootconfig
 from provisioner.wireguard import Secret, ServerConfig, ServerPeer
-from tests.support.factories import incoming
 from tests.fakes.arm import FakeArm
 from tests.fakes.netns import SERVER_LAN, TUNNEL_SERVER, run
 from tests.provisioner.test_azure import azure, customdata_of, settle
+from tests.support.factories import incoming
 
 
 def networkd_sections(text: str) -> list[tuple[str, dict[str, str]]]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.host_setup import HostSetupError, plan
-from tests.support.apprun import APP, app_env, console
 from tests.fakes.netns import POOL, bare_namespace
+from tests.support.apprun import APP, app_env, console
 
 UPLINK = "10.98.0.1"
 
@@ -91,7 +91,7 @@ def test_plan_needs_the_tools_and_leaves_out_what_is_in_place(tmp_path):
         plan("wg9", pool, 51820, which=lambda tool: None if tool == "wg" else f"/usr/bin/{tool}")
     with pytest.raises(HostSetupError, match="neither nft nor iptables"):
         plan("wg9", pool, 51820, which=lambda tool: None if tool in ("nft", "iptables") else f"/usr/bin/{tool}",
-             exists=lambda name: True, output=lambda argv: (0, f"9: wg9 inet 10.77.0.1/24 scope global\n9: wg9: <POINTOPOINT,UP,LOWER_UP>"))
+             exists=lambda name: True, output=lambda argv: (0, "9: wg9 inet 10.77.0.1/24 scope global\n9: wg9: <POINTOPOINT,UP,LOWER_UP>"))
     (tmp_path / "net/ipv4").mkdir(parents=True)
     (tmp_path / "net/ipv4/ip_forward").write_text("1\n")
     in_place = plan("wg9", pool, 51820, which=lambda tool: f"/usr/bin/{tool}", exists=lambda name: True, proc=tmp_path,

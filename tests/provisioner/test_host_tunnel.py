@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.apprun import LiveConsole, app_env, console
 from tests.fakes.netns import POOL, SERVER_LAN, run
+from tests.support.apprun import LiveConsole, app_env, console
 from tests.support.qrtools import decode_qr
 
 pytestmark = pytest.mark.netns

@@ -37,7 +37,7 @@ def test_store_key_is_bounded_injective_and_never_truncates():
     ]
     keys = [store_key(s) for s in samples]
     assert len(set(keys)) == len(samples)  # injective on these (an escaped form never starts with %h)
-    for text, key in zip(samples, keys):
+    for key in keys:
         assert len(key.encode()) <= KEY_BYTES
         assert not any(c in key for c in "/\\#?") and all(ord(c) >= 0x20 and not 0x7F <= ord(c) <= 0x9F for c in key)
         key.encode()  # no lone surrogate left: both stores can encode it

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from bot.store.model import SessionState, utcnow  # noqa: E402
 from bot.store.tables import TableStore  # noqa: E402
-from tests.support.apprun import APP, app_env  # noqa: E402
 from tests.fakes.azurite import Azurite  # noqa: E402
 from tests.fakes.connector import FakeConnector  # noqa: E402
+from tests.support.apprun import APP, app_env  # noqa: E402
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 SLOW_WG = "sh -c 'sleep 0.3; exec wg \"$@\"' wg"  # every wg call takes a while: time to kill mid-way

@@ -16,7 +16,6 @@ them are in claim_pages.py, the re-fetch in verify.py, the rate limits in admiss
 from __future__ import annotations
 
 import functools
-
 import hmac
 import json
 import logging
@@ -29,16 +28,15 @@ from bot import one_time_configs
 from bot.channels.deps import ChatDeps
 from bot.channels.groupme.admission import Admission, RateLimit
 from bot.channels.groupme.api import GroupMeApi, GroupMeError
+from bot.channels.groupme.chatter import addressed, cannot_be_a_command, strip_mentions
 from bot.channels.groupme.claim_pages import ClaimPages
 from bot.channels.groupme.config import GroupMeConfig
-from bot.channels.groupme.chatter import addressed, cannot_be_a_command, strip_mentions
 from bot.channels.groupme.verify import Verdict, verify
 from bot.chat.parser import Usage, parse
 from bot.messages import ConversationRef, Identity, Incoming, InvalidIdentity, UserKey
 from bot.replies import ChannelDefaults, ConfigDelivery, DeliveryError
 from cards.model import Card
 from cards.text import render_card_text
-
 
 log = logging.getLogger(__name__)
 MAX_CALLBACK_BYTES = 64 * 1024

@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestServer
 
 from bot.channels.groupme.channel import GroupMeChannel
 from bot.channels.groupme.config import GroupMeConfig
-from bot.wiring import build_http_app
 from bot.store.model import SessionState
+from bot.wiring import build_http_app
 from tests.fakes.groupme import FakeGroupMe
 from tests.support.loopback import free_port
 

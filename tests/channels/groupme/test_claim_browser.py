@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import os
+
 import pytest
 
 from tests.support.browser import ARGS, ARTIFACTS, CHROMIUM, skip_reason
 from tests.support.qrtools import decode_qr
+
 
 async def test_reveal_in_a_real_browser(make_harness):
     reason = skip_reason()

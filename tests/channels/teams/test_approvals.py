@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestServer
 
 from bot.channels.teams.channel import TeamsChannel
 from bot.channels.teams.config import TeamsConfig
-from bot.wiring import build_http_app
 from bot.store.model import SessionState
+from bot.wiring import build_http_app
 from tests.fakes.connector import FakeConnector
 
 pytestmark = pytest.mark.parametrize("store_backend", ["sqlite", "azure-tables"], indirect=True)

@@ -213,10 +213,8 @@ async def test_a_thousand_starts_give_each_user_exactly_one_config(tmp_path, cap
     the real clock: each user gets exactly one config, and no session is ever "started over"."""
     import logging
 
-    from bot.wiring import make_provider
-    from bot.access import AccessPolicy
     from bot.settings import Settings
-    from bot.wiring import Runtime
+    from bot.wiring import Runtime, make_provider
 
     caplog.set_level(logging.INFO)
     n = 1000

@@ -268,8 +268,8 @@ async def test_the_page_is_static_with_a_strict_csp(stack):
 
 
 async def test_the_web_channel_is_off_without_a_sign_in_method(tmp_path):
-    from bot.wiring import make_channels
     from bot.settings import Settings, SettingsError
+    from bot.wiring import make_channels
 
     assert [ch.name for ch in make_channels(Settings.from_env({"VPN_DATA_DIR": str(tmp_path)}))] == []
     with pytest.raises(SettingsError, match="VPN_LOCAL_AUTH_SECRET"):

@@ -11,7 +11,6 @@ Screenshots go to test-artifacts/.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
 import subprocess
@@ -20,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.apprun import APP, app_env
 from tests.fakes.netns import POOL, SERVER_LAN
-from tests.support.qrtools import decode_qr
+from tests.support.apprun import APP, app_env
 from tests.support.browser import ARGS, ARTIFACTS, CHROMIUM, skip_reason
+from tests.support.qrtools import decode_qr
 from tests.support.webharness import PASSWORD, SECRET, WebApp
 
 ALICE = "alice@example.org"

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.channels.web import signin_local as local
 from bot.channels.web.signin_entra import EntraUnavailable, EntraVerifier, InvalidToken
-from bot.store.sqlite import SqliteStore
 from bot.store.ports import LocalUser
+from bot.store.sqlite import SqliteStore
 from tests.fakes.entra import API_CLIENT_ID, TENANT, FakeEntra
 from tests.support.webharness import PASSWORD, SECRET, Client, WebApp
 
