@@ -26,7 +26,7 @@ import json
 import unicodedata
 from collections.abc import Collection
 
-VERBS = ("start", "stop", "status", "extend", "list", "help", "approve", "deny", "pending")  # bot/chat/parser.py's VERBS (tested equal)
+VERBS = ("start", "stop", "status", "extend", "list", "help", "approve", "deny", "pending", "report", "audit", "notify")  # bot/chat/parser.py's VERBS (tested equal)
 _VERBS_BYTES = tuple(v.encode() for v in VERBS)
 
 
