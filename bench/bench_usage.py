@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from azure.data.tables.aio import TableServiceClient
-
 from azurite_server import AzuriteServer, connection_string  # bench/ is the script's folder
+
 from bot.engine.reports import summarize
 from bot.store.ports import UsageRecord
 from bot.store.sqlite import SqliteStore
