@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 from provisioner import bootconfig
 from provisioner.aws_config import UBUNTU_SSM_PARAMETER, AwsConfig, is_region
-from provisioner.base import CleanupIncomplete, ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec, Traffic
+from provisioner.base import CleanupIncomplete, LeftAloneReport, ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec, Traffic
 from provisioner.wireguard import ServerConfig, ServerPeer, generate_keypair
 
 log = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ class AwsProvider:
         self._background: set[asyncio.Task] = set()
         self._deployment = config.deployment_id or self.default_deployment_id()
         self._store_id = ""  # the store's own id (bind_deployment): tagged on what we make
-        self._reported = ""  # the last report of what reconcile leaves alone: repeated only when it changes
+        self._left_alone = LeftAloneReport(log)  # what reconcile leaves alone, told once per change
         self.clock: Callable[[], datetime] = _utcnow  # when tagged resources of another store count as expired
         self._latest_console = True  # GetConsoleOutput Latest=true (Nitro); off after UnsupportedOperation
 
@@ -1051,24 +1051,11 @@ class AwsProvider:
         return list(found.values())
 
     def _report(self, others: dict[str, list[str]], held: dict[str, tuple[datetime, list[str]]]) -> None:
-        """One warning per kind of thing reconcile leaves alone, repeated only when it changes."""
         lines = []
         for theirs, names in sorted(others.items()):
             region, _, deployment = theirs.partition(": ")
             lines.append(f"reconcile: leaving {len(names)} resource(s) of another deployment ({self.config.instance_name}/{deployment}) in {region} alone: {', '.join(sorted(names)[:10])}")
-        if held:
-            names = sorted(n for _, ns in held.values() for n in ns)
-            latest = max(e for e, _ in held.values())
-            lines.append(
-                f"reconcile: {len(names)} resource(s) of {len(held)} session(s) carry this deployment's id but were made with another store"
-                f" (a lost store, or another deployment with the same VPN_INSTANCE_NAME in this AWS account: give each its own"
-                f" VPN_DEPLOYMENT_ID); they are removed once they expire (the last at {latest.isoformat(timespec='seconds')}): {', '.join(names[:10])}"
-            )
-        report = "\n".join(lines)
-        if report != self._reported:
-            for line in lines:
-                log.warning("%s", line)
-            self._reported = report
+        self._left_alone.emit(lines, held, "another deployment with the same VPN_INSTANCE_NAME in this AWS account")
 
     async def traffic(self, peers: Mapping[str, str]) -> dict[str, Traffic]:
         return {}  # the instance reports its own figures every minute over its callback (provisioner/bootconfig.py), as Azure's VMs do

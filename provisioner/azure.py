@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from provisioner import bootconfig
 from provisioner.azure_config import AzureConfig
-from provisioner.base import CleanupIncomplete, ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec, Traffic
+from provisioner.base import CleanupIncomplete, LeftAloneReport, ManagedResource, ProgressFn, ProvisionError, ServerInfo, ServerSpec, Traffic
 from provisioner.wireguard import ServerConfig, ServerPeer, generate_keypair
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class AzureProvider:
         self._ssh_key_task: asyncio.Future | None = None
         self._deployment = config.deployment_id or self.default_deployment_id()
         self._store_id = ""  # the store's own id (bind_deployment): tagged on what we make
-        self._reported = ""  # the last report of what reconcile leaves alone: repeated only when it changes
+        self._left_alone = LeftAloneReport(log)  # what reconcile leaves alone, told once per change
         self.clock: Callable[[], datetime] = _utcnow  # when tagged resources of another store count as expired
         self._http: aiohttp.ClientSession | None = None  # boot diagnostics blobs
 
@@ -805,23 +805,10 @@ class AzureProvider:
         return list(found.values())
 
     def _report(self, others: dict[str, list[str]], held: dict[str, tuple[datetime, list[str]]]) -> None:
-        """One warning per kind of thing reconcile leaves alone, repeated only when it changes."""
         lines = []
         for theirs, names in sorted(others.items()):
             lines.append(f"reconcile: leaving {len(names)} resource(s) of another deployment ({theirs}) in {self.config.resource_group} alone: {', '.join(sorted(names)[:10])}")
-        if held:
-            names = sorted(n for _, ns in held.values() for n in ns)
-            latest = max(e for e, _ in held.values())
-            lines.append(
-                f"reconcile: {len(names)} resource(s) of {len(held)} session(s) carry this deployment's id but were made with another store"
-                f" (a lost store, or another deployment with the same subscription, resource group and VPN_INSTANCE_NAME: give each its own"
-                f" VPN_DEPLOYMENT_ID); they are removed once they expire (the last at {latest.isoformat(timespec='seconds')}): {', '.join(names[:10])}"
-            )
-        report = "\n".join(lines)
-        if report != self._reported:
-            for line in lines:
-                log.warning("%s", line)
-            self._reported = report
+        self._left_alone.emit(lines, held, "another deployment with the same subscription, resource group and VPN_INSTANCE_NAME")
 
     async def traffic(self, peers: Mapping[str, str]) -> dict[str, Traffic]:
         return {}  # the VM reports its own figures every minute over its callback (provisioner/bootconfig.py)

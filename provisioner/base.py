@@ -6,6 +6,7 @@ idempotent by session id: a retry or a resume after a crash never creates a seco
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Awaitable, Callable, Mapping, Protocol, Sequence
@@ -139,3 +140,32 @@ class Provider(Protocol):
 
     async def close(self) -> None:
         """Release clients and connections."""
+
+
+class LeftAloneReport:
+    """What reconcile leaves alone (another deployment's resources; ours made with another store, kept
+    until they expire), logged as one warning per kind and repeated only when it changes: a cloud
+    provider's reconcile runs every minute on every replica."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._last = ""
+
+    def emit(self, others: list[str], held: dict[str, tuple[datetime, list[str]]], clash: str) -> None:
+        """`others`: one line per other deployment; `held`: session -> (expiry, resource names);
+        `clash`: what else shares this deployment id, in the provider's own terms."""
+        lines = list(others)
+        if held:
+            names = sorted(n for _, ns in held.values() for n in ns)
+            latest = max(e for e, _ in held.values())
+            lines.append(
+                f"reconcile: {len(names)} resource(s) of {len(held)} session(s) carry this deployment's id but were made with another store"
+                f" (a lost store, or {clash}: give each its own VPN_DEPLOYMENT_ID); they are removed once they expire"
+                f" (the last at {latest.isoformat(timespec='seconds')}): {', '.join(names[:10])}"
+            )
+        report = "\n".join(lines)
+        if report != self._last:
+            for line in lines:
+                self._log.warning("%s", line)
+            self._last = report
+
