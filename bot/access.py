@@ -110,6 +110,10 @@ class AccessPolicy:
         self._admins = tuple(admins)
         self._operator = local_operator
 
+    def describe(self) -> str:
+        """The rules as text (no secrets in them): a change shows in a digest of it."""
+        return repr((self._users, self._admins))
+
     @classmethod
     def from_text(cls, users: str, admins: str, local_operator: UserKey | None = None) -> "AccessPolicy":
         return cls(parse_rules(users), parse_rules(admins), local_operator)

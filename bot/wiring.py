@@ -42,7 +42,7 @@ from bot.replies import Channel, Outbox
 from bot.settings import Settings
 from bot.settings.governance import GovernanceSettings
 from bot.settings.store import StoreSettings
-from bot.store.model import ACTIVE_STATES, utcnow
+from bot.store.model import utcnow
 from bot.store.ports import Store
 from cards.model import Card
 from provisioner.base import Provider
@@ -305,13 +305,10 @@ class Runtime:
 
 
 async def reap_once(runtime: Runtime) -> str:
-    """`reap`: one pass, then one line saying what it did (the per-session lines are INFO, below reap's level)."""
-    before = {s.id: s for s in await runtime.store.sessions(list(ACTIVE_STATES))}
-    removed = await runtime.service.reap_once()
-    after = {s.id: s for s in await runtime.store.sessions(list(ACTIVE_STATES))}
-    ended = sum(1 for sid in before if sid not in after)
-    warned = sum(1 for sid, s in after.items() if s.warned and sid in before and not before[sid].warned)
-    return f"reap: {ended} session(s) ended, {warned} warned, {removed} orphaned resource(s) removed; {len(after)} active"
+    """`reap`: one pass, then one line saying what it did (the per-session lines are INFO, below reap's level).
+    No count of live sessions: that would read every one of them, which a pass no longer does (issue 25)."""
+    done = await runtime.service.reap_once()
+    return f"reap: {done.ended} session(s) ended, {done.warned} warned, {done.removed} orphaned resource(s) removed"
 
 
 # ----- the HTTP app ------------------------------------------------------------------------------------

@@ -316,6 +316,7 @@ class _Watcher:
 
 class AwsProvider:
     name = "aws"
+    polls_traffic = False  # the instance reports over its callback
 
     def __init__(self, config: AwsConfig, session: Any = None) -> None:
         """`session`: an aiobotocore session (tests may pass one); None builds the default one, whose

@@ -263,6 +263,7 @@ class _Pending:
 
 class AzureProvider:
     name = "azure"
+    polls_traffic = False  # the VM reports over its callback
 
     def __init__(self, config: AzureConfig, credential: Any) -> None:
         self.config = config

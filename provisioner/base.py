@@ -97,6 +97,9 @@ class CleanupIncomplete(Exception):
 
 class Provider(Protocol):
     name: str
+    # Whether `traffic` reads the tunnels from here (host, dryrun): the sweeper's traffic turn lists the
+    # ready sessions only for such a provider; Azure's and AWS's servers report their own figures.
+    polls_traffic: bool
 
     @property
     def regions(self) -> Sequence[str]:

@@ -29,6 +29,7 @@ def _utcnow() -> datetime:
 
 class DryRunProvider:
     name = "dryrun"
+    polls_traffic = True
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 class HostProvider:
     name = "host"
+    polls_traffic = True
 
     def __init__(
         self,

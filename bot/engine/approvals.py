@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from bot.access import matches_any
 from bot.engine import notices
@@ -199,18 +199,8 @@ class Approvals:
 
     # ----- time -----------------------------------------------------------------------------------
 
-    async def sweep(self, now: datetime) -> tuple[list[Awaitable[object]], datetime | None]:
-        """The sweeper's share: requests past their decide-by are denied (whichever replica or reap gets there first)."""
-        due: list[Awaitable[object]] = []
-        next_due: datetime | None = None
-        for s in await self.p.store.sessions([AWAITING]):
-            if s.decide_by is None or now >= s.decide_by:
-                due.append(self._time_out(s.id, now))
-            else:
-                next_due = s.decide_by if next_due is None else min(next_due, s.decide_by)
-        return due, next_due
-
-    async def _time_out(self, session_id: str, now: datetime) -> None:
+    async def time_out(self, session_id: str, now: datetime) -> None:
+        """A request past its decide-by time is denied (whichever sweeper or reap gets there first; the sweeper calls this when it falls due)."""
         reason = notices.no_decision(self.timeout_minutes)
 
         def change(x: Session) -> Session | None:

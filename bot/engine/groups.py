@@ -49,6 +49,7 @@ class Memberships:
         self._lookup = lookup
         self._clock = clock
         self._ttl = timedelta(seconds=cache_seconds)
+        self.cache_seconds = cache_seconds  # how stale an answer may be: the revocation pass's period with groups
         self._cache: dict[tuple[str, frozenset[str]], tuple[datetime, frozenset[str]]] = {}
 
     async def of(self, who: Identity, wanted: frozenset[str]) -> frozenset[str]:

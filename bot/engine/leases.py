@@ -45,16 +45,21 @@ def this_worker() -> Worker:
 class Leases:
     """Compare-and-set writes and leases on sessions, for one worker."""
 
-    def __init__(self, store: SessionStore, worker: Worker, clock: Callable[[], datetime], lease_seconds: float) -> None:
+    def __init__(
+        self, store: SessionStore, worker: Worker, clock: Callable[[], datetime], lease_seconds: float,
+        schedule: Callable[[Session], Session] = lambda s: s,
+    ) -> None:
         self._store = store
         self._worker = worker
         self._clock = clock
         self._lease_seconds = lease_seconds
+        self._schedule = schedule  # stamps when a sweeper must next look (bot/engine/schedule.py)
 
     async def update(self, session_id: str, change: Callable[[Session], Session | None]) -> Session | None:
         """Read, decide, compare-and-set; a lost race is re-read and decided again, never overwritten.
 
-        `change` returns the new session, or None for "nothing to do" (then so does this); it may raise."""
+        `change` returns the new session, or None for "nothing to do" (then so does this); it may raise.
+        Every write is stamped with its next due time here, the one place all of them pass."""
         for _ in range(CAS_ATTEMPTS):
             s = await self._store.get(session_id)
             if s is None:
@@ -63,7 +68,7 @@ class Leases:
             if new is None:
                 return None
             try:
-                return await self._store.save(new)
+                return await self._store.save(self._schedule(new))
             except Conflict:
                 await asyncio.sleep(0)
         raise Conflict(f"session {session_id}: gave up after {CAS_ATTEMPTS} concurrent writes")

@@ -13,6 +13,7 @@ so is "who may approve this request?" (`check_decider`: an approver the request 
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -374,6 +375,12 @@ class Policy:
             return await self.role_for(who) is not None
         except GroupsUnavailable:
             return None
+
+    def fingerprint(self) -> str:
+        """A digest of who may have a session (allowlist, approvers, policy entries): when it differs from the
+        last revocation pass's, every live session is checked again (bot/engine/revocation.py)."""
+        text = repr((self.access.describe(), self._approvers, self._entries))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     async def reload_if_changed(self) -> bool:
         """Re-read the policy file if it changed on disk (a bad edit keeps the policy in force)."""

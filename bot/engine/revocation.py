@@ -1,15 +1,19 @@
 """Revocation: a live session whose owner would no longer be let in ends, and its owner is told why.
 
-Part of every sweep (any replica, and `reap`): the policy file is re-read if it changed, then each
-live session's owner is checked as a new request would be — VPN_USERS/VPN_ADMINS, the policy file,
-Entra groups (cached for VPN_GROUP_CACHE_SECONDS). So someone removed from a group loses their session
-within the cache time plus one sweep; someone removed from VPN_USERS or the policy, at the restart or
-reload that removes them. When Graph cannot answer, nothing is revoked on a guess (the session still
-ends at its time); every revocation is in the audit log.
+A pass checks each live session's owner as a new request would be — VPN_USERS/VPN_ADMINS, the policy
+file, Entra groups (cached for VPN_GROUP_CACHE_SECONDS). It reads every live session, so it is a
+fleet-wide turn (`take_turn`: one replica, or `reap`, per turn), not part of every sweep (issue 25):
+at once when the rules changed (a digest of them differs from the last pass's: a deploy that edits
+VPN_USERS, a reloaded policy file), every fifth of VPN_GROUP_CACHE_SECONDS (a minute at least) while a
+rule names a group, and daily otherwise. So someone removed from a group loses their session within
+the cache time plus a minute or so; someone removed from VPN_USERS or the policy, at the restart or reload that removes them. When
+Graph cannot answer, nothing is revoked on a guess (the session still ends at its time); every
+revocation is in the audit log.
 """
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Awaitable
 
 from bot.engine import notices
@@ -23,6 +27,7 @@ if TYPE_CHECKING:  # handed in by the service; importing teardown here would loa
     from bot.engine.teardown import Teardown
 
 log = logging.getLogger(__name__)
+UNCHANGED_RULES_EVERY = timedelta(days=1)  # rules without groups change only with a deploy or a reload (a new digest)
 CHECKED = (SessionState.AWAITING_APPROVAL, SessionState.REQUESTED, SessionState.PROVISIONING, SessionState.READY)
 
 
@@ -33,19 +38,30 @@ class Revocation:
         self.teardown = teardown
         self.approvals = approvals
 
+    async def my_turn(self, now: datetime) -> bool:
+        """Whether this worker runs a pass now (see the module's docstring)."""
+        await self.policy.reload_if_changed()
+        groups = bool(self.policy.wanted_groups)
+        every = timedelta(seconds=max(60.0, self.policy.memberships.cache_seconds / 5)) if groups else UNCHANGED_RULES_EVERY
+        return await self.p.store.take_turn("revocation", self.p.worker.id, now, every, mark=self.policy.fingerprint())
+
     async def sweep(self) -> list[Awaitable[object]]:
         """The revocations due now, for the sweeper to run with the rest of its work."""
-        await self.policy.reload_if_changed()
         by_owner: dict[tuple[str, str], list[Session]] = {}
         for s in await self.p.store.sessions(CHECKED):
             by_owner.setdefault((s.owner, s.owner_label), []).append(s)
         due: list[Awaitable[object]] = []
+        unknown = False
         for (owner, label), sessions in by_owner.items():
             allowed = await self.policy.still_allowed(owner, label)
             if allowed is None:
+                unknown = True
                 log.warning("cannot check whether %s is still allowed (group membership unavailable); checking again next sweep", owner)
             elif not allowed:
                 due += [self._revoke(s) for s in sessions]
+        if unknown:  # give the turn back: an empty mark never equals a digest, so the next pass takes it
+            p = self.p
+            await p.store.take_turn("revocation", p.worker.id, p.clock(), timedelta(0), mark="")
         return due
 
     async def _revoke(self, s: Session) -> None:

@@ -21,7 +21,8 @@ from bot.engine.parts import EngineParts, EngineStore
 from bot.engine.policy import Action, Actor, Code, Limits, Policy, Refused
 from bot.engine.provisioning import Provisioning
 from bot.engine.revocation import Revocation
-from bot.engine.sweeper import Sweeper
+from bot.engine.schedule import Schedule
+from bot.engine.sweeper import ReapReport, Sweeper
 from bot.engine.tasks import TaskRunner
 from bot.engine.teardown import Teardown
 from bot.engine.traffic import LiveTraffic
@@ -60,8 +61,9 @@ class VpnService:
         self.policy = policy
         self.clock = clock
         self.worker = worker or this_worker()
-        self.leases = Leases(store, self.worker, clock, limits.lease_seconds)
         self.usage = usage_config or usage.UsageConfig()
+        self.schedule = Schedule(limits, self.usage)
+        self.leases = Leases(store, self.worker, clock, limits.lease_seconds, self.schedule.apply)
         self.notify = Notifier(store, outbox, clock, self.worker.id, notify_config or NotifyConfig(), webhook, limits.lease_seconds)
         self.parts = parts = EngineParts(store, provider, runner, outbox, limits, clock, self.worker, self.leases, self.usage, self.notify)
         self.sweeper: Sweeper
@@ -69,8 +71,8 @@ class VpnService:
         self.teardown = Teardown(parts)
         self.approvals = Approvals(parts, policy, store, self.provisioning.start, policy.governance.approval_timeout_minutes)
         self.revocation = Revocation(parts, policy, self.teardown, self.approvals)
-        self.traffic = LiveTraffic(parts, self.teardown)
-        self.sweeper = Sweeper(parts, self.provisioning, self.teardown, self.approvals, self.revocation, self.traffic)
+        self.traffic = LiveTraffic(parts, self.teardown, self.schedule)
+        self.sweeper = Sweeper(parts, self.provisioning, self.teardown, self.schedule, self.approvals, self.revocation, self.traffic)
         self.notify.wake = self.sweeper.wake
         self._user_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         runner.set_error_handler(self._on_task_error)
@@ -136,6 +138,7 @@ class VpnService:
                 # for an approval is nobody's work until it is approved).
                 **(self.leases.unleased() if waiting else self.leases.lease(now)),
             )
+            session = self.schedule.apply(session)
             outcome = await self.store.create_session(session, per_user=self.limits.max_sessions_per_user, total=self.limits.max_sessions)
             if outcome is CreateOutcome.USER_LIMIT:
                 mine = await self.store.sessions(ACTIVE_STATES, owner=owner)
@@ -319,7 +322,7 @@ class VpnService:
     async def run_sweeper(self) -> None:
         await self.sweeper.run()
 
-    async def reap_once(self) -> int:
+    async def reap_once(self) -> ReapReport:
         return await self.sweeper.reap_once()
 
     async def _on_task_error(self, name: str, exc: BaseException) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Awaitable, Sequence
 
@@ -14,15 +15,20 @@ from bot.engine.approvals import Approvals
 from bot.engine.parts import EngineParts
 from bot.engine.provisioning import Provisioning
 from bot.engine.revocation import Revocation
+from bot.engine.schedule import Schedule
 from bot.engine.teardown import Teardown
 from bot.engine.traffic import LiveTraffic
 from bot.engine.usage import EXPIRED, STOPPED
 from bot.store.model import ACTIVE_STATES, IN_FLIGHT_STATES, Session, SessionState
 from bot.store.ports import Worker
-from provisioner.base import CleanupIncomplete, ProvisionError
+from provisioner.base import CleanupIncomplete, ManagedResource, ProvisionError
 
 log = logging.getLogger(__name__)
 SWEEP_CONCURRENCY = 16  # sessions a sweep works on at once (a remote store's latency adds up otherwise)
+SWEEP_BATCH = 500  # due sessions one pass reads; more are taken by the next pass at once
+HEARTBEAT_EVERY = timedelta(minutes=1)
+RECENTLY_ENDED = timedelta(minutes=5)
+INDEX_CHECK_EVERY = timedelta(hours=6)  # the fleet-wide check that every live session is in the due index
 
 
 async def _bounded(work: Sequence[Awaitable[object]], limit: int) -> None:
@@ -39,6 +45,13 @@ async def _bounded(work: Sequence[Awaitable[object]], limit: int) -> None:
     await asyncio.gather(*(one(aw) for aw in work))
 
 
+@dataclass(frozen=True)
+class ReapReport:
+    ended: int
+    warned: int
+    removed: int  # orphaned provider resources
+
+
 def _earliest(*times: datetime | None) -> datetime | None:
     return min((t for t in times if t is not None), default=None)
 
@@ -46,11 +59,14 @@ def _earliest(*times: datetime | None) -> datetime | None:
 class Sweeper:
     def __init__(
         self, parts: EngineParts, provisioning: Provisioning, teardown: Teardown,
-        approvals: Approvals | None = None, revocation: Revocation | None = None, traffic: LiveTraffic | None = None,
+        schedule: Schedule, approvals: Approvals | None = None, revocation: Revocation | None = None, traffic: LiveTraffic | None = None,
     ) -> None:
         self.p = parts
         self.provisioning = provisioning
         self.teardown = teardown
+        self.schedule = schedule  # when a session is due (bot/engine/schedule.py)
+        self._beat_at: datetime | None = None
+        self.last_due: list[Session] = []  # the due sessions the last pass found, as read (for reap's report)
         self.approvals = approvals  # requests past their decide-by time are denied
         self.revocation = revocation  # owners no longer allowed lose their sessions
         self.traffic = traffic  # tunnels' figures; unused or heavy sessions end (issue 23)
@@ -64,56 +80,95 @@ class Sweeper:
     def due(self, s: Session) -> None:
         """Wake the sweeper only if this session needs it before its planned pass: a full sweep after
         every ready session (hundreds a minute under load) listed every live session each time."""
-        limits = self.p.limits
-        at = s.expires_at
-        if limits.warn_minutes and not s.warned and s.minutes > limits.warn_minutes:
-            at = min(at, s.expires_at - timedelta(minutes=limits.warn_minutes))
+        at = self.schedule.next_look(s)
+        if at is None:
+            return
         self._due_at = _earliest(self._due_at, at)
         if self._sweep_at is not None and at < self._sweep_at:
             self._wake.set()
 
     async def sweep(self, *, resume: bool = True) -> datetime | None:
-        """Warn, expire, finish interrupted teardowns, time out requests awaiting approval, revoke what
-        its owner may no longer have, take over provisioning whose lease expired; returns when to look again."""
+        """One pass: the fleet-wide turns this worker holds (traffic, revocation, the index check), then
+        every session that is due (warn, expire, end for want of use, finish interrupted teardowns, time
+        out undecided requests, take over provisioning whose lease expired); returns when to look again.
+        A pass with nothing due reads the due index, not the live sessions: a handful of requests."""
         p = self.p
         now = p.clock()
-        await p.store.heartbeat(Worker(p.worker.id, p.worker.host, p.worker.pid, now))
+        await self._heartbeat(now)
         await p.store.purge_claims(now)
         await p.store.purge_expired(now, audit_retention=timedelta(days=p.limits.audit_retention_days),
                                     usage_retention=timedelta(days=p.usage.retention_days))  # at most every 10 min per process
-        next_due: datetime | None = None
-        warn = timedelta(minutes=p.limits.warn_minutes)
-        due: list[Awaitable[object]] = []  # per-session work, run a few at once (each is a store round trip or more)
-        ready = await p.store.sessions([SessionState.READY])
-        for s in ready:
-            if now >= s.expires_at:
-                due.append(self.teardown.begin(s.id, notices.TIME_IS_UP, EXPIRED))
-                continue
-            if p.limits.warn_minutes and not s.warned and s.minutes > p.limits.warn_minutes:
-                warn_at = s.expires_at - warn
-                if now >= warn_at:
-                    due.append(self._warn(s.id, now))
-                else:
-                    next_due = _earliest(next_due, warn_at)
-            next_due = _earliest(next_due, s.expires_at)
-        for s in await p.store.sessions([SessionState.EXPIRING]):
-            if not self.teardown.running(s.id) and not s.leased_by_other(p.worker.id, now):
-                due.append(self.teardown.begin(s.id, s.end_reason or "ended", s.ending or STOPPED))
-            elif s.lease_expires_at is not None:
-                next_due = _earliest(next_due, s.lease_expires_at)
-        if self.approvals is not None:
-            timeouts, decide_by = await self.approvals.sweep(now)
-            due += timeouts
-            next_due = _earliest(next_due, decide_by)
-        if self.revocation is not None:
-            due += await self.revocation.sweep()
-        if self.traffic is not None:
-            more, at = await self.traffic.sweep(now, ready)
-            due += more
-            next_due = _earliest(next_due, at)
+        due: list[Awaitable[object]] = await self._turns(now)
+        sessions = self.last_due = await p.store.due_sessions(now, SWEEP_BATCH)
+        for s in sessions:
+            work = self._work_for(s, now, resume=resume)
+            due.append(work if work is not None else self._reschedule(s.id, now))
         await _bounded(due, SWEEP_CONCURRENCY)
-        next_due = _earliest(next_due, await self._recover_orphans(now, resume=resume))
+        if len(sessions) >= SWEEP_BATCH:
+            return p.clock()  # more is due than one pass takes: go on at once
+        next_due = await p.store.next_due(p.clock())
         return _earliest(next_due, await self.deliver_notifications())
+
+    async def _heartbeat(self, now: datetime) -> None:
+        """The workers table is informational (leases decide): a write a minute per process is plenty."""
+        if self._beat_at is not None and timedelta(0) <= now - self._beat_at < HEARTBEAT_EVERY:
+            return
+        self._beat_at = now
+        p = self.p
+        await p.store.heartbeat(Worker(p.worker.id, p.worker.host, p.worker.pid, now))
+
+    async def _turns(self, now: datetime) -> list[Awaitable[object]]:
+        """The work that reads every live session, each at most once per its period across the fleet."""
+        p = self.p
+        work: list[Awaitable[object]] = []
+        if self.traffic is not None:
+            await self.traffic.poll(now)
+        if self.revocation is not None and await self.revocation.my_turn(now):
+            work += await self.revocation.sweep()
+        if await p.store.take_turn("due-index", p.worker.id, now, INDEX_CHECK_EVERY):
+            repaired = await p.store.check_due_index(now)
+            if repaired:
+                log.warning("%d live session(s) had no due entry (written before it existed, or by an earlier version); they are looked at now", repaired)
+        return work
+
+    def _work_for(self, s: Session, now: datetime, *, resume: bool) -> Awaitable[object] | None:
+        """What a due session needs now, decided again on the stored session by whichever step runs it."""
+        p = self.p
+        if s.state is SessionState.READY:
+            if now >= s.expires_at:
+                return self.teardown.begin(s.id, notices.TIME_IS_UP, EXPIRED, still=lambda x: now >= x.expires_at)
+            if self.traffic is not None:
+                ending = self.traffic.check(s, now)
+                if ending is not None:
+                    return ending
+            warn_at = self.schedule.warn_at(s)
+            if warn_at is not None and now >= warn_at:
+                return self._warn(s.id, now)
+            return None
+        if s.state is SessionState.EXPIRING:
+            if self.teardown.running(s.id) or s.leased_by_other(p.worker.id, now):
+                return None
+            return self.teardown.begin(s.id, s.end_reason or "ended", s.ending or STOPPED)
+        if s.state in IN_FLIGHT_STATES:
+            if p.runner.get(f"provision:{s.id}") is not None or s.leased_by_other(p.worker.id, now):
+                return None  # ours and running (its lease is renewed), or another worker's
+            return self._take_over(s.id, now, resume=resume)
+        if s.state is SessionState.AWAITING_APPROVAL and self.approvals is not None:
+            if s.decide_by is None or now >= s.decide_by:
+                return self.approvals.time_out(s.id, now)
+        return None
+
+    async def _reschedule(self, session_id: str, now: datetime) -> None:
+        """Nothing to do yet: write the session's true due time (its entry was early, or the settings changed)."""
+        schedule = self.schedule
+
+        def change(x: Session) -> Session | None:
+            due = schedule.next_look(x)
+            if due == x.due_at or (due is not None and due <= now):
+                return None  # written meanwhile, or due now after all (the next pass sees it)
+            return x
+
+        await self.p.leases.update(session_id, change)
 
     async def deliver_notifications(self) -> datetime | None:
         """The outbox's due items (admins' chats, webhooks); when the next one falls due."""
@@ -138,50 +193,52 @@ class Sweeper:
         if s is not None:
             await p.outbox.notice(s.conversation, notices.ends_soon(s.id, s.time_left(now), p.limits.session_minutes))
 
-    async def _recover_orphans(self, now: datetime, *, resume: bool) -> datetime | None:
+    async def _take_over(self, session_id: str, now: datetime, *, resume: bool) -> None:
         """Take over provisioning whose lease expired (its worker is gone or stuck), decided by a
         compare-and-set on the re-read session: a task that just finished is never taken for an orphan."""
         p = self.p
-        next_due: datetime | None = None
-        for s in await p.store.sessions(IN_FLIGHT_STATES):
-            if p.runner.get(f"provision:{s.id}") is not None:
-                continue  # ours, running (its lease is renewed)
-            if s.leased_by_other(p.worker.id, now):
-                next_due = _earliest(next_due, s.lease_expires_at)
-                continue
 
-            def take(x: Session) -> Session | None:
-                if x.state not in IN_FLIGHT_STATES or x.leased_by_other(p.worker.id, now):
-                    return None
-                return x.with_changes(now, **p.leases.lease(now))
+        def take(x: Session) -> Session | None:
+            if x.state not in IN_FLIGHT_STATES or x.leased_by_other(p.worker.id, now):
+                return None
+            return x.with_changes(now, **p.leases.lease(now))
 
-            took = await p.leases.update(s.id, take)
-            if took is None or p.runner.get(f"provision:{s.id}") is not None:
-                continue
-            if resume and took.attempts < p.limits.max_attempts and now < took.expires_at:
-                # INFO, not a warning: the owner is told in plain words; the console shows warnings in the chat.
-                log.info("session %s was interrupted mid-provisioning (its worker's lease expired); starting over", s.id)
-                await p.outbox.notice(took.conversation, notices.restarted(s.id))
-                self.provisioning.start(s.id)
-            else:
-                log.warning("session %s was interrupted mid-provisioning; cleaning up", s.id)
-                await self.provisioning.fail(s.id, ProvisionError(notices.FAILED_RESTART), took.progress_handle or None)
-        return next_due
+        took = await p.leases.update(session_id, take)
+        if took is None or p.runner.get(f"provision:{session_id}") is not None:
+            return
+        if resume and took.attempts < p.limits.max_attempts and now < took.expires_at:
+            # INFO, not a warning: the owner is told in plain words; the console shows warnings in the chat.
+            log.info("session %s was interrupted mid-provisioning (its worker's lease expired); starting over", session_id)
+            await p.outbox.notice(took.conversation, notices.restarted(session_id))
+            self.provisioning.start(session_id)
+        else:
+            log.warning("session %s was interrupted mid-provisioning; cleaning up", session_id)
+            await self.provisioning.fail(session_id, ProvisionError(notices.FAILED_RESTART), took.progress_handle or None)
 
     async def reconcile(self) -> int:
-        """Delete provider resources that no active session owns (a lost store, a crash, a bug)."""
+        """Delete provider resources that no active session owns (a lost store, a crash, a bug). Costs what
+        the provider holds, not the live sessions: one cheap read of the ids that may be live (the due
+        index), then a keyed read of each resource's session that is not among them."""
         p = self.p
-        # Active before the listing (a teardown finishing meanwhile destroys its own) or after it (a
-        # session created meanwhile stored its key before making anything): not orphans.
-        before = await p.store.sessions(ACTIVE_STATES)
         resources = await p.provider.list_managed()
-        active = before + await p.store.sessions(ACTIVE_STATES)
-        ids = {s.id for s in active}
-        keys = {s.client_public_key for s in active if s.client_public_key}
-        removed = 0
+        if not resources:
+            return 0
+        keyless = [r for r in resources if not r.session_id]
+        # Read after the listing: a session is in the store (and its due entry) before it makes anything.
+        maybe_live = await p.store.live_ids() if len(keyless) < len(resources) else set()
+        keys: set[str] = set()
+        if keyless:  # a host peer names only its key (one interface: a few hundred peers at most)
+            active = await p.store.sessions(ACTIVE_STATES)
+            keys = {s.client_public_key for s in active if s.client_public_key}
+        orphans: list[ManagedResource] = []
         for r in resources:
-            if (r.session_id and r.session_id in ids) or (r.peer_public_key and r.peer_public_key in keys):
-                continue
+            if r.session_id:
+                if r.session_id not in maybe_live and not await self._owned(r.session_id):
+                    orphans.append(r)
+            elif not (r.peer_public_key and r.peer_public_key in keys):
+                orphans.append(r)
+        removed = 0
+        for r in orphans:
             log.warning("reconcile: deleting %s, which no active session owns", r.resource_id)
             try:
                 await p.provider.destroy(r.session_id or "", resource_id=r.resource_id, peer_public_key=r.peer_public_key)
@@ -193,19 +250,23 @@ class Sweeper:
                 log.exception("reconcile: could not delete %s", r.resource_id)
         return removed
 
+    async def _owned(self, session_id: str) -> bool:
+        """Active, or ended so lately that its own teardown may still be finishing."""
+        s = await self.p.store.get(session_id)
+        if s is None:
+            return False
+        return s.is_active or (s.ended_at is not None and self.p.clock() - s.ended_at < RECENTLY_ENDED)
+
     async def run(self) -> None:
-        """Forever: sweep when something is due (or every sweep_seconds), reconcile every reconcile_seconds."""
+        """Forever: sweep when something is due (or every sweep_seconds); reconcile on the fleet's turn, every reconcile_seconds."""
         p = self.p
-        loop = asyncio.get_running_loop()
-        last_reconcile = float("-inf")
         while True:
             self._wake.clear()
             self._sweep_at = self._due_at = None
             next_due = None
             try:
                 next_due = await self.sweep()
-                if loop.time() - last_reconcile >= p.limits.reconcile_seconds:
-                    last_reconcile = loop.time()
+                if await p.store.take_turn("reconcile", p.worker.id, p.clock(), timedelta(seconds=p.limits.reconcile_seconds)):
                     await self.reconcile()
             except asyncio.CancelledError:
                 raise
@@ -223,12 +284,21 @@ class Sweeper:
             except TimeoutError:
                 pass
 
-    async def reap_once(self) -> int:
+    async def reap_once(self) -> ReapReport:
         """One pass for a scheduler with no `serve` running: everything the sweeper does (warn, expire,
-        finish teardowns, clean up provisioning whose lease expired), then reconcile; waits for it all."""
+        finish teardowns, clean up provisioning whose lease expired), then reconcile; waits for it all.
+        What it did is read back from the sessions it found due (keyed reads: nothing lists every live one)."""
         await self.sweep(resume=False)
+        found = self.last_due
         await self.p.runner.wait_idle()
         removed = await self.reconcile()
         await self.p.runner.wait_idle()
         await self.deliver_notifications()  # what the teardowns above queued
-        return removed
+        ended = warned = 0
+        for before in found:
+            after = await self.p.store.get(before.id)
+            if after is None or not after.is_active:
+                ended += before.is_active
+            elif (after.warned and not before.warned) or (after.idle_warned and not before.idle_warned):
+                warned += 1
+        return ReapReport(ended, warned, removed)

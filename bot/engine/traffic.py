@@ -1,9 +1,9 @@
 """Live traffic (issue 23): each ready session's latest handshake and bytes, and the limits they drive.
 
-Part of every sweep (any replica, and `reap`): the provider is asked once for every ready tunnel
-(`Provider.traffic`: the host reads one `wg show <if> dump`, dryrun simulates), at most every
-VPN_TRAFFIC_SECONDS per process; an Azure VM reports its own figures every minute over its
-authenticated callback instead (`record`, from any replica). Figures are written by compare-and-set,
+A fleet-wide turn (any replica, or `reap`) asks the provider once for every ready tunnel
+(`Provider.traffic`: the host reads one `wg show <if> dump`, dryrun simulates), every
+VPN_TRAFFIC_SECONDS; an Azure VM reports its own figures every minute over its authenticated
+callback instead (`record`, from any replica). Figures are written by compare-and-set,
 only when they changed. Then, with VPN_IDLE_MINUTES, a session whose tunnel has not shaken hands for
 that long (or never since it was ready) ends — its owner warned VPN_WARN_MINUTES before, as for
 expiry —, and with VPN_MAX_MB one past that many MB in and out ends. Each ending is decided again on
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Awaitable, Sequence
+from typing import TYPE_CHECKING, Awaitable
 
 from bot.engine import notices
 from bot.engine.parts import EngineParts
+from bot.engine.schedule import Schedule, last_used, over_cap
 from bot.engine.usage import CAP, IDLE
 from bot.store.model import Session, SessionState
 from provisioner.base import Traffic
@@ -32,17 +33,11 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def last_used(s: Session) -> datetime:
-    """Since when a session counts as unused: its latest handshake, or when it became ready."""
-    ready = s.ready_at or s.created_at
-    return max(ready, s.handshake_at) if s.handshake_at else ready
-
-
 class LiveTraffic:
-    def __init__(self, parts: EngineParts, teardown: Teardown) -> None:
+    def __init__(self, parts: EngineParts, teardown: Teardown, schedule: Schedule) -> None:
         self.p = parts
         self.teardown = teardown
-        self._read_at: datetime | None = None  # when this process last asked the provider
+        self.schedule = schedule
 
     # ----- figures ------------------------------------------------------------------------------
 
@@ -64,57 +59,50 @@ class LiveTraffic:
 
         return await self.p.leases.update(session_id, change)
 
-    async def _read(self, now: datetime, ready: Sequence[Session]) -> dict[str, Traffic]:
-        p = self.p
-        if self._read_at is not None and timedelta(0) <= now - self._read_at < timedelta(seconds=p.usage.traffic_seconds):
-            return {}
-        self._read_at = now
-        try:
-            return await p.provider.traffic({s.id: s.client_public_key for s in ready})
-        except Exception:
-            log.exception("reading the tunnels' traffic failed; trying again next sweep")
-            return {}
-
     # ----- the sweeper's share ------------------------------------------------------------------
 
-    async def sweep(self, now: datetime, ready: Sequence[Session]) -> tuple[list[Awaitable[object]], datetime | None]:
-        """Record fresh figures, then the endings and warnings due now; returns them and when to look next."""
-        live = [s for s in ready if s.state is READY and now < s.expires_at]  # expired ones end anyway
-        figures = await self._read(now, live) if live else {}
-        due: list[Awaitable[object]] = []
-        next_due: datetime | None = None
+    async def poll(self, now: datetime) -> None:
+        """Read every ready tunnel's figures from the provider and store what changed: a fleet-wide turn
+        every VPN_TRAFFIC_SECONDS (it lists the ready sessions), only for a provider that can see its
+        tunnels from here. A write moves the session's due time (bot/engine/schedule.py): idle
+        deadlines move on, a session over its cap falls due at once."""
+        p = self.p
+        if not p.provider.polls_traffic:
+            return
+        if not await p.store.take_turn("traffic", p.worker.id, now, timedelta(seconds=p.usage.traffic_seconds)):
+            return
+        live = [s for s in await p.store.sessions([READY]) if now < s.expires_at]
+        if not live:
+            return
+        try:
+            figures = await p.provider.traffic({s.id: s.client_public_key for s in live})
+        except Exception:
+            log.exception("reading the tunnels' traffic failed; trying again next turn")
+            return
         for s in live:
             t = figures.get(s.id)
             if t is not None:
-                stored = await self.record(s.id, t)
-                s = stored or s
-            due_now, at = self._limits(s, now)
-            due += due_now
-            if at is not None:
-                next_due = at if next_due is None else min(next_due, at)
-        return due, next_due
+                await self.record(s.id, t)
 
-    def _limits(self, s: Session, now: datetime) -> tuple[list[Awaitable[object]], datetime | None]:
-        cfg, warn_minutes = self.p.usage, self.p.limits.warn_minutes
-        if cfg.max_mb and s.bytes_in + s.bytes_out >= cfg.max_mb * 10**6:
-            return [self._end(s.id, notices.over_cap(cfg.max_mb), CAP, now)], None
-        if not cfg.idle_minutes:
-            return [], None
-        idle = timedelta(minutes=cfg.idle_minutes)
-        ends = last_used(s) + idle
-        if now >= ends:
-            return [self._end(s.id, notices.unused_for(cfg.idle_minutes), IDLE, now)], None
-        warn_at = ends - timedelta(minutes=warn_minutes)
-        if warn_minutes and not s.idle_warned and now >= warn_at and ends < s.expires_at:
-            return [self._warn(s.id, now)], ends
-        return [], warn_at if warn_minutes and not s.idle_warned and warn_at > now else ends
+    def check(self, s: Session, now: datetime) -> Awaitable[None] | None:
+        """What a due ready session's traffic calls for now: an ending (over the cap, or unused) or the idle warning."""
+        cfg, schedule = self.p.usage, self.schedule
+        if over_cap(s, cfg):
+            return self._end(s.id, notices.over_cap(cfg.max_mb), CAP, now)
+        ends = schedule.idle_ends_at(s)
+        if ends is not None and now >= ends:
+            return self._end(s.id, notices.unused_for(cfg.idle_minutes), IDLE, now)
+        warn_at = schedule.idle_warn_at(s)
+        if warn_at is not None and now >= warn_at:
+            return self._warn(s.id, now)
+        return None
 
     async def _end(self, session_id: str, reason: str, kind: str, now: datetime) -> None:
         cfg = self.p.usage
 
         def still(s: Session) -> bool:  # decided again on the stored session
             if kind == CAP:
-                return bool(cfg.max_mb) and s.bytes_in + s.bytes_out >= cfg.max_mb * 10**6
+                return over_cap(s, cfg)
             return now >= last_used(s) + timedelta(minutes=cfg.idle_minutes)
 
         if await self.teardown.begin(session_id, reason, kind, still=still):

@@ -117,6 +117,9 @@ class Session:
     bytes_out: int = 0  # from the user (↑) so far
     traffic_at: datetime | None = None  # when the figures above were measured
     idle_warned: bool = False  # told it ends soon for want of use (VPN_IDLE_MINUTES)
+    # When a sweeper must next look at it (bot/engine/schedule.py sets it on every write; None once it
+    # ended). The stores index it, so a sweep reads what is due, never every live session (issue 25).
+    due_at: datetime | None = None
     # Set by the store on every read and write (a counter in SQLite, the ETag in Table Storage);
     # never stored as a field of its own. A save whose version is stale raises Conflict.
     version: str = ""

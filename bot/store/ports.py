@@ -154,6 +154,17 @@ class SessionStore(SessionReader, Protocol):
         """Insert atomically if the owner and the service are under their caps (across processes)."""
     async def save(self, session: Session) -> Session:
         """Compare-and-set on `session.version`; returns the stored session (new version) or raises Conflict."""
+    async def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        """Sessions whose `due_at` is at or before `now` (earliest first, at most `limit`), as stored now.
+        What a sweep reads: its cost follows what is due, not how many sessions are live (issue 25)."""
+    async def next_due(self, now: datetime) -> datetime | None:
+        """When the next session after `now` falls due; it may answer earlier than that, never later."""
+    async def live_ids(self) -> set[str]:
+        """The ids of every session that may hold resources: a superset of the live ones, read cheaply
+        (Table Storage: the due index's keys, not the sessions). For reconcile: an id not in it is confirmed with `get`."""
+    async def check_due_index(self, now: datetime) -> int:
+        """Make every live session findable by `due_sessions` (a store whose index can drift repairs it here:
+        reads every live session, so for a fleet-wide turn now and then); returns how many were repaired."""
 
 
 class WorkerStore(Protocol):
@@ -163,6 +174,9 @@ class WorkerStore(Protocol):
     async def workers(self) -> list[Worker]: ...
     async def deployment_id(self) -> str:
         """A random id made once per store and kept (get-or-create, atomic): which cloud resources are this deployment's."""
+    async def take_turn(self, job: str, holder: str, now: datetime, every: timedelta, mark: str = "") -> bool:
+        """Whether `holder` runs `job` now: True for one caller per `every` across every process sharing the
+        store (or at once when `mark` differs from the last turn's), by compare-and-set on the job's next time."""
 
 
 class DedupeStore(Protocol):

@@ -148,6 +148,12 @@ CREATE TABLE IF NOT EXISTS addresses (
     PRIMARY KEY (scope, address)
 );
 CREATE INDEX IF NOT EXISTS addresses_session ON addresses(session_id);
+CREATE TABLE IF NOT EXISTS turns (
+    job TEXT PRIMARY KEY,
+    next_at TEXT NOT NULL,
+    mark TEXT NOT NULL DEFAULT '',
+    holder TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -198,7 +204,16 @@ ADDED_COLUMNS: dict[str, dict[str, str]] = {
     "audit": {"count": "INTEGER NOT NULL DEFAULT 1", "sample": "TEXT", "last_at": "TEXT"},
 }
 # Indexes on added columns: created once the columns exist.
-ADDED_INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS audit_sample ON audit(sample)",)
+ADDED_INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS audit_sample ON audit(sample)",
+    "CREATE INDEX IF NOT EXISTS sessions_due ON sessions(due_at) WHERE due_at IS NOT NULL",  # a sweep reads what is due
+)
+
+
+def _schedule_unscheduled(conn: sqlite3.Connection) -> None:
+    """Live sessions written before due times existed are due now: the sweeper looks and writes their time."""
+    marks = ",".join("?" for _ in ACTIVE_STATES)
+    conn.execute(f"UPDATE sessions SET due_at=updated_at WHERE due_at IS NULL AND state IN ({marks})", [s.value for s in ACTIVE_STATES])
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -254,6 +269,7 @@ class SqliteStore:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(SCHEMA)
                 _add_missing_columns(conn)
+                _schedule_unscheduled(conn)
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or attempt == OPEN_TRIES - 1:
@@ -328,6 +344,43 @@ class SqliteStore:
         sql += " ORDER BY created_at"
         rows = await self._run(lambda: self.conn.execute(sql, args).fetchall())
         return [_from_row(r) for r in rows]
+
+    async def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        rows = await self._run(lambda: self.conn.execute(
+            "SELECT * FROM sessions WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?", (now.isoformat(), limit)).fetchall())
+        return [_from_row(r) for r in rows]
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        row = await self._run(lambda: self.conn.execute("SELECT MIN(due_at) FROM sessions WHERE due_at > ?", (now.isoformat(),)).fetchone())
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    async def live_ids(self) -> set[str]:
+        marks = ",".join("?" for _ in ACTIVE_STATES)
+        rows = await self._run(lambda: self.conn.execute(
+            f"SELECT id FROM sessions WHERE due_at IS NOT NULL OR state IN ({marks})", [s.value for s in ACTIVE_STATES]).fetchall())
+        return {r[0] for r in rows}
+
+    async def check_due_index(self, now: datetime) -> int:
+        return 0  # the due time is a column of the session's own row: nothing can go missing
+
+    async def take_turn(self, job: str, holder: str, now: datetime, every: timedelta, mark: str = "") -> bool:
+        def op() -> bool:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")  # read and write as one step, across processes too
+            try:
+                row = c.execute("SELECT next_at, mark FROM turns WHERE job=?", (job,)).fetchone()
+                if row is not None and now < datetime.fromisoformat(row["next_at"]) and mark == row["mark"]:
+                    c.execute("ROLLBACK")
+                    return False
+                c.execute("INSERT INTO turns (job, next_at, mark, holder) VALUES (?,?,?,?) ON CONFLICT(job) DO UPDATE SET "
+                          "next_at=excluded.next_at, mark=excluded.mark, holder=excluded.holder", (job, (now + every).isoformat(), mark, holder))
+                c.execute("COMMIT")
+                return True
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        return await self._run(op)
 
     async def first_seen(self, channel: str, message_id: str, now: datetime) -> bool:
         def op() -> bool:

@@ -34,7 +34,7 @@ import logging
 import random
 import secrets
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Sequence
 
 from azure.core import MatchConditions
@@ -45,7 +45,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
 from bot.store.codec import decode, encode, refusal_sample, store_key
-from bot.store.model import TERMINAL_STATES, Conflict, Session, SessionState, utcnow
+from bot.store.model import ACTIVE_STATES, TERMINAL_STATES, Conflict, Session, SessionState, utcnow
 from bot.store.ports import (
     AUDIT_RETENTION,
     NOTIFICATION_MEMORY,
@@ -75,7 +75,10 @@ ENDED_RETENTION = timedelta(days=7)
 SLOT_GRACE = timedelta(seconds=60)
 SLOT_ROUNDS = 50
 BLIND_TRIES = 3
-TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta", "usage", "outbox")
+TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta", "usage", "outbox", "due")
+DUE_SHARDS = 16  # a minute's due entries spread over this many partitions
+DUE_READ_CONCURRENCY = 16  # due entries whose session is read at once
+_TURN = "turn"  # the meta table's partition of fleet-wide job turns (take_turn)
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a string property holds 32k characters
 _SESSION_ROW = "s"
@@ -177,6 +180,7 @@ class TableStore:
             await self._table("slots").delete_entity(user_slots, mine)
             return CreateOutcome.GLOBAL_LIMIT
         try:
+            await self._schedule_due(session)  # before the session: a crash in between leaves a hint, never an unswept session
             await self._table("sessions").create_entity(_entity(session))
         except BaseException:
             await self._table("slots").delete_entity(user_slots, mine)
@@ -240,11 +244,13 @@ class TableStore:
     async def save(self, session: Session) -> Session:
         if not session.version:
             raise Conflict(f"session {session.id} was never read from this store")
+        await self._schedule_due(session)  # before the write (see _schedule_due)
         try:
             meta = await self._table("sessions").update_entity(
                 _entity(session), mode=UpdateMode.REPLACE, etag=session.version, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError):
+            await self._repair_due(session.id)
             raise Conflict(f"session {session.id} changed since it was read") from None
         if session.state in TERMINAL_STATES:
             try:
@@ -274,6 +280,117 @@ class TableStore:
             params["owner"] = owner
         found = [_session(e) async for e in self._query("sessions", query, params)]
         return sorted(found, key=lambda s: s.created_at)
+
+    # ----- the due index: what a sweep reads ---------------------------------------------------------
+    #
+    # One entry per (minute, session) in the `due` table: PartitionKey "<YYYYmmddHHMM>|<shard>" (minutes
+    # sort as text; a minute spread over DUE_SHARDS partitions), RowKey the session id, `at` its due time.
+    # A write puts the entry of its new due time BEFORE the session itself, so every live session has an
+    # entry at or before the time it is due; an entry it has moved away from is a stale hint, dropped
+    # (by ETag: never one just rewritten) when a sweep reaches it. A sweep with nothing due is one query.
+
+    async def _schedule_due(self, session: Session) -> None:
+        if session.due_at is not None:
+            await self._table("due").upsert_entity(_due_entity(session.id, session.due_at), mode=UpdateMode.REPLACE)
+
+    async def _repair_due(self, session_id: str) -> None:
+        """A lost compare-and-set may have rewritten the winner's entry with our time: write the winner's back."""
+        try:
+            stored = await self.get(session_id)
+            if stored is not None:
+                await self._schedule_due(stored)
+        except Exception:
+            log.exception("session %s: repairing its due entry failed; the index check finds it", session_id)
+
+    async def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        query = "PartitionKey lt @hi and at le @now"
+        entries = []
+        async for e in self._query("due", query, {"hi": f"{_minute(now)}|~", "now": _utc(now)}, results_per_page=min(limit, 1000)):
+            entries.append(e)
+            if len(entries) >= limit:
+                break
+        gate = asyncio.Semaphore(DUE_READ_CONCURRENCY)
+
+        async def look(e: Any) -> Session | None:
+            async with gate:
+                s = await self.get(e["session_id"])
+                if s is not None and s.state not in TERMINAL_STATES and (s.due_at is None or s.due_at <= now):
+                    return s
+                if s is not None and s.state not in TERMINAL_STATES and s.due_at is not None and _due_partition(s.id, s.due_at) == e["PartitionKey"]:
+                    await self._retime_due(e, s.due_at)  # due later this minute: an earlier writer's time
+                    return None
+                await self._drop_due(e)  # ended, gone, or moved to another minute
+                return None
+
+        found = [s for s in await asyncio.gather(*(look(e) for e in entries)) if s is not None]
+        unique = {s.id: s for s in found}
+        return sorted(unique.values(), key=lambda s: (s.due_at or now, s.id))
+
+    async def _drop_due(self, e: Any) -> None:
+        try:
+            await self._table("due").delete_entity(e["PartitionKey"], e["RowKey"], etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            pass  # rewritten meanwhile (it is current again) or dropped by another sweeper
+
+    async def _retime_due(self, e: Any, at: datetime) -> None:
+        try:
+            await self._table("due").update_entity({"PartitionKey": e["PartitionKey"], "RowKey": e["RowKey"], "at": _utc(at)},
+                                                   mode=UpdateMode.MERGE, etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            pass
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        """The earliest entry after `now`: entries come in minute order, so reading the first minute that has
+        any is enough (past a page of it, the minute's start: earlier than the truth, never later)."""
+        first: str | None = None
+        times: list[datetime] = []
+        query = "PartitionKey ge @lo and at gt @now"
+        async for e in self._query("due", query, {"lo": f"{_minute(now)}|", "now": _utc(now)}, results_per_page=100, select=["PartitionKey", "at"]):
+            bucket = e["PartitionKey"].split("|")[0]
+            if first is None:
+                first = bucket
+            if bucket != first:
+                break
+            if len(times) >= 100:
+                return max(now, _minute_start(first))
+            times.append(datetime.fromisoformat(e["at"]))
+        return min(times, default=None)
+
+    async def live_ids(self) -> set[str]:
+        """Every session with a due entry: each live one has one (written before the session), and an
+        ended one's last entries linger until a sweep reaches them, so this is a superset."""
+        return {e["session_id"] async for e in self._query("due", "PartitionKey ge @lo", {"lo": ""}, select=["session_id"], results_per_page=1000)}
+
+    async def check_due_index(self, now: datetime) -> int:
+        """Give every live session without an entry one (due now): sessions written before the index
+        existed, or by a replica of an earlier version during a rolling deploy. Reads every live session
+        and entry: for a fleet-wide turn now and then, not for every sweep."""
+        indexed = {_key(sid) for sid in await self.live_ids()}
+        missing = 0
+        for s in await self.sessions(ACTIVE_STATES):
+            if _key(s.id) not in indexed:
+                await self._table("due").upsert_entity(_due_entity(s.id, s.due_at or now), mode=UpdateMode.REPLACE)
+                missing += 1
+        return missing
+
+    async def take_turn(self, job: str, holder: str, now: datetime, every: timedelta, mark: str = "") -> bool:
+        meta = self._table("meta")
+        values = {"PartitionKey": _TURN, "RowKey": _key(job), "next_at": (now + every).isoformat(), "mark": mark, "holder": holder[:200]}
+        try:
+            e = await meta.get_entity(_TURN, _key(job))
+        except ResourceNotFoundError:
+            try:
+                await meta.create_entity(values)
+                return True
+            except ResourceExistsError:
+                return False  # another process took the first turn
+        if now < datetime.fromisoformat(e["next_at"]) and mark == e.get("mark", ""):
+            return False
+        try:
+            await meta.update_entity(values, mode=UpdateMode.REPLACE, etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+            return True
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
 
     # ----- message ids, audit, workers -------------------------------------------------------------
 
@@ -770,6 +887,27 @@ class TableStore:
 
     async def notify_targets(self) -> dict[str, ConversationRef]:
         return {e["target"]: ConversationRef.from_json(e["conversation"]) async for e in self._query("meta", "PartitionKey eq @p", {"p": _NOTIFY})}
+
+
+def _minute(at: datetime) -> str:
+    return at.astimezone(timezone.utc).strftime("%Y%m%d%H%M")
+
+
+def _minute_start(minute: str) -> datetime:
+    return datetime.strptime(minute, "%Y%m%d%H%M").replace(tzinfo=timezone.utc)
+
+
+def _due_partition(session_id: str, at: datetime) -> str:
+    return f"{_minute(at)}|{_spread(session_id, DUE_SHARDS)[-2:]}"
+
+
+def _due_entity(session_id: str, at: datetime) -> dict[str, Any]:
+    return {"PartitionKey": _due_partition(session_id, at), "RowKey": _key(session_id), "session_id": session_id, "at": _utc(at)}
+
+
+def _utc(at: datetime) -> str:
+    """Due times compare as text on the server: one zone, one format."""
+    return at.astimezone(timezone.utc).isoformat()
 
 
 def _outbox_values(n: Notification) -> dict[str, Any]:

@@ -162,15 +162,16 @@ def test_reap_prints_one_line_of_what_it_did_and_nothing_else(tmp_path):
     assert console(["/vpn start"], env).returncode == 0  # a console session, left running in the store
     quiet = run_app(env, "reap")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
-    assert quiet.stdout == "reap: 0 session(s) ended, 0 warned, 0 orphaned resource(s) removed; 1 active\n"
+    assert quiet.stdout == "reap: 0 session(s) ended, 0 warned, 0 orphaned resource(s) removed\n"
     db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")  # the store is the clock reap reads: end it now
-    assert db.execute("UPDATE sessions SET expires_at=?", (datetime.now(UTC).isoformat(),)).rowcount == 1
+    ended = datetime.now(UTC).isoformat()  # its end, and when the sweep is to look (the due index)
+    assert db.execute("UPDATE sessions SET expires_at=?, due_at=?", (ended, ended)).rowcount == 1
     db.commit()
     db.close()
     reaped = run_app(env, "reap")
     # No "Teams is off", no "web page … off", no "no 'console' channel in this process": nothing an admin must act on.
     assert reaped.returncode == 0 and reaped.stderr == "", reaped.stderr
-    assert reaped.stdout == "reap: 1 session(s) ended, 0 warned, 0 orphaned resource(s) removed; 0 active\n"
+    assert reaped.stdout == "reap: 1 session(s) ended, 0 warned, 0 orphaned resource(s) removed\n"
 
 
 def test_reap_shows_everything_at_debug(tmp_path):

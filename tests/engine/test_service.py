@@ -258,7 +258,7 @@ async def leave_mid_provisioning(rt, clock, attempts: int) -> None:
     """What a process killed mid-provisioning leaves behind: its session, leased to a worker that is gone."""
     (s,) = await rt.store.sessions(list(SessionState))
     lease = clock.now + timedelta(seconds=rt.settings.sessions.lease_seconds)
-    await rt.store.save(dataclasses.replace(s, state=SessionState.PROVISIONING, lease_owner="gone:1:x", lease_expires_at=lease, attempts=attempts))
+    await rt.store.save(rt.service.schedule.apply(dataclasses.replace(s, state=SessionState.PROVISIONING, lease_owner="gone:1:x", lease_expires_at=lease, attempts=attempts)))
 
 
 async def test_interrupted_provisioning_is_resumed_once_then_failed(make_runtime, channel, clock, tmp_path):

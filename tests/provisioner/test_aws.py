@@ -418,14 +418,14 @@ async def test_a_lost_store_leaves_nothing_behind_once_its_sessions_expire(make_
     caplog.set_level(logging.WARNING, logger="provisioner.aws")
     clock.advance(minutes=10)  # the session would still run: a reap now leaves it (and reports it)
     async with make_runtime(provider=_provider_on(clock)) as rt:
-        assert await rt.service.reap_once() == 0
+        assert (await rt.service.reap_once()).removed == 0
     assert [i["InstanceId"] for i in await aws.instances(session=lost.id)] == [instance["InstanceId"]]
     assert "made with another store" in caplog.text and instance["InstanceId"] in caplog.text
 
     clock.advance(minutes=25)  # past its expiry
     caplog.clear()
     async with make_runtime(provider=_provider_on(clock)) as rt:
-        assert await rt.service.reap_once() == 1
+        assert (await rt.service.reap_once()).removed == 1
         assert await rt.service.reconcile() == 0
     assert await aws.leftovers(lost.id) == []
     assert {i["InstanceId"] for i in await aws.instances()} == {theirs, untagged}
@@ -444,7 +444,7 @@ async def test_a_lost_store_with_a_set_deployment_id_too(make_runtime, aws, cloc
     shutil.rmtree(tmp_path / "data")
     clock.advance(minutes=35)
     async with make_runtime(provider=_provider_on(clock), VPN_DEPLOYMENT_ID="d-one") as rt:
-        assert await rt.service.reap_once() == 1
+        assert (await rt.service.reap_once()).removed == 1
         assert await rt.service.reconcile() == 0
     assert await aws.leftovers(lost.id) == []
 

@@ -46,14 +46,14 @@ async def test_a_lost_store_leaves_nothing_behind_once_its_sessions_expire(arm, 
     caplog.set_level(logging.WARNING, logger="provisioner.azure")
     clock.advance(minutes=10)  # the session would still run: a reap now leaves it (and reports it)
     async with _runtime(tmp_path, arm, clock) as rt:
-        assert await rt.service.reap_once() == 0
+        assert (await rt.service.reap_once()).removed == 0
     assert len(arm.session_resources(s.id)) == 3
     assert "made with another store" in caplog.text and f"vpn-{s.id}-vm" in caplog.text
 
     clock.advance(minutes=25)  # past its expiry
     caplog.clear()
     async with _runtime(tmp_path, arm, clock) as rt:
-        assert await rt.service.reap_once() == 1
+        assert (await rt.service.reap_once()).removed == 1
     assert arm.session_resources(s.id) == []
     assert set(arm.billed()) == theirs  # ours all gone, including the untagged disk; theirs untouched
     reported = [r.getMessage() for r in caplog.records if "another deployment" in r.getMessage()]

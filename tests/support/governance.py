@@ -30,6 +30,7 @@ class SpyProvider:
     def __init__(self, inner) -> None:
         self.inner = inner
         self.name = inner.name
+        self.polls_traffic = inner.polls_traffic
         self.created: list[str] = []
         self.destroyed: list[str] = []
 

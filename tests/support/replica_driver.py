@@ -243,7 +243,7 @@ async def run(spec: dict) -> dict:
                 # Expiry passes while nothing runs (moved forward in the store rather than waited for).
                 now = utcnow()
                 for s in await store.sessions([SessionState.READY]):
-                    await store.save(s.with_changes(now, expires_at=now - timedelta(seconds=1)))
+                    await store.save(s.with_changes(now, expires_at=now - timedelta(seconds=1), due_at=now - timedelta(seconds=1)))
                 await asyncio.sleep(spec["lease"] + 0.5)  # the killed replica's lease runs out
                 reap_env = {**env, "VPN_DATA_DIR": str(work / "reaper")}
                 # Not subprocess.run: the fake Bot Connector lives on this event loop and must answer reap's notices.
