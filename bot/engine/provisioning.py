@@ -17,6 +17,7 @@ from bot.engine import notices, ready_tokens
 from bot.engine.endings import release_held
 from bot.engine.leases import Holding, LeaseLost
 from bot.engine.parts import EngineParts
+from bot.engine.reservations import reserve
 from bot.engine.usage import FAILED, write_usage_quietly
 from bot.messages import ConversationRef, Identity, UserKey
 from bot.replies import ConfigDelivery, DeliveryError
@@ -234,18 +235,10 @@ class Provisioning:
         """For providers that hand out tunnel addresses: one holder per address across all replicas."""
         store, scope = self.p.store, self.p.provider.name
 
-        async def reserve(address: str) -> bool:
-            for _ in range(3):
-                holder = await store.reserve_address(scope, address, session_id, self.p.clock())
-                if holder == session_id:
-                    return True
-                other = await store.get(holder) if holder else None
-                if other is not None and other.state not in TERMINAL_STATES:
-                    return False
-                await store.release_address(scope, address, holder)  # its session ended: stale
-            return False
+        async def reserve_one(address: str) -> bool:
+            return await reserve(store, scope, address, session_id, self.p.clock)
 
-        return reserve
+        return reserve_one
 
     # ----- failure -----------------------------------------------------------------------------------
 

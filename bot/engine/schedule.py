@@ -63,6 +63,10 @@ class Schedule:
             return s.decide_by or s.updated_at
         return None  # ended
 
+    def fingerprint(self) -> str:
+        """The settings this rule reads: when they change, every live session is rescheduled once (the sweeper's turn)."""
+        return f"warn={self.limits.warn_minutes};idle={self.usage.idle_minutes};cap={self.usage.max_mb}"
+
     def apply(self, s: Session) -> Session:
         due = self.next_look(s)
         return s if due == s.due_at else dataclasses.replace(s, due_at=due)

@@ -18,8 +18,9 @@ from bot.engine.config import SessionPolicy
 from bot.engine.leases import Leases, this_worker
 from bot.engine.notify import Notifier, NotifyConfig, WebhookPost
 from bot.engine.parts import EngineParts, EngineStore
-from bot.engine.policy import Action, Actor, Code, Limits, Policy, Refused
+from bot.engine.policy import Action, Actor, Code, Limits, Policy, Refused, StartPlan
 from bot.engine.provisioning import Provisioning
+from bot.engine.reservations import KEY_SCOPE, UNWRITTEN_GRACE, reserve
 from bot.engine.revocation import Revocation
 from bot.engine.schedule import Schedule
 from bot.engine.sweeper import ReapReport, Sweeper
@@ -29,7 +30,7 @@ from bot.engine.traffic import LiveTraffic
 from bot.messages import ConversationRef, UserKey
 from bot.replies import Outbox
 from bot.store.model import ACTIVE_STATES, Session, SessionState, new_session_id, utcnow
-from bot.store.ports import AuditEntry, CreateOutcome, Worker
+from bot.store.ports import AuditEntry, Contact, CreateOutcome, Worker
 from provisioner.base import Provider, Traffic
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,21 @@ class VpnService:
         asked = await self.approvals.recipients(plan.approvers, actor.key) if plan.needs_approval else []
         if public_key is None:
             await self._check_private_delivery(actor, conv)
-        if public_key is not None and await self._key_in_use(public_key):  # issue 18.7: one live session per key
+        session_id = new_session_id()
+        # Issue 18.7: one live session per brought key, as a reservation (keyed: nothing lists the live sessions).
+        if public_key is not None and not await reserve(self.store, KEY_SCOPE, public_key, session_id, self.clock, grace=UNWRITTEN_GRACE):
             raise Refused(Code.KEY_IN_USE)
+        try:
+            return await self._create(actor, conv, plan, asked, session_id, region, minutes, message_id, public_key)
+        except BaseException:
+            if public_key is not None:
+                await self.store.release_address(KEY_SCOPE, public_key, session_id)
+            raise
+
+    async def _create(
+        self, actor: Actor, conv: ConversationRef, plan: StartPlan, asked: list[Contact], session_id: str, region: str, minutes: int,
+        message_id: str | None, public_key: str | None,
+    ) -> Session:
         owner = actor.key
         lock = self._user_locks.get(owner)
         if lock is None:
@@ -113,7 +127,7 @@ class VpnService:
             now = self.clock()
             waiting = plan.needs_approval
             session = Session(
-                id=new_session_id(),
+                id=session_id,
                 owner=owner,
                 owner_label=actor.identity.label,
                 conversation=conv,
@@ -163,10 +177,6 @@ class VpnService:
         reason = await self.outbox.check_private_delivery(conv, actor.identity)  # e.g. Teams opens the 1:1 chat first
         if reason:
             raise Refused(Code.PRIVATE_CHAT_UNAVAILABLE, reason=reason)
-
-    async def _key_in_use(self, public_key: str) -> bool:
-        """A brought key that a live session already has: its peer is someone's tunnel (host: the same peer)."""
-        return any(s.client_public_key == public_key for s in await self.store.sessions(ACTIVE_STATES))
 
     # ----- reading ----------------------------------------------------------------------------------
 

@@ -125,11 +125,20 @@ class Sweeper:
             await self.traffic.poll(now)
         if self.revocation is not None and await self.revocation.my_turn(now):
             work += await self.revocation.sweep()
-        if await p.store.take_turn("due-index", p.worker.id, now, INDEX_CHECK_EVERY):
-            repaired = await p.store.check_due_index(now)
-            if repaired:
-                log.warning("%d live session(s) had no due entry (written before it existed, or by an earlier version); they are looked at now", repaired)
+        if await p.store.take_turn("due-index", p.worker.id, now, INDEX_CHECK_EVERY, mark=self.schedule.fingerprint()):
+            work += await self._check_due_times(now)
         return work
+
+    async def _check_due_times(self, now: datetime) -> list[Awaitable[object]]:
+        """Every live session's due time as the current settings would have it (a deploy that turns on the
+        warning or an idle limit), and every one findable in the store's index. Reads every live session:
+        a fleet-wide turn when the settings change and every INDEX_CHECK_EVERY, never a pass's work."""
+        p = self.p
+        stale = [s.id for s in await p.store.sessions(ACTIVE_STATES) if self.schedule.next_look(s) != s.due_at]
+        repaired = await p.store.check_due_index(now)
+        if repaired:
+            log.warning("%d live session(s) were missing from the due index (written by an earlier version?); they are looked at now", repaired)
+        return [self._reschedule(sid, now, even_if_due=True) for sid in stale]
 
     def _work_for(self, s: Session, now: datetime, *, resume: bool) -> Awaitable[object] | None:
         """What a due session needs now, decided again on the stored session by whichever step runs it."""
@@ -158,13 +167,13 @@ class Sweeper:
                 return self.approvals.time_out(s.id, now)
         return None
 
-    async def _reschedule(self, session_id: str, now: datetime) -> None:
-        """Nothing to do yet: write the session's true due time (its entry was early, or the settings changed)."""
+    async def _reschedule(self, session_id: str, now: datetime, *, even_if_due: bool = False) -> None:
+        """Write the session's true due time: its entry was early (nothing to do yet), or the settings changed."""
         schedule = self.schedule
 
         def change(x: Session) -> Session | None:
             due = schedule.next_look(x)
-            if due == x.due_at or (due is not None and due <= now):
+            if due == x.due_at or (due is not None and due <= now and not even_if_due):
                 return None  # written meanwhile, or due now after all (the next pass sees it)
             return x
 

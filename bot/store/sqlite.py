@@ -210,10 +210,10 @@ ADDED_INDEXES = (
 )
 
 
-def _schedule_unscheduled(conn: sqlite3.Connection) -> None:
+def _schedule_unscheduled(conn: sqlite3.Connection) -> int:
     """Live sessions written before due times existed are due now: the sweeper looks and writes their time."""
     marks = ",".join("?" for _ in ACTIVE_STATES)
-    conn.execute(f"UPDATE sessions SET due_at=updated_at WHERE due_at IS NULL AND state IN ({marks})", [s.value for s in ACTIVE_STATES])
+    return conn.execute(f"UPDATE sessions SET due_at=updated_at WHERE due_at IS NULL AND state IN ({marks})", [s.value for s in ACTIVE_STATES]).rowcount
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -346,8 +346,10 @@ class SqliteStore:
         return [_from_row(r) for r in rows]
 
     async def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        marks = ",".join("?" for _ in ACTIVE_STATES)
         rows = await self._run(lambda: self.conn.execute(
-            "SELECT * FROM sessions WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?", (now.isoformat(), limit)).fetchall())
+            f"SELECT * FROM sessions WHERE due_at IS NOT NULL AND due_at <= ? AND state IN ({marks}) ORDER BY due_at LIMIT ?",
+            (now.isoformat(), *[s.value for s in ACTIVE_STATES], limit)).fetchall())
         return [_from_row(r) for r in rows]
 
     async def next_due(self, now: datetime) -> datetime | None:
@@ -361,7 +363,8 @@ class SqliteStore:
         return {r[0] for r in rows}
 
     async def check_due_index(self, now: datetime) -> int:
-        return 0  # the due time is a column of the session's own row: nothing can go missing
+        """The due time is a column of the session's own row; only one written without it (an earlier version) is due now."""
+        return await self._run(lambda: _schedule_unscheduled(self.conn))
 
     async def take_turn(self, job: str, holder: str, now: datetime, every: timedelta, mark: str = "") -> bool:
         def op() -> bool:

@@ -78,6 +78,7 @@ BLIND_TRIES = 3
 TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta", "usage", "outbox", "due")
 DUE_SHARDS = 16  # a minute's due entries spread over this many partitions
 DUE_READ_CONCURRENCY = 16  # due entries whose session is read at once
+_FORGET = "f"  # due-table partitions of ended sessions' forget times ("f<minute>|<shard>"; live ones start with a digit)
 _TURN = "turn"  # the meta table's partition of fleet-wide job turns (take_turn)
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a string property holds 32k characters
@@ -120,6 +121,7 @@ class TableStore:
         self._housekept_at: datetime | None = None
         self._progress_purged_at: datetime | None = None
         self._purged_at: datetime | None = None
+        self._turns: dict[str, tuple[datetime, str]] = {}  # job -> (next time, mark) as last read or written
 
     @classmethod
     def from_connection_string(cls, conn_str: str, *, prefix: str = "vpn") -> "TableStore":
@@ -290,7 +292,10 @@ class TableStore:
     # (by ETag: never one just rewritten) when a sweep reaches it. A sweep with nothing due is one query.
 
     async def _schedule_due(self, session: Session) -> None:
-        if session.due_at is not None:
+        if session.state in TERMINAL_STATES:  # when it is forgotten: ENDED_RETENTION after its end
+            at = (session.ended_at or session.updated_at) + ENDED_RETENTION
+            await self._table("due").upsert_entity(_due_entity(session.id, at, prefix=_FORGET), mode=UpdateMode.REPLACE)
+        elif session.due_at is not None:
             await self._table("due").upsert_entity(_due_entity(session.id, session.due_at), mode=UpdateMode.REPLACE)
 
     async def _repair_due(self, session_id: str) -> None:
@@ -326,6 +331,17 @@ class TableStore:
         unique = {s.id: s for s in found}
         return sorted(unique.values(), key=lambda s: (s.due_at or now, s.id))
 
+    async def _forget_due(self, now: datetime) -> None:
+        """Forget the sessions that ended ENDED_RETENTION ago: their entries (written with the ending) in one range query."""
+        async for e in self._query("due", "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _FORGET, "hi": f"{_FORGET}{_minute(now)}|~"}):
+            s = await self.get(e["session_id"])
+            if s is not None and s.state in TERMINAL_STATES:
+                try:
+                    await self._table("sessions").delete_entity(_key(s.id), _SESSION_ROW, etag=s.version, match_condition=MatchConditions.IfNotModified)
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    continue
+            await self._drop_due(e)
+
     async def _drop_due(self, e: Any) -> None:
         try:
             await self._table("due").delete_entity(e["PartitionKey"], e["RowKey"], etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified)
@@ -344,8 +360,9 @@ class TableStore:
         any is enough (past a page of it, the minute's start: earlier than the truth, never later)."""
         first: str | None = None
         times: list[datetime] = []
-        query = "PartitionKey ge @lo and at gt @now"
-        async for e in self._query("due", query, {"lo": f"{_minute(now)}|", "now": _utc(now)}, results_per_page=100, select=["PartitionKey", "at"]):
+        query = "PartitionKey ge @lo and PartitionKey lt @hi and at gt @now"
+        params = {"lo": f"{_minute(now)}|", "hi": _FORGET, "now": _utc(now)}
+        async for e in self._query("due", query, params, results_per_page=100, select=["PartitionKey", "at"]):
             bucket = e["PartitionKey"].split("|")[0]
             if first is None:
                 first = bucket
@@ -359,12 +376,14 @@ class TableStore:
     async def live_ids(self) -> set[str]:
         """Every session with a due entry: each live one has one (written before the session), and an
         ended one's last entries linger until a sweep reaches them, so this is a superset."""
-        return {e["session_id"] async for e in self._query("due", "PartitionKey ge @lo", {"lo": ""}, select=["session_id"], results_per_page=1000)}
+        query, params = "PartitionKey lt @hi", {"hi": _FORGET}
+        return {e["session_id"] async for e in self._query("due", query, params, select=["session_id"], results_per_page=1000)}
 
     async def check_due_index(self, now: datetime) -> int:
         """Give every live session without an entry one (due now): sessions written before the index
         existed, or by a replica of an earlier version during a rolling deploy. Reads every live session
         and entry: for a fleet-wide turn now and then, not for every sweep."""
+        await self._forget_ended(now)
         indexed = {_key(sid) for sid in await self.live_ids()}
         missing = 0
         for s in await self.sessions(ACTIVE_STATES):
@@ -374,23 +393,35 @@ class TableStore:
         return missing
 
     async def take_turn(self, job: str, holder: str, now: datetime, every: timedelta, mark: str = "") -> bool:
+        """A compare-and-set on the job's row in the meta table. The next time last seen is remembered, so a
+        pass before it asks nothing (a turn only ever moves later, but for this process's own give-back)."""
+        known = self._turns.get(job)
+        if known is not None and now < known[0] and mark == known[1]:
+            return False
         meta = self._table("meta")
         values = {"PartitionKey": _TURN, "RowKey": _key(job), "next_at": (now + every).isoformat(), "mark": mark, "holder": holder[:200]}
+        taken = False
         try:
             e = await meta.get_entity(_TURN, _key(job))
         except ResourceNotFoundError:
             try:
                 await meta.create_entity(values)
-                return True
+                taken = True
             except ResourceExistsError:
-                return False  # another process took the first turn
-        if now < datetime.fromisoformat(e["next_at"]) and mark == e.get("mark", ""):
-            return False
-        try:
-            await meta.update_entity(values, mode=UpdateMode.REPLACE, etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified)
-            return True
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False
+                self._turns.pop(job, None)  # another process took the first turn: read it next time
+                return False
+        else:
+            if now < datetime.fromisoformat(e["next_at"]) and mark == e.get("mark", ""):
+                self._turns[job] = (datetime.fromisoformat(e["next_at"]), e.get("mark", ""))
+                return False
+            try:
+                await meta.update_entity(values, mode=UpdateMode.REPLACE, etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+                taken = True
+            except (ResourceModifiedError, ResourceNotFoundError):
+                self._turns.pop(job, None)
+                return False
+        self._turns[job] = (now + every, mark)
+        return taken
 
     # ----- message ids, audit, workers -------------------------------------------------------------
 
@@ -527,9 +558,12 @@ class TableStore:
         cutoff = (now - WORKER_TTL).isoformat()
         async for e in self._query("workers", "heartbeat_at lt @t", {"t": cutoff}, select=["PartitionKey", "RowKey"]):
             await self._table("workers").delete_entity(e["PartitionKey"], e["RowKey"])
-        cutoff = (now - ENDED_RETENTION).isoformat()
+        await self._forget_due(now)
+
+    async def _forget_ended(self, now: datetime) -> None:
+        """Sessions that ended before due entries existed (later ones are forgotten by their own entry: `_forget_due`)."""
         query = "( state eq @deleted or state eq @failed or state eq @denied ) and ended_at lt @t"
-        ended = {"deleted": "deleted", "failed": "failed", "denied": "denied", "t": cutoff}
+        ended = {"deleted": "deleted", "failed": "failed", "denied": "denied", "t": (now - ENDED_RETENTION).isoformat()}
         async for e in self._query("sessions", query, ended, select=["PartitionKey", "RowKey"]):
             await self._table("sessions").delete_entity(e["PartitionKey"], e["RowKey"])
 
@@ -901,8 +935,8 @@ def _due_partition(session_id: str, at: datetime) -> str:
     return f"{_minute(at)}|{_spread(session_id, DUE_SHARDS)[-2:]}"
 
 
-def _due_entity(session_id: str, at: datetime) -> dict[str, Any]:
-    return {"PartitionKey": _due_partition(session_id, at), "RowKey": _key(session_id), "session_id": session_id, "at": _utc(at)}
+def _due_entity(session_id: str, at: datetime, prefix: str = "") -> dict[str, Any]:
+    return {"PartitionKey": prefix + _due_partition(session_id, at), "RowKey": _key(session_id), "session_id": session_id, "at": _utc(at)}
 
 
 def _utc(at: datetime) -> str:
