@@ -43,7 +43,8 @@ FIRST_RETRY = 5.0  # seconds; doubled every attempt
 LONGEST_WAIT = 3600.0
 DELIVER_AT_ONCE = 8
 TARGETS_CACHE = timedelta(seconds=30)  # registered chats: another replica's /vpn notify here counts within this
-TEAMS_SERVICE_URL = "https://smba.trafficmanager.net/teams/"  # Bot Framework's global service URL, for teams:<id> never registered here
+# Bot Framework's global service URL (Microsoft's commercial cloud), for a teams:<id> in VPN_NOTIFY; VPN_NOTIFY_TEAMS_URL changes it.
+TEAMS_SERVICE_URL = "https://smba.trafficmanager.net/teams/"
 
 
 class WebhookPost(Protocol):
@@ -59,6 +60,7 @@ class NotifyConfig:
     targets: tuple[str, ...] = ()
     secret: str = field(default="", repr=False)
     max_attempts: int = 10
+    teams_url: str = TEAMS_SERVICE_URL  # where a teams:<id> in `targets` is sent (a registered chat brings its own)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -221,7 +223,7 @@ class Notifier:
             except Exception as exc:
                 return type(exc).__name__
             return None if 200 <= status < 300 else f"HTTP {status}"
-        conv = registered.get(n.target) or _conversation(n.target)
+        conv = registered.get(n.target) or _conversation(n.target, self.config.teams_url)
         if conv is None:
             return "unknown target"
         return None if await self.outbox.text(conv, notices.event_text(event)) else f"the {conv.channel} channel could not send"
@@ -233,13 +235,14 @@ def _order(n: Notification) -> tuple[datetime, int, str]:
     return n.created_at, EVENTS.index(kind) if kind in EVENTS else len(EVENTS), n.event_id
 
 
-def _conversation(target: str) -> ConversationRef | None:
-    """A chat target nobody registered here: GroupMe by its group id; Teams by its conversation id at the global service URL."""
+def _conversation(target: str, teams_url: str) -> ConversationRef | None:
+    """A chat target from VPN_NOTIFY: GroupMe by its group id; Teams by its conversation id at `teams_url` (the global
+    service URL unless VPN_NOTIFY_TEAMS_URL says otherwise: a teams:<id> target carries no service URL of its own)."""
     channel, _, ident = target.partition(":")
     if channel == "groupme" and ident:
         return ConversationRef("groupme", {"group_id": ident})
     if channel == "teams" and ident:
-        return ConversationRef("teams", {"reference": {"serviceUrl": TEAMS_SERVICE_URL, "channelId": "msteams", "conversation": {"id": ident}},
+        return ConversationRef("teams", {"reference": {"serviceUrl": teams_url, "channelId": "msteams", "conversation": {"id": ident}},
                                          "conversation_type": "channel"})
     return None
 
