@@ -7,13 +7,18 @@ session's id and the event's type, so two workers emitting it (a teardown taken 
 Delivery is the sweeper's (every replica's, and `reap`'s): an item is claimed under a lease by
 compare-and-set, sent, and marked delivered by compare-and-set; a failure is retried with back-off
 (5 s doubling to an hour) up to `max_attempts`; a worker that dies holding a lease leaves the item to
-the next one once the lease expires. A receiver gets the same `X-VPN-Event-Id` on every attempt, so
-the one duplicate a crash can cause (between the receiver's answer and the store's write) is one it
-can drop. No key, config or token is ever in an event: its facts are the session's public ones.
+the next one once the lease expires, and a send is cut at two thirds of the lease, so no other worker
+takes an item over while it is still being sent. A receiver gets the same `X-VPN-Event-Id` on every
+attempt, so the one duplicate a crash can cause (between the receiver's answer and the store's write)
+is one it can drop; a chat has no such id, so there the same line can show twice (a crash, or a send
+cut or unanswered after the platform took it). No key, config or token is ever in an event: its facts
+are the session's public ones.
 
 Targets: `https://…` webhooks (the body signed with HMAC-SHA256, VPN_NOTIFY_SECRET; docs/usage.md),
-`teams:<conversation id>` and `groupme:<group id>`, and any chat an admin registered with
-`/vpn notify here`.
+`teams:<conversation id>` (sent to VPN_NOTIFY_TEAMS_URL, the global service URL by default) and
+`groupme:<group id>` (through that group's bot), and any chat an admin registered with `/vpn notify
+here` (with its own service URL). A chat item is sent only while its chat is registered (read afresh
+each pass that has chat items) or named in VPN_NOTIFY: `/vpn notify off` also stops what was queued.
 """
 from __future__ import annotations
 
@@ -41,9 +46,12 @@ EVENTS = ("requested", "approved", "denied", "ready", "ended", "failed", "cleanu
 SIGNATURE, TIMESTAMP, EVENT_ID, EVENT = "X-VPN-Signature", "X-VPN-Timestamp", "X-VPN-Event-Id", "X-VPN-Event"
 FIRST_RETRY = 5.0  # seconds; doubled every attempt
 LONGEST_WAIT = 3600.0
+SEND_SHARE_OF_LEASE = 2 / 3  # of VPN_LEASE_SECONDS one delivery may take: the rest is margin for clocks and the store write
 DELIVER_AT_ONCE = 8
 TARGETS_CACHE = timedelta(seconds=30)  # registered chats: another replica's /vpn notify here counts within this
-TEAMS_SERVICE_URL = "https://smba.trafficmanager.net/teams/"  # Bot Framework's global service URL, for teams:<id> never registered here
+# Bot Framework's global service URL (Microsoft's commercial cloud), for a teams:<id> in VPN_NOTIFY; VPN_NOTIFY_TEAMS_URL changes it.
+TEAMS_SERVICE_URL = "https://smba.trafficmanager.net/teams/"
+NOT_A_TARGET = "not a target here (no chat registered it, and it is not in this process's VPN_NOTIFY)"
 
 
 class WebhookPost(Protocol):
@@ -59,6 +67,7 @@ class NotifyConfig:
     targets: tuple[str, ...] = ()
     secret: str = field(default="", repr=False)
     max_attempts: int = 10
+    teams_url: str = TEAMS_SERVICE_URL  # where a teams:<id> in `targets` is sent (a registered chat brings its own)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -163,7 +172,8 @@ class Notifier:
         now = self.clock()
         items = [n for n in await self.store.due_notifications(now) if not self._leased_by_other(n, now)]
         if items:
-            registered = await self.registered()
+            # Chats as registered now, not as cached: one registered on another replica since, or unregistered (/vpn notify off).
+            registered = await self.registered(fresh=any(_is_chat(n.target) for n in items))
             gate = asyncio.Semaphore(DELIVER_AT_ONCE)
             by_target: dict[str, list[Notification]] = {}
             for n in sorted(items, key=_order):
@@ -190,7 +200,11 @@ class Notifier:
                                                                        attempts=n.attempts + 1))
         except Conflict:
             return
-        error = await self._send(n, registered)
+        try:  # a send never outlives its lease: past it, another worker would send the same item again
+            async with asyncio.timeout(self.lease.total_seconds() * SEND_SHARE_OF_LEASE):
+                error = await self._send(n, registered)
+        except TimeoutError:
+            error = "no answer in time"
         now = self.clock()
         if error is None:
             done = dataclasses.replace(n, state="delivered", delivered_at=now, lease_owner="", lease_expires_at=None, last_error="")
@@ -221,9 +235,11 @@ class Notifier:
             except Exception as exc:
                 return type(exc).__name__
             return None if 200 <= status < 300 else f"HTTP {status}"
-        conv = registered.get(n.target) or _conversation(n.target)
+        # A chat: as registered (its own service URL), else as VPN_NOTIFY names it; a chat that is neither was
+        # unregistered with /vpn notify off after this item was queued (or this replica runs an older VPN_NOTIFY).
+        conv = registered.get(n.target) or (_conversation(n.target, self.config.teams_url) if n.target in self.config.targets else None)
         if conv is None:
-            return "unknown target"
+            return NOT_A_TARGET
         return None if await self.outbox.text(conv, notices.event_text(event)) else f"the {conv.channel} channel could not send"
 
 
@@ -233,13 +249,18 @@ def _order(n: Notification) -> tuple[datetime, int, str]:
     return n.created_at, EVENTS.index(kind) if kind in EVENTS else len(EVENTS), n.event_id
 
 
-def _conversation(target: str) -> ConversationRef | None:
-    """A chat target nobody registered here: GroupMe by its group id; Teams by its conversation id at the global service URL."""
+def _is_chat(target: str) -> bool:
+    return not target.startswith(("https://", "http://"))
+
+
+def _conversation(target: str, teams_url: str) -> ConversationRef | None:
+    """A chat target from VPN_NOTIFY: GroupMe by its group id; Teams by its conversation id at `teams_url` (the global
+    service URL unless VPN_NOTIFY_TEAMS_URL says otherwise: a teams:<id> target carries no service URL of its own)."""
     channel, _, ident = target.partition(":")
     if channel == "groupme" and ident:
         return ConversationRef("groupme", {"group_id": ident})
     if channel == "teams" and ident:
-        return ConversationRef("teams", {"reference": {"serviceUrl": TEAMS_SERVICE_URL, "channelId": "msteams", "conversation": {"id": ident}},
+        return ConversationRef("teams", {"reference": {"serviceUrl": teams_url, "channelId": "msteams", "conversation": {"id": ident}},
                                          "conversation_type": "channel"})
     return None
 

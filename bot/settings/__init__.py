@@ -87,3 +87,11 @@ class Settings:
             )
         if self.groupme is not None and self.groupme.access_token and not self.ops.public_url:
             raise SettingsError("VPN_PUBLIC_URL is required with GROUPME_ACCESS_TOKEN: claim links point there")
+        for target in self.notify.targets:  # a chat target goes through its channel: one that is off would never deliver
+            channel, _, ident = target.partition(":")
+            if channel == "teams" and self.teams is None:
+                raise SettingsError(f"VPN_NOTIFY names {target} but Teams is off: set MicrosoftAppId (and add the bot to that conversation)")
+            if channel == "groupme" and (self.groupme is None or ident not in self.groupme.group_ids):
+                # A GroupMe bot posts only to its own group: any other group's notices would land in the wrong group.
+                raise SettingsError(f"VPN_NOTIFY names {target} but GroupMe does not serve group {ident}: add it to GROUPME_GROUP_ID "
+                                    "with its own bot in GROUPME_BOT_ID (<group id>:<bot id>)")

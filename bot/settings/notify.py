@@ -2,14 +2,15 @@
 
 VPN_NOTIFY is a comma-separated list of `https://…` webhooks (http:// only to a loopback address),
 `teams:<conversation id>` and `groupme:<group id>`; chats an admin registers with `/vpn notify here`
-come on top. docs/usage.md has the webhook format and a verification snippet.
+come on top. docs/usage.md has the webhook format and a verification snippet. VPN_NOTIFY_TEAMS_URL is the
+Bot Connector a `teams:<id>` target is sent to (Microsoft's global one unless a sovereign cloud needs its own).
 """
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from bot.engine.notify import NotifyConfig
-from bot.settings.reader import Reader, SettingsError
+from bot.engine.notify import TEAMS_SERVICE_URL, NotifyConfig
+from bot.settings.reader import Reader, SettingsError, public_url
 
 MIN_SECRET = 16
 EXPECTS = "comma-separated targets: https://… webhooks, teams:<conversation id>, groupme:<group id>"
@@ -36,6 +37,13 @@ def targets(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def service_url(text: str) -> str:
+    """An https:// URL (http:// only to a loopback address, for a local fake), kept with one trailing slash."""
+    if not public_url(text):
+        raise ValueError(text)
+    return text.rstrip("/") + "/"
+
+
 def read(r: Reader) -> NotifyConfig:
     found = r.parse("VPN_NOTIFY", "", targets, EXPECTS)
     secret = r.text("VPN_NOTIFY_SECRET", "")
@@ -45,4 +53,5 @@ def read(r: Reader) -> NotifyConfig:
             f"VPN_NOTIFY_SECRET must be at least {MIN_SECRET} characters with a webhook in VPN_NOTIFY: every delivery is signed with it "
             "(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
-    return NotifyConfig(found, secret)
+    teams_url = r.parse("VPN_NOTIFY_TEAMS_URL", TEAMS_SERVICE_URL, service_url, "an https:// URL (a Bot Connector service URL)")
+    return NotifyConfig(found, secret, teams_url=teams_url)
