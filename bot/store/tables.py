@@ -79,6 +79,7 @@ TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses"
 DUE_SHARDS = 16  # a minute's due entries spread over this many partitions
 DUE_READ_CONCURRENCY = 16  # due entries whose session is read at once
 _FORGET = "f"  # due-table partitions of ended sessions' forget times ("f<minute>|<shard>"; live ones start with a digit)
+_NOTIFY_DUE = "n"  # due-table partitions of pending notifications ("n<minute>|<shard>")
 _TURN = "turn"  # the meta table's partition of fleet-wide job turns (take_turn)
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a string property holds 32k characters
@@ -384,6 +385,8 @@ class TableStore:
         existed, or by a replica of an earlier version during a rolling deploy. Reads every live session
         and entry: for a fleet-wide turn now and then, not for every sweep."""
         await self._forget_ended(now)
+        async for e in self._query("outbox", "PartitionKey eq @p and state eq @pending", {"p": _OUTBOX, "pending": "pending"}):
+            await self._schedule_notification(_notification(e))  # pending items of an earlier version: found again
         indexed = {_key(sid) for sid in await self.live_ids()}
         missing = 0
         for s in await self.sessions(ACTIVE_STATES):
@@ -869,6 +872,7 @@ class TableStore:
     async def enqueue(self, items: Sequence[Notification]) -> int:
         added = 0
         for n in items:
+            await self._schedule_notification(n)  # before the item, as for sessions: never a pending item nobody finds
             try:
                 await self._table("outbox").create_entity({"PartitionKey": _OUTBOX, "RowKey": _key(n.key), **_outbox_values(n)})
                 added += 1
@@ -876,21 +880,51 @@ class TableStore:
                 pass  # another worker emitted this event already
         return added
 
+    # Pending items are found through the due table too ("n<minute>|<shard>" partitions, RowKey the item's
+    # key): a pass reads what is due, not the outbox, which keeps delivered items for a week.
+
+    async def _schedule_notification(self, n: Notification) -> None:
+        if n.state == "pending":
+            await self._table("due").upsert_entity(
+                {**_due_entity(n.key, n.due_at, prefix=_NOTIFY_DUE), "session_id": "", "key": n.key}, mode=UpdateMode.REPLACE)
+
     async def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
-        query = "PartitionKey eq @p and state eq @pending and due_at le @now"
-        found = []
-        async for e in self._query("outbox", query, {"p": _OUTBOX, "pending": "pending", "now": now.isoformat()}, results_per_page=limit):
-            found.append(_notification(e))
-        return sorted(found, key=lambda n: (n.due_at, n.created_at))[:limit]
+        query = "PartitionKey ge @lo and PartitionKey lt @hi and at le @now"
+        params = {"lo": _NOTIFY_DUE, "hi": f"{_NOTIFY_DUE}{_minute(now)}|~", "now": _utc(now)}
+        found: dict[str, Notification] = {}
+        async for e in self._query("due", query, params, results_per_page=min(limit, 1000)):
+            try:
+                n = _notification(await self._table("outbox").get_entity(_OUTBOX, _key(e["key"])))
+            except ResourceNotFoundError:
+                n = None
+            if n is not None and n.state == "pending" and n.due_at <= now:
+                found[n.key] = n
+                if len(found) >= limit:
+                    break
+            elif n is not None and n.state == "pending" and _NOTIFY_DUE + _due_partition(n.key, n.due_at) == e["PartitionKey"]:
+                await self._retime_due(e, n.due_at)
+            else:
+                await self._drop_due(e)  # delivered, given up, gone, or due in another minute
+        return sorted(found.values(), key=lambda n: (n.due_at, n.created_at))[:limit]
 
     async def next_notification_due(self) -> datetime | None:
-        query = "PartitionKey eq @p and state eq @pending"
-        dues = [datetime.fromisoformat(e["due_at"]) async for e in self._query("outbox", query, {"p": _OUTBOX, "pending": "pending"}, select=["due_at"])]
-        return min(dues, default=None)
+        """The earliest pending item's due time, or earlier (a stale entry): entries come in minute order."""
+        first: str | None = None
+        times: list[datetime] = []
+        async for e in self._query("due", "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _NOTIFY_DUE, "hi": _NOTIFY_DUE + "~"},
+                                   results_per_page=100, select=["PartitionKey", "at"]):
+            bucket = e["PartitionKey"].split("|")[0]
+            if first is None:
+                first = bucket
+            if bucket != first or len(times) >= 100:
+                break
+            times.append(datetime.fromisoformat(e["at"]))
+        return min(times, default=None)
 
     async def save_notification(self, item: Notification) -> Notification:
         if not item.version:
             raise Conflict(f"notification {item.key} was never read from this store")
+        await self._schedule_notification(item)
         try:
             meta = await self._table("outbox").update_entity(
                 {"PartitionKey": _OUTBOX, "RowKey": _key(item.key), **_outbox_values(item)}, mode=UpdateMode.REPLACE,
