@@ -241,7 +241,7 @@ async def test_store_gauges_are_read_once_per_interval_however_often_anyone_scra
     runtime = make_runtime(VPN_METRICS_PORT=port, VPN_DRYRUN_STEP_SECONDS=0)
     async with runtime, metrics.serving(runtime.store, runtime.provider.name, runtime.settings.ops.metrics_listen_host, port):
         reads = 0
-        real = runtime.store.sessions
+        real = runtime.store.live_counts
 
         async def counted(*args, **kwargs):
             nonlocal reads
@@ -249,7 +249,7 @@ async def test_store_gauges_are_read_once_per_interval_however_often_anyone_scra
             await asyncio.sleep(0.05)  # a store round trip: concurrent scrapes overlap it
             return await real(*args, **kwargs)
 
-        monkeypatch.setattr(runtime.store, "sessions", counted)
+        monkeypatch.setattr(runtime.store, "live_counts", counted)
         texts = await asyncio.gather(*(scrape(port) for _ in range(20)))
         texts += [await scrape(port) for _ in range(5)]
         assert reads == 1 and all(value(t, "vpn_store_up") == 1 for t in texts)

@@ -27,7 +27,7 @@ from bot.store.ports import SessionReader
 log = logging.getLogger(__name__)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-STORE_GAUGES_SECONDS = 5.0  # a scrape inside this reuses the last store read (Prometheus scrapes every 15-60 s)
+STORE_GAUGES_SECONDS = 30.0  # a scrape inside this reuses the last store read (Prometheus scrapes every 15-60 s; the read is O(live))
 
 
 @web.middleware
@@ -92,8 +92,7 @@ class StoreGauges:
             if time.monotonic() - self._read_at < self._ttl:
                 return self._counts
             try:
-                active = await self._store.sessions(list(ACTIVE_STATES))
-                self._counts = collections.Counter((s.state.value, s.provider) for s in active)
+                self._counts = collections.Counter(await self._store.live_counts())
             except Exception:
                 log.exception("metrics: the store did not answer")
                 self._counts = None

@@ -145,6 +145,8 @@ class SessionReader(Protocol):
 
     async def get(self, session_id: str) -> Session | None: ...
     async def sessions(self, states: Sequence[SessionState], owner: str | None = None) -> list[Session]: ...
+    async def live_counts(self) -> dict[tuple[str, str], int]:
+        """How many live sessions per (state, provider): the metrics gauge (two fields read per session, not all)."""
 
 
 class SessionStore(SessionReader, Protocol):

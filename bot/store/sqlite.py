@@ -345,6 +345,12 @@ class SqliteStore:
         rows = await self._run(lambda: self.conn.execute(sql, args).fetchall())
         return [_from_row(r) for r in rows]
 
+    async def live_counts(self) -> dict[tuple[str, str], int]:
+        marks = ",".join("?" for _ in ACTIVE_STATES)
+        rows = await self._run(lambda: self.conn.execute(
+            f"SELECT state, provider, COUNT(*) FROM sessions WHERE state IN ({marks}) GROUP BY state, provider", [s.value for s in ACTIVE_STATES]).fetchall())
+        return {(r[0], r[1]): r[2] for r in rows}
+
     async def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
         marks = ",".join("?" for _ in ACTIVE_STATES)
         rows = await self._run(lambda: self.conn.execute(

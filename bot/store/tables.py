@@ -308,6 +308,15 @@ class TableStore:
         except Exception:
             log.exception("session %s: repairing its due entry failed; the index check finds it", session_id)
 
+    async def live_counts(self) -> dict[tuple[str, str], int]:
+        params: dict[str, Any] = {f"s{i}": s.value for i, s in enumerate(ACTIVE_STATES)}
+        query = "( " + " or ".join(f"state eq @s{i}" for i in range(len(ACTIVE_STATES))) + " )"
+        counts: dict[tuple[str, str], int] = {}
+        async for e in self._query("sessions", query, params, select=["state", "provider"], results_per_page=1000):
+            key = (e["state"], e["provider"])
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     async def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
         query = "PartitionKey lt @hi and at le @now"
         entries = []
