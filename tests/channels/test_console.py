@@ -91,7 +91,8 @@ def test_expiry_of_a_running_session_removes_its_files(tmp_path):
         # The store is the clock the sweeper reads: move this session's end to now instead of waiting a minute.
         db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
         now = datetime.now(timezone.utc).isoformat()
-        assert db.execute("UPDATE sessions SET expires_at=? WHERE state='ready'", (now,)).rowcount == 1
+        # Its end and when the sweeper is to look (the due time it indexes) are both now.
+        assert db.execute("UPDATE sessions SET expires_at=?, due_at=? WHERE state='ready'", (now, now)).rowcount == 1
         db.commit()
         db.close()
         ended = live.wait_for("has ended (time is up)", timeout=15)
@@ -127,7 +128,7 @@ def test_reap_tears_down_expired_sessions_without_a_running_bot(tmp_path):
     env = app_env(tmp_path / "data", VPN_SESSION_MINUTES="1")
     assert console(["/vpn start"], env).returncode == 0
     db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
-    db.execute("UPDATE sessions SET expires_at='2000-01-01T00:00:00+00:00'")  # as if its time had passed
+    db.execute("UPDATE sessions SET expires_at='2000-01-01T00:00:00+00:00', due_at='2000-01-01T00:00:00+00:00'")  # as if its time had passed
     db.commit()
     reaped = subprocess.run([sys.executable, APP, "reap"], env=env, capture_output=True, text=True, timeout=60)
     assert reaped.returncode == 0, reaped.stderr

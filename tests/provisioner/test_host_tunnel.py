@@ -107,7 +107,8 @@ def test_crash_after_ready_then_expiry_still_removes_the_peer(lab, tmp_path):
     assert lab.tcp_through_tunnel() == "echo:through the tunnel"
     # The store is the clock reap reads: end the session now instead of waiting out its minute.
     db = sqlite3.connect(tmp_path / "data" / "vpn-bot.sqlite3")
-    assert db.execute("UPDATE sessions SET expires_at=?", (datetime.now(timezone.utc).isoformat(),)).rowcount == 1
+    now = datetime.now(timezone.utc).isoformat()  # its end, and when a sweep is to look at it (the indexed due time)
+    assert db.execute("UPDATE sessions SET expires_at=?, due_at=?", (now, now)).rowcount == 1
     db.commit()
     db.close()
     reaped = subprocess.run(
