@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 SWEEP_CONCURRENCY = 16  # sessions a sweep works on at once (a remote store's latency adds up otherwise)
 SWEEP_BATCH = 500  # due sessions one pass reads; more are taken by the next pass at once
 HEARTBEAT_EVERY = timedelta(minutes=1)
-RECENTLY_ENDED = timedelta(minutes=5)
 INDEX_CHECK_EVERY = timedelta(hours=6)  # the fleet-wide check that every live session is in the due index
 
 
@@ -260,11 +259,10 @@ class Sweeper:
         return removed
 
     async def _owned(self, session_id: str) -> bool:
-        """Active, or ended so lately that its own teardown may still be finishing."""
+        """Active. An ended session's resources are orphans (a teardown finishing meanwhile deleted its
+        own already: deleting again is a no-op; a failure's leftovers wait for reconcile)."""
         s = await self.p.store.get(session_id)
-        if s is None:
-            return False
-        return s.is_active or (s.ended_at is not None and self.p.clock() - s.ended_at < RECENTLY_ENDED)
+        return s is not None and s.is_active
 
     async def run(self) -> None:
         """Forever: sweep when something is due (or every sweep_seconds); reconcile on the fleet's turn, every reconcile_seconds."""

@@ -17,7 +17,7 @@ from typing import Any
 from bot.messages import ConversationRef
 from bot.store.model import Session
 
-STORE_MANAGED = frozenset({"version"})  # set by the store on every read and write, never a property of its own
+STORE_MANAGED = frozenset({"version", "stored_due_at"})  # set by the store on every read and write, never a property of its own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,7 @@ def decode(values: typing.Mapping[str, Any], version: str) -> Session:
             out[spec.name] = decode_value(spec, values[spec.name])
         elif not spec.required:
             out[spec.name] = spec.default
-    return Session(**out, version=version)
+    return Session(**out, version=version, stored_due_at=out.get("due_at"))
 
 
 # ----- keys from outside input (emails, identities, message ids, client addresses) ------------------

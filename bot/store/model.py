@@ -123,6 +123,8 @@ class Session:
     # Set by the store on every read and write (a counter in SQLite, the ETag in Table Storage);
     # never stored as a field of its own. A save whose version is stale raises Conflict.
     version: str = ""
+    # Also set by the store: `due_at` as it was stored (Table Storage drops that index entry once the session ends).
+    stored_due_at: datetime | None = None
 
     def moved(self, state: SessionState, now: datetime, **changes: Any) -> "Session":
         """This session in a new state; refuses moves the state machine does not allow."""

@@ -42,6 +42,7 @@ from bot.store.usage_codec import USAGE_FIELDS, decode_usage, encode_usage
 
 T = TypeVar("T")
 MESSAGE_ID_TTL = timedelta(days=2)
+SEEN_PURGE_EVERY = timedelta(minutes=1)  # message ids past their TTL are deleted at most this often per process
 WORKER_TTL = timedelta(days=1)  # long dead processes; their sessions were recovered long ago
 AUDIT_TEXT_LIMIT = 200
 PROGRESS_TTL = timedelta(days=2)
@@ -207,6 +208,7 @@ ADDED_COLUMNS: dict[str, dict[str, str]] = {
 ADDED_INDEXES = (
     "CREATE UNIQUE INDEX IF NOT EXISTS audit_sample ON audit(sample)",
     "CREATE INDEX IF NOT EXISTS sessions_due ON sessions(due_at) WHERE due_at IS NOT NULL",  # a sweep reads what is due
+    "CREATE INDEX IF NOT EXISTS seen_messages_at ON seen_messages(seen_at)",  # the purge of old message ids
 )
 
 
@@ -245,6 +247,7 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
         self._purged_at: datetime | None = None
+        self._seen_purged_at: datetime | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -328,7 +331,7 @@ class SqliteStore:
         )
         if cur.rowcount != 1:
             raise Conflict(f"session {session.id} changed since version {version}")
-        return dataclasses.replace(session, version=str(version + 1))
+        return dataclasses.replace(session, version=str(version + 1), stored_due_at=session.due_at)
 
     async def get(self, session_id: str) -> Session | None:
         row = await self._run(lambda: self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone())
@@ -392,12 +395,20 @@ class SqliteStore:
         return await self._run(op)
 
     async def first_seen(self, channel: str, message_id: str, now: datetime) -> bool:
+        cutoff = (now - MESSAGE_ID_TTL).isoformat()
+        purge = self._seen_purged_at is None or not timedelta(0) <= now - self._seen_purged_at < SEEN_PURGE_EVERY
+        if purge:
+            self._seen_purged_at = now
+
         def op() -> bool:
             c = self.conn
-            c.execute("DELETE FROM seen_messages WHERE seen_at < ?", ((now - MESSAGE_ID_TTL).isoformat(),))
+            if purge:  # not per message: the purge was most of a message's cost on a busy store
+                c.execute("DELETE FROM seen_messages WHERE seen_at < ?", (cutoff,))
+            # An id past its TTL counts as new (refreshed, as if it had been purged).
             cur = c.execute(
-                "INSERT OR IGNORE INTO seen_messages (channel, message_id, seen_at) VALUES (?,?,?)",
-                (store_key(channel), store_key(message_id), now.isoformat()),  # the whole id, never a prefix
+                "INSERT INTO seen_messages (channel, message_id, seen_at) VALUES (?,?,?) "
+                "ON CONFLICT(channel, message_id) DO UPDATE SET seen_at=excluded.seen_at WHERE seen_messages.seen_at < ?",
+                (store_key(channel), store_key(message_id), now.isoformat(), cutoff),  # the whole id, never a prefix
             )
             return cur.rowcount == 1
 

@@ -255,12 +255,14 @@ class TableStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             await self._repair_due(session.id)
             raise Conflict(f"session {session.id} changed since it was read") from None
+        if session.state in TERMINAL_STATES and session.stored_due_at is not None:
+            await self._drop_live_entry(session.id, session.stored_due_at)
         if session.state in TERMINAL_STATES:
             try:
                 await self._release_slots(session)
             except Exception:
                 log.exception("session %s: releasing its cap slots failed; they are reclaimed when the cap is reached", session.id)
-        return dataclasses.replace(session, version=meta["etag"])
+        return dataclasses.replace(session, version=meta["etag"], stored_due_at=session.due_at)
 
     async def get(self, session_id: str) -> Session | None:
         try:
@@ -351,6 +353,17 @@ class TableStore:
                 except (ResourceModifiedError, ResourceNotFoundError):
                     continue
             await self._drop_due(e)
+
+    async def _drop_live_entry(self, session_id: str, due_at: datetime) -> None:
+        """The entry of an ended session's last due time, at once: reconcile reads the index's ids as who may
+        be live. Unconditional, which is safe only here: nobody writes a live entry for an ended session
+        (a writer that lost the race to end it may have; that one lingers until a sweep reaches it)."""
+        try:
+            await self._table("due").delete_entity(_due_partition(session_id, due_at), _key(session_id))
+        except ResourceNotFoundError:
+            pass
+        except Exception:
+            log.exception("session %s: dropping its due entry failed; a sweep drops it when reached", session_id)
 
     async def _drop_due(self, e: Any) -> None:
         try:

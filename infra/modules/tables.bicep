@@ -22,6 +22,7 @@ var tableNames = [
   'meta'
   'usage'
   'outbox'
+  'due'
 ]
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
