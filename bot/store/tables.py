@@ -223,19 +223,26 @@ class TableStore:
 
     async def _pick_global(self, total: int) -> tuple[str, str]:
         """The global slot a create tries first, chosen before its user slot is taken so that the user slot names it."""
-        n = random.randrange(total) if total > 0 else 0
-        if await self._legacy_global():  # slots taken before issue 25 still count: keep taking them in that partition until none is left
-            return _LEGACY_GLOBAL, f"{n:05d}"
-        return _global_slot(n)
+        return _global_slot(random.randrange(total) if total > 0 else 0)
 
     async def _take_global(self, total: int, session_id: str, now: datetime, pick: tuple[str, str], user_slot: tuple[str, str]) -> tuple[str, str] | None:
-        """One of `total` global slots, `pick` first; if another one was taken, the user slot is told which."""
-        if pick[0] == _LEGACY_GLOBAL:
-            held = await self._take_numbered(total, lambda n: (_LEGACY_GLOBAL, f"{n:05d}"), "PartitionKey eq @p", {"p": _LEGACY_GLOBAL},
-                                             session_id, now, None, first=pick)
-        else:  # listed only when the blind tries fail (the cap looks full): every shard, one range query
-            held = await self._take_numbered(total, _global_slot, "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": "global|", "hi": "global}"},
-                                             session_id, now, None, first=pick)
+        """One of `total` global slots, `pick` first; if another one was taken, the user slot is told which.
+        Listed only when the blind tries fail (the cap looks full): one range over every shard, and over the
+        partition that held them all before issue 25 (`global`, which sorts just before `global|…`)."""
+        legacy = await self._legacy_global()
+
+        async def held_before(key: tuple[str, str]) -> bool:
+            """While slots of the earlier layout remain, slot n is taken if that layout's slot n is."""
+            if not legacy:
+                return False
+            try:
+                await self._table("slots").get_entity(_LEGACY_GLOBAL, key[1])
+                return True
+            except ResourceNotFoundError:
+                return False
+
+        held = await self._take_numbered(total, _global_slot, "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _LEGACY_GLOBAL, "hi": "global}"},
+                                         session_id, now, None, first=pick, held_before=held_before)
         if held is not None and held != pick:
             try:
                 await self._table("slots").update_entity(
@@ -246,9 +253,10 @@ class TableStore:
 
     async def _take_numbered(
         self, limit: int, where: Any, query: str, params: dict[str, Any], session_id: str, now: datetime, extra: dict[str, Any] | None,
-        first: tuple[str, str] | None = None,
+        first: tuple[str, str] | None = None, held_before: Any = None,
     ) -> tuple[str, str] | None:
-        """Insert-if-absent one of `limit` numbered slots (slot n at `where(n)`, listed by `query`); its key, None when all are held by live sessions."""
+        """Insert-if-absent one of `limit` numbered slots (slot n at `where(n)`, its row key n, listed by
+        `query`); its key, None when all are held by live sessions."""
         if limit <= 0:
             return None
         slots = self._table("slots")
@@ -256,9 +264,12 @@ class TableStore:
         async def insert(key: tuple[str, str]) -> bool:
             try:
                 await slots.create_entity({"PartitionKey": key[0], "RowKey": key[1], "session_id": session_id, "at": now.isoformat(), **(extra or {})})
-                return True
             except ResourceExistsError:
                 return False
+            if held_before is not None and await held_before(key):
+                await slots.delete_entity(*key)  # ours, inserted just now: nobody else can hold it yet
+                return False
+            return True
 
         # Usually a random slot is free: try a few blindly before listing the slots (which grow
         # with the number of live sessions).
@@ -270,13 +281,14 @@ class TableStore:
             if await insert(key):
                 return key
         for _ in range(SLOT_ROUNDS):
-            taken = {(e["PartitionKey"], e["RowKey"]): e async for e in self._query("slots", query, params)}
+            taken = [e async for e in self._query("slots", query, params)]
             if len(taken) >= limit:
-                if not await self._reclaim_stale(taken.values(), now):
+                if not await self._reclaim_stale(taken, now):
                     return None
                 continue
-            free = [where(n) for n in range(limit) if where(n) not in taken]
-            key = random.choice(free)  # spread concurrent creators over the free slots
+            numbers = {e["RowKey"] for e in taken}
+            free = [n for n in range(limit) if f"{n:05d}" not in numbers]
+            key = where(random.choice(free))  # spread concurrent creators over the free slots
             if await insert(key):
                 return key
             # another creator won this slot: look again
