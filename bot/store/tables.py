@@ -940,9 +940,8 @@ class TableStore:
             return
         if len(self._progress_indexed) >= PROGRESS_INDEX_MEMORY:
             self._progress_indexed.clear()
-        rk = _key(key)
         await self._table("progress").upsert_entity(
-            {"PartitionKey": f"{_PROGRESS_DUE}{hour}|{_spread(rk, SPREAD)}", "RowKey": rk, "key": key, "at": now.isoformat()}, mode=UpdateMode.REPLACE)
+            {"PartitionKey": _progress_due(key, now), "RowKey": _key(key), "key": key, "at": now.isoformat()}, mode=UpdateMode.REPLACE)
         self._progress_indexed[key] = hour
 
     async def _purge_progress(self, now: datetime) -> None:
@@ -952,19 +951,21 @@ class TableStore:
         query = "PartitionKey ge @lo and PartitionKey lt @hi and at lt @t"
         due = [e async for e in self._query("progress", query, {"lo": _PROGRESS_DUE, "hi": f"{_PROGRESS_DUE}{_hour(cutoff)}}}", "t": cutoff.isoformat()})]
 
-        async def look(e: Any) -> None:
+        async def look(e: Any) -> bool:
+            """Whether the index row `e` has done its work (False: it was just rewritten for a later look)."""
             try:
                 text = await progress.get_entity(_progress_partition(e["key"]), e["RowKey"])
             except ResourceNotFoundError:
-                return
+                return True
             updated = datetime.fromisoformat(text["updated_at"])
             if updated < cutoff:
                 await self._delete_unchanged("progress", text)
-            else:
-                await self._index_progress(e["key"], updated, again=True)
+                return True
+            await self._index_progress(e["key"], updated, again=True)
+            return _progress_due(e["key"], updated) != e["PartitionKey"]
 
-        await _bounded(look(e) for e in due)
-        await self._delete_all("progress", due)
+        done = await _bounded(look(e) for e in due)
+        await self._delete_all("progress", [e for e, gone in zip(due, done) if gone])
         if await self._legacy("progress", "progress", "PartitionKey eq @p", {"p": _LEGACY_PROGRESS}):
             await self._purge("progress", "PartitionKey eq @p and updated_at lt @t", {"p": _LEGACY_PROGRESS, "t": cutoff.isoformat()})
 
@@ -1155,6 +1156,11 @@ def _held_row(scope: str, address: str) -> str:
 
 def _progress_partition(key: str) -> str:
     return f"{_NEW}{_spread(_key(key), SPREAD)}"
+
+
+def _progress_due(key: str, at: datetime) -> str:
+    """The purge index's partition of a progress key written at `at`: its hour, then a shard of the key."""
+    return f"{_PROGRESS_DUE}{_hour(at)}|{_spread(_key(key), SPREAD)}"
 
 
 def _audit_partition(shard: int, at: datetime) -> str:
