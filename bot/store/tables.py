@@ -241,8 +241,16 @@ class TableStore:
             except ResourceNotFoundError:
                 return False
 
+        async def one_shard(insert: Any) -> tuple[str, str] | None:
+            """Near a full cap the blind tries fail: a free slot of one random shard (1/64 of the slots) before listing them all."""
+            shard = random.randrange(min(SLOT_SHARDS, total))
+            numbers = {e["RowKey"] async for e in self._query("slots", "PartitionKey eq @p", {"p": _global_slot(shard)[0]}, select=["RowKey"])}
+            free = [n for n in range(shard, total, SLOT_SHARDS) if f"{n:05d}" not in numbers]
+            key = _global_slot(random.choice(free)) if free else None
+            return key if key is not None and await insert(key) else None
+
         held = await self._take_numbered(total, _global_slot, "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _LEGACY_GLOBAL, "hi": "global}"},
-                                         session_id, now, None, first=pick, held_before=held_before)
+                                         session_id, now, None, first=pick, held_before=held_before, narrow=one_shard)
         if held is not None and held != pick:
             try:
                 await self._table("slots").update_entity(
@@ -253,10 +261,11 @@ class TableStore:
 
     async def _take_numbered(
         self, limit: int, where: Any, query: str, params: dict[str, Any], session_id: str, now: datetime, extra: dict[str, Any] | None,
-        first: tuple[str, str] | None = None, held_before: Any = None,
+        first: tuple[str, str] | None = None, held_before: Any = None, narrow: Any = None,
     ) -> tuple[str, str] | None:
         """Insert-if-absent one of `limit` numbered slots (slot n at `where(n)`, its row key n, listed by
-        `query`); its key, None when all are held by live sessions."""
+        `query`); its key, None when all are held by live sessions. `narrow(insert)`, if given, looks
+        for a free slot more cheaply than the full listing, after the blind tries."""
         if limit <= 0:
             return None
         slots = self._table("slots")
@@ -280,6 +289,8 @@ class TableStore:
         for key in tries:
             if await insert(key):
                 return key
+        if narrow is not None and (key := await narrow(insert)) is not None:
+            return key
         for _ in range(SLOT_ROUNDS):
             taken = [e async for e in self._query("slots", query, params)]
             if len(taken) >= limit:

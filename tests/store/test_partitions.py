@@ -91,6 +91,22 @@ async def test_a_session_ended_on_one_replica_frees_its_place_on_another(recorde
     assert await a.create_session(new_session(owner="test:carol"), per_user=1, total=1) is CreateOutcome.GLOBAL_LIMIT
 
 
+async def test_near_a_full_cap_a_create_lists_one_shard_not_every_slot(tables, monkeypatch):
+    """127 of 128 global slots held: the blind tries miss, then one shard (two slots) is listed, not all 128."""
+    store, rec = tables
+    slots = store._table("slots")
+    await asyncio.gather(*(slots.create_entity({"PartitionKey": f"global|{n % 64:02d}", "RowKey": f"{n:05d}", "session_id": f"held{n}",
+                                                "at": utcnow().isoformat()}) for n in range(128) if n != 69))
+    picks = iter([3, 5])  # the first try (held), then the shard to list: 5 holds slots 5 (held) and 69 (free)
+    monkeypatch.setattr("bot.store.tables.random.randrange", lambda *a: next(picks))
+    monkeypatch.setattr("bot.store.tables.random.sample", lambda population, k: [1, 2, 4][:k])  # held too
+    rec.clear()
+    assert await store.create_session(new_session(session_id="s1"), per_user=1, total=128) is CreateOutcome.CREATED
+    queries = [r.filter for r in rec.requests if r.kind == "query"]
+    assert queries == ["PartitionKey eq 'global'", "PartitionKey eq 'global|05'"], queries  # (the first: this process's look for the earlier layout)
+    assert (await slots.get_entity("global|05", "00069"))["session_id"] == "s1"
+
+
 async def test_sessions_of_an_owner_read_that_owners_partition_only(tables):
     store, rec = tables
     for owner, n in (("test:alice", 3), ("test:bob", 2), ("test:carol", 1)):
