@@ -29,6 +29,7 @@ SMALLEST = {
     "bench_logins.py": (["--flood", "10", "--scenarios", "one", "--others", "1"], "the other user's logins meanwhile"),
     "bench_store_open.py": ([], "reap, tables present"),
     "bench_usage.py": (["--rows", "200", "--runs", "1"], "month 2026-11, everyone"),
+    "bench_partitions.py": (["--starts", "5"], "the next pass, nothing due"),
 }
 
 

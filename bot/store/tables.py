@@ -6,21 +6,30 @@ starts with VPN_TABLE_PREFIX. What makes it safe to share (docs/decisions.md, "T
 * sessions: one entity each (PartitionKey = session id); a save is an update conditioned on the
   ETag read (If-Match), so a stale write fails with 412 and becomes `Conflict`;
 * caps: a session holds one numbered slot entity per cap, inserted with insert-if-absent
-  (`user|<owner>` 0..per_user-1 and `global` 0..total-1). Two inserts of one slot cannot both
-  succeed, so the caps hold across replicas; slots go when the session ends (a slot whose session
-  ended or never got written is reclaimed when the cap looks full);
-* message ids, address reservations: insert-if-absent; claims: consumed by an ETag-conditioned update;
+  (`user|<owner>` 0..per_user-1, and global slot n in `global|<n % 64>`). Two inserts of one slot cannot
+  both succeed, so the caps hold across replicas; the user slot names the global one, so both go by key
+  when the session ends (a slot whose session ended or never got written is reclaimed when the cap
+  looks full). The owner's slot partition is also the owner index: `sessions(owner=)` reads it;
+* message ids, address reservations (`~a|<scope>|<shard>`): insert-if-absent; claims (`~c|<token hash>`):
+  consumed by an ETag-conditioned update; both indexed by session (`~s|<session id>`), claims also by the
+  minute they fall due (`~e|<minute>|<shard>`), so ending a session or purging is keyed or ranged;
 * keys from outside (emails, identities, message ids, addresses) go through `store_key` (bot/store/codec.py):
   bounded and injective, so no input can make a key Table Storage refuses or collide with another;
 * sign-in attempts: each counter is a partition of its own per window holding up to `limit` numbered
   slots taken by insert-if-absent (two rounds at most, then the window counts as used up), so a
   flood on one account neither loops on one entity nor touches another account's partition;
-* audit: one partition per day, newest first; a refusal is counted on one sampled row per identity,
-  reason and hour rather than written row by row; `purge_expired` keeps it to its retention;
+* audit: 32 shards of a partition per day (`~<shard>|<day>`), each newest first, read as one merged
+  stream; a refusal is counted on one sampled row per identity, reason and hour rather than written
+  row by row; `purge_expired` keeps it to its retention;
 * outbox: one partition, an item per (event, target) inserted if absent, claimed and marked delivered
   by ETag-conditioned updates; delivered items are forgotten after a week;
-* usage: one partition per month (of the session's request), one row per session (an upsert: a
-  record written twice is one row); a month's report reads one partition.
+* usage: 32 partitions per month (of the session's request), one row per session (an upsert: a
+  record written twice is one row); a month's report reads one range of partitions;
+* progress: 64 partitions by a hash of the key, indexed by the hour written for the purge.
+
+No partition takes more than a few percent of the writes of a pass or of a flood of starts
+(docs/decisions.md, "Issue 25: partitions"). Rows of the layout before that (`global` slots, claims and
+reservations keyed below `~`, audit days, month partitions, `progress`) are still read, released and purged.
 
 Fields serialise from the Session dataclass (bot/store/codec.py): a new field needs no change here.
 """
@@ -94,6 +103,24 @@ _LEGACY_ATTEMPTS = "attempt"  # the single counter partition of earlier versions
 _CONTACT = "contact"  # the meta table's partition of approvers' private chats
 _NOTIFY = "notify"  # the meta table's partition of chats registered with /vpn notify here
 _OUTBOX = "o"  # the outbox's one partition: pending items are found by a filter on it (delivered ones are purged after a week)
+# Issue 25: no hot partition. New layouts key their partitions at or above "~" where the earlier layout
+# did not (claims, addresses, audit): what lies below "~" is the earlier layout's, still read and purged
+# until none is left (LEGACY_RECHECK).
+SLOT_SHARDS = 64  # global cap slot n lives in partition global|{n % 64}
+SPREAD = 64  # address reservations, the claims' due index and progress texts spread over this many partitions
+AUDIT_SHARDS = 32  # audit rows of a day: every read merges this many streams, so fewer than SPREAD
+USAGE_SHARDS = 32  # usage records of a month (one range query reads them all)
+CLAIM_KEEP = timedelta(days=1)  # a claim is forgotten this long after it expired (its state reads "expired" until then)
+LEGACY_RECHECK = 600.0  # seconds: while rows of the earlier layout remain, look again this often (once none remain, never)
+_LEGACY_GLOBAL = "global"  # the global cap's one partition before issue 25
+_LEGACY_PROGRESS = "progress"  # the progress texts' one partition before issue 25
+_NEW = "~"  # claims, addresses, audit: partition keys of the issue-25 layout start with it
+_CLAIM = "~c|"  # a claim: ~c|<token hash>, row "c"
+_BY_SESSION = "~s|"  # claims, addresses: a row per claim / reservation of the session ~s|<session id>
+_CLAIM_DUE = "~e|"  # ~e|<minute>|<shard>: a row per claim and step (erase its sealed config; forget it)
+_RESERVED = "~a|"  # ~a|<scope>|<shard>: the reservation of an address
+_PROGRESS_DUE = "~d|"  # ~d|<hour>|<shard>: progress keys written that hour (the purge reads past hours only)
+PROGRESS_INDEX_MEMORY = 10_000  # keys whose index row this process wrote this hour (an upsert: forgetting costs a write)
 
 
 _key = store_key
@@ -123,6 +150,10 @@ class TableStore:
         self._progress_purged_at: datetime | None = None
         self._purged_at: datetime | None = None
         self._turns: dict[str, tuple[datetime, str]] = {}  # job -> (next time, mark) as last read or written
+        self._legacy_state: dict[str, tuple[bool, float]] = {}  # rows of the layout before issue 25: (present, checked at)
+        self._legacy_looks: dict[str, asyncio.Lock] = {}
+        self._throttled: dict[str, datetime] = {}
+        self._progress_indexed: dict[str, str] = {}  # progress key -> the hour its index row was written by this process
 
     @classmethod
     def from_connection_string(cls, conn_str: str, *, prefix: str = "vpn") -> "TableStore":
@@ -175,10 +206,11 @@ class TableStore:
     async def create_session(self, session: Session, *, per_user: int, total: int) -> CreateOutcome:
         now = utcnow()
         user_slots = f"user|{_key(session.owner)}"
-        mine = await self._take_slot(user_slots, per_user, session.id, now)
+        pick = await self._pick_global(total)  # named by the user slot: the session's slots are released by key
+        mine = await self._take_slot(user_slots, per_user, session.id, now, {"global_pk": pick[0], "global_rk": pick[1]})
         if mine is None:
             return CreateOutcome.USER_LIMIT
-        everyone = await self._take_slot("global", total, session.id, now)
+        everyone = await self._take_global(total, session.id, now, pick, (user_slots, mine))
         if everyone is None:
             await self._table("slots").delete_entity(user_slots, mine)
             return CreateOutcome.GLOBAL_LIMIT
@@ -187,62 +219,184 @@ class TableStore:
             await self._table("sessions").create_entity(_entity(session))
         except BaseException:
             await self._table("slots").delete_entity(user_slots, mine)
-            await self._table("slots").delete_entity("global", everyone)
+            await self._table("slots").delete_entity(*everyone)
             raise
         return CreateOutcome.CREATED
 
-    async def _take_slot(self, partition: str, limit: int, session_id: str, now: datetime) -> str | None:
-        """Insert-if-absent one of `limit` numbered slots; None when all are held by live sessions."""
-        slots = self._table("slots")
+    async def _take_slot(self, partition: str, limit: int, session_id: str, now: datetime, extra: dict[str, Any] | None = None) -> str | None:
+        """Insert-if-absent one of `limit` numbered slots of one partition (a user's); its row key, None when all are held by live sessions."""
+        taken = await self._take_numbered(limit, lambda n: (partition, f"{n:05d}"), "PartitionKey eq @p", {"p": partition}, session_id, now, extra)
+        return taken[1] if taken else None
 
-        async def insert(row: str) -> bool:
+    async def _pick_global(self, total: int) -> tuple[str, str]:
+        """The global slot a create tries first, chosen before its user slot is taken so that the user slot names it."""
+        return _global_slot(random.randrange(total) if total > 0 else 0)
+
+    async def _take_global(self, total: int, session_id: str, now: datetime, pick: tuple[str, str], user_slot: tuple[str, str]) -> tuple[str, str] | None:
+        """One of `total` global slots, `pick` first; if another one was taken, the user slot is told which.
+        Listed only when the blind tries fail (the cap looks full): one range over every shard, and over the
+        partition that held them all before issue 25 (`global`, which sorts just before `global|…`)."""
+        legacy = await self._legacy_global()
+
+        async def held_before(key: tuple[str, str]) -> bool:
+            """While slots of the earlier layout remain, slot n is taken if that layout's slot n is."""
+            if not legacy:
+                return False
             try:
-                await slots.create_entity({"PartitionKey": partition, "RowKey": row, "session_id": session_id, "at": now.isoformat()})
+                await self._table("slots").get_entity(_LEGACY_GLOBAL, key[1])
                 return True
-            except ResourceExistsError:
+            except ResourceNotFoundError:
                 return False
 
-        # Usually a random slot is free: try a few blindly before listing the partition (which grows
+        async def one_shard(insert: Any) -> tuple[str, str] | None:
+            """Near a full cap the blind tries fail: a free slot of one random shard (1/64 of the slots) before listing them all."""
+            shard = random.randrange(min(SLOT_SHARDS, total))
+            numbers = {e["RowKey"] async for e in self._query("slots", "PartitionKey eq @p", {"p": _global_slot(shard)[0]}, select=["RowKey"])}
+            free = [n for n in range(shard, total, SLOT_SHARDS) if f"{n:05d}" not in numbers]
+            key = _global_slot(random.choice(free)) if free else None
+            return key if key is not None and await insert(key) else None
+
+        held = await self._take_numbered(total, _global_slot, "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _LEGACY_GLOBAL, "hi": "global}"},
+                                         session_id, now, None, first=pick, held_before=held_before, narrow=one_shard)
+        if held is not None and held != pick:
+            try:
+                await self._table("slots").update_entity(
+                    {"PartitionKey": user_slot[0], "RowKey": user_slot[1], "global_pk": held[0], "global_rk": held[1]}, mode=UpdateMode.MERGE)
+            except ResourceNotFoundError:  # cannot happen within SLOT_GRACE; its global slot is then reclaimed when the cap looks full
+                log.warning("session %s: its user slot went before it could name its global slot", session_id)
+        return held
+
+    async def _take_numbered(
+        self, limit: int, where: Any, query: str, params: dict[str, Any], session_id: str, now: datetime, extra: dict[str, Any] | None,
+        first: tuple[str, str] | None = None, held_before: Any = None, narrow: Any = None,
+    ) -> tuple[str, str] | None:
+        """Insert-if-absent one of `limit` numbered slots (slot n at `where(n)`, its row key n, listed by
+        `query`); its key, None when all are held by live sessions. `narrow(insert)`, if given, looks
+        for a free slot more cheaply than the full listing, after the blind tries."""
+        if limit <= 0:
+            return None
+        slots = self._table("slots")
+
+        async def insert(key: tuple[str, str]) -> bool:
+            try:
+                await slots.create_entity({"PartitionKey": key[0], "RowKey": key[1], "session_id": session_id, "at": now.isoformat(), **(extra or {})})
+            except ResourceExistsError:
+                return False
+            if held_before is not None and await held_before(key):
+                await slots.delete_entity(*key)  # ours, inserted just now: nobody else can hold it yet
+                return False
+            return True
+
+        # Usually a random slot is free: try a few blindly before listing the slots (which grow
         # with the number of live sessions).
+        tries = [first] if first is not None else []
         for n in random.sample(range(limit), min(BLIND_TRIES, limit)):
-            if await insert(f"{n:05d}"):
-                return f"{n:05d}"
+            if len(tries) < BLIND_TRIES and where(n) not in tries:
+                tries.append(where(n))
+        for key in tries:
+            if await insert(key):
+                return key
+        if narrow is not None and (key := await narrow(insert)) is not None:
+            return key
         for _ in range(SLOT_ROUNDS):
-            taken = {e["RowKey"]: e async for e in self._query("slots", "PartitionKey eq @p", {"p": partition})}
+            taken = [e async for e in self._query("slots", query, params)]
             if len(taken) >= limit:
-                if not await self._reclaim_stale(taken.values(), now):
+                if not await self._reclaim_stale(taken, now):
                     return None
                 continue
-            free = [f"{n:05d}" for n in range(limit) if f"{n:05d}" not in taken]
-            row = random.choice(free)  # spread concurrent creators over the free slots
-            if await insert(row):
-                return row
+            numbers = {e["RowKey"] for e in taken}
+            free = [n for n in range(limit) if f"{n:05d}" not in numbers]
+            key = where(random.choice(free))  # spread concurrent creators over the free slots
+            if await insert(key):
+                return key
             # another creator won this slot: look again
-        log.warning("slots %s: gave up after %d contended rounds", partition, SLOT_ROUNDS)
+        log.warning("slots %s: gave up after %d contended rounds", query, SLOT_ROUNDS)
         return None
 
     async def _reclaim_stale(self, slots: Any, now: datetime) -> bool:
         """Delete slots whose session ended (or was never written, after a grace); True if any went."""
-        reclaimed = False
-        for slot in slots:
+
+        async def reclaim(slot: Any) -> bool:
             holder = await self.get(slot["session_id"])
             stale = holder.state in TERMINAL_STATES if holder else now - datetime.fromisoformat(slot["at"]) > SLOT_GRACE
             if stale:
-                try:
-                    await self._table("slots").delete_entity(
-                        slot["PartitionKey"], slot["RowKey"], etag=slot.metadata["etag"], match_condition=MatchConditions.IfNotModified
-                    )
-                    reclaimed = True
-                except ResourceModifiedError:
-                    reclaimed = True  # someone else reclaimed (and maybe re-took) it: look again
-        return reclaimed
+                await self._delete_unchanged("slots", slot)
+            return stale  # deleted, or someone else reclaimed (and maybe re-took) it: look again
+
+        return any(await _bounded(reclaim(slot) for slot in slots))
 
     async def _release_slots(self, session: Session) -> None:
-        for partition in (f"user|{_key(session.owner)}", "global"):
-            async for slot in self._query("slots", "PartitionKey eq @p and session_id eq @s", {"p": partition, "s": session.id}):
-                await self._table("slots").delete_entity(
-                    slot["PartitionKey"], slot["RowKey"], etag=slot.metadata["etag"], match_condition=MatchConditions.IfNotModified
-                )
+        """Keyed (issue 25): the session's slot in its owner's partition names its global slot."""
+        query = "PartitionKey eq @p and session_id eq @s"
+        for row in [e async for e in self._query("slots", query, {"p": f"user|{_key(session.owner)}", "s": session.id})]:
+            await self._free_slots(row)
+
+    async def _free_slots(self, row: Any) -> None:
+        """The global slot a user slot names, then the user slot: conditional deletes, so a slot taken over
+        meanwhile (reclaimed, then taken by another session) stays the other session's."""
+        slots, session_id = self._table("slots"), row["session_id"]
+        if row.get("global_pk"):
+            try:
+                held = await slots.get_entity(row["global_pk"], row["global_rk"])
+                if held["session_id"] == session_id:
+                    await self._delete_unchanged("slots", held)
+            except ResourceNotFoundError:
+                pass
+        elif await self._legacy_global():  # a session created before issue 25: its global slot is found by a filter on that partition
+            async for held in self._query("slots", "PartitionKey eq @p and session_id eq @s", {"p": _LEGACY_GLOBAL, "s": session_id}):
+                await self._delete_unchanged("slots", held)
+        await self._delete_unchanged("slots", row)
+
+    async def _delete_unchanged(self, table: str, e: Any) -> bool:
+        """Delete `e` if nobody changed it since it was read (gone already is fine); False if someone did."""
+        try:
+            await self._table(table).delete_entity(e["PartitionKey"], e["RowKey"], etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+            return True
+        except ResourceModifiedError:
+            return False
+
+    async def _legacy(self, name: str, table: str, query: str, params: dict[str, Any]) -> bool:
+        """Whether rows of the layout before issue 25 may remain where `query` looks: one small query at first
+        need, again at most every LEGACY_RECHECK seconds while some remain; once none remain, never again
+        in this process (nothing writes that layout any more)."""
+        def known() -> bool | None:
+            seen = self._legacy_state.get(name)
+            return seen[0] if seen is not None and (not seen[0] or time.monotonic() - seen[1] < LEGACY_RECHECK) else None
+
+        if (present := known()) is not None:
+            return present
+        async with self._legacy_looks.setdefault(name, asyncio.Lock()):  # concurrent first callers share one look
+            if (present := known()) is not None:
+                return present
+            present = False
+            async for _ in self._query(table, query, params, results_per_page=1, select=["PartitionKey"]):
+                present = True
+                break
+            self._legacy_state[name] = (present, time.monotonic())
+            return present
+
+    async def _legacy_global(self) -> bool:
+        return await self._legacy("slots", "slots", "PartitionKey eq @p", {"p": _LEGACY_GLOBAL})
+
+    async def _by_owner(self, states: Sequence[SessionState], owner: str | None) -> list[Session] | None:
+        """`sessions(states, owner=)` for live states, from the owner index: the owner's cap slots (one
+        partition, written before the session) and a keyed read of each session, concurrently. A slot
+        whose session ended (its release failed) or never got written (after SLOT_GRACE) is dropped here.
+        None when this cannot answer (no owner, or ended states asked: those are filtered from the table)."""
+        if owner is None or any(state in TERMINAL_STATES for state in states):
+            return None
+        rows = [e async for e in self._query("slots", "PartitionKey eq @p", {"p": f"user|{_key(owner)}"})]
+        found = await asyncio.gather(*(self.get(row["session_id"]) for row in rows))
+        now = utcnow()
+        mine: dict[str, Session] = {}
+        for row, s in zip(rows, found):
+            if s is None and now - datetime.fromisoformat(row["at"]) <= SLOT_GRACE:
+                continue  # a create in progress
+            if s is None or s.state in TERMINAL_STATES:
+                await self._free_slots(row)
+            elif s.owner == owner and s.state in states:
+                mine[s.id] = s
+        return sorted(mine.values(), key=lambda s: (s.created_at, _key(s.id)))  # ties in the order the table would list them
 
     async def save(self, session: Session) -> Session:
         if not session.version:
@@ -277,6 +431,8 @@ class TableStore:
             async for _ in self._query("sessions", "PartitionKey eq @p", {"p": ""}, results_per_page=1):
                 break
             return []
+        if (by_owner := await self._by_owner(states, owner)) is not None:
+            return by_owner
         params: dict[str, Any] = {f"s{i}": s.value for i, s in enumerate(states)}
         # The SDK substitutes @names split on spaces: keep parentheses apart from them.
         query = "( " + " or ".join(f"state eq @s{i}" for i in range(len(states))) + " )"
@@ -484,7 +640,7 @@ class TableStore:
         written = time.time_ns()
         await self._table("audit").create_entity(
             {
-                "PartitionKey": _audit_day(entry.at),
+                "PartitionKey": _audit_partition(secrets.randbelow(AUDIT_SHARDS), entry.at),
                 "RowKey": f"{_countdown(entry.at)}-{10**20 - written:020d}-{secrets.token_hex(4)}",
                 **_audit_values(entry),
                 "written": f"{written:020d}",
@@ -497,7 +653,7 @@ class TableStore:
         most: under a concurrent flood it is a lower bound, never a retry storm."""
         hour, digest = refusal_sample(entry.user, entry.command, entry.reason, entry.at)
         # Keyed at the hour's end (never earlier than any refusal it counts); audit_log orders by time.
-        pk, rk = _audit_day(hour), f"{_countdown(hour + timedelta(hours=1))}-r-{digest}"
+        pk, rk = _audit_partition(int(digest[:8], 16) % AUDIT_SHARDS, hour), f"{_countdown(hour + timedelta(hours=1))}-r-{digest}"
         table = self._table("audit")
         for _ in range(AUDIT_COUNT_TRIES):
             try:
@@ -521,43 +677,66 @@ class TableStore:
     async def audit_log(
         self, limit: int = 100, *, since: datetime | None = None, until: datetime | None = None, user: str | None = None
     ) -> list[AuditEntry]:
-        """Newest first. Rows come in key order, whose time never precedes a row's own time (a refusal
-        row is keyed at its hour's end): read until the next key is older than the limit-th newest row.
+        """Newest first. Each shard's rows come in key order, whose time never precedes a row's own time (a
+        refusal row is keyed at its hour's end): the shards' streams (and the earlier layout's, while it
+        holds rows) are merged by key, read until the next key is older than the limit-th newest row.
         A time range reads only its days' partitions; a user is filtered on the server."""
         if limit <= 0:
             return []
         rows: list[Any] = []
         newest: list[int] = []  # a min-heap of the `limit` newest times seen
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        if until is not None:  # days count down: the range's last day has the smallest partition key
-            clauses.append("PartitionKey ge @plo and at lt @until")
-            params.update(plo=_audit_day(until), until=until.isoformat())
-        if since is not None:
-            clauses.append("PartitionKey le @phi and at ge @since")
-            params.update(phi=_audit_day(since), since=since.isoformat())
-        if user is not None:
-            clauses.append("( user eq @u or email eq @u )")
-            params["u"] = user[:AUDIT_TEXT_LIMIT]
-        if clauses:
-            found = self._query("audit", " and ".join(clauses), params, results_per_page=min(limit, 1000))
-        else:
-            found = self._table("audit").list_entities(results_per_page=min(limit, 1000))
-        async for e in found:
-            key_time = 10**17 - int(e["RowKey"][:17])
-            if len(newest) >= limit and key_time < newest[0]:
+        streams = [aiter(stream) for stream in await self._audit_streams(limit, since, until, user)]
+        heads: list[tuple[int, int, Any]] = []  # (-key time, stream, row): the newest head first
+        for i, e in enumerate(await asyncio.gather(*(anext(stream, None) for stream in streams))):
+            if e is not None:
+                heapq.heappush(heads, (-_key_time(e), i, e))
+        while heads:
+            key_time, i, e = heapq.heappop(heads)
+            if len(newest) >= limit and -key_time < newest[0]:
                 break
             at = _micros(datetime.fromisoformat(e["at"]))
             rows.append(e)
             heapq.heappush(newest, at)
             if len(newest) > limit:
                 heapq.heappop(newest)
+            following = await anext(streams[i], None)
+            if following is not None:
+                heapq.heappush(heads, (-_key_time(following), i, following))
         rows.sort(key=lambda e: (_micros(datetime.fromisoformat(e["at"])), _written(e)), reverse=True)
         return [
             AuditEntry(datetime.fromisoformat(e["at"]), e["user"], e["email"], e["channel"], e["command"], bool(e["allowed"]), e["reason"],
                        int(e.get("count", 1)))
             for e in rows[:limit]
         ]
+
+    async def _audit_streams(self, limit: int, since: datetime | None, until: datetime | None, user: str | None) -> list[AsyncIterator[Any]]:
+        """A query per shard over its days in the range (newest first), and one over the earlier layout's days if any remain."""
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if until is not None:
+            clauses.append("at lt @until")
+            params["until"] = until.isoformat()
+        if since is not None:
+            clauses.append("at ge @since")
+            params["since"] = since.isoformat()
+        if user is not None:
+            clauses.append("( user eq @u or email eq @u )")
+            params["u"] = user[:AUDIT_TEXT_LIMIT]
+        rest = "".join(f" and {c}" for c in clauses)
+        # Days count down: the range's last day (until) has the smallest partition key, its first (since) the largest.
+        lo, hi = (_audit_day(until) if until else ""), (_audit_day(since) if since else None)
+        # A shard holds about 1/AUDIT_SHARDS of the newest rows: small pages (the next comes when one runs out).
+        page = min(limit, 1000) if user is not None else min(1000, max(10, 2 * limit // AUDIT_SHARDS + 4))
+        streams = []
+        for shard in range(AUDIT_SHARDS):
+            prefix = f"{_NEW}{shard:02d}|"
+            upper = f"PartitionKey le @hi{rest}" if hi is not None else f"PartitionKey lt @hi{rest}"
+            bounds = {"lo": prefix + lo, "hi": prefix + hi if hi is not None else prefix[:-1] + "}"}
+            streams.append(self._query("audit", "PartitionKey ge @lo and " + upper, {**params, **bounds}, results_per_page=page))
+        if await self._legacy("audit", "audit", "PartitionKey lt @p", {"p": _NEW}):
+            query = "PartitionKey ge @lo and " + ("PartitionKey le @hi" if hi is not None else "PartitionKey lt @hi") + rest
+            streams.append(self._query("audit", query, {**params, "lo": lo, "hi": hi if hi is not None else _NEW}, results_per_page=min(limit, 1000)))
+        return streams
 
     async def heartbeat(self, worker: Worker) -> None:
         await self._table("workers").upsert_entity(
@@ -595,9 +774,19 @@ class TableStore:
     # ----- claim links (sealed configs; see bot/one_time_configs.py) -----------------------------------------
 
     async def add_claim(self, claim: Claim) -> None:
+        """The claim in a partition of its own, after its index rows (by session; by the minutes it is
+        erased and forgotten): a crash leaves at most an index row, which the purge drops."""
+        claims, token = self._table("claims"), _key(claim.token_hash)
+        steps = (("erase", claim.expires_at), ("forget", claim.expires_at + CLAIM_KEEP))
+        await asyncio.gather(
+            claims.upsert_entity({"PartitionKey": _BY_SESSION + _key(claim.session_id), "RowKey": token}),
+            *(claims.upsert_entity({"PartitionKey": _claim_due(at, token), "RowKey": token, "step": step, "at": at.isoformat(),
+                                    "session_id": claim.session_id}) for step, at in steps),
+        )
         entity: dict[str, Any] = {
-            "PartitionKey": claim.token_hash,
+            "PartitionKey": _CLAIM + token,
             "RowKey": "c",
+            "token_hash": claim.token_hash,
             "session_id": claim.session_id,
             "user": claim.user,
             "tunnel_name": claim.tunnel_name,
@@ -607,13 +796,13 @@ class TableStore:
         }
         if claim.sealed is not None:
             entity["sealed"] = claim.sealed
-        await self._table("claims").create_entity(entity)
+        await claims.create_entity(entity)
 
     @staticmethod
     def _claim(e: Any) -> Claim:
         sealed = e.get("sealed")
         return Claim(
-            token_hash=e["PartitionKey"],
+            token_hash=e.get("token_hash") or e["PartitionKey"],  # a claim of the earlier layout is keyed by its hash alone
             session_id=e["session_id"],
             user=e["user"],
             tunnel_name=e["tunnel_name"],
@@ -623,16 +812,29 @@ class TableStore:
             sealed=bytes(sealed) if sealed is not None else None,
         )
 
-    async def get_claim(self, token_hash: str) -> Claim | None:
+    async def _claim_entity(self, token_hash: str) -> Any:
+        claims = self._table("claims")
         try:
-            return self._claim(await self._table("claims").get_entity(token_hash, "c"))
+            return await claims.get_entity(_CLAIM + _key(token_hash), "c")
         except ResourceNotFoundError:
-            return None
+            pass
+        if token_hash == _key(token_hash) and not token_hash.startswith(_NEW) and await self._legacy_claims():
+            try:
+                return await claims.get_entity(token_hash, "c")
+            except ResourceNotFoundError:
+                pass
+        return None
+
+    async def _legacy_claims(self) -> bool:
+        return await self._legacy("claims", "claims", "PartitionKey lt @p", {"p": _NEW})
+
+    async def get_claim(self, token_hash: str) -> Claim | None:
+        e = await self._claim_entity(token_hash)
+        return self._claim(e) if e is not None else None
 
     async def consume_claim(self, token_hash: str, now: datetime) -> Claim | None:
-        try:
-            e = await self._table("claims").get_entity(token_hash, "c")
-        except ResourceNotFoundError:
+        e = await self._claim_entity(token_hash)
+        if e is None:
             return None
         claim = self._claim(e)
         if claim.used_at is not None or claim.sealed is None or claim.expires_at <= now:
@@ -655,24 +857,68 @@ class TableStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
 
-    async def purge_claims(self, now: datetime, session_id: str | None = None) -> None:
-        """Erase sealed configs past expiry (or of one ended session); forget day-old claims entirely."""
-        if session_id is not None:
-            async for e in self._query("claims", "session_id eq @s and sealed_present eq true", {"s": session_id}):
-                await self._erase_sealed(e)
-        else:
-            await self._housekeeping(now)
-        async for e in self._query("claims", "expires_at le @t and sealed_present eq true", {"t": now.isoformat()}):
-            await self._erase_sealed(e)
-        cutoff = (now - timedelta(days=1)).isoformat()
-        async for e in self._query("claims", "expires_at lt @t", {"t": cutoff}, select=["PartitionKey", "RowKey"]):
-            await self._table("claims").delete_entity(e["PartitionKey"], e["RowKey"])
+    async def _erase_claim(self, partition: str) -> None:
+        try:
+            e = await self._table("claims").get_entity(partition, "c")
+        except ResourceNotFoundError:
+            return  # never written (a crash after its index rows), or forgotten
+        if e.get("sealed_present"):
+            await self._erase_sealed(e)  # False: consumed or erased meanwhile, which is as good
 
-    # ----- tunnel address reservations -------------------------------------------------------------
+    async def purge_claims(self, now: datetime, session_id: str | None = None) -> None:
+        """Erase the sealed configs of one ended session; or (the sweeper's call) those past expiry, and
+        forget claims a day past it. Keyed and ranged (issue 25): a session's claims are one partition of
+        the index, what has fallen due a range of minute partitions (nothing due: one request)."""
+        claims = self._table("claims")
+        if session_id is not None:
+            tokens = [e["RowKey"] async for e in self._query("claims", "PartitionKey eq @p", {"p": _BY_SESSION + _key(session_id)}, select=["RowKey"])]
+            await _bounded(self._erase_claim(_CLAIM + token) for token in tokens)
+            if await self._legacy_claims():  # claims written before issue 25 are found by a filter on that layout's rows
+                query = "PartitionKey lt @new and session_id eq @s and sealed_present eq true"
+                async for e in self._query("claims", query, {"new": _NEW, "s": session_id}):
+                    await self._erase_sealed(e)
+            return
+        await self._housekeeping(now)
+        query = "PartitionKey ge @lo and PartitionKey lt @hi and at le @now"
+        due = [e async for e in self._query("claims", query, {"lo": _CLAIM_DUE, "hi": f"{_CLAIM_DUE}{_minute(now)}}}", "now": now.isoformat()})]
+
+        async def step(e: Any) -> None:
+            token = e["RowKey"]
+            if e.get("step") == "forget":
+                await claims.delete_entity(_CLAIM + token, "c")
+                await claims.delete_entity(_BY_SESSION + _key(e.get("session_id") or ""), token)
+            else:
+                await self._erase_claim(_CLAIM + token)
+
+        await _bounded(step(e) for e in due)
+        await self._delete_all("claims", due)
+        if await self._legacy_claims() and self._due("legacy claims", now, PURGE_EVERY):
+            async for e in self._query("claims", "PartitionKey lt @new and expires_at le @t and sealed_present eq true", {"new": _NEW, "t": now.isoformat()}):
+                await self._erase_sealed(e)
+            await self._purge("claims", "PartitionKey lt @new and expires_at lt @t", {"new": _NEW, "t": (now - CLAIM_KEEP).isoformat()})
+
+    def _due(self, what: str, now: datetime, every: timedelta) -> bool:
+        """True at most every `every` per process (by the caller's clock)."""
+        last = self._throttled.get(what)
+        if last is not None and timedelta(0) <= now - last < every:
+            return False
+        self._throttled[what] = now
+        return True
+
+    # ----- tunnel address reservations: ~a|<scope>|<shard>, indexed by session ---------------------
 
     async def reserve_address(self, scope: str, address: str, session_id: str, now: datetime) -> str:
         table = self._table("addresses")
-        pk, rk = _key(scope), _key(address)
+        pk, rk = _reservation(scope, address)
+        # The session's index row first: a crash leaves at most an index row, never a reservation
+        # release_addresses cannot find by key.
+        await table.upsert_entity({"PartitionKey": _BY_SESSION + _key(session_id), "RowKey": _held_row(scope, address), "scope": scope,
+                                   "address": address})
+        if await self._legacy_addresses():
+            try:  # held in the layout before issue 25 (ours on a retry; else the caller checks whether its holder still lives)
+                return (await table.get_entity(_key(scope), rk))["session_id"]
+            except ResourceNotFoundError:
+                pass
         try:
             await table.create_entity({"PartitionKey": pk, "RowKey": rk, "session_id": session_id, "reserved_at": now.isoformat()})
             return session_id
@@ -683,26 +929,35 @@ class TableStore:
         except ResourceNotFoundError:
             return ""  # released meanwhile: the caller asks again
 
-    async def release_address(self, scope: str, address: str, holder: str) -> None:
+    async def _legacy_addresses(self) -> bool:
+        return await self._legacy("addresses", "addresses", "PartitionKey lt @p", {"p": _NEW})
+
+    async def _release_reservation(self, scope: str, address: str, holder: str) -> None:
         table = self._table("addresses")
-        try:
-            e = await table.get_entity(_key(scope), _key(address))
-        except ResourceNotFoundError:
-            return
-        if e["session_id"] == holder:
+        places = [_reservation(scope, address)]
+        if await self._legacy_addresses():
+            places.append((_key(scope), _key(address)))
+        for pk, rk in places:
             try:
-                await table.delete_entity(e["PartitionKey"], e["RowKey"], etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified)
-            except ResourceModifiedError:
-                pass
+                e = await table.get_entity(pk, rk)
+            except ResourceNotFoundError:
+                continue
+            if e["session_id"] == holder:
+                await self._delete_unchanged("addresses", e)
+
+    async def release_address(self, scope: str, address: str, holder: str) -> None:
+        await self._release_reservation(scope, address, holder)
+        await self._table("addresses").delete_entity(_BY_SESSION + _key(holder), _held_row(scope, address))  # the holder's index row
 
     async def release_addresses(self, session_id: str) -> None:
-        async for e in self._query("addresses", "session_id eq @s", {"s": session_id}):
-            try:
-                await self._table("addresses").delete_entity(
-                    e["PartitionKey"], e["RowKey"], etag=e.metadata["etag"], match_condition=MatchConditions.IfNotModified
-                )
-            except ResourceModifiedError:
-                pass
+        """Keyed (issue 25): the session's index partition names its reservations."""
+        rows = [e async for e in self._query("addresses", "PartitionKey eq @p", {"p": _BY_SESSION + _key(session_id)})]
+        for row in rows:
+            await self._release_reservation(row["scope"], row["address"], session_id)
+        await self._delete_all("addresses", rows)
+        if await self._legacy_addresses():  # reservations written before issue 25 are found by a filter on that layout's rows
+            async for e in self._query("addresses", "PartitionKey lt @new and session_id eq @s", {"new": _NEW, "s": session_id}):
+                await self._delete_unchanged("addresses", e)
 
     async def deployment_id(self) -> str:
         """A random id made once per store (insert-if-absent): every replica on this store reads the same."""
@@ -821,11 +1076,16 @@ class TableStore:
         await self._purge("attempts", "PartitionKey ge @lo and PartitionKey lt @hi and at lt @t",
                           {"lo": _KNOWN, "hi": _KNOWN[:-1] + chr(ord(_KNOWN[-1]) + 1), "t": (now - SIGN_IN_MEMORY).isoformat()})
         cutoff = now - audit_retention
-        # Older days sort after newer ones; the row time decides within the cutoff's own day.
-        await self._purge("audit", "PartitionKey ge @p and at lt @t", {"p": _audit_day(cutoff), "t": cutoff.isoformat()})
-        cutoff = now - usage_retention  # whole months before the cutoff's, then its own month by time
+        # Older days sort after newer ones (in each shard); the row time decides within the cutoff's own day.
+        day, t = _audit_day(cutoff), cutoff.isoformat()
+        await _bounded(self._purge("audit", "PartitionKey ge @p and PartitionKey lt @hi and at lt @t",
+                                   {"p": f"{_NEW}{shard:02d}|{day}", "hi": f"{_NEW}{shard:02d}}}", "t": t}) for shard in range(AUDIT_SHARDS))
+        if await self._legacy("audit", "audit", "PartitionKey lt @p", {"p": _NEW}):
+            await self._purge("audit", "PartitionKey ge @p and PartitionKey lt @hi and at lt @t", {"p": day, "hi": _NEW, "t": t})
+        cutoff = now - usage_retention  # whole months before the cutoff's (both layouts sort before it), then its own month by time
         await self._purge("usage", "PartitionKey lt @p", {"p": month_of(cutoff)})
-        await self._purge("usage", "PartitionKey eq @p and requested_at lt @t", {"p": month_of(cutoff), "t": cutoff.isoformat()})
+        await self._purge("usage", "PartitionKey ge @p and PartitionKey lt @hi and requested_at lt @t",
+                          {"p": month_of(cutoff), "hi": month_of(cutoff) + "}", "t": cutoff.isoformat()})
         await self._purge("outbox", "PartitionKey eq @p and state ne @pending and created_at lt @t",
                           {"p": _OUTBOX, "pending": "pending", "t": (now - NOTIFICATION_MEMORY).isoformat()})
 
@@ -851,42 +1111,87 @@ class TableStore:
                             pass
 
     async def set_progress(self, key: str, text: str, now: datetime) -> None:
+        """A partition by a hash of the key; an index row per key and hour written (once per process) lets the purge read past hours only."""
+        await self._index_progress(key, now)
         await self._table("progress").upsert_entity(
-            {"PartitionKey": "progress", "RowKey": _key(key), "text": text[:PROGRESS_TEXT_LIMIT], "updated_at": now.isoformat()},
+            {"PartitionKey": _progress_partition(key), "RowKey": _key(key), "text": text[:PROGRESS_TEXT_LIMIT], "updated_at": now.isoformat()},
             mode=UpdateMode.REPLACE,
         )
         if self._progress_purged_at is None or now - self._progress_purged_at >= HOUSEKEEPING_EVERY:
             self._progress_purged_at = now
-            cutoff = (now - PROGRESS_TTL).isoformat()
-            async for e in self._query("progress", "updated_at lt @t", {"t": cutoff}, select=["PartitionKey", "RowKey"]):
-                await self._table("progress").delete_entity(e["PartitionKey"], e["RowKey"])
+            await self._purge_progress(now)
+
+    async def _index_progress(self, key: str, now: datetime, *, again: bool = False) -> None:
+        hour = _hour(now)
+        if not again and self._progress_indexed.get(key) == hour:
+            return
+        if len(self._progress_indexed) >= PROGRESS_INDEX_MEMORY:
+            self._progress_indexed.clear()
+        await self._table("progress").upsert_entity(
+            {"PartitionKey": _progress_due(key, now), "RowKey": _key(key), "key": key, "at": now.isoformat()}, mode=UpdateMode.REPLACE)
+        self._progress_indexed[key] = hour
+
+    async def _purge_progress(self, now: datetime) -> None:
+        """Texts older than PROGRESS_TTL go: the index rows of hours up to the cutoff's (a range), each a keyed
+        look at its text (one written since is indexed again at its own hour)."""
+        progress, cutoff = self._table("progress"), now - PROGRESS_TTL
+        query = "PartitionKey ge @lo and PartitionKey lt @hi and at lt @t"
+        due = [e async for e in self._query("progress", query, {"lo": _PROGRESS_DUE, "hi": f"{_PROGRESS_DUE}{_hour(cutoff)}}}", "t": cutoff.isoformat()})]
+
+        async def look(e: Any) -> bool:
+            """Whether the index row `e` has done its work (False: it was just rewritten for a later look)."""
+            try:
+                text = await progress.get_entity(_progress_partition(e["key"]), e["RowKey"])
+            except ResourceNotFoundError:
+                return True
+            updated = datetime.fromisoformat(text["updated_at"])
+            if updated < cutoff:
+                await self._delete_unchanged("progress", text)
+                return True
+            await self._index_progress(e["key"], updated, again=True)
+            return _progress_due(e["key"], updated) != e["PartitionKey"]
+
+        done = await _bounded(look(e) for e in due)
+        await self._delete_all("progress", [e for e, gone in zip(due, done) if gone])
+        if await self._legacy("progress", "progress", "PartitionKey eq @p", {"p": _LEGACY_PROGRESS}):
+            await self._purge("progress", "PartitionKey eq @p and updated_at lt @t", {"p": _LEGACY_PROGRESS, "t": cutoff.isoformat()})
 
     async def get_progress(self, key: str) -> str:
+        progress = self._table("progress")
         try:
-            return (await self._table("progress").get_entity("progress", _key(key)))["text"]
+            return (await progress.get_entity(_progress_partition(key), _key(key)))["text"]
         except ResourceNotFoundError:
-            return ""
-
+            pass
+        if await self._legacy("progress", "progress", "PartitionKey eq @p", {"p": _LEGACY_PROGRESS}):
+            try:
+                return (await progress.get_entity(_LEGACY_PROGRESS, _key(key)))["text"]
+            except ResourceNotFoundError:
+                pass
+        return ""
 
     # ----- usage records (bot/engine/usage.py): a partition per month -------------------------------
 
     async def put_usage(self, record: UsageRecord) -> None:
         values = {k: v for k, v in encode_usage(record).items() if v is not None}
         await self._table("usage").upsert_entity(
-            {"PartitionKey": month_of(record.requested_at), "RowKey": _key(record.session_id), **values}, mode=UpdateMode.REPLACE
+            {"PartitionKey": _usage_partition(record), "RowKey": _key(record.session_id), **values}, mode=UpdateMode.REPLACE
         )
 
     async def usage(self, since: datetime, until: datetime, user: str | None = None) -> list[UsageRecord]:
+        """One range of partitions: the months' shards, and the months' single partitions of the earlier layout (`<month>` sorts
+        just before `<month>|<shard>`); a record in both (rewritten after the change) counts once."""
         last = until - timedelta(microseconds=1)
-        query = "PartitionKey ge @lo and PartitionKey le @hi and requested_at ge @since and requested_at lt @until"
-        if month_of(since) == month_of(last):
-            query = "PartitionKey eq @lo and requested_at ge @since and requested_at lt @until"  # one partition: a month's report
-        params: dict[str, Any] = {"lo": month_of(since), "hi": month_of(last), "since": since.isoformat(), "until": until.isoformat()}
+        query = "PartitionKey ge @lo and PartitionKey lt @hi and requested_at ge @since and requested_at lt @until"
+        params: dict[str, Any] = {"lo": month_of(since), "hi": month_of(last) + "}", "since": since.isoformat(), "until": until.isoformat()}
         if user is not None:
             query += " and ( owner eq @u or owner_label eq @u )"
             params["u"] = user
-        found = [decode_usage(e) async for e in self._query("usage", query, params, results_per_page=1000)]
-        return sorted(found, key=lambda r: (r.requested_at, r.session_id))
+        found: dict[str, tuple[bool, UsageRecord]] = {}
+        async for e in self._query("usage", query, params, results_per_page=1000):
+            r, sharded = decode_usage(e), "|" in e["PartitionKey"]
+            if r.session_id not in found or sharded:
+                found[r.session_id] = (sharded, r)
+        return sorted((r for _, r in found.values()), key=lambda r: (r.requested_at, r.session_id))
 
 
     # ----- the notification outbox (bot/engine/notify.py) ------------------------------------------
@@ -979,10 +1284,6 @@ class TableStore:
         return {e["target"]: ConversationRef.from_json(e["conversation"]) async for e in self._query("meta", "PartitionKey eq @p", {"p": _NOTIFY})}
 
 
-def _minute(at: datetime) -> str:
-    return at.astimezone(timezone.utc).strftime("%Y%m%d%H%M")
-
-
 def _minute_start(minute: str) -> datetime:
     return datetime.strptime(minute, "%Y%m%d%H%M").replace(tzinfo=timezone.utc)
 
@@ -1058,3 +1359,66 @@ def _audit_values(entry: AuditEntry) -> dict[str, Any]:
         "allowed": bool(entry.allowed),
         "reason": entry.reason[:AUDIT_TEXT_LIMIT],
     }
+
+
+def _global_slot(n: int) -> tuple[str, str]:
+    """Global cap slot n: one of SLOT_SHARDS partitions, so no partition takes every create and end."""
+    return f"global|{n % SLOT_SHARDS:02d}", f"{n:05d}"
+
+
+def _minute(at: datetime) -> str:
+    return at.astimezone(timezone.utc).strftime("%Y%m%d%H%M")
+
+
+def _hour(at: datetime) -> str:
+    return at.astimezone(timezone.utc).strftime("%Y%m%d%H")
+
+
+def _claim_due(at: datetime, token: str) -> str:
+    """The index partition of a claim's step due at `at`: its minute, then a shard of the token (the
+    purge reads every minute up to now's in one range query)."""
+    return f"{_CLAIM_DUE}{_minute(at)}|{_spread(token, SPREAD)}"
+
+
+def _reservation(scope: str, address: str) -> tuple[str, str]:
+    return f"{_RESERVED}{_key(scope)}|{_spread(_key(address), SPREAD)}", _key(address)
+
+
+def _held_row(scope: str, address: str) -> str:
+    """A reservation's row in its session's index partition."""
+    return _key(f"{scope}\x00{address}")
+
+
+def _progress_partition(key: str) -> str:
+    return f"{_NEW}{_spread(_key(key), SPREAD)}"
+
+
+def _progress_due(key: str, at: datetime) -> str:
+    """The purge index's partition of a progress key written at `at`: its hour, then a shard of the key."""
+    return f"{_PROGRESS_DUE}{_hour(at)}|{_spread(_key(key), SPREAD)}"
+
+
+def _audit_partition(shard: int, at: datetime) -> str:
+    """A shard's partition of a day: the shard first, so each shard's days are one range, newest first."""
+    return f"{_NEW}{shard:02d}|{_audit_day(at)}"
+
+
+def _key_time(e: Any) -> int:
+    """The time an audit row's key sorts by (a refusal row: its hour's end), in microseconds."""
+    return 10**17 - int(e["RowKey"][:17])
+
+
+def _usage_partition(record: UsageRecord) -> str:
+    """The month of the session's request, then a shard of its id (a record written twice lands on the same row)."""
+    return f"{month_of(record.requested_at)}|{_spread(_key(record.session_id), USAGE_SHARDS)}"
+
+
+async def _bounded(jobs: Any, limit: int = 16) -> list[Any]:
+    """Run the awaitables `jobs`, at most `limit` at once; their results in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Any) -> Any:
+        async with gate:
+            return await job
+
+    return await asyncio.gather(*(one(job) for job in jobs))

@@ -19,3 +19,18 @@ async def test_an_address_has_one_holder_across_replicas(stores):
     assert await a.reserve_address("host", "10.77.0.2", "other", T0) == winner
     await b.release_addresses(winner)
     assert await a.reserve_address("host", "10.77.0.2", "other", T0) == "other"
+
+
+async def test_an_ended_session_releases_all_its_addresses_and_no_others(stores):
+    a, b = stores
+    assert await a.reserve_address("host", "10.77.0.2", "ended", T0) == "ended"
+    assert await a.reserve_address("host", "10.77.0.3", "ended", T0) == "ended"  # a retry that moved
+    assert await b.reserve_address("dryrun", "10.77.0.2", "ended", T0) == "ended"  # another scope
+    assert await b.reserve_address("host", "10.77.0.4", "live", T0) == "live"
+    assert await a.reserve_address("host", "10.77.0.4", "ended", T0) == "live"  # lost: nothing of it to release
+    await b.release_addresses("ended")
+    for scope, address in (("host", "10.77.0.2"), ("host", "10.77.0.3"), ("dryrun", "10.77.0.2")):
+        assert await a.reserve_address(scope, address, "next", T0) == "next"
+    assert await a.reserve_address("host", "10.77.0.4", "next", T0) == "live"
+    await a.release_addresses("ended")  # again: nothing left to do
+    assert await b.reserve_address("host", "10.77.0.2", "other", T0) == "next"

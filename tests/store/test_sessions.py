@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.store.model import Conflict, SessionState, new_session_id
+from bot.store.model import ACTIVE_STATES, Conflict, SessionState, new_session_id
 from bot.store.ports import CreateOutcome
 from tests.support.factories import T0, new_session
 
@@ -159,3 +159,20 @@ async def test_table_storage_forgets_long_ended_sessions(spec, stores):
     await a.create_session(new_session(session_id="live"), per_user=5, total=10)
     await a.purge_claims(T0)  # the sweep's housekeeping
     assert await a.get("old") is None and await a.get("recent") is not None and await a.get("live") is not None
+
+
+async def test_an_owners_sessions_are_theirs_and_live_unless_ended_ones_are_asked(stores):
+    """`sessions(owner=)` (behind /vpn status, extend, stop and the web list): Table Storage reads the owner's index (issue 25)."""
+    a, b = stores
+    for owner, sid in (("test:alice", "a1"), ("test:alice", "a2"), ("test:alice", "a3"), ("test:bob", "b1")):
+        await a.create_session(new_session(owner=owner, session_id=sid), per_user=5, total=10)
+    s = await b.get("a2")
+    await b.save(s.moved(SessionState.FAILED, T0))
+    s = await a.get("a3")
+    await a.save(s.moved(SessionState.PROVISIONING, T0))
+    assert sorted(x.id for x in await b.sessions(list(ACTIVE_STATES), owner="test:alice")) == ["a1", "a3"]
+    assert [x.id for x in await b.sessions([SessionState.PROVISIONING], owner="test:alice")] == ["a3"]
+    assert [x.id for x in await a.sessions([SessionState.FAILED], owner="test:alice")] == ["a2"]
+    assert sorted(x.id for x in await a.sessions([SessionState.REQUESTED, SessionState.FAILED], owner="test:alice")) == ["a1", "a2"]
+    assert [x.id for x in await a.sessions(list(ACTIVE_STATES), owner="test:bob")] == ["b1"]
+    assert await a.sessions(list(ACTIVE_STATES), owner="test:nobody") == []

@@ -94,7 +94,8 @@ async def test_the_audit_log_reads_a_time_range_and_a_user(store, replica):
 
 @pytest.mark.parametrize("backend", ["azure-tables"], indirect=True)
 async def test_a_months_report_reads_one_partition(backend, azurite):
-    """Counted at the SDK's transport: the month's query names one PartitionKey, whatever else the table holds."""
+    """Counted at the SDK's transport: the month's report is one query over that month's partitions (its
+    shards, issue 25: `2026-11` up to `2026-11}`), whatever else the table holds."""
     from azure.data.tables.aio import TableServiceClient
 
     from bot.store.tables import TableStore
@@ -110,6 +111,6 @@ async def test_a_months_report_reads_one_partition(backend, azurite):
         rows = await store.usage(datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 12, 1, tzinfo=timezone.utc))
         assert [r.session_id for r in rows] == ["m11"]
         (url,) = urls
-        assert "PartitionKey%20eq%20%272026-11%27" in url, url
+        assert "PartitionKey%20ge%20%272026-11%27%20and%20PartitionKey%20lt%20%272026-11%7D%27" in url, url
     finally:
         await store.close()
