@@ -35,7 +35,9 @@ def say(r: Refused, *, private: bool = True) -> str:
         case Code.KEY_IN_USE:
             return "That public key is already in use by another VPN session. Create a new tunnel in your WireGuard app and use its public key."
         case Code.USER_LIMIT:
-            detail = f" (session {f['session_id']}, {f['state']})" if f.get("session_id") else ""
+            if not f.get("session_id"):  # its place is held by a start being written, or one a crash cut short
+                return "Your previous start is still being set up. Try again in a few seconds."
+            detail = f" (session {f['session_id']}, {f['state']})"
             return (
                 f"You already have a VPN session running{detail}. "
                 "Use /vpn status to see it, /vpn extend to keep it longer, or /vpn stop to end it."

@@ -207,14 +207,15 @@ class Sweeper:
         p = self.p
 
         def take(x: Session) -> Session | None:
-            if x.state not in IN_FLIGHT_STATES or x.leased_by_other(p.worker.id, now):
+            fresh = p.clock()  # not the pass's start: a long pass would write a lease that has already run out
+            if x.state not in IN_FLIGHT_STATES or x.leased_by_other(p.worker.id, fresh):
                 return None
-            return x.with_changes(now, **p.leases.lease(now))
+            return x.with_changes(fresh, **p.leases.lease(fresh))
 
         took = await p.leases.update(session_id, take)
         if took is None or p.runner.get(f"provision:{session_id}") is not None:
             return
-        if resume and took.attempts < p.limits.max_attempts and now < took.expires_at:
+        if resume and took.attempts < p.limits.max_attempts and p.clock() < took.expires_at:
             # INFO, not a warning: the owner is told in plain words; the console shows warnings in the chat.
             log.info("session %s was interrupted mid-provisioning (its worker's lease expired); starting over", session_id)
             await p.outbox.notice(took.conversation, notices.restarted(session_id))

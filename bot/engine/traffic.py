@@ -11,6 +11,7 @@ the stored session (a handshake recorded meanwhile by another replica keeps it).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Awaitable
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # handed in by the service; importing teardown here would loa
 
 log = logging.getLogger(__name__)
 READY = SessionState.READY
+RECORD_CONCURRENCY = 16  # figures written at once (one compare-and-set each; a remote store's latency adds up)
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -79,10 +81,16 @@ class LiveTraffic:
         except Exception:
             log.exception("reading the tunnels' traffic failed; trying again next turn")
             return
-        for s in live:
-            t = figures.get(s.id)
-            if t is not None:
-                await self.record(s.id, t)
+        gate = asyncio.Semaphore(RECORD_CONCURRENCY)
+
+        async def one(session_id: str, t: Traffic) -> None:
+            async with gate:
+                try:
+                    await self.record(session_id, t)
+                except Exception:
+                    log.exception("session %s: recording its traffic failed; the next turn tries again", session_id)
+
+        await asyncio.gather(*(one(s.id, figures[s.id]) for s in live if s.id in figures))
 
     def check(self, s: Session, now: datetime) -> Awaitable[None] | None:
         """What a due ready session's traffic calls for now: an ending (over the cap, or unused) or the idle warning."""

@@ -81,7 +81,7 @@ HOUSEKEEPING_EVERY = timedelta(minutes=10)  # purge of old message ids and worke
 ENDED_RETENTION = timedelta(days=7)
 # A slot whose session is not in the store yet may belong to a create in progress (slots are taken
 # before the session is written); only after this long is it taken for a crash's leftover.
-SLOT_GRACE = timedelta(seconds=60)
+SLOT_GRACE = timedelta(seconds=15)  # a create takes milliseconds; a start killed mid-way blocks its owner no longer than this
 SLOT_ROUNDS = 50
 BLIND_TRIES = 3
 TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta", "usage", "outbox", "due")

@@ -47,8 +47,9 @@ def words(r: Refused) -> str:
         case Code.KEY_IN_USE:
             return "That public key is already in use by another VPN session; create a new tunnel and use its public key."
         case Code.USER_LIMIT:
-            detail = f" (session {f['session_id']}, {f['state']})" if f.get("session_id") else ""
-            return f"You already have a VPN session running{detail}."
+            if not f.get("session_id"):  # its place is held by a start being written, or one a crash cut short
+                return "Your previous start is still being set up. Try again in a few seconds."
+            return f"You already have a VPN session running (session {f['session_id']}, {f['state']})."
         case Code.GLOBAL_LIMIT:
             return f"All {f['max']} VPN slots are in use right now. Please try again in a few minutes."
         case Code.NOTHING_TO_EXTEND:
