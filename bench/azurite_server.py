@@ -54,6 +54,10 @@ class AzuriteServer:
         self.__exit__()
         raise SystemExit("azurite-table did not listen within 30 s")
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def __exit__(self, *exc) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()

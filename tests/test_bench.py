@@ -22,6 +22,7 @@ SMALLEST = {
     "bench_coldstart.py": (["--runs", "1", "--arm-latency", "0"], "goal: the Teams reply within 1.5 s of exec"),
     "bench_isolation.py": (["--rate", "4", "--seconds", "1", "--settle", "10"], "GroupMe acks: n="),
     "bench_sessions.py": (["--sessions", "5"], "expiry: 5 sessions torn down"),
+    "bench_soak.py": (["--seconds", "4", "--rate", "2", "--kill-every", "4", "--expire-grace", "0"], "duplicated configs: "),
     "bench_start.py": (["--sessions", "2"], "all 2 delivered"),
     "bench_store.py": (["--ops", "5", "--sessions", "5"], "warned after that sweep: sqlite=5, azure-tables (Azurite)=5"),
     "bench_web.py": (["--sessions", "1", "--polls", "5", "--bad", "5"], "invalid bearer token -> 401"),
@@ -61,7 +62,7 @@ def test_every_benchmark_has_a_smoke_run():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SMALLEST))
 def test_benchmark_runs_in_its_smallest_mode(script):
-    if script == "bench_store.py" and shutil.which("azurite-table") is None:
+    if script in ("bench_store.py", "bench_soak.py") and shutil.which("azurite-table") is None:
         pytest.skip("azurite-table is not installed (scripts/install-test-deps.sh)")
     args, expected = SMALLEST[script]
     out = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=90)

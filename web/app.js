@@ -392,8 +392,11 @@
   const clock = (iso) => new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 
   // The status line: the engine's progress, but a ready session's end time from the session itself
-  // (an Extend moves it; the progress line would still say the old one).
+  // (an Extend moves it; the progress line would still say the old one), and an ended session's end
+  // from the session too: the "has ended" notice follows the state, so the first poll that sees the
+  // end (the last one) may come before it, and a replica killed in between never sends it.
   function statusLine(s) {
+    if (s.state === "deleted") return `Your VPN session ${s.id} has ended${s.end_reason ? ` (${s.end_reason})` : ""}.`;
     if (s.state === "failed") return `Failed: ${s.error}`;
     if (s.state === "denied") return `Not granted: ${s.end_reason}`;
     if (s.state === "awaiting_approval") return `Waiting for an approval${s.asked ? ` (asked: ${s.asked})` : ""}.`;

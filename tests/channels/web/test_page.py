@@ -24,6 +24,7 @@ from aiohttp import web
 from bot.channels.web import signin_entra
 from bot.channels.web.config import STATIC_DIR
 from bot.channels.web.page import page_csp, page_headers
+from bot.store.model import SessionState
 from tests.fakes.entra import API_CLIENT_ID, SPA_CLIENT_ID, TENANT, FakeEntra
 from tests.support.browser import ARGS, ARTIFACTS, CHROMIUM
 from tests.support.loopback import serve_on_loopback
@@ -215,6 +216,25 @@ async def test_a_reload_keeps_the_config_and_another_tab_can_start_over(browser,
     assert await page.is_hidden("#config")
     assert await page.evaluate("sessionStorage.getItem('vpn.config')") is None
     await other.close()
+
+
+# ----- issue 25.6: an end the engine never got to tell (its replica was killed) -------------------
+
+async def test_an_ended_session_says_so_even_when_its_notice_never_came(browser, make_app):
+    """The engine writes a session's end, then tells its owner; a replica SIGKILLed in between (the
+    failover soak, bench/bench_soak.py, loses such notices) left the page on "Your VPN is ready" under
+    a session it showed as ended, and polling stops at the end."""
+    app = await make_app()
+    page = await new_page(browser, VIEWPORTS["desktop"])
+    await signed_in_with_a_config(page, app)
+    await page.wait_for_function("() => document.getElementById('s-state').textContent === 'ready'")
+    store, clock = app.runtime.store, app.runtime.service.clock
+    s = await store.get(await page.text_content("#s-id"))
+    s = await store.save(s.moved(SessionState.EXPIRING, clock(), end_reason="time is up", ending="expired"))
+    await store.save(s.moved(SessionState.DELETED, clock(), ended_at=clock()))  # ...and the replica dies before the notice
+    await page.wait_for_function("() => document.getElementById('s-state').textContent === 'ended'", timeout=10000)
+    line = await page.text_content("#progress")
+    assert line == f"Your VPN session {s.id} has ended (time is up).", line
 
 
 # ----- 21.7: a phone ------------------------------------------------------------------------------
