@@ -109,6 +109,10 @@ class AccessPolicy:
         self._users = tuple(users)
         self._admins = tuple(admins)
         self._operator = local_operator
+        # Id rules as sets (a lookup per message, however long VPN_USERS is); the other kinds in order.
+        self._user_ids, self._user_others = _by_id(self._users)
+        self._admin_ids, self._admin_others = _by_id(self._admins)
+        self._group_ids = group_ids((*self._users, *self._admins))
 
     def describe(self) -> str:
         """The rules as text (no secrets in them): a change shows in a digest of it."""
@@ -123,7 +127,7 @@ class AccessPolicy:
 
     @property
     def group_ids(self) -> frozenset[str]:
-        return group_ids((*self._users, *self._admins))
+        return self._group_ids
 
     def is_operator(self, who: Identity) -> bool:
         return self._operator is not None and who.key == self._operator
@@ -131,8 +135,14 @@ class AccessPolicy:
     def role_of(self, who: Identity, groups: frozenset[str] = NO_GROUPS) -> Role | None:
         if self.is_operator(who):
             return Role.ADMIN
-        if matches_any(self._admins, who, groups):
+        key = _id_text(who.key)
+        if key in self._admin_ids or matches_any(self._admin_others, who, groups):
             return Role.ADMIN
-        if matches_any(self._users, who, groups):
+        if key in self._user_ids or matches_any(self._user_others, who, groups):
             return Role.USER
         return None
+
+
+def _by_id(rules: tuple[Rule, ...]) -> tuple[frozenset[str], tuple[Rule, ...]]:
+    """The values of the id rules, and the other rules: `matches_any(rules, who)` is `_id_text(who.key) in ids or matches_any(others, who)`."""
+    return frozenset(r.value for r in rules if r.kind == "id"), tuple(r for r in rules if r.kind != "id")

@@ -5,7 +5,6 @@ Channels turn platform payloads into these; everything behind them never sees a 
 from __future__ import annotations
 
 import json
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -25,7 +24,9 @@ class UserKey:
 
     def __post_init__(self) -> None:
         for part in (self.channel, self.id):
-            if not part or len(part) > MAX_ID_LENGTH or any(unicodedata.category(c)[0] in "CZ" for c in part):
+            # No character of Unicode's Other (C*) or Separator (Z*) categories: str.isprintable() refuses
+            # exactly those but the ASCII space (checked against unicodedata for every code point).
+            if not part or len(part) > MAX_ID_LENGTH or not part.isprintable() or " " in part:
                 raise InvalidIdentity(f"unusable identity part {part[:40]!r}")
         if ":" in self.channel:
             raise InvalidIdentity("a channel name has no ':'")

@@ -67,3 +67,34 @@ def test_rules_ignore_blank_items():
 def test_bad_identities_are_refused(text):
     with pytest.raises(InvalidIdentity):
         UserKey.parse(text)
+
+
+def test_an_id_allowlist_of_any_length_answers_as_a_rule_by_rule_scan():
+    """Id rules are looked up in a set (one lookup per message however long VPN_USERS is): same answers."""
+    ids = [f"teams:00000000-0000-0000-0000-{i:012d}" for i in range(300)]
+    rules = ", ".join(ids[:200] + ["domain:example.org", "email:Guest@Partner.com"])
+    policy = AccessPolicy.from_text(rules, ", ".join(ids[190:210] + ["email:boss@example.org"]))
+    users, admins = parse_rules(rules), parse_rules(", ".join(ids[190:210] + ["email:boss@example.org"]))
+    people = [who(i) for i in ids] + [who(ids[5].upper()), who(ids[5], email="boss@example.org"), who(ids[250], email="x@example.org"),
+                                       who("groupme:00000000-0000-0000-0000-000000000005"), who("teams:x", email="guest@partner.com")]
+    for person in people:
+        expected = Role.ADMIN if any(r.matches(person) for r in admins) else Role.USER if any(r.matches(person) for r in users) else None
+        assert policy.role_of(person) is expected, person
+    assert policy.role_of(who(ids[5], email="boss@example.org")) is Role.ADMIN  # a user by id, an admin by email
+    assert policy.role_of(who(ids[195])) is Role.ADMIN and policy.role_of(who(ids[250])) is None
+
+
+def test_identity_parts_refuse_exactly_unicode_other_and_separator_characters():
+    import sys
+    import unicodedata
+
+    points = [*range(0, sys.maxunicode + 1, 7), 0x20, 0xA0, 0xAD, 0x2028, 0x202E, 0x3000, 0xD800, 0xDFFF, 0xE000, 0xFEFF, 0x10FFFF]
+    for point in points:
+        char = chr(point)
+        refused = unicodedata.category(char)[0] in "CZ"
+        try:
+            UserKey("teams", f"a{char}b")
+        except InvalidIdentity:
+            assert refused, hex(point)
+        else:
+            assert not refused, hex(point)

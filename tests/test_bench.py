@@ -17,8 +17,8 @@ SCRIPTS = sorted((ROOT / "bench").glob("*.py"))
 SMALLEST = {
     "bench_azure.py": (["--runs", "1", "--scale", "0.01", "--retry-after", "0"], "old design"),
     "bench_aws.py": (["--runs", "1", "--scale", "0.01", "--cases", "warm"], "server up:"),
-    "bench_chat.py": (["--rounds", "1", "--help-rate", "20", "--help-seconds", "0.5", "--start-rate", "4", "--start-seconds", "0.5", "--drain", "5"],
-                      "medians over rounds"),
+    "bench_chat.py": (["--rounds", "1", "--window", "4", "--help-seconds", "0.5", "--start-rate", "4", "--start-seconds", "0.5", "--drain", "5"],
+                      "project/floor"),
     "bench_coldstart.py": (["--runs", "1", "--arm-latency", "0"], "goal: the Teams reply within 1.5 s of exec"),
     "bench_isolation.py": (["--rate", "4", "--seconds", "1", "--settle", "10"], "GroupMe acks: n="),
     "bench_sessions.py": (["--sessions", "5"], "expiry: 5 sessions torn down"),

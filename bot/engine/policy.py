@@ -190,6 +190,7 @@ class Policy:
         self._approvers = parse_rules(self.governance.approvers)
         self._file = WatchedPolicy(self.governance.policy_file, self.governance.policy, self.governance.policy_stamp)
         self._parsed: dict[str, tuple[Match, ...]] = {}
+        self._wanted: tuple[AccessPolicy, tuple[PolicyEntry, ...], frozenset[str]] | None = None  # wanted_groups, and what it was made of
 
     # ----- who someone is: role, groups, policy entry -------------------------------------------
 
@@ -199,11 +200,16 @@ class Policy:
 
     @property
     def wanted_groups(self) -> frozenset[str]:
-        """Every group some rule names: one Graph question per person answers them all."""
-        found = set(self.access.group_ids | group_ids(self._approvers))
-        for entry in self._entries:
+        """Every group some rule names: one Graph question per person answers them all (asked on every
+        message: kept until the policy file's entries change)."""
+        entries, access = self._entries, self.access
+        if self._wanted is not None and self._wanted[0] is access and self._wanted[1] is entries:
+            return self._wanted[2]
+        found = set(access.group_ids | group_ids(self._approvers))
+        for entry in entries:
             found |= entry.group_ids
-        return frozenset(found)
+        self._wanted = (access, entries, frozenset(found))
+        return self._wanted[2]
 
     async def groups_of(self, who: Identity, extra: frozenset[str] = NO_GROUPS) -> frozenset[str]:
         """Raises GroupsUnavailable (fail closed: the caller refuses)."""

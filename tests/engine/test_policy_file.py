@@ -208,3 +208,20 @@ async def test_the_policy_file_is_reread_when_it_changes_and_a_bad_edit_keeps_it
         await rt.runner.wait_idle(30)
         assert (await rt.store.get(s.id)).state is SessionState.DELETED
         assert any("your access was withdrawn" in t for t in ch.to("test:pat"))
+
+
+async def test_the_groups_asked_about_follow_a_reread_policy_file(tmp_path):
+    """`wanted_groups` (asked on every message) is kept between messages and made again when the file changes."""
+    from bot.access import AccessPolicy
+    from bot.engine.config import SessionPolicy
+    from bot.engine.policy import Policy
+    from bot.store.model import utcnow
+
+    path = write(tmp_path, '[[policy]]\nmatch = ["domain:b.org"]\n')
+    governance = Settings.from_env({"VPN_POLICY_FILE": str(path), "VPN_USERS": "domain:a.org"}).governance
+    policy = Policy(AccessPolicy.from_text("domain:a.org", ""), SessionPolicy(), None, utcnow, governance=governance)  # type: ignore[arg-type]
+    assert policy.wanted_groups == frozenset() and policy.wanted_groups is policy.wanted_groups
+    path.write_text(f'[[policy]]\nmatch = ["group:{G}"]\n')
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert await policy.reload_if_changed()
+    assert policy.wanted_groups == {G}

@@ -5,7 +5,8 @@ lookups, 1:1 conversation creation — plus file uploads to a fake OneDrive uplo
 injected per method and path fragment (429 then 200, 403 MessageWritesBlocked, …).
 
 `python -m tests.fakes.connector` runs one on its own (for bench/bench_chat.py, bench_isolation.py): it prints its base
-URL, and `GET /_bench/calls` / `POST /_bench/reset` read and clear what it recorded.
+URL, and `GET /_bench/calls` / `POST /_bench/reset` read and clear what it recorded (`GET /_bench/last`:
+the body of the latest activity posted; `GET /_bench/count`: how many activities were posted, cheaply).
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class FakeConnector:
     def __post_init__(self) -> None:
         self.base_url = ""
         self._ids = itertools.count(1)
+        self._posted = 0  # activities POSTed since the last /_bench/reset
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> "FakeConnector":
@@ -98,9 +100,15 @@ class FakeConnector:
         raw = await request.read()
         if path.endswith("/_bench/calls"):
             return web.json_response(self.summary())
+        if path.endswith("/_bench/count"):
+            return web.json_response(self._posted)
+        if path.endswith("/_bench/last"):  # the body of the latest activity posted (bench_chat's floor bot copies it)
+            posted = [c for c in self.calls if c.method == "POST" and "/activities" in c.path]
+            return web.json_response(posted[-1].body if posted else None)
         if path.endswith("/_bench/reset"):
             self.calls.clear()
             self.uploads.clear()
+            self._posted = 0
             return web.json_response({})
         if path.startswith("/upload/"):
             call = Call(request.method, path, None, dict(request.headers))
@@ -121,6 +129,8 @@ class FakeConnector:
             if method == request.method and fragment.encode() in raw:
                 del self.body_faults[i]
                 return web.json_response(payload, status=status, headers={"Retry-After": self.retry_after} if status == 429 else None)
+        if request.method == "POST" and "/activities" in path:
+            self._posted += 1
         if request.method == "POST" and path.endswith("/bots/post"):
             return web.Response(status=202)  # GroupMe's bot post (bench_chat's GroupMe callbacks answer here)
         if not path.startswith("/teams-prefix/v3/"):

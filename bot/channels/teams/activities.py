@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 import time
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -33,13 +34,16 @@ class BadActivity(ValueError):
     """A request body the SDK must never see; the text is logged (one line) and answered with 400."""
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _has_surrogate(data: Any) -> bool:
     """Lone surrogates (JSON `\\ud800`) anywhere: they break every encoder downstream."""
     stack = [data]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if any("\ud800" <= ch <= "\udfff" for ch in item):
+            if _SURROGATE.search(item):
                 return True
         elif isinstance(item, dict):
             stack.extend(item.keys())
@@ -149,24 +153,30 @@ class Members:
     async def identity_of(self, activity: Activity) -> Identity | None:
         sender = activity.from_property
         aad = getattr(sender, "aad_object_id", None) if sender else None
+        if not sender or not aad:
+            return None
+        return await self.identity(aad, sender.id, sender.name or "", tenant_of(activity), activity.service_url, activity.conversation.id)
+
+    async def identity(self, aad: str | None, member_id: str, name: str, tenant: str, service_url: str, conversation_id: str) -> Identity | None:
+        """The sender (`aad`: their Entra object id, `member_id`: their Teams id) of an activity in this conversation."""
         if not aad:
             return None
         try:
             key = UserKey("teams", aad.lower())
         except InvalidIdentity:
             return None
-        return Identity(key, email=await self._email(activity, sender.id), display_name=sender.name or "")
+        return Identity(key, email=await self._email(tenant, service_url, conversation_id, member_id), display_name=name)
 
-    async def _email(self, activity: Activity, member_id: str) -> str | None:
+    async def _email(self, tenant: str, service_url: str, conversation_id: str, member_id: str) -> str | None:
         """The verified email or UPN from Teams (cached); guests and anonymous users have none."""
-        key = (tenant_of(activity), member_id)
+        key = (tenant, member_id)
         cached = self._emails.get(key)
         if cached and cached[0] > time.monotonic():
             return cached[1]
         email = None
         try:
-            path = f"conversations/{quote(activity.conversation.id, safe='')}/members/{quote(member_id, safe='')}"
-            member = await self.client.call("GET", activity.service_url, path, idempotent=True)
+            path = f"conversations/{quote(conversation_id, safe='')}/members/{quote(member_id, safe='')}"
+            member = await self.client.call("GET", service_url, path, idempotent=True)
             if isinstance(member, dict):
                 email = self._verified_email(member, key[0])
         except ConnectorError as exc:  # a lookup failure must not lock the user out of id-based rules

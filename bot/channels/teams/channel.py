@@ -39,6 +39,7 @@ from bot.channels.teams.auth import BotToken, build_adapter
 from bot.channels.teams.config import TeamsConfig
 from bot.channels.teams.connector import ConnectorClient, ConnectorError, Sender
 from bot.channels.teams.delivery import Delivery
+from bot.channels.teams.inbound import Message, auth_view, message_of, plain_message
 from bot.messages import ConversationRef, Identity, Incoming
 from bot.replies import ChannelDefaults, ConfigDelivery
 from cards.model import Card
@@ -156,6 +157,9 @@ class TeamsChannel(ChannelDefaults):
             return web.Response(status=400, text=str(exc))
         assert self._adapter is not None
         try:
+            message = plain_message(data)
+            if message is not None:  # a person's plain message: read without the SDK's models (inbound.py)
+                return await self._plain_message(request, data, message)
             return await self._adapter.process(request, self._handler)
         except web.HTTPException:
             raise
@@ -165,16 +169,32 @@ class TeamsChannel(ChannelDefaults):
             log.warning("Teams: activity refused (%s)", type(exc).__name__)
             return web.Response(status=400, text="invalid activity")
 
+    async def _plain_message(self, request: web.Request, data: dict, message: Message) -> web.Response:
+        """What the SDK and on_message do for a message, without the SDK's models: its authentication
+        checks the token (401 as its adapter answers), then the tenant, then the work runs after the ack."""
+        assert self._adapter is not None
+        try:
+            await self._adapter.bot_framework_authentication.authenticate_request(auth_view(data), request.headers.get("Authorization", ""))
+        except PermissionError:
+            raise web.HTTPUnauthorized() from None
+        if not self._tenant_allowed(message.tenant):
+            log.warning("Teams: message from tenant %s ignored (not allowed)", message.tenant[:40])
+        else:
+            self._run_later("message", message.id, lambda: self._handle_message(message))
+        return web.Response(status=201)
+
     async def _on_turn_error(self, turn_context: TurnContext, error: Exception) -> None:
         log.error("Teams turn failed", exc_info=error)
 
     def _later(self, activity: Activity, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Answer Teams now; the work (lookups, the command, replies) runs as a tracked task."""
-        name = f"teams:{activity.type}:{activity.id or uuid.uuid4().hex}"
+        self._run_later(activity.type, activity.id, work)
+
+    def _run_later(self, kind: str, activity_id: str | None, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
-            self.deps.runner.start(name, work)
+            self.deps.runner.start(f"teams:{kind}:{activity_id or uuid.uuid4().hex}", work)
         except RuntimeError:
-            log.warning("Teams: shutting down; activity %s dropped", (activity.id or "")[:40])
+            log.warning("Teams: shutting down; activity %s dropped", (activity_id or "")[:40])
 
     # ----- sending ----------------------------------------------------------------------------------
 
@@ -225,8 +245,11 @@ class TeamsChannel(ChannelDefaults):
     # ----- incoming ---------------------------------------------------------------------------------
 
     def tenant_allowed(self, activity: Activity) -> bool:
+        return self._tenant_allowed(tenant_of(activity))
+
+    def _tenant_allowed(self, tenant: str) -> bool:
         tenants = self.config.tenants  # TEAMS_ALLOWED_TENANTS, else the bot's own tenant (single-tenant bots)
-        return not tenants or tenant_of(activity).lower() in {t.lower() for t in tenants}
+        return not tenants or tenant.lower() in {t.lower() for t in tenants}
 
     async def identity_of(self, activity: Activity) -> Identity | None:
         return await self.members.identity_of(activity)
@@ -237,19 +260,20 @@ class TeamsChannel(ChannelDefaults):
             log.warning("Teams: message from tenant %s ignored (not allowed)", tenant_of(activity)[:40])
             return
         TurnContext.remove_recipient_mention(activity)
-        self._later(activity, lambda: self._handle_message(activity))
+        self._later(activity, lambda: self._handle_message(message_of(activity)))
 
-    async def _handle_message(self, activity: Activity) -> None:
-        text = activity.text or ""
-        if not text.strip() and isinstance(activity.value, dict):
-            text = str(activity.value.get("command") or "")  # a card button: authorised like typed text
-        conv = conversation_of(activity)
-        who = await self.identity_of(activity)
+    async def _handle_message(self, message: Message) -> None:
+        text = message.text
+        if not text.strip() and isinstance(message.value, dict):
+            text = str(message.value.get("command") or "")  # a card button: authorised like typed text
+        conv = message.conversation
+        who = await self.members.identity(message.aad_object_id, message.sender_id, message.sender_name, message.tenant,
+                                          message.service_url, message.conversation_id)
         if who is None:
             await self.send_text(conv, "Sorry, I can only serve people signed in to your organisation's Teams.")
             return
         private = conv.data["conversation_type"] == "personal"
-        await self.deps.handle(Incoming(who, text, conv, message_id=activity.id, is_private=private))
+        await self.deps.handle(Incoming(who, text, conv, message_id=message.id, is_private=private))
 
     async def on_installed(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
@@ -293,7 +317,7 @@ async def _on_card_action(channel: TeamsChannel, turn_context: TurnContext) -> I
             status_code=400, type="application/vnd.microsoft.error", value={"code": "BadRequest", "message": "not a command card action"}))
     if channel.tenant_allowed(activity):
         activity.text = command
-        channel._later(activity, lambda: channel._handle_message(activity))
+        channel._later(activity, lambda: channel._handle_message(message_of(activity)))
     return InvokeResponse(status=200, body=_MessageResponse(status_code=200, type="application/vnd.microsoft.activity.message", value="Working on it…"))
 
 
