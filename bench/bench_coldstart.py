@@ -354,6 +354,7 @@ class Counted:
     before_listen: int
     before_ready: int
     before_reply: int
+    replied: float  # seconds from exec to the reply (this run's: the proxy's hop is in it)
     first_listing: float | None  # seconds from exec to the first listing of the sessions table (the start-up sweep)
     burst: int  # requests until the start-up burst went quiet
     quiet_at: float  # seconds from exec to its last request
@@ -366,7 +367,7 @@ def counted(proxy: CountingProxy, prefix: str, start: Start) -> Counted:
     listings = [at - start.wall0 for at, method, table, path in proxy.log
                 if method == "GET" and table == f"{prefix}sessions" and "state eq" in path]
     return Counted(sum(t < start.listening for t in rel), sum(t < start.ready for t in rel), sum(t < start.replied for t in rel),
-                   min(listings, default=None), len(rel), max(rel, default=0.0))
+                   start.replied, min(listings, default=None), len(rel), max(rel, default=0.0))
 
 
 async def teams_end_to_end(runs: int, lives: list[int], stores: list[str]) -> dict[str, list[float]]:
@@ -440,7 +441,7 @@ async def teams_end_to_end(runs: int, lives: list[int], stores: list[str]) -> di
               f" the first listing of sessions (the sweeper's); the start-up burst until {QUIET_SECONDS:.1f} s quiet:")
         for name, c in counts.items():
             first = "none" if c.first_listing is None else f"{c.first_listing:.2f} s"
-            print(f"  {name:18s} {c.before_listen} / {c.before_ready} / {c.before_reply}   first listing at {first}"
+            print(f"  {name:18s} {c.before_listen} / {c.before_ready} / {c.before_reply}   reply at {c.replied:.2f} s, first listing at {first}"
                   f"   burst {c.burst} requests, last at {c.quiet_at:.2f} s")
         worst = max(c.before_listen for c in counts.values())
         print(f"goal: <= {REQUESTS_GOAL} Table requests before listening: {worst} at most ({'met' if worst <= REQUESTS_GOAL else 'missed'})")
