@@ -15,58 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import secrets
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import unquote
 
 import aiohttp
-from aiohttp import web
-from yarl import URL
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from azurite_server import DEV_ACCOUNT, AzuriteServer, connection_string, free_port  # noqa: E402  (bench/ is the script's folder)
-
-HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
-
-
-class CountingProxy:
-    """Forwards to Azurite and notes each request as (method, table, path)."""
-
-    def __init__(self, upstream: int) -> None:
-        self.upstream = f"http://127.0.0.1:{upstream}"
-        self.seen: list[tuple[str, str, str]] = []
-        self.port = free_port()
-
-    async def start(self) -> None:
-        self._http = aiohttp.ClientSession(auto_decompress=False)
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
-        await self._http.close()
-
-    async def _forward(self, request: web.Request) -> web.Response:
-        path = unquote(request.raw_path)
-        table = re.split(r"[(/?]", path.removeprefix(f"/{DEV_ACCOUNT}/"), maxsplit=1)[0]
-        self.seen.append((request.method, table, path[:90]))
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        body = await request.read()  # None when empty: aiohttp would add a Content-Type, which the signature covers
-        async with self._http.request(request.method, URL(self.upstream + request.raw_path, encoded=True), headers=headers,
-                                      data=body or None, skip_auto_headers=("Content-Type",)) as up:
-            body = await up.read()
-            out = {k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP}
-            return web.Response(status=up.status, headers=out, body=body)
+from azurite_server import AzuriteServer, CountingProxy, connection_string, free_port  # noqa: E402  (bench/ is the script's folder)
 
 
 def before_work(seen: list[tuple[str, str, str]], prefix: str) -> list[tuple[str, str, str]]:
@@ -122,7 +83,7 @@ async def main() -> None:
             for label, command in (("serve, fresh account (creates the tables)", "serve"),
                                    ("serve, tables present", "serve"),
                                    ("reap, tables present", "reap")):
-                proxy.seen.clear()
+                proxy.clear()
                 took = await run(command, env, port)
                 setup = before_work(proxy.seen, prefix)
                 print(f"{label}: {len(setup)} Table requests before its work ({len(proxy.seen)} in all; {took:.2f} s"

@@ -50,6 +50,10 @@ from provisioner.base import Provider
 log = logging.getLogger(__name__)
 STORE_RETRY_MAX_SECONDS = 2.0  # how long at most between tries to open the store at start-up
 STORE_REMIND_SECONDS = 60.0  # the same reason is logged again this often while it lasts
+# `serve`: the sweeper's first pass starts this long after the store opens, or later while the requests
+# start-up held back are still being handled, but no later than SWEEP_GRACE_SECONDS (decisions: issue 25.3).
+SWEEP_DELAY_SECONDS = 1.0
+SWEEP_GRACE_SECONDS = 3.0
 
 
 # ----- the parts -------------------------------------------------------------------------------------
@@ -276,15 +280,18 @@ class Runtime:
         """Returns once `open` is done (a test serving the HTTP app waits here before using the store)."""
         await self._opened.wait()
 
-    async def start_sweeper(self) -> None:
+    async def start_sweeper(self, *, first_pass: bool = True) -> None:
+        """The sweeper, in the background. With `first_pass`, one pass first (resume or clean up what a
+        crash left, expire what is due), awaited: the console's prompt comes after it. `serve` leaves
+        that pass to the sweeper task, whose loop begins with one (then reconciles: provider list calls,
+        seconds on a cloud), so nothing that grows with live sessions runs on its start-up path."""
         if not self._background:
             return
-        # First pass: resume or clean up what a crash left, expire what is due. Reconcile (provider list
-        # calls, seconds on a cloud) is the sweeper's first job instead: off the cold-start path.
-        try:
-            await self.service.sweep()
-        except Exception:
-            log.exception("start-up sweep failed; the sweeper will try again")
+        if first_pass:
+            try:
+                await self.service.sweep()
+            except Exception:
+                log.exception("start-up sweep failed; the sweeper will try again")
         sweeper = asyncio.get_running_loop().create_task(self.service.run_sweeper(), name="sweeper")
         self._stack.push_async_callback(_cancel, sweeper)
 
@@ -342,7 +349,8 @@ def _lifetime(runtime: Runtime, startup: Startup) -> Callable[[web.Application],
             startup.fail()
             return
         startup.ready()
-        await runtime.start_sweeper()
+        await _requests_first(runtime, startup)
+        await runtime.start_sweeper(first_pass=False)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
@@ -356,6 +364,19 @@ def _lifetime(runtime: Runtime, startup: Startup) -> Callable[[web.Application],
             yield
 
     return lifetime
+
+
+async def _requests_first(runtime: Runtime, startup: Startup) -> None:
+    """Before the sweeper's first pass: SWEEP_DELAY_SECONDS, and longer while a request start-up held
+    back, or the work it started, is still running (at most SWEEP_GRACE_SECONDS). That pass and the
+    reconcile after it list every live session (SQLite through its one worker thread, Table Storage in
+    pages parsed on the loop): the message that woke this replica, held while the store opened or
+    forwarded just after, is answered first."""
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    if await startup.settled(SWEEP_GRACE_SECONDS):
+        await runtime.runner.wait_idle(max(0.0, begun + SWEEP_GRACE_SECONDS - loop.time()))
+    await asyncio.sleep(max(0.0, begun + SWEEP_DELAY_SECONDS - loop.time()))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ SMALLEST = {
     "bench_aws.py": (["--runs", "1", "--scale", "0.01", "--cases", "warm"], "server up:"),
     "bench_chat.py": (["--rounds", "1", "--window", "4", "--help-seconds", "0.5", "--start-rate", "4", "--start-seconds", "0.5", "--drain", "5"],
                       "project/floor"),
-    "bench_coldstart.py": (["--runs", "1", "--arm-latency", "0"], "goal: the Teams reply within 1.5 s of exec"),
+    "bench_coldstart.py": (["--runs", "1", "--arm-latency", "0", "--live", "0,20"], "goal: the Teams reply within 1.5 s of exec"),
     "bench_isolation.py": (["--rate", "4", "--seconds", "1", "--settle", "10"], "GroupMe acks: n="),
     "bench_sessions.py": (["--sessions", "5"], "expiry: 5 sessions torn down"),
     "bench_soak.py": (["--seconds", "4", "--rate", "2", "--kill-every", "4", "--expire-grace", "0"], "duplicated configs: "),
