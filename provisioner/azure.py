@@ -20,8 +20,10 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import math
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
@@ -29,8 +31,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core import AzureClouds
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceExistsError, ResourceNotFoundError, map_error
+from azure.core.pipeline import policies
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
+from azure.core.polling import AsyncLROPoller
+from azure.core.rest import HttpRequest
+from azure.mgmt.core import AsyncARMPipelineClient
+from azure.mgmt.core.exceptions import ARMErrorFormat
+from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMAutoResourceProviderRegistrationPolicy, AsyncARMChallengeAuthenticationPolicy
 from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 from azure.mgmt.core.tools import get_arm_endpoints
 from cryptography.hazmat.primitives import serialization
@@ -53,17 +61,21 @@ ADMIN_USER = "vpnadmin"
 
 IMAGES: dict = {}  # name -> ImageReference, filled by _load_sdk()
 _sdk_loaded = False
+# The public IP's PUT goes through a bare ARM pipeline (`AzureProvider._put_public_ip`), not the
+# network SDK's client: the same api-version as the SDK's own calls (a test holds them equal).
+NETWORK_API_VERSION = "2026-03-01"
 
 
 def _load_sdk() -> None:
-    """Import the management SDKs (about half a second of CPU) when the first client is built, not at
-    start-up: a replica woken by a message answers it without them. Binds the names used below."""
+    """Import the management SDKs (about half a second of CPU; a second or more on a busy machine)
+    when the first session needs them, not at start-up: a replica woken by a message answers it
+    without them, and a session's public IP is reserved while they load. Binds the names used below."""
     global _sdk_loaded, ComputeManagementClient, NetworkManagementClient
     global BootDiagnostics, DiagnosticsProfile
     global HardwareProfile, ImageReference, LinuxConfiguration, ManagedDiskParameters, NetworkInterfaceReference
     global NetworkProfile, OSDisk, OSProfile, SshConfiguration, SshPublicKey, StorageProfile, VirtualMachine
     global AddressSpace, NetworkInterface, NetworkInterfaceIPConfiguration, NetworkSecurityGroup, PublicIPAddress
-    global PublicIPAddressSku, SecurityRule, Subnet, VirtualNetwork
+    global SecurityRule, Subnet, VirtualNetwork
     if _sdk_loaded:
         return
     from azure.mgmt.compute.aio import ComputeManagementClient
@@ -90,7 +102,6 @@ def _load_sdk() -> None:
         NetworkInterfaceIPConfiguration,
         NetworkSecurityGroup,
         PublicIPAddress,
-        PublicIPAddressSku,
         SecurityRule,
         Subnet,
         VirtualNetwork,
@@ -117,15 +128,69 @@ VM_PRICES = {
 }
 EXTRAS_PER_HOUR = 0.005 + 0.0021
 CONSOLE_BACKOFF_MAX = 30.0  # seconds between serial-console reads while boot diagnostics keep failing
+SERIAL_LOG_SAS_MINUTES = 5  # how long a serial log SAS URL is asked to last (reused for 80 % of that)
 BOOT_DIAGNOSTICS_ACTION = "Microsoft.Compute/virtualMachines/retrieveBootDiagnosticsData/action"
 
 
+# When each step could first be done, in seconds after ARM accepted it (public reports: a Standard
+# public IP or a NIC in 1-3 s, a small Linux VM in 27-48 s; the boot script a few seconds after the
+# VM's Succeeded). Until then ARM's Retry-After is honoured (never past this point) and the serial
+# console is not read; from then on the step is polled every AZURE_POLL_SECONDS. Scaled by
+# AzureConfig.watch_scale (0: every step polled at our interval from its start).
+WATCH_AFTER = {"publicIPAddresses": 1.0, "networkInterfaces": 1.0, "virtualMachines": 25.0, "boot": 3.0}
+
+
+def poll_delay(elapsed: float, offered: float, interval: float, watch_after: float = 0.0) -> float:
+    """Seconds until the next poll of an operation ARM accepted `elapsed` seconds ago, which it asks
+    us to poll again in `offered` (Retry-After, else our interval). Before `watch_after`: ARM's pace,
+    but not past `watch_after`. From then on: the next point of a grid `interval` apart counted from
+    `watch_after`, so polls do not drift later by their round trips; ARM's pace when it is faster."""
+    if interval <= 0:
+        return 0.0
+    if elapsed < watch_after:
+        return max(0.0, min(offered, watch_after - elapsed))
+    ahead = interval - (elapsed - watch_after) % interval
+    return min(offered, ahead if ahead > interval * 0.05 else ahead + interval)
+
+
+class Pace:
+    """At most `rate` polls a second from this process, in bursts of up to `burst` (the generic cell
+    rate algorithm): `slot(at)` says when a poll wanted at `at` (time.monotonic()) may go. ARM allows
+    a subscription's principal 25 reads a second (a bucket of 250) across every replica and reconcile;
+    the default 8 a second per process leaves room for three. 0: unpaced."""
+
+    def __init__(self, rate: float, burst: int = 8) -> None:
+        self._step = 1.0 / rate if rate > 0 else 0.0
+        self._tolerance = self._step * max(0, burst - 1)
+        self._tat = -math.inf  # the theoretical arrival time of the next poll
+
+    def slot(self, at: float) -> float:
+        if not self._step:
+            return at
+        go = max(at, self._tat - self._tolerance)
+        self._tat = max(self._tat, go) + self._step
+        return go
+
+
 class CappedPolling(AsyncARMPolling):
-    """ARM's long-running-operation polling, waiting at most our interval between polls: ARM's
-    `Retry-After` (commonly 10 s) is a hint, honoured only when it is shorter."""
+    """ARM's long-running-operation polling on our schedule (`poll_delay`): ARM's `Retry-After`
+    (commonly 10 s) is honoured only while the operation cannot be done yet, the grid counts from
+    ARM's answer to the request, and each poll takes a slot of the process's `Pace`."""
+
+    def __init__(self, interval: float, *, watch_after: float = 0.0, pace: Pace | None = None, **kwargs: Any) -> None:
+        super().__init__(interval, **kwargs)
+        self._watch_after = watch_after
+        self._pace = pace
+        self._accepted = time.monotonic()
+
+    def initialize(self, client: Any, initial_response: Any, deserialization_callback: Any) -> None:
+        self._accepted = time.monotonic()  # ARM has answered the request: the operation runs from here
+        super().initialize(client, initial_response, deserialization_callback)
 
     def _extract_delay(self) -> float:
-        return min(super()._extract_delay(), self._timeout)
+        now = time.monotonic()
+        delay = poll_delay(now - self._accepted, super()._extract_delay(), self._timeout, self._watch_after)
+        return self._pace.slot(now + delay) - now if self._pace is not None else delay
 
 
 class JitteredRetryPolicy(AsyncRetryPolicy):
@@ -247,6 +312,9 @@ class _Boot:
 
     console_failures: int = 0
     console_error: str = ""
+    agent_ready: bool = False  # the VM agent said Ready once: from then on only the serial log is read
+    log_url: str = field(default="", repr=False)  # the serial log's SAS URL: a credential, never logged
+    log_url_until: float = 0.0  # time.monotonic() after which a new one is asked for
 
 
 @dataclass
@@ -282,6 +350,8 @@ class AzureProvider:
             kwargs["per_call_policies"] = [_AllowLoopbackHttp()]
         self._client_kwargs = kwargs
         self._compute = self._network = None  # built on first use (see _load_sdk)
+        self._sdk: asyncio.Future | None = None  # _load_sdk in a worker thread, shared by everyone waiting for it
+        self._arm: AsyncARMPipelineClient | None = None  # the bare pipeline for the public IP (_put_public_ip)
         self._shared: dict[str, asyncio.Task] = {}  # region -> task making sure VNet and NSG exist
         self._pending: dict[str, _Pending] = {}
         self._ssh_key = config.ssh_public_key
@@ -291,11 +361,18 @@ class AzureProvider:
         self._left_alone = LeftAloneReport(log)  # what reconcile leaves alone, told once per change
         self.clock: Callable[[], datetime] = _utcnow  # when tagged resources of another store count as expired
         self._http: aiohttp.ClientSession | None = None  # boot diagnostics blobs
+        self._pace = Pace(config.polls_per_second)  # every status poll and console read of this process
+
+    def _load_sdk_soon(self) -> asyncio.Future:
+        """Start importing the SDKs in a worker thread (once; again after a failure) without waiting for it."""
+        if self._sdk is None or (self._sdk.done() and (self._sdk.cancelled() or self._sdk.exception() is not None)):
+            self._sdk = asyncio.ensure_future(asyncio.to_thread(_load_sdk))
+        return self._sdk
 
     async def _clients(self) -> None:
         """Build the SDK clients, importing the SDKs in a worker thread so the event loop keeps serving."""
         if self._compute is None:
-            await asyncio.to_thread(_load_sdk)
+            await asyncio.shield(self._load_sdk_soon())
             self._build_clients()
 
     def _build_clients(self) -> None:
@@ -344,12 +421,69 @@ class AzureProvider:
     def _id(self, rtype: str, name: str) -> str:
         return f"/subscriptions/{self.config.subscription_id}/resourceGroups/{self.config.resource_group}/providers/{rtype}/{name}"
 
-    def _polling(self) -> CappedPolling:
-        """A fresh polling method per operation (they keep state)."""
-        return CappedPolling(self.config.polling_interval, path_format_arguments={"endpoint": self.config.arm_endpoint})
+    def _watch(self, step: str) -> float:
+        return WATCH_AFTER.get(step, 0.0) * self.config.watch_scale
 
-    async def _lro(self, begin, *args, **kwargs):
-        return await (await begin(self.config.resource_group, *args, polling=self._polling(), **kwargs)).result()
+    def _polling(self, step: str = "") -> CappedPolling:
+        """A fresh polling method per operation (they keep state); `step`: a key of WATCH_AFTER."""
+        return CappedPolling(self.config.polling_interval, watch_after=self._watch(step), pace=self._pace,
+                             path_format_arguments={"endpoint": self.config.arm_endpoint})
+
+    async def _lro(self, begin, *args, step: str = "", **kwargs):
+        return await (await begin(self.config.resource_group, *args, polling=self._polling(step), **kwargs)).result()
+
+    def _arm_client(self) -> AsyncARMPipelineClient:
+        """azure-core's ARM pipeline with the policies the management clients build (retry with jitter,
+        ARM's bearer challenge, provider registration, logging without secrets), for the one call
+        that must not wait for those clients' modules to load."""
+        if self._arm is None:
+            kw = self._client_kwargs
+            self._arm = AsyncARMPipelineClient(
+                base_url=self.config.arm_endpoint,
+                per_call_policies=list(kw.get("per_call_policies", [])),
+                policies=[
+                    policies.RequestIdPolicy(),
+                    policies.HeadersPolicy(),
+                    policies.UserAgentPolicy(sdk_moniker="vpn-bot"),
+                    policies.ProxyPolicy(),
+                    policies.ContentDecodePolicy(),
+                    AsyncARMAutoResourceProviderRegistrationPolicy(),
+                    policies.AsyncRedirectPolicy(),
+                    kw["retry_policy"],
+                    AsyncARMChallengeAuthenticationPolicy(self._credential, *self.credential_scopes),
+                    policies.CustomHookPolicy(),
+                    policies.NetworkTraceLoggingPolicy(),
+                    policies.DistributedTracingPolicy(),
+                    policies.SensitiveHeaderCleanupPolicy(),
+                    ARMHttpLoggingPolicy(),
+                ],
+            )
+        return self._arm
+
+    async def _put_public_ip(self, spec: ServerSpec, name: str) -> dict:
+        """PUT the session's public IP and wait until it has its address: the SDK's long-running
+        operation (ARM's polling, our schedule) over a bare pipeline, with the body the SDK would
+        send. The config's critical path thus never waits for the management SDKs to import; they
+        load meanwhile, before the NIC needs them. Raises HttpResponseError as the SDK would."""
+        client = self._arm_client()
+        body = {
+            "location": spec.region,
+            "tags": self._tags(spec),
+            "sku": {"name": "Standard", "tier": "Regional"},
+            "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"},
+        }
+        request = HttpRequest(
+            "PUT", client.format_url(self._id("Microsoft.Network/publicIPAddresses", name)),
+            params={"api-version": NETWORK_API_VERSION}, headers={"Accept": "application/json"}, json=body,
+        )
+        initial = await client._pipeline.run(request, stream=False)  # what the generated operations call
+        response = initial.http_response
+        if response.status_code not in (200, 201):
+            map_error(status_code=response.status_code, response=response,
+                      error_map={401: ClientAuthenticationError, 404: ResourceNotFoundError, 409: ResourceExistsError})
+            raise HttpResponseError(response=response, error_format=ARMErrorFormat)
+        poller = AsyncLROPoller(client, initial, lambda final: final.http_response.json(), self._polling("publicIPAddresses"))
+        return await poller.result()
 
     def _names(self, session_id: str) -> dict[str, str]:
         return _names(session_id, self._deployment)
@@ -375,25 +509,16 @@ class AzureProvider:
         """Reserve the public IP and return once its address is known (the client config is then
         complete). The NIC and VM start at once in the background; `wait_ready` waits for them."""
         names, region = self._names(spec.session_id), spec.region
-        await self._clients()
+        self._load_sdk_soon()  # the NIC needs the SDKs, the public IP does not: they load while it is made
         await progress("reserving address")
         self._ssh_public_key_task()  # CPU work in a thread, done long before the VM PUT needs it
         shared = self._shared_network(region)  # never on the config's path; the NIC waits for it
         try:
-            ip = await self._lro(
-                self.network.public_ip_addresses.begin_create_or_update,
-                names["ip"],
-                PublicIPAddress(
-                    location=region,
-                    tags=self._tags(spec),
-                    sku=PublicIPAddressSku(name="Standard", tier="Regional"),
-                    public_ip_allocation_method="Static",
-                    public_ip_address_version="IPv4",
-                ),
-            )
+            ip = await self._put_public_ip(spec, names["ip"])
         except HttpResponseError as exc:
             raise _friendly(exc, "public IP") from exc
-        if not ip.ip_address:
+        ip_id, address = ip.get("id") or self._id("Microsoft.Network/publicIPAddresses", names["ip"]), (ip.get("properties") or {}).get("ipAddress")
+        if not address:
             raise ProvisionError("Azure did not assign an address", detail=f"public IP {names['ip']} has no ip_address")
         net = ipaddress.ip_network(self.config.tunnel_network)
         hosts = iter(net.hosts())
@@ -410,7 +535,7 @@ class AzureProvider:
         await self._forget(spec.session_id)
         accepted = asyncio.Event()
         task = asyncio.get_running_loop().create_task(
-            self._nic_and_vm(spec, server, ip.id, shared, accepted), name=f"azure-vm:{spec.session_id}"
+            self._nic_and_vm(spec, server, ip_id, shared, accepted), name=f"azure-vm:{spec.session_id}"
         )
         del server  # the private key now lives only in that task, until the VM PUT has sent it
         self._pending[spec.session_id] = _Pending(task, accepted)
@@ -424,7 +549,7 @@ class AzureProvider:
         dns = tuple(self.config.dns) or ((str(server_ip),) if self.tunnel_dns else ())
         return ServerInfo(
             resource_id=names["vm"],
-            endpoint=f"{ip.ip_address}:{self.config.listen_port}",
+            endpoint=f"{address}:{self.config.listen_port}",
             server_public_key=server_public,
             client_address=f"{client_ip}/32",
             region=region,
@@ -438,6 +563,7 @@ class AzureProvider:
         """NIC (as soon as the IP exists and the shared network is there), then the VM until Succeeded."""
         names, rg = self._names(spec.session_id), self.config.resource_group
         subnet_id, nsg_id = await asyncio.shield(shared)
+        await self._clients()
         try:
             nic = await self._lro(
                 self.network.network_interfaces.begin_create_or_update,
@@ -455,6 +581,7 @@ class AzureProvider:
                         )
                     ],
                 ),
+                step="networkInterfaces",
             )
         except HttpResponseError as exc:
             if _code(exc) in ("InvalidResourceReference", "ReferencedResourceNotProvisioned"):
@@ -494,7 +621,7 @@ class AzureProvider:
         )
         del boot, server
         try:
-            poller = await self.compute.virtual_machines.begin_create_or_update(rg, names["vm"], vm, polling=self._polling())
+            poller = await self.compute.virtual_machines.begin_create_or_update(rg, names["vm"], vm, polling=self._polling("virtualMachines"))
             del vm
             accepted.set()
             await poller.result()
@@ -542,7 +669,9 @@ class AzureProvider:
         interval = max(self.config.polling_interval, 0.01)
         # With a callback coming, the console is only the fallback: look there less often.
         console_every = interval * (10 if _has_callback(spec) else 1)
-        next_console = loop.time()
+        start = loop.time()
+        watch = self._watch("boot")  # the boot script cannot be done the moment the VM is: no console reads before
+        next_console = start + watch
         while True:
             if spec.server_up is not None:
                 try:
@@ -551,9 +680,11 @@ class AzureProvider:
                 except Exception:  # the store hiccuped: look again next round (the console still counts)
                     log.warning("%s: could not read the server-up record; trying again", name, exc_info=True)
             if loop.time() >= next_console:
-                next_console = loop.time() + console_every
+                await self._paced()
                 try:
-                    up = await self._console_says_up(name)
+                    up = await self._console_says_up(name, boot)
+                    now = loop.time()
+                    next_console = now + poll_delay(now - start, console_every, console_every, watch)  # on its grid: no drift
                 except _ConsoleUnavailable as exc:
                     boot.console_failures += 1
                     boot.console_error = str(exc)
@@ -569,7 +700,8 @@ class AzureProvider:
                         boot.console_failures = 0
                     if up:
                         return "serial console"
-            await asyncio.sleep(interval)
+            now = loop.time()
+            await asyncio.sleep(min(next_console, now + poll_delay(now - start, interval, interval)) - now)
 
     async def _console_unavailable(self, spec: ServerSpec, name: str, exc: _ConsoleUnavailable, progress: ProgressFn) -> None:
         """One line for the admin (no traceback: it is configuration or Azure, not a bug), one sentence for the user."""
@@ -583,29 +715,46 @@ class AzureProvider:
         else:
             await progress("server booting; its boot log, the server's own proof that the tunnel is up, cannot be read right now (an admin has been told)")
 
-    async def _console_says_up(self, name: str) -> bool:
-        """Whether the serial console shows the boot script's line; _ConsoleUnavailable when Azure will not say."""
+    async def _paced(self) -> None:
+        """Wait for this process's next poll slot (Pace)."""
+        now = time.monotonic()
+        wait = self._pace.slot(now) - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _console_says_up(self, name: str, boot: _Boot) -> bool:
+        """Whether the serial console shows the boot script's line; _ConsoleUnavailable when Azure will not say.
+
+        The VM's instance view until its agent is Ready, then one boot diagnostics request for a SAS
+        URL of the serial log (an ARM POST) that later reads reuse until it nears its expiry or stops
+        answering: the close reads near the end of the boot go to storage, not to ARM."""
         rg = self.config.resource_group
-        try:
-            vm = await self.compute.virtual_machines.get(rg, name, expand="instanceView")
-        except AzureError as exc:
-            raise _ConsoleUnavailable("instance view", _azure_code(exc)) from None
-        view = vm.instance_view
-        codes = {s.code for s in (view.statuses or [])} if view else set()
-        agent = {s.display_status for s in (view.vm_agent.statuses or [])} if view and view.vm_agent else set()
-        if "PowerState/running" not in codes or "Ready" not in agent:
-            return False
-        try:
-            blobs = await self.compute.virtual_machines.retrieve_boot_diagnostics_data(rg, name, sas_uri_expiration_time_in_minutes=5)
-        except AzureError as exc:
-            raise _ConsoleUnavailable("boot diagnostics", _azure_code(exc)) from None
-        if not blobs.serial_console_log_blob_uri:
-            return False
+        if not boot.agent_ready:
+            try:
+                vm = await self.compute.virtual_machines.get(rg, name, expand="instanceView")
+            except AzureError as exc:
+                raise _ConsoleUnavailable("instance view", _azure_code(exc)) from None
+            view = vm.instance_view
+            codes = {s.code for s in (view.statuses or [])} if view else set()
+            agent = {s.display_status for s in (view.vm_agent.statuses or [])} if view and view.vm_agent else set()
+            if "PowerState/running" not in codes or "Ready" not in agent:
+                return False
+            boot.agent_ready = True
+        if not boot.log_url or time.monotonic() >= boot.log_url_until:
+            try:
+                blobs = await self.compute.virtual_machines.retrieve_boot_diagnostics_data(
+                    rg, name, sas_uri_expiration_time_in_minutes=SERIAL_LOG_SAS_MINUTES)
+            except AzureError as exc:
+                raise _ConsoleUnavailable("boot diagnostics", _azure_code(exc)) from None
+            if not blobs.serial_console_log_blob_uri:
+                return False
+            boot.log_url, boot.log_url_until = blobs.serial_console_log_blob_uri, time.monotonic() + SERIAL_LOG_SAS_MINUTES * 60 * 0.8
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
         try:  # the SAS URL is a credential: never logged
-            async with self._http.get(blobs.serial_console_log_blob_uri) as resp:
+            async with self._http.get(boot.log_url) as resp:
                 if resp.status != 200:
+                    boot.log_url = ""  # expired or replaced: ask for a new one next time
                     return False
                 text = await resp.text(errors="replace")
         except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -662,6 +811,7 @@ class AzureProvider:
         """VNet, subnet and NSG for a region: free, created once, reused by every session and every
         restart (a GET finds them; a PUT only when missing or different)."""
         vnet_name, nsg_name, subnet_id, nsg_id = self._shared_ids(region)
+        await self._clients()
         tags = {TAG_MANAGED_BY: self.config.instance_name, "role": "shared"}
         rules = self._security_rules()
         wanted_rules = {(r.name, r.destination_port_range, r.source_address_prefix) for r in rules}
@@ -821,6 +971,8 @@ class AzureProvider:
         await asyncio.gather(*self._shared.values(), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        if self._arm is not None:
+            await self._arm.close()
         if self._compute is not None:
             await self._compute.close()
             await self._network.close()
