@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 
 try:
-    from aiohttp import web
-
     from bot import preflight, wiring
     from bot.channels.console import ConsoleChannel, operator_key, qr_style, run_console
     from bot.logs import setup_logging
@@ -88,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(settings: Settings, provider: Provider) -> None:
+    from aiohttp import web  # the server side: `console` and `reap` start without it
+
     host = settings.ops.listen_host
     if settings.ops.dev_mode:
         log.warning("=" * 72)

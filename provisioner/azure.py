@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import logging
 import math
+import platform
 import random
 import re
 import time
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core import AzureClouds
+from azure.core import __version__ as azure_core_version
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceExistsError, ResourceNotFoundError, map_error
 from azure.core.pipeline import policies
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
@@ -107,6 +109,7 @@ def _load_sdk() -> None:
         VirtualNetwork,
     )
 
+    platform.platform()  # cached for the SDK clients' user agent: its `uname -p` subprocess runs here, not on the event loop
     IMAGES.update(
         {
             "ubuntu": ImageReference(publisher="Canonical", offer="ubuntu-24_04-lts", sku="minimal", version="latest"),
@@ -444,7 +447,8 @@ class AzureProvider:
                 policies=[
                     policies.RequestIdPolicy(),
                     policies.HeadersPolicy(),
-                    policies.UserAgentPolicy(sdk_moniker="vpn-bot"),
+                    # platform.platform() (the SDK's default) runs `uname -p` in a subprocess: not before the first PUT.
+                    policies.UserAgentPolicy(base_user_agent=f"vpn-bot azsdk-python-core/{azure_core_version} Python/{platform.python_version()}"),
                     policies.ProxyPolicy(),
                     policies.ContentDecodePolicy(),
                     AsyncARMAutoResourceProviderRegistrationPolicy(),
