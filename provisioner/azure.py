@@ -61,62 +61,31 @@ TAG_EXPIRES = "expires-at"
 TAG_STORE = "vpn-store"  # the store's own id: tells a lost store's (or a look-alike deployment's) resources from ours
 ADMIN_USER = "vpnadmin"
 
-IMAGES: dict = {}  # name -> ImageReference, filled by _load_sdk()
-_sdk_loaded = False
-# The public IP's PUT goes through a bare ARM pipeline (`AzureProvider._put_public_ip`), not the
-# network SDK's client: the same api-version as the SDK's own calls (a test holds them equal).
+IMAGES = {  # AZURE_IMAGE -> the VM's imageReference
+    "ubuntu": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "minimal", "version": "latest"},
+    # The corevm offer needs no marketplace plan or terms (the -free offer does).
+    "flatcar": {"publisher": "kinvolk", "offer": "flatcar-container-linux-corevm-amd64", "sku": "stable-gen2", "version": "latest"},
+}
+# A session's way to "server up" (the shared network, public IP, NIC, VM, its instance view and boot
+# diagnostics) speaks ARM's REST API through azure-core's ARM pipeline (`_arm_client`): the bodies
+# are ARM's JSON, at the api-versions the management SDKs use (a test holds them equal). The SDK
+# clients serve reconcile and deletion, off that path.
 NETWORK_API_VERSION = "2026-03-01"
+COMPUTE_API_VERSION = "2026-04-01"
+_sdk_loaded = False
 
 
 def _load_sdk() -> None:
     """Import the management SDKs (about half a second of CPU; a second or more on a busy machine)
-    when the first session needs them, not at start-up: a replica woken by a message answers it
-    without them, and a session's public IP is reserved while they load. Binds the names used below."""
+    when reconcile or a deletion first needs them, never on a session's way to its config and its
+    server: a replica woken by a message answers it without them. Binds the names used below."""
     global _sdk_loaded, ComputeManagementClient, NetworkManagementClient
-    global BootDiagnostics, DiagnosticsProfile
-    global HardwareProfile, ImageReference, LinuxConfiguration, ManagedDiskParameters, NetworkInterfaceReference
-    global NetworkProfile, OSDisk, OSProfile, SshConfiguration, SshPublicKey, StorageProfile, VirtualMachine
-    global AddressSpace, NetworkInterface, NetworkInterfaceIPConfiguration, NetworkSecurityGroup, PublicIPAddress
-    global SecurityRule, Subnet, VirtualNetwork
     if _sdk_loaded:
         return
     from azure.mgmt.compute.aio import ComputeManagementClient
-    from azure.mgmt.compute.models import (
-        BootDiagnostics,
-        DiagnosticsProfile,
-        HardwareProfile,
-        ImageReference,
-        LinuxConfiguration,
-        ManagedDiskParameters,
-        NetworkInterfaceReference,
-        NetworkProfile,
-        OSDisk,
-        OSProfile,
-        SshConfiguration,
-        SshPublicKey,
-        StorageProfile,
-        VirtualMachine,
-    )
     from azure.mgmt.network.aio import NetworkManagementClient
-    from azure.mgmt.network.models import (
-        AddressSpace,
-        NetworkInterface,
-        NetworkInterfaceIPConfiguration,
-        NetworkSecurityGroup,
-        PublicIPAddress,
-        SecurityRule,
-        Subnet,
-        VirtualNetwork,
-    )
 
     platform.platform()  # cached for the SDK clients' user agent: its `uname -p` subprocess runs here, not on the event loop
-    IMAGES.update(
-        {
-            "ubuntu": ImageReference(publisher="Canonical", offer="ubuntu-24_04-lts", sku="minimal", version="latest"),
-            # The corevm offer needs no marketplace plan or terms (the -free offer does).
-            "flatcar": ImageReference(publisher="kinvolk", offer="flatcar-container-linux-corevm-amd64", sku="stable-gen2", version="latest"),
-        }
-    )
     _sdk_loaded = True
 
 
@@ -354,7 +323,7 @@ class AzureProvider:
         self._client_kwargs = kwargs
         self._compute = self._network = None  # built on first use (see _load_sdk)
         self._sdk: asyncio.Future | None = None  # _load_sdk in a worker thread, shared by everyone waiting for it
-        self._arm: AsyncARMPipelineClient | None = None  # the bare pipeline for the public IP (_put_public_ip)
+        self._arm: AsyncARMPipelineClient | None = None  # the ARM pipeline of a session's way to "server up" (_arm_send)
         self._shared: dict[str, asyncio.Task] = {}  # region -> task making sure VNet and NSG exist
         self._pending: dict[str, _Pending] = {}
         self._ssh_key = config.ssh_public_key
@@ -437,8 +406,8 @@ class AzureProvider:
 
     def _arm_client(self) -> AsyncARMPipelineClient:
         """azure-core's ARM pipeline with the policies the management clients build (retry with jitter,
-        ARM's bearer challenge, provider registration, logging without secrets), for the one call
-        that must not wait for those clients' modules to load."""
+        ARM's bearer challenge, provider registration, logging without secrets), for a session's way
+        to "server up", which thus never waits for those clients' modules to load."""
         if self._arm is None:
             kw = self._client_kwargs
             self._arm = AsyncARMPipelineClient(
@@ -464,30 +433,32 @@ class AzureProvider:
             )
         return self._arm
 
-    async def _put_public_ip(self, spec: ServerSpec, name: str) -> dict:
-        """PUT the session's public IP and wait until it has its address: the SDK's long-running
-        operation (ARM's polling, our schedule) over a bare pipeline, with the body the SDK would
-        send. The config's critical path thus never waits for the management SDKs to import; they
-        load meanwhile, before the NIC needs them. Raises HttpResponseError as the SDK would."""
+    async def _arm_send(self, method: str, path: str, api_version: str, body: Any = None, **params: str) -> Any:
+        """One ARM request through `_arm_client`; HttpResponseError (ResourceNotFoundError for a 404)
+        as the SDK's operations raise it. Returns azure-core's pipeline response."""
         client = self._arm_client()
-        body = {
-            "location": spec.region,
-            "tags": self._tags(spec),
-            "sku": {"name": "Standard", "tier": "Regional"},
-            "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"},
-        }
-        request = HttpRequest(
-            "PUT", client.format_url(self._id("Microsoft.Network/publicIPAddresses", name)),
-            params={"api-version": NETWORK_API_VERSION}, headers={"Accept": "application/json"}, json=body,
-        )
-        initial = await client._pipeline.run(request, stream=False)  # what the generated operations call
-        response = initial.http_response
-        if response.status_code not in (200, 201):
-            map_error(status_code=response.status_code, response=response,
+        request = HttpRequest(method, client.format_url(path), params={**params, "api-version": api_version},
+                              headers={"Accept": "application/json"}, json=body)
+        response = await client._pipeline.run(request, stream=False)  # what the generated operations call
+        status = response.http_response.status_code
+        if status not in ((200, 201) if method == "PUT" else (200,)):
+            map_error(status_code=status, response=response.http_response,
                       error_map={401: ClientAuthenticationError, 404: ResourceNotFoundError, 409: ResourceExistsError})
-            raise HttpResponseError(response=response, error_format=ARMErrorFormat)
-        poller = AsyncLROPoller(client, initial, lambda final: final.http_response.json(), self._polling("publicIPAddresses"))
-        return await poller.result()
+            raise HttpResponseError(response=response.http_response, error_format=ARMErrorFormat)
+        return response
+
+    async def _arm_get(self, rtype: str, name: str, api_version: str, **params: str) -> dict:
+        response = await self._arm_send("GET", self._id(rtype, name), api_version, **params)
+        return response.http_response.json()
+
+    async def _arm_begin_put(self, rtype: str, name: str, body: dict, api_version: str, *, step: str = "") -> AsyncLROPoller:
+        """PUT a resource; returns once ARM accepted it, with the poller (ARM's polling on our
+        schedule) whose result is the resource's JSON once it succeeded."""
+        initial = await self._arm_send("PUT", self._id(rtype, name), api_version, body)
+        return AsyncLROPoller(self._arm_client(), initial, lambda final: final.http_response.json(), self._polling(step))
+
+    async def _arm_put(self, rtype: str, name: str, body: dict, api_version: str, *, step: str = "") -> dict:
+        return await (await self._arm_begin_put(rtype, name, body, api_version, step=step)).result()
 
     def _names(self, session_id: str) -> dict[str, str]:
         return _names(session_id, self._deployment)
@@ -513,12 +484,17 @@ class AzureProvider:
         """Reserve the public IP and return once its address is known (the client config is then
         complete). The NIC and VM start at once in the background; `wait_ready` waits for them."""
         names, region = self._names(spec.session_id), spec.region
-        self._load_sdk_soon()  # the NIC needs the SDKs, the public IP does not: they load while it is made
         await progress("reserving address")
         self._ssh_public_key_task()  # CPU work in a thread, done long before the VM PUT needs it
         shared = self._shared_network(region)  # never on the config's path; the NIC waits for it
+        body = {
+            "location": region,
+            "tags": self._tags(spec),
+            "sku": {"name": "Standard", "tier": "Regional"},
+            "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"},
+        }
         try:
-            ip = await self._put_public_ip(spec, names["ip"])
+            ip = await self._arm_put("Microsoft.Network/publicIPAddresses", names["ip"], body, NETWORK_API_VERSION, step="publicIPAddresses")
         except HttpResponseError as exc:
             raise _friendly(exc, "public IP") from exc
         ip_id, address = ip.get("id") or self._id("Microsoft.Network/publicIPAddresses", names["ip"]), (ip.get("properties") or {}).get("ipAddress")
@@ -565,67 +541,58 @@ class AzureProvider:
 
     async def _nic_and_vm(self, spec: ServerSpec, server: ServerConfig, ip_id: str, shared: asyncio.Task, accepted: asyncio.Event) -> None:
         """NIC (as soon as the IP exists and the shared network is there), then the VM until Succeeded."""
-        names, rg = self._names(spec.session_id), self.config.resource_group
+        names = self._names(spec.session_id)
         subnet_id, nsg_id = await asyncio.shield(shared)
-        await self._clients()
+        nic_body = {
+            "location": spec.region,
+            "tags": self._tags(spec),
+            "properties": {
+                "networkSecurityGroup": {"id": nsg_id},
+                "ipConfigurations": [{
+                    "name": "ipconfig1",
+                    "properties": {
+                        "subnet": {"id": subnet_id},
+                        "privateIPAllocationMethod": "Dynamic",
+                        "publicIPAddress": {"id": ip_id, "properties": {"deleteOption": "Delete"}},
+                    },
+                }],
+            },
+        }
         try:
-            nic = await self._lro(
-                self.network.network_interfaces.begin_create_or_update,
-                names["nic"],
-                NetworkInterface(
-                    location=spec.region,
-                    tags=self._tags(spec),
-                    network_security_group=NetworkSecurityGroup(id=nsg_id),
-                    ip_configurations=[
-                        NetworkInterfaceIPConfiguration(
-                            name="ipconfig1",
-                            subnet=Subnet(id=subnet_id),
-                            private_ip_allocation_method="Dynamic",
-                            public_ip_address=PublicIPAddress(id=ip_id, delete_option="Delete"),
-                        )
-                    ],
-                ),
-                step="networkInterfaces",
-            )
+            nic = await self._arm_put("Microsoft.Network/networkInterfaces", names["nic"], nic_body, NETWORK_API_VERSION, step="networkInterfaces")
         except HttpResponseError as exc:
             if _code(exc) in ("InvalidResourceReference", "ReferencedResourceNotProvisioned"):
                 self._shared.pop(spec.region, None)  # the shared network went away: look again next time
             raise _friendly(exc, "network interface") from exc
         render = bootconfig.ignition if self.config.image == "flatcar" else bootconfig.cloud_config
         boot = render(server, callback_url=spec.callback_url, tunnel_dns=self.tunnel_dns)
-        vm = VirtualMachine(
-            location=spec.region,
-            tags=self._tags(spec),
-            hardware_profile=HardwareProfile(vm_size=self.config.vm_size),
-            storage_profile=StorageProfile(
-                image_reference=IMAGES[self.config.image],
-                os_disk=OSDisk(
-                    name=names["disk"],
-                    create_option="FromImage",
-                    delete_option="Delete",
-                    managed_disk=ManagedDiskParameters(storage_account_type="Standard_LRS"),
-                ),
-            ),
-            os_profile=OSProfile(
-                computer_name=names["vm"],
-                admin_username=ADMIN_USER,
-                custom_data=bootconfig.custom_data(boot),
-                linux_configuration=LinuxConfiguration(
-                    disable_password_authentication=True,
-                    ssh=SshConfiguration(
-                        public_keys=[SshPublicKey(path=f"/home/{ADMIN_USER}/.ssh/authorized_keys", key_data=await self._ssh_public_key())]
-                    ),
-                ),
-            ),
-            network_profile=NetworkProfile(
-                network_interfaces=[NetworkInterfaceReference(id=nic.id, primary=True, delete_option="Delete")]
-            ),
-            # Managed boot diagnostics: the serial log is the fallback proof that the tunnel is up.
-            diagnostics_profile=DiagnosticsProfile(boot_diagnostics=BootDiagnostics(enabled=True)),
-        )
+        vm = {
+            "location": spec.region,
+            "tags": self._tags(spec),
+            "properties": {
+                "hardwareProfile": {"vmSize": self.config.vm_size},
+                "storageProfile": {
+                    "imageReference": IMAGES[self.config.image],
+                    "osDisk": {"name": names["disk"], "createOption": "FromImage", "deleteOption": "Delete",
+                               "managedDisk": {"storageAccountType": "Standard_LRS"}},
+                },
+                "osProfile": {
+                    "computerName": names["vm"],
+                    "adminUsername": ADMIN_USER,
+                    "customData": bootconfig.custom_data(boot),
+                    "linuxConfiguration": {
+                        "disablePasswordAuthentication": True,
+                        "ssh": {"publicKeys": [{"path": f"/home/{ADMIN_USER}/.ssh/authorized_keys", "keyData": await self._ssh_public_key()}]},
+                    },
+                },
+                "networkProfile": {"networkInterfaces": [{"id": nic["id"], "properties": {"primary": True, "deleteOption": "Delete"}}]},
+                # Managed boot diagnostics: the serial log is the fallback proof that the tunnel is up.
+                "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
+            },
+        }
         del boot, server
         try:
-            poller = await self.compute.virtual_machines.begin_create_or_update(rg, names["vm"], vm, polling=self._polling("virtualMachines"))
+            poller = await self._arm_begin_put("Microsoft.Compute/virtualMachines", names["vm"], vm, COMPUTE_API_VERSION, step="virtualMachines")
             del vm
             accepted.set()
             await poller.result()
@@ -634,7 +601,6 @@ class AzureProvider:
 
     async def wait_ready(self, spec: ServerSpec, progress: ProgressFn) -> None:
         """NIC and VM created, then a positive "tunnel up" signal, or ProvisionError."""
-        await self._clients()
         pending = self._pending.get(spec.session_id)
         if pending is None:
             raise ProvisionError("the server's set-up was lost; please start again", detail="wait_ready without create")
@@ -732,27 +698,27 @@ class AzureProvider:
         The VM's instance view until its agent is Ready, then one boot diagnostics request for a SAS
         URL of the serial log (an ARM POST) that later reads reuse until it nears its expiry or stops
         answering: the close reads near the end of the boot go to storage, not to ARM."""
-        rg = self.config.resource_group
+        rtype = "Microsoft.Compute/virtualMachines"
         if not boot.agent_ready:
             try:
-                vm = await self.compute.virtual_machines.get(rg, name, expand="instanceView")
+                vm = await self._arm_get(rtype, name, COMPUTE_API_VERSION, **{"$expand": "instanceView"})
             except AzureError as exc:
                 raise _ConsoleUnavailable("instance view", _azure_code(exc)) from None
-            view = vm.instance_view
-            codes = {s.code for s in (view.statuses or [])} if view else set()
-            agent = {s.display_status for s in (view.vm_agent.statuses or [])} if view and view.vm_agent else set()
+            view = (vm.get("properties") or {}).get("instanceView") or {}
+            codes = {s.get("code") for s in view.get("statuses") or []}
+            agent = {s.get("displayStatus") for s in (view.get("vmAgent") or {}).get("statuses") or []}
             if "PowerState/running" not in codes or "Ready" not in agent:
                 return False
             boot.agent_ready = True
         if not boot.log_url or time.monotonic() >= boot.log_url_until:
             try:
-                blobs = await self.compute.virtual_machines.retrieve_boot_diagnostics_data(
-                    rg, name, sas_uri_expiration_time_in_minutes=SERIAL_LOG_SAS_MINUTES)
+                blobs = (await self._arm_send("POST", f"{self._id(rtype, name)}/retrieveBootDiagnosticsData", COMPUTE_API_VERSION,
+                                              sasUriExpirationTimeInMinutes=str(SERIAL_LOG_SAS_MINUTES))).http_response.json()
             except AzureError as exc:
                 raise _ConsoleUnavailable("boot diagnostics", _azure_code(exc)) from None
-            if not blobs.serial_console_log_blob_uri:
+            if not blobs.get("serialConsoleLogBlobUri"):
                 return False
-            boot.log_url, boot.log_url_until = blobs.serial_console_log_blob_uri, time.monotonic() + SERIAL_LOG_SAS_MINUTES * 60 * 0.8
+            boot.log_url, boot.log_url_until = blobs["serialConsoleLogBlobUri"], time.monotonic() + SERIAL_LOG_SAS_MINUTES * 60 * 0.8
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
         try:  # the SAS URL is a credential: never logged
@@ -793,46 +759,45 @@ class AzureProvider:
             task = self._shared[region] = asyncio.get_running_loop().create_task(self._ensure_shared(region), name=f"azure-shared:{region}")
         return task
 
-    def _security_rules(self) -> list[SecurityRule]:
-        rules = [
-            SecurityRule(
-                name="allow-wireguard", protocol="Udp", direction="Inbound", access="Allow", priority=100,
-                source_address_prefix="*", source_port_range="*", destination_address_prefix="*",
-                destination_port_range=str(self.config.listen_port),
-            )
-        ]
+    def _security_rules(self) -> list[dict]:
+        def rule(name: str, protocol: str, priority: int, source: str, port: str) -> dict:
+            return {"name": name, "properties": {
+                "protocol": protocol, "direction": "Inbound", "access": "Allow", "priority": priority,
+                "sourceAddressPrefix": source, "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": port,
+            }}
+
+        rules = [rule("allow-wireguard", "Udp", 100, "*", str(self.config.listen_port))]
         if self.config.ssh_public_key and self.config.ssh_source:
-            rules.append(
-                SecurityRule(
-                    name="allow-ssh-admin", protocol="Tcp", direction="Inbound", access="Allow", priority=110,
-                    source_address_prefix=self.config.ssh_source, source_port_range="*", destination_address_prefix="*",
-                    destination_port_range="22",
-                )
-            )
+            rules.append(rule("allow-ssh-admin", "Tcp", 110, self.config.ssh_source, "22"))
         return rules
 
     async def _ensure_shared(self, region: str) -> tuple[str, str]:
         """VNet, subnet and NSG for a region: free, created once, reused by every session and every
         restart (a GET finds them; a PUT only when missing or different)."""
         vnet_name, nsg_name, subnet_id, nsg_id = self._shared_ids(region)
-        await self._clients()
         tags = {TAG_MANAGED_BY: self.config.instance_name, "role": "shared"}
         rules = self._security_rules()
-        wanted_rules = {(r.name, r.destination_port_range, r.source_address_prefix) for r in rules}
 
-        async def ensure(operations, name, body, fits) -> None:
+        def rule_keys(found: list[dict]) -> set[tuple]:
+            return {(r.get("name"), (r.get("properties") or {}).get("destinationPortRange"), (r.get("properties") or {}).get("sourceAddressPrefix"))
+                    for r in found}
+
+        wanted_rules = rule_keys(rules)
+
+        async def ensure(rtype: str, name: str, body: dict, fits: Callable[[dict], bool]) -> None:
             for _ in range(60):
                 try:
-                    current = await operations.get(self.config.resource_group, name)
+                    current: dict | None = await self._arm_get(rtype, name, NETWORK_API_VERSION)
                 except ResourceNotFoundError:
                     current = None
-                if current is not None and current.provisioning_state in ("Creating", "Updating"):
+                state = ((current or {}).get("properties") or {}).get("provisioningState")
+                if current is not None and state in ("Creating", "Updating"):
                     await asyncio.sleep(self.config.polling_interval or 0.05)  # someone else is making it
                     continue
-                if current is not None and current.provisioning_state == "Succeeded" and fits(current):
+                if current is not None and state == "Succeeded" and fits(current.get("properties") or {}):
                     return
                 try:
-                    await self._lro(operations.begin_create_or_update, name, body)
+                    await self._arm_put(rtype, name, body, NETWORK_API_VERSION)
                     return
                 except HttpResponseError as exc:
                     if exc.status_code != 409:  # 409: another replica's PUT is running; look again
@@ -840,20 +805,15 @@ class AzureProvider:
                     await asyncio.sleep(self.config.polling_interval or 0.05)
             raise ProvisionError("the shared network did not settle", detail=f"{name} stays busy")
 
-        vnet_body = VirtualNetwork(
-            location=region,
-            tags=tags,
-            address_space=AddressSpace(address_prefixes=[self.config.vnet_prefix]),
-            subnets=[Subnet(name="vpn", address_prefix=self.config.vnet_prefix)],
-        )
-        nsg_body = NetworkSecurityGroup(location=region, tags=tags, security_rules=rules)
+        vnet_body = {"location": region, "tags": tags, "properties": {
+            "addressSpace": {"addressPrefixes": [self.config.vnet_prefix]},
+            "subnets": [{"name": "vpn", "properties": {"addressPrefix": self.config.vnet_prefix}}],
+        }}
+        nsg_body = {"location": region, "tags": tags, "properties": {"securityRules": rules}}
         try:
             await asyncio.gather(
-                ensure(self.network.virtual_networks, vnet_name, vnet_body, lambda v: any(s.name == "vpn" for s in v.subnets or [])),
-                ensure(
-                    self.network.network_security_groups, nsg_name, nsg_body,
-                    lambda n: {(r.name, r.destination_port_range, r.source_address_prefix) for r in n.security_rules or []} == wanted_rules,
-                ),
+                ensure("Microsoft.Network/virtualNetworks", vnet_name, vnet_body, lambda v: any(s.get("name") == "vpn" for s in v.get("subnets") or [])),
+                ensure("Microsoft.Network/networkSecurityGroups", nsg_name, nsg_body, lambda n: rule_keys(n.get("securityRules") or []) == wanted_rules),
             )
         except HttpResponseError as exc:
             raise _friendly(exc, "shared network") from exc

@@ -30,9 +30,10 @@ def _instance_views(arm) -> int:
     return sum(1 for r in arm.requests if r.method == "GET" and r.query.get("$expand") == "instanceView")
 
 
-async def test_the_config_does_not_wait_for_the_management_sdks(make_runtime, channel, arm, monkeypatch):
-    """With the SDKs' import held back, the address is reserved and the config delivered anyway; only
-    the NIC waits for them. The public IP's bare PUT speaks the SDK's own api-version and body."""
+async def test_the_way_to_server_up_does_not_wait_for_the_management_sdks(make_runtime, channel, arm, monkeypatch):
+    """With the SDKs' import held back, the session gets its config and its server anyway: the
+    shared network, IP, NIC, VM and the serial console speak ARM through azure-core's pipeline. Only
+    the deletion waits for the SDK clients, and they speak the same api-versions."""
     loaded = threading.Event()
     real = azure_module._load_sdk
 
@@ -45,18 +46,26 @@ async def test_the_config_does_not_wait_for_the_management_sdks(make_runtime, ch
         async with make_runtime(provider=azure(arm)) as rt:
             await rt.dispatcher.handle(incoming("/vpn start"))
             for _ in range(500):
-                if any(s.kind == "config" for s in channel.sent):
+                if "Your VPN server is up" in channel.all_text():
                     break
                 await asyncio.sleep(0.01)
-            assert any(s.kind == "config" for s in channel.sent), "the config waited for the SDKs"
-            assert arm.puts("publicIPAddresses") and not arm.puts("networkInterfaces")
-            loaded.set()
-            await settle(rt)
+            assert "Your VPN server is up" in channel.all_text(), "the way to server up waited for the SDKs"
             assert [s.state for s in await rt.store.sessions(list(SessionState))] == [SessionState.READY]
+            loaded.set()
+            await rt.dispatcher.handle(incoming("/vpn stop"))
+            await settle(rt)
+            assert [s.state for s in await rt.store.sessions(list(SessionState))] == [SessionState.DELETED]
     finally:
         loaded.set()
+    assert arm.billed() == []
+
+    def api_versions(method: str, rtype: str) -> set[str]:
+        return {r.query["api-version"] for r in arm.requests if r.method == method and f"/{rtype}/".lower() in r.path.lower()}
+
+    for rtype, ours in (("publicIPAddresses", azure_module.NETWORK_API_VERSION), ("networkInterfaces", azure_module.NETWORK_API_VERSION),
+                        ("virtualMachines", azure_module.COMPUTE_API_VERSION)):
+        assert api_versions("PUT", rtype) == api_versions("DELETE", rtype) == {ours}, rtype  # ours == the SDK client's
     (ip,), (nic,) = arm.puts("publicIPAddresses"), arm.puts("networkInterfaces")
-    assert ip.query["api-version"] == nic.query["api-version"] == azure_module.NETWORK_API_VERSION
     assert ip.body["sku"] == {"name": "Standard", "tier": "Regional"} and ip.body["location"] == "eastus"
     assert ip.body["properties"] == {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}
     assert ip.body["tags"]["vpn-session"] and ip.body["tags"] == nic.body["tags"]
