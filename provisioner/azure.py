@@ -3,7 +3,9 @@
 Per session, three dependent PUTs: a Standard static public IP (its address completes the client
 config, which is delivered at once), a NIC (PUT the moment the IP succeeded), and a VM (the moment
 the NIC did) that boots straight into WireGuard from customData and proves its tunnel up before it
-says so. Every operation is polled at our own short interval (ARM's Retry-After of 10 s is capped).
+says so. That way speaks ARM's REST API through azure-core's ARM pipeline, so it never waits for the
+management SDKs to import (they serve reconcile and deletion). Every operation is polled on our
+schedule: ARM's Retry-After (10 s) while it cannot be done yet, then our short interval.
 Delete options make deleting the VM remove its NIC, IP and disk; `destroy` also tries each one and
 reports what Azure still holds. Names derive from the session id and every resource carries this
 deployment's id (OS disks in their name), so creates and deletes are idempotent and reconciliation
