@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 try:
+    import aiohttp  # noqa: F401  (the first package the bot needs: a Python without them is told its name)
+
     from bot import preflight, wiring
     from bot.channels.console import ConsoleChannel, operator_key, qr_style, run_console
     from bot.logs import setup_logging
