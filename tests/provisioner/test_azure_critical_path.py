@@ -1,7 +1,8 @@
 """Issue 25.5: what stands between `/vpn start` and the config, and between the VM and "server up".
 
-- The public IP (the config's only Azure step) is PUT without waiting for the management SDKs to
-  import (half a second of CPU, more on a busy machine): they load while the address is made.
+- A session's way to its config and its server (shared network, public IP, NIC, VM, serial
+  console) never waits for the management SDKs to import (half a second of CPU, seconds on a busy
+  machine): it speaks ARM through azure-core's pipeline; the SDKs serve reconcile and deletion.
 - Polls keep to a schedule: ARM's Retry-After honoured while a step cannot be done yet, then our
   interval on a grid that does not drift, all of a process's polls paced; the serial console is
   not read before the boot script could have run, and its SAS URL is asked for once, not per look.
