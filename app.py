@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 try:
-    from aiohttp import web
+    import aiohttp  # noqa: F401  (the first package the bot needs: a Python without them is told its name)
 
     from bot import preflight, wiring
     from bot.channels.console import ConsoleChannel, operator_key, qr_style, run_console
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(settings: Settings, provider: Provider) -> None:
+    from aiohttp import web  # the server side: `console` and `reap` start without it
+
     host = settings.ops.listen_host
     if settings.ops.dev_mode:
         log.warning("=" * 72)

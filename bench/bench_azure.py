@@ -79,7 +79,8 @@ async def new_design(args, *, warm: bool, after_vm_accepted: bool) -> tuple[list
                                           "VPN_USERS": ",".join(users)})
             provider = AzureProvider(
                 AzureConfig("00000000-0000-0000-0000-000000000001", "rg", "eastus", arm_endpoint=arm_url,
-                            polling_interval=args.poll * args.scale, boot_timeout=600, config_after_vm_accepted=after_vm_accepted),
+                            polling_interval=args.poll * args.scale, boot_timeout=600, config_after_vm_accepted=after_vm_accepted,
+                            watch_scale=args.scale, polls_per_second=8 / args.scale),  # the app's schedule and pace, scaled
                 StaticCredential(),
             )
             channel = Timing()
@@ -106,7 +107,8 @@ async def old_design(args) -> list[float]:
     """The same latencies, the old way: every step waits for the one before; the config is known
     only when Run Command returns the server's key. Polled exactly like the new design."""
     with fake_arm(args) as (arm_url, _):
-        provider = AzureProvider(AzureConfig("sub", "rg", "eastus", arm_endpoint=arm_url, polling_interval=args.poll * args.scale), StaticCredential())
+        provider = AzureProvider(AzureConfig("sub", "rg", "eastus", arm_endpoint=arm_url, polling_interval=args.poll * args.scale,
+                                             watch_scale=args.scale, polls_per_second=8 / args.scale), StaticCredential())
         net, compute = provider.network, provider.compute
 
         async def one(i: int) -> float:
@@ -114,9 +116,9 @@ async def old_design(args) -> list[float]:
             sub_id = f"/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/old-vnet-{i}/subnets/s"
             await provider._lro(net.virtual_networks.begin_create_or_update, f"old-vnet-{i}", {"location": "eastus", "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/24"]}, "subnets": [{"name": "s", "properties": {"addressPrefix": "10.0.0.0/24"}}]}})
             await provider._lro(net.network_security_groups.begin_create_or_update, f"old-nsg-{i}", {"location": "eastus", "properties": {}})
-            ip = await provider._lro(net.public_ip_addresses.begin_create_or_update, f"old-ip-{i}", {"location": "eastus", "sku": {"name": "Standard"}, "properties": {"publicIPAllocationMethod": "Static"}})
-            nic = await provider._lro(net.network_interfaces.begin_create_or_update, f"old-nic-{i}", {"location": "eastus", "properties": {"ipConfigurations": [{"name": "c", "properties": {"subnet": {"id": sub_id}, "publicIPAddress": {"id": ip.id}}}]}})
-            await provider._lro(compute.virtual_machines.begin_create_or_update, f"old-vm-{i}", {"location": "eastus", "properties": {"networkProfile": {"networkInterfaces": [{"id": nic.id}]}}})
+            ip = await provider._lro(net.public_ip_addresses.begin_create_or_update, f"old-ip-{i}", {"location": "eastus", "sku": {"name": "Standard"}, "properties": {"publicIPAllocationMethod": "Static"}}, step="publicIPAddresses")
+            nic = await provider._lro(net.network_interfaces.begin_create_or_update, f"old-nic-{i}", {"location": "eastus", "properties": {"ipConfigurations": [{"name": "c", "properties": {"subnet": {"id": sub_id}, "publicIPAddress": {"id": ip.id}}}]}}, step="networkInterfaces")
+            await provider._lro(compute.virtual_machines.begin_create_or_update, f"old-vm-{i}", {"location": "eastus", "properties": {"networkProfile": {"networkInterfaces": [{"id": nic.id}]}}}, step="virtualMachines")
             await asyncio.sleep(args.run_command * args.scale)  # Run Command: install WireGuard, print the key
             return (time.perf_counter() - t0) / args.scale
 
@@ -159,7 +161,7 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--sessions", type=int, default=1, help="concurrent sessions per run")
     p.add_argument("--scale", type=float, default=0.1, help="run latencies this many times faster")
-    p.add_argument("--poll", type=float, default=0.5, help="our LRO / server-up poll interval (AZURE_POLL_SECONDS)")
+    p.add_argument("--poll", type=float, default=0.25, help="our LRO / server-up poll interval (AZURE_POLL_SECONDS)")
     p.add_argument("--retry-after", type=float, default=10.0, help="what ARM sends in Retry-After")
     p.add_argument("--ip", type=float, default=2.0)
     p.add_argument("--nic", type=float, default=2.0)

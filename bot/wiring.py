@@ -14,10 +14,9 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from aiohttp import web
 
 from bot.access import AccessPolicy
 from bot.channels.deps import ChatDeps
@@ -31,11 +30,6 @@ from bot.engine.policy import Policy
 from bot.engine.service import VpnService
 from bot.engine.tasks import TaskRunner
 from bot.engine.usage import UsageConfig
-from bot.http import metrics as http_metrics
-from bot.http.app import create_app
-from bot.http.health import Health
-from bot.http.ready_callback import ReadyCallback
-from bot.http.startup import Startup
 from bot.http.webhooks import WebhookClient
 from bot.messages import Identity
 from bot.replies import Channel, Outbox
@@ -46,6 +40,11 @@ from bot.store.model import utcnow
 from bot.store.ports import Store
 from cards.model import Card
 from provisioner.base import Provider
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from bot.http.startup import Startup
 
 log = logging.getLogger(__name__)
 STORE_RETRY_MAX_SECONDS = 2.0  # how long at most between tries to open the store at start-up
@@ -322,7 +321,14 @@ async def reap_once(runtime: Runtime) -> str:
 
 def build_http_app(runtime: Runtime, *, wait_seconds: float = 5.0) -> web.Application:
     """Probes, the VM callback and each channel's routes, around one runtime. The port opens before the
-    store does: the cleanup context only starts the opening, in the background (bot/http/startup.py)."""
+    store does: the cleanup context only starts the opening, in the background (bot/http/startup.py).
+    The server side of aiohttp and these routes load here, not with this module: `console` and
+    `reap` serve no HTTP and start without them."""
+    from bot.http.app import create_app
+    from bot.http.health import Health
+    from bot.http.ready_callback import ReadyCallback
+    from bot.http.startup import Startup
+
     startup = Startup(wait_seconds)
     hooks: list[Callable[[web.Application], None]] = [
         Health(runtime.provider.name, runtime.store, startup).register,
@@ -339,6 +345,8 @@ def build_http_app(runtime: Runtime, *, wait_seconds: float = 5.0) -> web.Applic
 
 
 def _lifetime(runtime: Runtime, startup: Startup) -> Callable[[web.Application], AsyncIterator[None]]:
+    from bot.http import metrics as http_metrics
+
     ops = runtime.settings.ops
 
     async def start() -> None:

@@ -3,7 +3,9 @@
 Per session, three dependent PUTs: a Standard static public IP (its address completes the client
 config, which is delivered at once), a NIC (PUT the moment the IP succeeded), and a VM (the moment
 the NIC did) that boots straight into WireGuard from customData and proves its tunnel up before it
-says so. Every operation is polled at our own short interval (ARM's Retry-After of 10 s is capped).
+says so. That way speaks ARM's REST API through azure-core's ARM pipeline, so it never waits for the
+management SDKs to import (they serve reconcile and deletion). Every operation is polled on our
+schedule: ARM's Retry-After (10 s) while it cannot be done yet, then our short interval.
 Delete options make deleting the VM remove its NIC, IP and disk; `destroy` also tries each one and
 reports what Azure still holds. Names derive from the session id and every resource carries this
 deployment's id (OS disks in their name), so creates and deletes are idempotent and reconciliation
@@ -20,8 +22,11 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import math
+import platform
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
@@ -29,8 +34,15 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core import AzureClouds
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.core import __version__ as azure_core_version
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceExistsError, ResourceNotFoundError, map_error
+from azure.core.pipeline import policies
 from azure.core.pipeline.policies import AsyncRetryPolicy, SansIOHTTPPolicy
+from azure.core.polling import AsyncLROPoller
+from azure.core.rest import HttpRequest
+from azure.mgmt.core import AsyncARMPipelineClient
+from azure.mgmt.core.exceptions import ARMErrorFormat
+from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMAutoResourceProviderRegistrationPolicy, AsyncARMChallengeAuthenticationPolicy
 from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 from azure.mgmt.core.tools import get_arm_endpoints
 from cryptography.hazmat.primitives import serialization
@@ -51,58 +63,31 @@ TAG_EXPIRES = "expires-at"
 TAG_STORE = "vpn-store"  # the store's own id: tells a lost store's (or a look-alike deployment's) resources from ours
 ADMIN_USER = "vpnadmin"
 
-IMAGES: dict = {}  # name -> ImageReference, filled by _load_sdk()
+IMAGES = {  # AZURE_IMAGE -> the VM's imageReference
+    "ubuntu": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "minimal", "version": "latest"},
+    # The corevm offer needs no marketplace plan or terms (the -free offer does).
+    "flatcar": {"publisher": "kinvolk", "offer": "flatcar-container-linux-corevm-amd64", "sku": "stable-gen2", "version": "latest"},
+}
+# A session's way to "server up" (the shared network, public IP, NIC, VM, its instance view and boot
+# diagnostics) speaks ARM's REST API through azure-core's ARM pipeline (`_arm_client`): the bodies
+# are ARM's JSON, at the api-versions the management SDKs use (a test holds them equal). The SDK
+# clients serve reconcile and deletion, off that path.
+NETWORK_API_VERSION = "2026-03-01"
+COMPUTE_API_VERSION = "2026-04-01"
 _sdk_loaded = False
 
 
 def _load_sdk() -> None:
-    """Import the management SDKs (about half a second of CPU) when the first client is built, not at
-    start-up: a replica woken by a message answers it without them. Binds the names used below."""
+    """Import the management SDKs (about half a second of CPU; a second or more on a busy machine)
+    when reconcile or a deletion first needs them, never on a session's way to its config and its
+    server: a replica woken by a message answers it without them. Binds the names used below."""
     global _sdk_loaded, ComputeManagementClient, NetworkManagementClient
-    global BootDiagnostics, DiagnosticsProfile
-    global HardwareProfile, ImageReference, LinuxConfiguration, ManagedDiskParameters, NetworkInterfaceReference
-    global NetworkProfile, OSDisk, OSProfile, SshConfiguration, SshPublicKey, StorageProfile, VirtualMachine
-    global AddressSpace, NetworkInterface, NetworkInterfaceIPConfiguration, NetworkSecurityGroup, PublicIPAddress
-    global PublicIPAddressSku, SecurityRule, Subnet, VirtualNetwork
     if _sdk_loaded:
         return
     from azure.mgmt.compute.aio import ComputeManagementClient
-    from azure.mgmt.compute.models import (
-        BootDiagnostics,
-        DiagnosticsProfile,
-        HardwareProfile,
-        ImageReference,
-        LinuxConfiguration,
-        ManagedDiskParameters,
-        NetworkInterfaceReference,
-        NetworkProfile,
-        OSDisk,
-        OSProfile,
-        SshConfiguration,
-        SshPublicKey,
-        StorageProfile,
-        VirtualMachine,
-    )
     from azure.mgmt.network.aio import NetworkManagementClient
-    from azure.mgmt.network.models import (
-        AddressSpace,
-        NetworkInterface,
-        NetworkInterfaceIPConfiguration,
-        NetworkSecurityGroup,
-        PublicIPAddress,
-        PublicIPAddressSku,
-        SecurityRule,
-        Subnet,
-        VirtualNetwork,
-    )
 
-    IMAGES.update(
-        {
-            "ubuntu": ImageReference(publisher="Canonical", offer="ubuntu-24_04-lts", sku="minimal", version="latest"),
-            # The corevm offer needs no marketplace plan or terms (the -free offer does).
-            "flatcar": ImageReference(publisher="kinvolk", offer="flatcar-container-linux-corevm-amd64", sku="stable-gen2", version="latest"),
-        }
-    )
+    platform.platform()  # cached for the SDK clients' user agent: its `uname -p` subprocess runs here, not on the event loop
     _sdk_loaded = True
 
 
@@ -117,15 +102,69 @@ VM_PRICES = {
 }
 EXTRAS_PER_HOUR = 0.005 + 0.0021
 CONSOLE_BACKOFF_MAX = 30.0  # seconds between serial-console reads while boot diagnostics keep failing
+SERIAL_LOG_SAS_MINUTES = 5  # how long a serial log SAS URL is asked to last (reused for 80 % of that)
 BOOT_DIAGNOSTICS_ACTION = "Microsoft.Compute/virtualMachines/retrieveBootDiagnosticsData/action"
 
 
+# When each step could first be done, in seconds after ARM accepted it (public reports: a Standard
+# public IP or a NIC in 1-3 s, a small Linux VM in 27-48 s; the boot script a few seconds after the
+# VM's Succeeded). Until then ARM's Retry-After is honoured (never past this point) and the serial
+# console is not read; from then on the step is polled every AZURE_POLL_SECONDS. Scaled by
+# AzureConfig.watch_scale (0: every step polled at our interval from its start).
+WATCH_AFTER = {"publicIPAddresses": 1.0, "networkInterfaces": 1.0, "virtualMachines": 25.0, "boot": 3.0}
+
+
+def poll_delay(elapsed: float, offered: float, interval: float, watch_after: float = 0.0) -> float:
+    """Seconds until the next poll of an operation ARM accepted `elapsed` seconds ago, which it asks
+    us to poll again in `offered` (Retry-After, else our interval). Before `watch_after`: ARM's pace,
+    but not past `watch_after`. From then on: the next point of a grid `interval` apart counted from
+    `watch_after`, so polls do not drift later by their round trips; ARM's pace when it is faster."""
+    if interval <= 0:
+        return 0.0
+    if elapsed < watch_after:
+        return max(0.0, min(offered, watch_after - elapsed))
+    ahead = interval - (elapsed - watch_after) % interval
+    return min(offered, ahead if ahead > interval * 0.05 else ahead + interval)
+
+
+class Pace:
+    """At most `rate` polls a second from this process, in bursts of up to `burst` (the generic cell
+    rate algorithm): `slot(at)` says when a poll wanted at `at` (time.monotonic()) may go. ARM allows
+    a subscription's principal 25 reads a second (a bucket of 250) across every replica and reconcile;
+    the default 8 a second per process leaves room for three. 0: unpaced."""
+
+    def __init__(self, rate: float, burst: int = 8) -> None:
+        self._step = 1.0 / rate if rate > 0 else 0.0
+        self._tolerance = self._step * max(0, burst - 1)
+        self._tat = -math.inf  # the theoretical arrival time of the next poll
+
+    def slot(self, at: float) -> float:
+        if not self._step:
+            return at
+        go = max(at, self._tat - self._tolerance)
+        self._tat = max(self._tat, go) + self._step
+        return go
+
+
 class CappedPolling(AsyncARMPolling):
-    """ARM's long-running-operation polling, waiting at most our interval between polls: ARM's
-    `Retry-After` (commonly 10 s) is a hint, honoured only when it is shorter."""
+    """ARM's long-running-operation polling on our schedule (`poll_delay`): ARM's `Retry-After`
+    (commonly 10 s) is honoured only while the operation cannot be done yet, the grid counts from
+    ARM's answer to the request, and each poll takes a slot of the process's `Pace`."""
+
+    def __init__(self, interval: float, *, watch_after: float = 0.0, pace: Pace | None = None, **kwargs: Any) -> None:
+        super().__init__(interval, **kwargs)
+        self._watch_after = watch_after
+        self._pace = pace
+        self._accepted = time.monotonic()
+
+    def initialize(self, client: Any, initial_response: Any, deserialization_callback: Any) -> None:
+        self._accepted = time.monotonic()  # ARM has answered the request: the operation runs from here
+        super().initialize(client, initial_response, deserialization_callback)
 
     def _extract_delay(self) -> float:
-        return min(super()._extract_delay(), self._timeout)
+        now = time.monotonic()
+        delay = poll_delay(now - self._accepted, super()._extract_delay(), self._timeout, self._watch_after)
+        return self._pace.slot(now + delay) - now if self._pace is not None else delay
 
 
 class JitteredRetryPolicy(AsyncRetryPolicy):
@@ -247,6 +286,9 @@ class _Boot:
 
     console_failures: int = 0
     console_error: str = ""
+    agent_ready: bool = False  # the VM agent said Ready once: from then on only the serial log is read
+    log_url: str = field(default="", repr=False)  # the serial log's SAS URL: a credential, never logged
+    log_url_until: float = 0.0  # time.monotonic() after which a new one is asked for
 
 
 @dataclass
@@ -283,6 +325,8 @@ class AzureProvider:
             kwargs["per_call_policies"] = [_AllowLoopbackHttp()]
         self._client_kwargs = kwargs
         self._compute = self._network = None  # built on first use (see _load_sdk)
+        self._sdk: asyncio.Future | None = None  # _load_sdk in a worker thread, shared by everyone waiting for it
+        self._arm: AsyncARMPipelineClient | None = None  # the ARM pipeline of a session's way to "server up" (_arm_send)
         self._shared: dict[str, asyncio.Task] = {}  # region -> task making sure VNet and NSG exist
         self._pending: dict[str, _Pending] = {}
         self._ssh_key = config.ssh_public_key
@@ -292,11 +336,18 @@ class AzureProvider:
         self._left_alone = LeftAloneReport(log)  # what reconcile leaves alone, told once per change
         self.clock: Callable[[], datetime] = _utcnow  # when tagged resources of another store count as expired
         self._http: aiohttp.ClientSession | None = None  # boot diagnostics blobs
+        self._pace = Pace(config.polls_per_second)  # every status poll and console read of this process
+
+    def _load_sdk_soon(self) -> asyncio.Future:
+        """Start importing the SDKs in a worker thread (once; again after a failure) without waiting for it."""
+        if self._sdk is None or (self._sdk.done() and (self._sdk.cancelled() or self._sdk.exception() is not None)):
+            self._sdk = asyncio.ensure_future(asyncio.to_thread(_load_sdk))
+        return self._sdk
 
     async def _clients(self) -> None:
         """Build the SDK clients, importing the SDKs in a worker thread so the event loop keeps serving."""
         if self._compute is None:
-            await asyncio.to_thread(_load_sdk)
+            await asyncio.shield(self._load_sdk_soon())
             self._build_clients()
 
     def _build_clients(self) -> None:
@@ -345,12 +396,72 @@ class AzureProvider:
     def _id(self, rtype: str, name: str) -> str:
         return f"/subscriptions/{self.config.subscription_id}/resourceGroups/{self.config.resource_group}/providers/{rtype}/{name}"
 
-    def _polling(self) -> CappedPolling:
-        """A fresh polling method per operation (they keep state)."""
-        return CappedPolling(self.config.polling_interval, path_format_arguments={"endpoint": self.config.arm_endpoint})
+    def _watch(self, step: str) -> float:
+        return WATCH_AFTER.get(step, 0.0) * self.config.watch_scale
 
-    async def _lro(self, begin, *args, **kwargs):
-        return await (await begin(self.config.resource_group, *args, polling=self._polling(), **kwargs)).result()
+    def _polling(self, step: str = "") -> CappedPolling:
+        """A fresh polling method per operation (they keep state); `step`: a key of WATCH_AFTER."""
+        return CappedPolling(self.config.polling_interval, watch_after=self._watch(step), pace=self._pace,
+                             path_format_arguments={"endpoint": self.config.arm_endpoint})
+
+    async def _lro(self, begin, *args, step: str = "", **kwargs):
+        return await (await begin(self.config.resource_group, *args, polling=self._polling(step), **kwargs)).result()
+
+    def _arm_client(self) -> AsyncARMPipelineClient:
+        """azure-core's ARM pipeline with the policies the management clients build (retry with jitter,
+        ARM's bearer challenge, provider registration, logging without secrets), for a session's way
+        to "server up", which thus never waits for those clients' modules to load."""
+        if self._arm is None:
+            kw = self._client_kwargs
+            self._arm = AsyncARMPipelineClient(
+                base_url=self.config.arm_endpoint,
+                per_call_policies=list(kw.get("per_call_policies", [])),
+                policies=[
+                    policies.RequestIdPolicy(),
+                    policies.HeadersPolicy(),
+                    # platform.platform() (the SDK's default) runs `uname -p` in a subprocess: not before the first PUT.
+                    policies.UserAgentPolicy(base_user_agent=f"vpn-bot azsdk-python-core/{azure_core_version} Python/{platform.python_version()}"),
+                    policies.ProxyPolicy(),
+                    policies.ContentDecodePolicy(),
+                    AsyncARMAutoResourceProviderRegistrationPolicy(),
+                    policies.AsyncRedirectPolicy(),
+                    kw["retry_policy"],
+                    AsyncARMChallengeAuthenticationPolicy(self._credential, *self.credential_scopes),
+                    policies.CustomHookPolicy(),
+                    policies.NetworkTraceLoggingPolicy(),
+                    policies.DistributedTracingPolicy(),
+                    policies.SensitiveHeaderCleanupPolicy(),
+                    ARMHttpLoggingPolicy(),
+                ],
+            )
+        return self._arm
+
+    async def _arm_send(self, method: str, path: str, api_version: str, body: Any = None, **params: str) -> Any:
+        """One ARM request through `_arm_client`; HttpResponseError (ResourceNotFoundError for a 404)
+        as the SDK's operations raise it. Returns azure-core's pipeline response."""
+        client = self._arm_client()
+        request = HttpRequest(method, client.format_url(path), params={**params, "api-version": api_version},
+                              headers={"Accept": "application/json"}, json=body)
+        response = await client._pipeline.run(request, stream=False)  # what the generated operations call
+        status = response.http_response.status_code
+        if status not in ((200, 201) if method == "PUT" else (200,)):
+            map_error(status_code=status, response=response.http_response,
+                      error_map={401: ClientAuthenticationError, 404: ResourceNotFoundError, 409: ResourceExistsError})
+            raise HttpResponseError(response=response.http_response, error_format=ARMErrorFormat)
+        return response
+
+    async def _arm_get(self, rtype: str, name: str, api_version: str, **params: str) -> dict:
+        response = await self._arm_send("GET", self._id(rtype, name), api_version, **params)
+        return response.http_response.json()
+
+    async def _arm_begin_put(self, rtype: str, name: str, body: dict, api_version: str, *, step: str = "") -> AsyncLROPoller:
+        """PUT a resource; returns once ARM accepted it, with the poller (ARM's polling on our
+        schedule) whose result is the resource's JSON once it succeeded."""
+        initial = await self._arm_send("PUT", self._id(rtype, name), api_version, body)
+        return AsyncLROPoller(self._arm_client(), initial, lambda final: final.http_response.json(), self._polling(step))
+
+    async def _arm_put(self, rtype: str, name: str, body: dict, api_version: str, *, step: str = "") -> dict:
+        return await (await self._arm_begin_put(rtype, name, body, api_version, step=step)).result()
 
     def _names(self, session_id: str) -> dict[str, str]:
         return _names(session_id, self._deployment)
@@ -376,25 +487,21 @@ class AzureProvider:
         """Reserve the public IP and return once its address is known (the client config is then
         complete). The NIC and VM start at once in the background; `wait_ready` waits for them."""
         names, region = self._names(spec.session_id), spec.region
-        await self._clients()
         await progress("reserving address")
         self._ssh_public_key_task()  # CPU work in a thread, done long before the VM PUT needs it
         shared = self._shared_network(region)  # never on the config's path; the NIC waits for it
+        body = {
+            "location": region,
+            "tags": self._tags(spec),
+            "sku": {"name": "Standard", "tier": "Regional"},
+            "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"},
+        }
         try:
-            ip = await self._lro(
-                self.network.public_ip_addresses.begin_create_or_update,
-                names["ip"],
-                PublicIPAddress(
-                    location=region,
-                    tags=self._tags(spec),
-                    sku=PublicIPAddressSku(name="Standard", tier="Regional"),
-                    public_ip_allocation_method="Static",
-                    public_ip_address_version="IPv4",
-                ),
-            )
+            ip = await self._arm_put("Microsoft.Network/publicIPAddresses", names["ip"], body, NETWORK_API_VERSION, step="publicIPAddresses")
         except HttpResponseError as exc:
             raise _friendly(exc, "public IP") from exc
-        if not ip.ip_address:
+        ip_id, address = ip.get("id") or self._id("Microsoft.Network/publicIPAddresses", names["ip"]), (ip.get("properties") or {}).get("ipAddress")
+        if not address:
             raise ProvisionError("Azure did not assign an address", detail=f"public IP {names['ip']} has no ip_address")
         net = ipaddress.ip_network(self.config.tunnel_network)
         hosts = iter(net.hosts())
@@ -411,7 +518,7 @@ class AzureProvider:
         await self._forget(spec.session_id)
         accepted = asyncio.Event()
         task = asyncio.get_running_loop().create_task(
-            self._nic_and_vm(spec, server, ip.id, shared, accepted), name=f"azure-vm:{spec.session_id}"
+            self._nic_and_vm(spec, server, ip_id, shared, accepted), name=f"azure-vm:{spec.session_id}"
         )
         del server  # the private key now lives only in that task, until the VM PUT has sent it
         self._pending[spec.session_id] = _Pending(task, accepted)
@@ -425,7 +532,7 @@ class AzureProvider:
         dns = tuple(self.config.dns) or ((str(server_ip),) if self.tunnel_dns else ())
         return ServerInfo(
             resource_id=names["vm"],
-            endpoint=f"{ip.ip_address}:{self.config.listen_port}",
+            endpoint=f"{address}:{self.config.listen_port}",
             server_public_key=server_public,
             client_address=f"{client_ip}/32",
             region=region,
@@ -437,65 +544,58 @@ class AzureProvider:
 
     async def _nic_and_vm(self, spec: ServerSpec, server: ServerConfig, ip_id: str, shared: asyncio.Task, accepted: asyncio.Event) -> None:
         """NIC (as soon as the IP exists and the shared network is there), then the VM until Succeeded."""
-        names, rg = self._names(spec.session_id), self.config.resource_group
+        names = self._names(spec.session_id)
         subnet_id, nsg_id = await asyncio.shield(shared)
+        nic_body = {
+            "location": spec.region,
+            "tags": self._tags(spec),
+            "properties": {
+                "networkSecurityGroup": {"id": nsg_id},
+                "ipConfigurations": [{
+                    "name": "ipconfig1",
+                    "properties": {
+                        "subnet": {"id": subnet_id},
+                        "privateIPAllocationMethod": "Dynamic",
+                        "publicIPAddress": {"id": ip_id, "properties": {"deleteOption": "Delete"}},
+                    },
+                }],
+            },
+        }
         try:
-            nic = await self._lro(
-                self.network.network_interfaces.begin_create_or_update,
-                names["nic"],
-                NetworkInterface(
-                    location=spec.region,
-                    tags=self._tags(spec),
-                    network_security_group=NetworkSecurityGroup(id=nsg_id),
-                    ip_configurations=[
-                        NetworkInterfaceIPConfiguration(
-                            name="ipconfig1",
-                            subnet=Subnet(id=subnet_id),
-                            private_ip_allocation_method="Dynamic",
-                            public_ip_address=PublicIPAddress(id=ip_id, delete_option="Delete"),
-                        )
-                    ],
-                ),
-            )
+            nic = await self._arm_put("Microsoft.Network/networkInterfaces", names["nic"], nic_body, NETWORK_API_VERSION, step="networkInterfaces")
         except HttpResponseError as exc:
             if _code(exc) in ("InvalidResourceReference", "ReferencedResourceNotProvisioned"):
                 self._shared.pop(spec.region, None)  # the shared network went away: look again next time
             raise _friendly(exc, "network interface") from exc
         render = bootconfig.ignition if self.config.image == "flatcar" else bootconfig.cloud_config
         boot = render(server, callback_url=spec.callback_url, tunnel_dns=self.tunnel_dns)
-        vm = VirtualMachine(
-            location=spec.region,
-            tags=self._tags(spec),
-            hardware_profile=HardwareProfile(vm_size=self.config.vm_size),
-            storage_profile=StorageProfile(
-                image_reference=IMAGES[self.config.image],
-                os_disk=OSDisk(
-                    name=names["disk"],
-                    create_option="FromImage",
-                    delete_option="Delete",
-                    managed_disk=ManagedDiskParameters(storage_account_type="Standard_LRS"),
-                ),
-            ),
-            os_profile=OSProfile(
-                computer_name=names["vm"],
-                admin_username=ADMIN_USER,
-                custom_data=bootconfig.custom_data(boot),
-                linux_configuration=LinuxConfiguration(
-                    disable_password_authentication=True,
-                    ssh=SshConfiguration(
-                        public_keys=[SshPublicKey(path=f"/home/{ADMIN_USER}/.ssh/authorized_keys", key_data=await self._ssh_public_key())]
-                    ),
-                ),
-            ),
-            network_profile=NetworkProfile(
-                network_interfaces=[NetworkInterfaceReference(id=nic.id, primary=True, delete_option="Delete")]
-            ),
-            # Managed boot diagnostics: the serial log is the fallback proof that the tunnel is up.
-            diagnostics_profile=DiagnosticsProfile(boot_diagnostics=BootDiagnostics(enabled=True)),
-        )
+        vm = {
+            "location": spec.region,
+            "tags": self._tags(spec),
+            "properties": {
+                "hardwareProfile": {"vmSize": self.config.vm_size},
+                "storageProfile": {
+                    "imageReference": IMAGES[self.config.image],
+                    "osDisk": {"name": names["disk"], "createOption": "FromImage", "deleteOption": "Delete",
+                               "managedDisk": {"storageAccountType": "Standard_LRS"}},
+                },
+                "osProfile": {
+                    "computerName": names["vm"],
+                    "adminUsername": ADMIN_USER,
+                    "customData": bootconfig.custom_data(boot),
+                    "linuxConfiguration": {
+                        "disablePasswordAuthentication": True,
+                        "ssh": {"publicKeys": [{"path": f"/home/{ADMIN_USER}/.ssh/authorized_keys", "keyData": await self._ssh_public_key()}]},
+                    },
+                },
+                "networkProfile": {"networkInterfaces": [{"id": nic["id"], "properties": {"primary": True, "deleteOption": "Delete"}}]},
+                # Managed boot diagnostics: the serial log is the fallback proof that the tunnel is up.
+                "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
+            },
+        }
         del boot, server
         try:
-            poller = await self.compute.virtual_machines.begin_create_or_update(rg, names["vm"], vm, polling=self._polling())
+            poller = await self._arm_begin_put("Microsoft.Compute/virtualMachines", names["vm"], vm, COMPUTE_API_VERSION, step="virtualMachines")
             del vm
             accepted.set()
             await poller.result()
@@ -504,7 +604,6 @@ class AzureProvider:
 
     async def wait_ready(self, spec: ServerSpec, progress: ProgressFn) -> None:
         """NIC and VM created, then a positive "tunnel up" signal, or ProvisionError."""
-        await self._clients()
         pending = self._pending.get(spec.session_id)
         if pending is None:
             raise ProvisionError("the server's set-up was lost; please start again", detail="wait_ready without create")
@@ -543,7 +642,9 @@ class AzureProvider:
         interval = max(self.config.polling_interval, 0.01)
         # With a callback coming, the console is only the fallback: look there less often.
         console_every = interval * (10 if _has_callback(spec) else 1)
-        next_console = loop.time()
+        start = loop.time()
+        watch = self._watch("boot")  # the boot script cannot be done the moment the VM is: no console reads before
+        next_console = start + watch
         while True:
             if spec.server_up is not None:
                 try:
@@ -552,9 +653,11 @@ class AzureProvider:
                 except Exception:  # the store hiccuped: look again next round (the console still counts)
                     log.warning("%s: could not read the server-up record; trying again", name, exc_info=True)
             if loop.time() >= next_console:
-                next_console = loop.time() + console_every
+                await self._paced()
                 try:
-                    up = await self._console_says_up(name)
+                    up = await self._console_says_up(name, boot)
+                    now = loop.time()
+                    next_console = now + poll_delay(now - start, console_every, console_every, watch)  # on its grid: no drift
                 except _ConsoleUnavailable as exc:
                     boot.console_failures += 1
                     boot.console_error = str(exc)
@@ -570,7 +673,8 @@ class AzureProvider:
                         boot.console_failures = 0
                     if up:
                         return "serial console"
-            await asyncio.sleep(interval)
+            now = loop.time()
+            await asyncio.sleep(min(next_console, now + poll_delay(now - start, interval, interval)) - now)
 
     async def _console_unavailable(self, spec: ServerSpec, name: str, exc: _ConsoleUnavailable, progress: ProgressFn) -> None:
         """One line for the admin (no traceback: it is configuration or Azure, not a bug), one sentence for the user."""
@@ -584,29 +688,46 @@ class AzureProvider:
         else:
             await progress("server booting; its boot log, the server's own proof that the tunnel is up, cannot be read right now (an admin has been told)")
 
-    async def _console_says_up(self, name: str) -> bool:
-        """Whether the serial console shows the boot script's line; _ConsoleUnavailable when Azure will not say."""
-        rg = self.config.resource_group
-        try:
-            vm = await self.compute.virtual_machines.get(rg, name, expand="instanceView")
-        except AzureError as exc:
-            raise _ConsoleUnavailable("instance view", _azure_code(exc)) from None
-        view = vm.instance_view
-        codes = {s.code for s in (view.statuses or [])} if view else set()
-        agent = {s.display_status for s in (view.vm_agent.statuses or [])} if view and view.vm_agent else set()
-        if "PowerState/running" not in codes or "Ready" not in agent:
-            return False
-        try:
-            blobs = await self.compute.virtual_machines.retrieve_boot_diagnostics_data(rg, name, sas_uri_expiration_time_in_minutes=5)
-        except AzureError as exc:
-            raise _ConsoleUnavailable("boot diagnostics", _azure_code(exc)) from None
-        if not blobs.serial_console_log_blob_uri:
-            return False
+    async def _paced(self) -> None:
+        """Wait for this process's next poll slot (Pace)."""
+        now = time.monotonic()
+        wait = self._pace.slot(now) - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _console_says_up(self, name: str, boot: _Boot) -> bool:
+        """Whether the serial console shows the boot script's line; _ConsoleUnavailable when Azure will not say.
+
+        The VM's instance view until its agent is Ready, then one boot diagnostics request for a SAS
+        URL of the serial log (an ARM POST) that later reads reuse until it nears its expiry or stops
+        answering: the close reads near the end of the boot go to storage, not to ARM."""
+        rtype = "Microsoft.Compute/virtualMachines"
+        if not boot.agent_ready:
+            try:
+                vm = await self._arm_get(rtype, name, COMPUTE_API_VERSION, **{"$expand": "instanceView"})
+            except AzureError as exc:
+                raise _ConsoleUnavailable("instance view", _azure_code(exc)) from None
+            view = (vm.get("properties") or {}).get("instanceView") or {}
+            codes = {s.get("code") for s in view.get("statuses") or []}
+            agent = {s.get("displayStatus") for s in (view.get("vmAgent") or {}).get("statuses") or []}
+            if "PowerState/running" not in codes or "Ready" not in agent:
+                return False
+            boot.agent_ready = True
+        if not boot.log_url or time.monotonic() >= boot.log_url_until:
+            try:
+                blobs = (await self._arm_send("POST", f"{self._id(rtype, name)}/retrieveBootDiagnosticsData", COMPUTE_API_VERSION,
+                                              sasUriExpirationTimeInMinutes=str(SERIAL_LOG_SAS_MINUTES))).http_response.json()
+            except AzureError as exc:
+                raise _ConsoleUnavailable("boot diagnostics", _azure_code(exc)) from None
+            if not blobs.get("serialConsoleLogBlobUri"):
+                return False
+            boot.log_url, boot.log_url_until = blobs["serialConsoleLogBlobUri"], time.monotonic() + SERIAL_LOG_SAS_MINUTES * 60 * 0.8
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
         try:  # the SAS URL is a credential: never logged
-            async with self._http.get(blobs.serial_console_log_blob_uri) as resp:
+            async with self._http.get(boot.log_url) as resp:
                 if resp.status != 200:
+                    boot.log_url = ""  # expired or replaced: ask for a new one next time
                     return False
                 text = await resp.text(errors="replace")
         except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -641,22 +762,16 @@ class AzureProvider:
             task = self._shared[region] = asyncio.get_running_loop().create_task(self._ensure_shared(region), name=f"azure-shared:{region}")
         return task
 
-    def _security_rules(self) -> list[SecurityRule]:
-        rules = [
-            SecurityRule(
-                name="allow-wireguard", protocol="Udp", direction="Inbound", access="Allow", priority=100,
-                source_address_prefix="*", source_port_range="*", destination_address_prefix="*",
-                destination_port_range=str(self.config.listen_port),
-            )
-        ]
+    def _security_rules(self) -> list[dict]:
+        def rule(name: str, protocol: str, priority: int, source: str, port: str) -> dict:
+            return {"name": name, "properties": {
+                "protocol": protocol, "direction": "Inbound", "access": "Allow", "priority": priority,
+                "sourceAddressPrefix": source, "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": port,
+            }}
+
+        rules = [rule("allow-wireguard", "Udp", 100, "*", str(self.config.listen_port))]
         if self.config.ssh_public_key and self.config.ssh_source:
-            rules.append(
-                SecurityRule(
-                    name="allow-ssh-admin", protocol="Tcp", direction="Inbound", access="Allow", priority=110,
-                    source_address_prefix=self.config.ssh_source, source_port_range="*", destination_address_prefix="*",
-                    destination_port_range="22",
-                )
-            )
+            rules.append(rule("allow-ssh-admin", "Tcp", 110, self.config.ssh_source, "22"))
         return rules
 
     async def _ensure_shared(self, region: str) -> tuple[str, str]:
@@ -665,21 +780,27 @@ class AzureProvider:
         vnet_name, nsg_name, subnet_id, nsg_id = self._shared_ids(region)
         tags = {TAG_MANAGED_BY: self.config.instance_name, "role": "shared"}
         rules = self._security_rules()
-        wanted_rules = {(r.name, r.destination_port_range, r.source_address_prefix) for r in rules}
 
-        async def ensure(operations, name, body, fits) -> None:
+        def rule_keys(found: list[dict]) -> set[tuple]:
+            return {(r.get("name"), (r.get("properties") or {}).get("destinationPortRange"), (r.get("properties") or {}).get("sourceAddressPrefix"))
+                    for r in found}
+
+        wanted_rules = rule_keys(rules)
+
+        async def ensure(rtype: str, name: str, body: dict, fits: Callable[[dict], bool]) -> None:
             for _ in range(60):
                 try:
-                    current = await operations.get(self.config.resource_group, name)
+                    current: dict | None = await self._arm_get(rtype, name, NETWORK_API_VERSION)
                 except ResourceNotFoundError:
                     current = None
-                if current is not None and current.provisioning_state in ("Creating", "Updating"):
+                state = ((current or {}).get("properties") or {}).get("provisioningState")
+                if current is not None and state in ("Creating", "Updating"):
                     await asyncio.sleep(self.config.polling_interval or 0.05)  # someone else is making it
                     continue
-                if current is not None and current.provisioning_state == "Succeeded" and fits(current):
+                if current is not None and state == "Succeeded" and fits(current.get("properties") or {}):
                     return
                 try:
-                    await self._lro(operations.begin_create_or_update, name, body)
+                    await self._arm_put(rtype, name, body, NETWORK_API_VERSION)
                     return
                 except HttpResponseError as exc:
                     if exc.status_code != 409:  # 409: another replica's PUT is running; look again
@@ -687,20 +808,15 @@ class AzureProvider:
                     await asyncio.sleep(self.config.polling_interval or 0.05)
             raise ProvisionError("the shared network did not settle", detail=f"{name} stays busy")
 
-        vnet_body = VirtualNetwork(
-            location=region,
-            tags=tags,
-            address_space=AddressSpace(address_prefixes=[self.config.vnet_prefix]),
-            subnets=[Subnet(name="vpn", address_prefix=self.config.vnet_prefix)],
-        )
-        nsg_body = NetworkSecurityGroup(location=region, tags=tags, security_rules=rules)
+        vnet_body = {"location": region, "tags": tags, "properties": {
+            "addressSpace": {"addressPrefixes": [self.config.vnet_prefix]},
+            "subnets": [{"name": "vpn", "properties": {"addressPrefix": self.config.vnet_prefix}}],
+        }}
+        nsg_body = {"location": region, "tags": tags, "properties": {"securityRules": rules}}
         try:
             await asyncio.gather(
-                ensure(self.network.virtual_networks, vnet_name, vnet_body, lambda v: any(s.name == "vpn" for s in v.subnets or [])),
-                ensure(
-                    self.network.network_security_groups, nsg_name, nsg_body,
-                    lambda n: {(r.name, r.destination_port_range, r.source_address_prefix) for r in n.security_rules or []} == wanted_rules,
-                ),
+                ensure("Microsoft.Network/virtualNetworks", vnet_name, vnet_body, lambda v: any(s.get("name") == "vpn" for s in v.get("subnets") or [])),
+                ensure("Microsoft.Network/networkSecurityGroups", nsg_name, nsg_body, lambda n: rule_keys(n.get("securityRules") or []) == wanted_rules),
             )
         except HttpResponseError as exc:
             raise _friendly(exc, "shared network") from exc
@@ -822,6 +938,8 @@ class AzureProvider:
         await asyncio.gather(*self._shared.values(), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        if self._arm is not None:
+            await self._arm.close()
         if self._compute is not None:
             await self._compute.close()
             await self._network.close()

@@ -33,9 +33,11 @@ class AzureConfig:
     dns: Sequence[str] = ()  # WG_DNS; empty with a full tunnel: a resolver on the VM's tunnel address
     full_tunnel: bool = True
     boot_timeout: float = 300.0
-    # Our own poll interval for every long-running operation: ARM's Retry-After (commonly 10 s) is
-    # capped at it, since each of the steps on the way to "server up" would otherwise lose that much.
-    polling_interval: float = 0.5
+    # Our own poll interval for every long-running operation once it could be done (before that,
+    # ARM's Retry-After, commonly 10 s: provisioner/azure.py WATCH_AFTER), and for "server up".
+    polling_interval: float = 0.25
+    watch_scale: float = 1.0  # multiplies WATCH_AFTER; 0: poll every step at our interval from its start (tests)
+    polls_per_second: float = 8.0  # this process's status polls and console reads, all sessions together; 0: unpaced
     # Deliver the config only once the VM PUT is accepted (refusals such as quota or SKU then never
     # leave a dead config), instead of as soon as the address is known. See docs/azure.md.
     config_after_vm_accepted: bool = False

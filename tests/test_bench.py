@@ -16,6 +16,8 @@ SCRIPTS = sorted((ROOT / "bench").glob("*.py"))
 # The smallest run of each benchmark (a few seconds each), and a line its report always has.
 SMALLEST = {
     "bench_azure.py": (["--runs", "1", "--scale", "0.01", "--retry-after", "0"], "old design"),
+    "bench_azure_exec.py": (["--runs", "1", "--bytecode", "none", "--ip", "0.1", "--nic", "0.1", "--vm", "0.3", "--boot", "0.2", "--retry-after", "1"],
+                            "from exec of the console"),
     "bench_aws.py": (["--runs", "1", "--scale", "0.01", "--cases", "warm"], "server up:"),
     "bench_chat.py": (["--rounds", "1", "--window", "4", "--help-seconds", "0.5", "--start-rate", "4", "--start-seconds", "0.5", "--drain", "5"],
                       "project/floor"),

@@ -19,7 +19,7 @@ def read(r: Reader, *, provider: ProviderSettings, ops: OpsSettings, sessions: S
     ssh_public_key = r.text("AZURE_SSH_PUBLIC_KEY", "")
     ssh_source = r.text("AZURE_SSH_SOURCE", "")
     boot_timeout = r.number("AZURE_BOOT_TIMEOUT_SECONDS", 300.0, 10.0, 3600.0)
-    poll_seconds = r.number("AZURE_POLL_SECONDS", 0.5, 0.0, 60.0)
+    poll_seconds = r.number("AZURE_POLL_SECONDS", 0.25, 0.0, 60.0)
     hourly_cost = r.number("AZURE_HOURLY_COST", 0.0, 0.0, 1000.0)
     if provider.kind != "azure":
         return None

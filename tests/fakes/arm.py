@@ -15,7 +15,8 @@ It follows real ARM where speed, cost and correctness depend on it (see shared r
 - DELETE answers 202 + `Location` (202 while running, then 200); a missing resource is 404 on GET
   and 204 on DELETE. Deleting a VM removes its NIC, public IP and disk when their deleteOption is
   Delete. OS disks carry no tags (they do not inherit the VM's).
-- The instance view has power state and VM agent statuses (`Not Ready` until booted). Boot
+- The instance view has power state and VM agent statuses (`Not Ready` until booted, or until
+  `agent_ready_early` seconds before, as cloud-init reports ready before its last steps). Boot
   diagnostics serve a serial log; a VM that boots well writes `vpn-wg-up <name>` there and, with
   `calls_back`, POSTs the callback URL its customData names, as the real boot script does.
 Every request is recorded; request faults (status bursts) and per-call latency can be injected.
@@ -112,6 +113,7 @@ class FakeArm:
     retry_after: int = 10  # what ARM puts in Retry-After on PUTs and operation polls
     vm_agent_ready: bool = True
     boot_seconds: float = 0.0  # after the VM PUT completes, until its boot script has run
+    agent_ready_early: float = 0.0  # the VM agent says Ready this long before the boot script is done (cloud-init reports early)
     boot_ok: bool = True  # False: the WireGuard step fails (the agent still turns Ready, as cloud-init reports early)
     calls_back: bool = True  # a VM that booted well POSTs the callback URL in its customData
     nic_reserved_seconds: float = 180.0
@@ -435,8 +437,7 @@ class FakeArm:
 
     def _instance_view(self, vm: dict) -> dict:
         state = self._state(vm)
-        booted = self._booted(vm)
-        ready = self.vm_agent_ready and booted
+        ready = self.vm_agent_ready and state == "Succeeded" and self._now() >= vm.get("_booted_at", 0.0) - self.agent_ready_early
         if ready:
             agent = {"vmAgentVersion": "2.12.0.2", "statuses": [
                 {"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": "Ready", "message": "Guest Agent is running"}]}

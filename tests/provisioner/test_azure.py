@@ -36,6 +36,8 @@ def azure(arm: FakeArm, **overrides) -> AzureProvider:
         allowed_locations=("westeurope",),
         arm_endpoint=arm.base_url,
         polling_interval=0.01,
+        watch_scale=0,  # every step polled at 0.01 s from its start, unpaced: tests do not wait for real-ARM timings
+        polls_per_second=0,
         retry_backoff=0.01,
         cleanup_retry_seconds=0.05,
         boot_timeout=5,
