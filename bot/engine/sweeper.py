@@ -26,6 +26,7 @@ from provisioner.base import CleanupIncomplete, ManagedResource, ProvisionError
 log = logging.getLogger(__name__)
 SWEEP_CONCURRENCY = 16  # sessions a sweep works on at once (a remote store's latency adds up otherwise)
 SWEEP_BATCH = 500  # due sessions one pass reads; more are taken by the next pass at once
+REAP_PASSES = 100  # `reap` sweeps again while a pass was full: up to this many (50,000 due sessions)
 HEARTBEAT_EVERY = timedelta(minutes=1)
 INDEX_CHECK_EVERY = timedelta(hours=6)  # the fleet-wide check that every live session is in the due index
 
@@ -296,15 +297,26 @@ class Sweeper:
         """One pass for a scheduler with no `serve` running: everything the sweeper does (warn, expire,
         finish teardowns, clean up provisioning whose lease expired), then reconcile; waits for it all.
         What it did is read back from the sessions it found due (keyed reads: nothing lists every live one)."""
-        await self.sweep(resume=False)
-        found = self.last_due
+        found: list[Session] = []
+        for _ in range(REAP_PASSES):  # a pass takes SWEEP_BATCH sessions: go on while it found a full one
+            await self.sweep(resume=False)
+            found += self.last_due
+            if len(self.last_due) < SWEEP_BATCH:
+                break
+            await self.p.runner.wait_idle()
         await self.p.runner.wait_idle()
         removed = await self.reconcile()
         await self.p.runner.wait_idle()
         await self.deliver_notifications()  # what the teardowns above queued
         ended = warned = 0
-        for before in found:
-            after = await self.p.store.get(before.id)
+        firsts = list({s.id: s for s in reversed(found)}.values())  # each session as the first pass found it
+        gate = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+        async def now_of(sid: str) -> Session | None:
+            async with gate:
+                return await self.p.store.get(sid)
+
+        for before, after in zip(firsts, await asyncio.gather(*(now_of(s.id) for s in firsts)), strict=True):
             if after is None or not after.is_active:
                 ended += before.is_active
             elif (after.warned and not before.warned) or (after.idle_warned and not before.idle_warned):

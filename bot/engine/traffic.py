@@ -73,11 +73,11 @@ class LiveTraffic:
             return
         if not await p.store.take_turn("traffic", p.worker.id, now, timedelta(seconds=p.usage.traffic_seconds)):
             return
-        live = [s for s in await p.store.sessions([READY]) if now < s.expires_at]
+        live = await p.store.ready_keys(now)
         if not live:
             return
         try:
-            figures = await p.provider.traffic({s.id: s.client_public_key for s in live})
+            figures = await p.provider.traffic(live)
         except Exception:
             log.exception("reading the tunnels' traffic failed; trying again next turn")
             return
@@ -90,7 +90,7 @@ class LiveTraffic:
                 except Exception:
                     log.exception("session %s: recording its traffic failed; the next turn tries again", session_id)
 
-        await asyncio.gather(*(one(s.id, figures[s.id]) for s in live if s.id in figures))
+        await asyncio.gather(*(one(sid, t) for sid, t in figures.items() if sid in live))
 
     def check(self, s: Session, now: datetime) -> Awaitable[None] | None:
         """What a due ready session's traffic calls for now: an ending (over the cap, or unused) or the idle warning."""

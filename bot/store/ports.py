@@ -145,6 +145,9 @@ class SessionReader(Protocol):
 
     async def get(self, session_id: str) -> Session | None: ...
     async def sessions(self, states: Sequence[SessionState], owner: str | None = None) -> list[Session]: ...
+    async def ready_keys(self, now: datetime) -> dict[str, str]:
+        """Session id -> client public key of every ready session not past its end: what the provider's
+        traffic reading needs (two fields read per session, not all)."""
     async def live_counts(self) -> dict[tuple[str, str], int]:
         """How many live sessions per (state, provider): the metrics gauge (two fields read per session, not all)."""
 

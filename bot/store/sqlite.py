@@ -348,6 +348,11 @@ class SqliteStore:
         rows = await self._run(lambda: self.conn.execute(sql, args).fetchall())
         return [_from_row(r) for r in rows]
 
+    async def ready_keys(self, now: datetime) -> dict[str, str]:
+        rows = await self._run(lambda: self.conn.execute(
+            "SELECT id, client_public_key FROM sessions WHERE state=? AND expires_at > ?", (SessionState.READY.value, now.isoformat())).fetchall())
+        return {r[0]: r[1] or "" for r in rows}
+
     async def live_counts(self) -> dict[tuple[str, str], int]:
         marks = ",".join("?" for _ in ACTIVE_STATES)
         rows = await self._run(lambda: self.conn.execute(

@@ -87,6 +87,7 @@ BLIND_TRIES = 3
 TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta", "usage", "outbox", "due")
 DUE_SHARDS = 16  # a minute's due entries spread over this many partitions
 DUE_READ_CONCURRENCY = 16  # due entries whose session is read at once
+DUE_PAGE = 100  # due entries looked at together
 _FORGET = "f"  # due-table partitions of ended sessions' forget times ("f<minute>|<shard>"; live ones start with a digit)
 _NOTIFY_DUE = "n"  # due-table partitions of pending notifications ("n<minute>|<shard>")
 _TURN = "turn"  # the meta table's partition of fleet-wide job turns (take_turn)
@@ -466,6 +467,11 @@ class TableStore:
         except Exception:
             log.exception("session %s: repairing its due entry failed; the index check finds it", session_id)
 
+    async def ready_keys(self, now: datetime) -> dict[str, str]:
+        query, params = "state eq @s and expires_at gt @t", {"s": SessionState.READY.value, "t": now.isoformat()}
+        return {e["id"]: e.get("client_public_key") or "" async for e in self._query(
+            "sessions", query, params, select=["id", "client_public_key"], results_per_page=1000)}
+
     async def live_counts(self) -> dict[tuple[str, str], int]:
         params: dict[str, Any] = {f"s{i}": s.value for i, s in enumerate(ACTIVE_STATES)}
         query = "( " + " or ".join(f"state eq @s{i}" for i in range(len(ACTIVE_STATES))) + " )"
@@ -476,12 +482,24 @@ class TableStore:
         return counts
 
     async def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
+        """Reads entries a page at a time until `limit` sessions are due: stale entries (dropped as they are
+        met) do not count against it, so a pass never stops at a page of leftovers."""
         query = "PartitionKey lt @hi and at le @now"
-        entries = []
+        found: dict[str, Session] = {}
+        page: list[Any] = []
         async for e in self._query("due", query, {"hi": f"{_minute(now)}|~", "now": _utc(now)}, results_per_page=min(limit, 1000)):
-            entries.append(e)
-            if len(entries) >= limit:
-                break
+            page.append(e)
+            if len(page) >= DUE_PAGE:
+                found.update({s.id: s for s in await self._look_due(page, now)})
+                page = []
+                if len(found) >= limit:
+                    break
+        if page:
+            found.update({s.id: s for s in await self._look_due(page, now)})
+        return sorted(found.values(), key=lambda s: (s.due_at or now, s.id))[:limit]
+
+    async def _look_due(self, entries: list[Any], now: datetime) -> list[Session]:
+        """The due sessions among `entries`; a stale entry is dropped, an early one moved to its session's time."""
         gate = asyncio.Semaphore(DUE_READ_CONCURRENCY)
 
         async def look(e: Any) -> Session | None:
@@ -495,9 +513,7 @@ class TableStore:
                 await self._drop_due(e)  # ended, gone, or moved to another minute
                 return None
 
-        found = [s for s in await asyncio.gather(*(look(e) for e in entries)) if s is not None]
-        unique = {s.id: s for s in found}
-        return sorted(unique.values(), key=lambda s: (s.due_at or now, s.id))
+        return [s for s in await asyncio.gather(*(look(e) for e in entries)) if s is not None]
 
     async def _forget_due(self, now: datetime) -> None:
         """Forget the sessions that ended ENDED_RETENTION ago: their entries (written with the ending) in one range query."""
@@ -536,7 +552,7 @@ class TableStore:
 
     async def next_due(self, now: datetime) -> datetime | None:
         """The earliest entry after `now`: entries come in minute order, so reading the first minute that has
-        any is enough (past a page of it, the minute's start: earlier than the truth, never later)."""
+        any is enough (past a page of it: at most a second ahead, never later than the truth by more)."""
         first: str | None = None
         times: list[datetime] = []
         query = "PartitionKey ge @lo and PartitionKey lt @hi and at gt @now"
@@ -547,8 +563,8 @@ class TableStore:
                 first = bucket
             if bucket != first:
                 break
-            if len(times) >= 100:
-                return max(now, _minute_start(first))
+            if len(times) >= 100:  # a busy minute: an unread entry may be earlier; look again within a second, not at once
+                return min(*times, now + timedelta(seconds=1))
             times.append(datetime.fromisoformat(e["at"]))
         return min(times, default=None)
 

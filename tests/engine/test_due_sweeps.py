@@ -132,3 +132,18 @@ async def test_reap_reports_what_it_ended_without_listing_the_live_sessions(make
         done = await rt.service.reap_once()
         assert (done.ended, done.warned, done.removed) == (3, 0, 0)
         assert (await rt.service.reap_once()).ended == 0
+
+
+async def test_reap_goes_on_while_a_pass_was_full(make_runtime, clock, monkeypatch):
+    """One pass takes SWEEP_BATCH due sessions; reap, run once a minute, must not leave the rest for later runs."""
+    from bot.engine import sweeper
+
+    monkeypatch.setattr(sweeper, "SWEEP_BATCH", 3)
+    async with make_runtime(users=USERS, VPN_MAX_SESSIONS=100, VPN_DRYRUN_STEP_SECONDS=0, VPN_SESSION_MINUTES=30) as rt:
+        for n in range(8):
+            await start(rt, n)
+        await rt.runner.wait_idle(10)
+        clock.advance(minutes=31)
+        done = await rt.service.reap_once()
+        assert done.ended == 8
+        assert {s.state for s in await rt.store.sessions(list(SessionState))} == {SessionState.DELETED}

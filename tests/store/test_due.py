@@ -123,3 +123,14 @@ async def test_table_storage_forgets_a_session_a_week_after_it_ended_by_its_own_
     await store.save(recent.moved(SessionState.FAILED, T0, ended_at=T0 + timedelta(days=3), due_at=None))
     await store.purge_claims(T0 + timedelta(days=7, minutes=5))  # the sweeper's call; housekeeping rides on it
     assert await store.get("old") is None and await store.get("recent") is not None
+
+
+async def test_a_busy_minute_is_looked_at_again_within_a_second_not_at_once(store):
+    """More entries in the next minute than one page: the answer may be early, but not `now` (a sweeper
+    waking every 50 ms until the minute ends), and never later than the earliest."""
+    start = T0 + timedelta(seconds=3)
+    for n in range(130):
+        await make(store, f"s{n:03d}", T0 + timedelta(seconds=50, milliseconds=n))
+    nxt = await store.next_due(start)
+    assert nxt is not None and start < nxt <= T0 + timedelta(seconds=50)
+    assert nxt >= min(start + timedelta(seconds=1), T0 + timedelta(seconds=50))
