@@ -30,7 +30,7 @@ SMALLEST = {
     "bench_store_open.py": ([], "reap, tables present"),
     "bench_usage.py": (["--rows", "200", "--runs", "1"], "month 2026-11, everyone"),
     "bench_scale.py": (["--sessions", "30", "--levels", "10", "--k", "3", "--passes", "2", "--settle", "0.5", "--idle", "1", "--wave-delay", "3",
-                        "--wave-spread", "1", "--wave-wait", "15", "--sweep-seconds", "1", "--e-sessions", "30", "--e-seconds", "2", "--seed-procs", "1"],
+                        "--wave-spread", "1", "--wave-wait", "15", "--sweep-seconds", "1", "--e-sessions", "30", "--e-seconds", "2", "--seed-procs", "1", "--traffic-wait", "0"],
                        "summary (goals of issue 25.1"),
 }
 
