@@ -33,6 +33,9 @@ SMALLEST = {
     "bench_store_open.py": ([], "reap, tables present"),
     "bench_usage.py": (["--rows", "200", "--runs", "1"], "month 2026-11, everyone"),
     "bench_partitions.py": (["--starts", "5"], "the next pass, nothing due"),
+    "bench_scale.py": (["--sessions", "30", "--levels", "10", "--k", "3", "--passes", "2", "--settle", "0.5", "--idle", "1", "--wave-delay", "3",
+                        "--wave-spread", "1", "--wave-wait", "15", "--sweep-seconds", "1", "--e-sessions", "30", "--e-seconds", "2", "--seed-procs", "1", "--traffic-wait", "0"],
+                       "summary (goals of issue 25.1"),
 }
 
 
@@ -64,7 +67,7 @@ def test_every_benchmark_has_a_smoke_run():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SMALLEST))
 def test_benchmark_runs_in_its_smallest_mode(script):
-    if script in ("bench_store.py", "bench_soak.py") and shutil.which("azurite-table") is None:
+    if script in ("bench_store.py", "bench_soak.py", "bench_scale.py") and shutil.which("azurite-table") is None:
         pytest.skip("azurite-table is not installed (scripts/install-test-deps.sh)")
     args, expected = SMALLEST[script]
     out = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=90)
