@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Awaitable, Sequence
@@ -100,7 +101,9 @@ class Sweeper:
                                     usage_retention=timedelta(days=p.usage.retention_days))  # at most every 10 min per process
         due: list[Awaitable[object]] = await self._turns(now)
         sessions = self.last_due = await p.store.due_sessions(now, SWEEP_BATCH)
-        for s in sessions:
+        # Endings first (a warning waits on its chat post; an expiry must not wait behind a pass of them), and
+        # in this worker's own order: replicas reading the same due sessions share them instead of racing.
+        for s in sorted(sessions, key=lambda s: (s.state is SessionState.READY and now < s.expires_at, random.random())):
             work = self._work_for(s, now, resume=resume)
             due.append(work if work is not None else self._reschedule(s.id, now))
         await _bounded(due, SWEEP_CONCURRENCY)
