@@ -137,8 +137,9 @@ class Sweeper:
         warning or an idle limit), and every one findable in the store's index. Reads every live session:
         a fleet-wide turn when the settings change and every INDEX_CHECK_EVERY, never a pass's work."""
         p = self.p
-        stale = [s.id for s in await p.store.sessions(ACTIVE_STATES) if self.schedule.next_look(s) != s.due_at]
-        repaired = await p.store.check_due_index(now)
+        live = await p.store.sessions(ACTIVE_STATES)
+        stale = [s.id for s in live if self.schedule.next_look(s) != s.due_at]
+        repaired = await p.store.check_due_index(now, live)
         if repaired:
             log.warning("%d live session(s) were missing from the due index (written by an earlier version?); they are looked at now", repaired)
         return [self._reschedule(sid, now, even_if_due=True) for sid in stale]

@@ -167,9 +167,9 @@ class SessionStore(SessionReader, Protocol):
     async def live_ids(self) -> set[str]:
         """The ids of every session that may hold resources: a superset of the live ones, read cheaply
         (Table Storage: the due index's keys, not the sessions). For reconcile: an id not in it is confirmed with `get`."""
-    async def check_due_index(self, now: datetime) -> int:
-        """Make every live session findable by `due_sessions` (a store whose index can drift repairs it here:
-        reads every live session, so for a fleet-wide turn now and then); returns how many were repaired."""
+    async def check_due_index(self, now: datetime, live: Sequence[Session]) -> int:
+        """Make every live session (`live`: the caller's listing of them) findable by `due_sessions` (a store
+        whose index can drift repairs it here: for a fleet-wide turn now and then); returns how many were repaired."""
 
 
 class WorkerStore(Protocol):

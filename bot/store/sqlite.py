@@ -376,7 +376,7 @@ class SqliteStore:
             f"SELECT id FROM sessions WHERE due_at IS NOT NULL OR state IN ({marks})", [s.value for s in ACTIVE_STATES]).fetchall())
         return {r[0] for r in rows}
 
-    async def check_due_index(self, now: datetime) -> int:
+    async def check_due_index(self, now: datetime, live: Sequence[Session]) -> int:
         """The due time is a column of the session's own row; only one written without it (an earlier version) is due now."""
         return await self._run(lambda: _schedule_unscheduled(self.conn))
 

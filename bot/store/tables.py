@@ -553,20 +553,27 @@ class TableStore:
     async def next_due(self, now: datetime) -> datetime | None:
         """The earliest entry after `now`: entries come in minute order, so reading the first minute that has
         any is enough (past a page of it: at most a second ahead, never later than the truth by more)."""
+        query = "PartitionKey ge @lo and PartitionKey lt @hi and at gt @now"
+        times, more = await self._first_minute(query, {"lo": f"{_minute(now)}|", "hi": _FORGET, "now": _utc(now)})
+        if more:  # a busy minute: an unread entry may be earlier; look again within a second, not at once
+            return min(*times, now + timedelta(seconds=1))
+        return min(times, default=None)
+
+    async def _first_minute(self, query: str, params: dict[str, Any]) -> tuple[list[datetime], bool]:
+        """The due times of the first minute that has entries (they come in minute order), up to a page of
+        them, and whether that minute holds more."""
         first: str | None = None
         times: list[datetime] = []
-        query = "PartitionKey ge @lo and PartitionKey lt @hi and at gt @now"
-        params = {"lo": f"{_minute(now)}|", "hi": _FORGET, "now": _utc(now)}
-        async for e in self._query("due", query, params, results_per_page=100, select=["PartitionKey", "at"]):
+        async for e in self._query("due", query, params, results_per_page=DUE_PAGE, select=["PartitionKey", "at"]):
             bucket = e["PartitionKey"].split("|")[0]
             if first is None:
                 first = bucket
             if bucket != first:
                 break
-            if len(times) >= 100:  # a busy minute: an unread entry may be earlier; look again within a second, not at once
-                return min(*times, now + timedelta(seconds=1))
+            if len(times) >= DUE_PAGE:
+                return times, True
             times.append(datetime.fromisoformat(e["at"]))
-        return min(times, default=None)
+        return times, False
 
     async def live_ids(self) -> set[str]:
         """Every session with a due entry: each live one has one (written before the session), and an
@@ -574,7 +581,7 @@ class TableStore:
         query, params = "PartitionKey lt @hi", {"hi": _FORGET}
         return {e["session_id"] async for e in self._query("due", query, params, select=["session_id"], results_per_page=1000)}
 
-    async def check_due_index(self, now: datetime) -> int:
+    async def check_due_index(self, now: datetime, live: Sequence[Session]) -> int:
         """Give every live session without an entry one (due now): sessions written before the index
         existed, or by a replica of an earlier version during a rolling deploy. Reads every live session
         and entry: for a fleet-wide turn now and then, not for every sweep."""
@@ -583,7 +590,7 @@ class TableStore:
             await self._schedule_notification(_notification(e))  # pending items of an earlier version: found again
         indexed = {_key(sid) for sid in await self.live_ids()}
         missing = 0
-        for s in await self.sessions(ACTIVE_STATES):
+        for s in live:
             if _key(s.id) not in indexed:
                 await self._table("due").upsert_entity(_due_entity(s.id, s.due_at or now), mode=UpdateMode.REPLACE)
                 missing += 1
@@ -1252,16 +1259,7 @@ class TableStore:
 
     async def next_notification_due(self) -> datetime | None:
         """The earliest pending item's due time, or earlier (a stale entry): entries come in minute order."""
-        first: str | None = None
-        times: list[datetime] = []
-        async for e in self._query("due", "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _NOTIFY_DUE, "hi": _NOTIFY_DUE + "~"},
-                                   results_per_page=100, select=["PartitionKey", "at"]):
-            bucket = e["PartitionKey"].split("|")[0]
-            if first is None:
-                first = bucket
-            if bucket != first or len(times) >= 100:
-                break
-            times.append(datetime.fromisoformat(e["at"]))
+        times, _ = await self._first_minute("PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _NOTIFY_DUE, "hi": _NOTIFY_DUE + "~"})
         return min(times, default=None)
 
     async def save_notification(self, item: Notification) -> Notification:
