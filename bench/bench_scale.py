@@ -584,7 +584,9 @@ async def reap(ctx: Ctx, label: str) -> tuple[float, str]:
     env = app_env(**ctx.app_settings(), VPN_METRICS_PORT="0")
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(sys.executable, "app.py", "reap", cwd=ROOT, env=env,
+    profile = ["-m", "cProfile", "-o", f"{ctx.profile_reap}.{len(ctx.reaps)}"] if ctx.profile_reap else []
+    ctx.reaps.append(label)
+    proc = await asyncio.create_subprocess_exec(sys.executable, *profile, "app.py", "reap", cwd=ROOT, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     took = time.perf_counter() - t
@@ -911,6 +913,8 @@ class FakeGroupMe:
 class Ctx:
     def __init__(self, args: argparse.Namespace, conn: str, tmp: str, groupme: FakeGroupMe) -> None:
         self.parts = set(args.parts)
+        self.profile_reap: str | None = args.profile_reap
+        self.reaps: list[str] = []  # part c's runs, in order (the profiles are numbered so)
         self.n = args.sessions
         self.levels = sorted({x for x in args.levels if x < self.n} | {self.n}) if "a" in self.parts else [self.n]
         self.passes, self.k, self.verbose, self.procs = args.passes, args.k, args.verbose, args.seed_procs
@@ -1063,6 +1067,7 @@ def main() -> None:
     parser.add_argument("--azurite-port", type=int, default=0,
                         help="use an Azurite already listening on 127.0.0.1 (what earlier runs wrote under --prefix is reused)")
     parser.add_argument("--prefix", default="scale", help="table prefix of the live sessions (part e: 'e' + this)")
+    parser.add_argument("--profile-reap", metavar="FILE", help="c: run each reap under cProfile, writing FILE.0, FILE.1, ... (CPU hot spots of an expiry)")
     parser.add_argument("--project", type=Path, default=None, help="run another checkout's code (e.g. a worktree of main)")
     parser.add_argument("--seed-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--verbose", action="store_true")

@@ -139,7 +139,7 @@ class Replica:
     def log_path(self, run: int) -> Path:
         return self.logs / f"{self.name}-{run}.log"
 
-    async def start(self, http: aiohttp.ClientSession) -> float:
+    async def start(self) -> float:
         """Start it and wait for /readyz; returns how long that took."""
         self.runs += 1
         t = time.monotonic()
@@ -148,19 +148,21 @@ class Replica:
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                          preexec_fn=die_with_parent)
         self.procs.append(self.proc)
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"replica {self.name} exited with {self.proc.returncode}:\n{self.log_path(self.runs).read_text()[-3000:]}")
-            try:
-                async with http.get(f"{self.base}/readyz") as r:
-                    if r.status == 200:
-                        self.up = True
-                        return time.monotonic() - t
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() - t > 60:
-                raise SystemExit(f"replica {self.name} not ready in 60 s")
-            await asyncio.sleep(0.05)
+        # A client of its own: the people's pool (a few hundred journeys in flight) must not queue the probe.
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as probe:
+            while True:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"replica {self.name} exited with {self.proc.returncode}:\n{self.log_path(self.runs).read_text()[-3000:]}")
+                try:
+                    async with probe.get(f"{self.base}/readyz") as r:
+                        if r.status == 200:
+                            self.up = True
+                            return time.monotonic() - t
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                if time.monotonic() - t > 60:
+                    raise SystemExit(f"replica {self.name} not ready in 60 s")
+                await asyncio.sleep(0.05)
 
     async def kill(self) -> None:
         assert self.proc is not None
@@ -340,7 +342,7 @@ class Soak:
                     j.saw_kill = True  # waiting for its config while a replica dies
             killed_at = time.monotonic()
             await r.kill()
-            ready = await r.start(http)
+            ready = await r.start()
             self.killing = False
             self.kills.append({"replica": r.name, "at": round(killed_at - t0, 1), "down_seconds": round(ready, 2), "t": killed_at, "aimed": aimed})
 
@@ -645,7 +647,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=200)) as http:
             try:
                 tokens = await seed_users(store, users, secret)
-                await asyncio.gather(*(r.start(http) for r in replicas))
+                await asyncio.gather(*(r.start() for r in replicas))
                 soak = Soak(args, Balancer(replicas, http), tokens, work / "data" / "dryrun-servers.json")
                 t0 = time.monotonic()
                 killer = asyncio.create_task(soak.killer(replicas, http, t0))

@@ -55,16 +55,24 @@ class Leases:
         self._lease_seconds = lease_seconds
         self._schedule = schedule  # stamps when a sweeper must next look (bot/engine/schedule.py)
 
-    async def update(self, session_id: str, change: Callable[[Session], Session | None]) -> Session | None:
+    async def update(
+        self, session_id: str, change: Callable[[Session], Session | None], *, known: Session | None = None,
+    ) -> Session | None:
         """Read, decide, compare-and-set; a lost race is re-read and decided again, never overwritten.
 
         `change` returns the new session, or None for "nothing to do" (then so does this); it may raise.
-        Every write is stamped with its next due time here, the one place all of them pass."""
+        Every write is stamped with its next due time here, the one place all of them pass.
+        `known`: the session as just read from the store (a sweep's due session), tried first instead of a
+        read: its version makes the write a compare-and-set all the same; "nothing to do" (or a raise) is
+        decided again on a fresh read, never on a copy that may be stale."""
         for _ in range(CAS_ATTEMPTS):
-            s = await self._store.get(session_id)
-            if s is None:
-                return None
-            new = change(s)
+            new = _decided(change, known)
+            known = None
+            if new is None:
+                s = await self._store.get(session_id)
+                if s is None:
+                    return None
+                new = change(s)
             if new is None:
                 return None
             try:
@@ -80,8 +88,11 @@ class Leases:
     def unleased() -> dict[str, Any]:
         return {"lease_owner": "", "lease_expires_at": None}
 
-    async def owned(self, session_id: str, states: Sequence[SessionState], change: Callable[[Session], Session]) -> Session:
-        """A write by the lease holder: renews the lease; raises LeaseLost if the session is no longer ours."""
+    async def owned(
+        self, session_id: str, states: Sequence[SessionState], change: Callable[[Session], Session], *, known: Session | None = None,
+    ) -> Session:
+        """A write by the lease holder: renews the lease; raises LeaseLost if the session is no longer ours
+        (`known`: as in `update`)."""
 
         def guarded(s: Session) -> Session:
             if s.lease_owner != self._worker.id or s.state not in states:
@@ -89,7 +100,7 @@ class Leases:
             now = self._clock()
             return change(s.with_changes(now, **self.lease(now)))
 
-        s = await self.update(session_id, guarded)
+        s = await self.update(session_id, guarded, known=known)
         if s is None:
             raise LeaseLost(Session(**{**_gone(session_id)}))
         return s
@@ -133,6 +144,16 @@ class Leases:
             await self.update(session_id, change)
         except Exception:
             log.exception("session %s: could not release the lease; it expires by itself", session_id)
+
+
+def _decided(change: Callable[[Session], Session | None], known: Session | None) -> Session | None:
+    """`change` applied to a session not read just now: None when there is none, or nothing to do, or it raised."""
+    if known is None:
+        return None
+    try:
+        return change(known)
+    except Exception:
+        return None
 
 
 def _gone(session_id: str) -> dict[str, Any]:

@@ -105,7 +105,7 @@ class Sweeper:
         # in this worker's own order: replicas reading the same due sessions share them instead of racing.
         for s in sorted(sessions, key=lambda s: (s.state is SessionState.READY and now < s.expires_at, random.random())):
             work = self._work_for(s, now, resume=resume)
-            due.append(work if work is not None else self._reschedule(s.id, now))
+            due.append(work if work is not None else self._reschedule(s.id, now, known=s))
         await _bounded(due, SWEEP_CONCURRENCY)
         if len(sessions) >= SWEEP_BATCH:
             return p.clock()  # more is due than one pass takes: go on at once
@@ -145,33 +145,34 @@ class Sweeper:
         return [self._reschedule(sid, now, even_if_due=True) for sid in stale]
 
     def _work_for(self, s: Session, now: datetime, *, resume: bool) -> Awaitable[object] | None:
-        """What a due session needs now, decided again on the stored session by whichever step runs it."""
+        """What a due session needs now, decided again by whichever step runs it: on `s` as the pass read it
+        (its write is a compare-and-set on that version), else on a fresh read."""
         p = self.p
         if s.state is SessionState.READY:
             if now >= s.expires_at:
-                return self.teardown.begin(s.id, notices.TIME_IS_UP, EXPIRED, still=lambda x: now >= x.expires_at)
+                return self.teardown.begin(s.id, notices.TIME_IS_UP, EXPIRED, still=lambda x: now >= x.expires_at, known=s)
             if self.traffic is not None:
                 ending = self.traffic.check(s, now)
                 if ending is not None:
                     return ending
             warn_at = self.schedule.warn_at(s)
             if warn_at is not None and now >= warn_at:
-                return self._warn(s.id, now)
+                return self._warn(s.id, now, known=s)
             return None
         if s.state is SessionState.EXPIRING:
             if self.teardown.running(s.id) or s.leased_by_other(p.worker.id, now):
                 return None
-            return self.teardown.begin(s.id, s.end_reason or "ended", s.ending or STOPPED)
+            return self.teardown.begin(s.id, s.end_reason or "ended", s.ending or STOPPED, known=s)
         if s.state in IN_FLIGHT_STATES:
             if p.runner.get(f"provision:{s.id}") is not None or s.leased_by_other(p.worker.id, now):
                 return None  # ours and running (its lease is renewed), or another worker's
-            return self._take_over(s.id, now, resume=resume)
+            return self._take_over(s.id, now, resume=resume, known=s)
         if s.state is SessionState.AWAITING_APPROVAL and self.approvals is not None:
             if s.decide_by is None or now >= s.decide_by:
                 return self.approvals.time_out(s.id, now)
         return None
 
-    async def _reschedule(self, session_id: str, now: datetime, *, even_if_due: bool = False) -> None:
+    async def _reschedule(self, session_id: str, now: datetime, *, even_if_due: bool = False, known: Session | None = None) -> None:
         """Write the session's true due time: its entry was early (nothing to do yet), or the settings changed."""
         schedule = self.schedule
 
@@ -181,7 +182,7 @@ class Sweeper:
                 return None  # written meanwhile, or due now after all (the next pass sees it)
             return x
 
-        await self.p.leases.update(session_id, change)
+        await self.p.leases.update(session_id, change, known=known)
 
     async def deliver_notifications(self) -> datetime | None:
         """The outbox's due items (admins' chats, webhooks); when the next one falls due."""
@@ -193,7 +194,7 @@ class Sweeper:
             log.exception("delivering notifications failed; the next sweep tries again")
             return None
 
-    async def _warn(self, session_id: str, now: datetime) -> None:
+    async def _warn(self, session_id: str, now: datetime, *, known: Session | None = None) -> None:
         p = self.p
         warn = timedelta(minutes=p.limits.warn_minutes)
 
@@ -202,11 +203,11 @@ class Sweeper:
                 return None  # another replica warned, or the session was extended or ended
             return s.with_changes(now, warned=True)
 
-        s = await p.leases.update(session_id, change)
+        s = await p.leases.update(session_id, change, known=known)
         if s is not None:
             await p.outbox.notice(s.conversation, notices.ends_soon(s.id, s.time_left(now), p.limits.session_minutes))
 
-    async def _take_over(self, session_id: str, now: datetime, *, resume: bool) -> None:
+    async def _take_over(self, session_id: str, now: datetime, *, resume: bool, known: Session | None = None) -> None:
         """Take over provisioning whose lease expired (its worker is gone or stuck), decided by a
         compare-and-set on the re-read session: a task that just finished is never taken for an orphan."""
         p = self.p
@@ -217,7 +218,7 @@ class Sweeper:
                 return None
             return x.with_changes(fresh, **p.leases.lease(fresh))
 
-        took = await p.leases.update(session_id, take)
+        took = await p.leases.update(session_id, take, known=known)
         if took is None or p.runner.get(f"provision:{session_id}") is not None:
             return
         if resume and took.attempts < p.limits.max_attempts and p.clock() < took.expires_at:

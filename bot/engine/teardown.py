@@ -28,10 +28,13 @@ class Teardown:
     def running(self, session_id: str) -> bool:
         return self.p.runner.get(f"teardown:{session_id}") is not None
 
-    async def begin(self, session_id: str, reason: str, kind: str, *, still: Callable[[Session], bool] | None = None) -> bool:
+    async def begin(
+        self, session_id: str, reason: str, kind: str, *, still: Callable[[Session], bool] | None = None, known: Session | None = None,
+    ) -> bool:
         """True if the session was active (and is now ending); its provisioning in this process is cancelled.
         `kind` is the usage record's end reason (bot/engine/usage.py: stopped, expired, idle, cap, revoked);
-        `still`, where given, decides again on the stored session whether it should end (an idle limit)."""
+        `still`, where given, decides again on the stored session whether it should end (an idle limit);
+        `known`, the session as a sweep just read it (Leases.update: one read fewer per expiry)."""
         p = self.p
         await p.runner.cancel(f"provision:{session_id}")
         active = False
@@ -49,15 +52,16 @@ class Teardown:
                 return s.with_changes(now, **p.leases.lease(now))
             return s.moved(SessionState.EXPIRING, now, end_reason=reason, ending=kind, **p.leases.lease(now))
 
-        s = await p.leases.update(session_id, change)
+        s = await p.leases.update(session_id, change, known=known)
         if s is not None:
-            sid = s.id
-            p.runner.start(f"teardown:{sid}", lambda: self._teardown(sid, reason))
+            sid, moved = s.id, s
+            p.runner.start(f"teardown:{sid}", lambda: self._teardown(sid, reason, moved))
         return active
 
-    async def _teardown(self, session_id: str, reason: str) -> None:
+    async def _teardown(self, session_id: str, reason: str, moved: Session) -> None:
+        """`moved`: the session as `begin` wrote it (ours, expiring): the work starts without reading it again."""
         p = self.p
-        s = await p.store.get(session_id)
+        s: Session | None = moved
         if s is None or s.state is not SessionState.EXPIRING or s.lease_owner != p.worker.id:
             return
         try:
@@ -68,13 +72,17 @@ class Teardown:
                     await p.emit("cleanup_stuck", s, attempts=TEARDOWN_ATTEMPTS)  # once per session: the outbox keeps one per event
                     raise
                 now = p.clock()
-                # Before the last write: a crash after it leaves the session `expiring`, and whoever
-                # finishes it writes the same record and queues the same event again (one of each per session).
-                current = dataclasses.replace(await p.store.get(s.id) or s, ended_at=now)
+                # Read once more (lease renewals and traffic figures wrote it meanwhile): the usage record
+                # comes from it, and the last write is tried on it first. Before that write: a crash after
+                # it leaves the session `expiring`, and whoever finishes it writes the same record and
+                # queues the same event again (one of each per session).
+                latest = await p.store.get(s.id) or s
+                current = dataclasses.replace(latest, ended_at=now)
                 await write_usage(p.store, current, now)
                 if p.notify is not None:
                     await p.notify.emit("ended", current)
-                s = await p.leases.owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **p.leases.unleased()))
+                s = await p.leases.owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **p.leases.unleased()),
+                                         known=latest)
         except LeaseLost as lost:
             log.info("session %s: teardown handed over (%s)", session_id, lost)
             return

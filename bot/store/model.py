@@ -117,6 +117,9 @@ class Session:
     bytes_out: int = 0  # from the user (↑) so far
     traffic_at: datetime | None = None  # when the figures above were measured
     idle_warned: bool = False  # told it ends soon for want of use (VPN_IDLE_MINUTES)
+    # The store's own note of the cap slots this session holds (Table Storage: their keys and ETags, so an
+    # ending deletes them by key without reading them first; "" where a store keeps none). Engine code never reads it.
+    held_slots: str = ""
     # When a sweeper must next look at it (bot/engine/schedule.py sets it on every write; None once it
     # ended). The stores index it, so a sweep reads what is due, never every live session (issue 25).
     due_at: datetime | None = None

@@ -39,7 +39,9 @@ import asyncio
 import dataclasses
 import hashlib
 import heapq
+import json
 import logging
+import os
 import random
 import secrets
 import time
@@ -137,6 +139,30 @@ def _session(entity: Any) -> Session:
     return decode(entity, entity.metadata["etag"])
 
 
+def _held_slots(etags: dict[tuple[str, str], str], *keys: tuple[str, str]) -> str:
+    """The note a session keeps of its slots: [[PartitionKey, RowKey, ETag], ...] as JSON."""
+    return json.dumps([[pk, rk, etags[pk, rk]] for pk, rk in keys if (pk, rk) in etags], separators=(",", ":"))
+
+
+def _parse_held(note: str) -> list[tuple[str, str, str]] | None:
+    """The slots a note names; None when there is no usable note (a session written before notes existed)."""
+    try:
+        rows = json.loads(note) if note else None
+    except ValueError:
+        return None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, list) and len(r) == 3 and all(isinstance(x, str) for x in r) for r in rows):
+        return None
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def _proxy_in_env() -> bool:
+    """Whether the SDK's HTTP client should read proxy settings from the environment. When it does
+    (aiohttp's trust_env), every request looks up ~/.netrc and the proxy variables in a worker thread:
+    two thread hand-offs, about a third of a Table request's CPU. Without a proxy configured there is
+    nothing to find, so the lookups are skipped; with one, they stay (a proxy needs them)."""
+    return any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
+
+
 def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
@@ -158,7 +184,7 @@ class TableStore:
 
     @classmethod
     def from_connection_string(cls, conn_str: str, *, prefix: str = "vpn") -> "TableStore":
-        return cls(TableServiceClient.from_connection_string(conn_str), prefix=prefix)
+        return cls(TableServiceClient.from_connection_string(conn_str, use_env_settings=_proxy_in_env()), prefix=prefix)
 
     @classmethod
     def from_endpoint(cls, endpoint: str, *, prefix: str = "vpn", credential: Any = None) -> "TableStore":
@@ -168,7 +194,7 @@ class TableStore:
             from azure.identity.aio import DefaultAzureCredential
 
             credential = owned = DefaultAzureCredential()
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix=prefix, credential=owned)
+        return cls(TableServiceClient(endpoint=endpoint, credential=credential, use_env_settings=_proxy_in_env()), prefix=prefix, credential=owned)
 
     def _table(self, name: str) -> TableClient:
         return self._t[name]
@@ -208,32 +234,39 @@ class TableStore:
         now = utcnow()
         user_slots = f"user|{_key(session.owner)}"
         pick = await self._pick_global(total)  # named by the user slot: the session's slots are released by key
-        mine = await self._take_slot(user_slots, per_user, session.id, now, {"global_pk": pick[0], "global_rk": pick[1]})
+        etags: dict[tuple[str, str], str] = {}
+        mine = await self._take_slot(user_slots, per_user, session.id, now, {"global_pk": pick[0], "global_rk": pick[1]}, etags)
         if mine is None:
             return CreateOutcome.USER_LIMIT
-        everyone = await self._take_global(total, session.id, now, pick, (user_slots, mine))
+        everyone = await self._take_global(total, session.id, now, pick, (user_slots, mine), etags)
         if everyone is None:
             await self._table("slots").delete_entity(user_slots, mine)
             return CreateOutcome.GLOBAL_LIMIT
+        held = _held_slots(etags, everyone, (user_slots, mine))
         try:
             await self._schedule_due(session)  # before the session: a crash in between leaves a hint, never an unswept session
-            await self._table("sessions").create_entity(_entity(session))
+            await self._table("sessions").create_entity(_entity(dataclasses.replace(session, held_slots=held)))
         except BaseException:
             await self._table("slots").delete_entity(user_slots, mine)
             await self._table("slots").delete_entity(*everyone)
             raise
         return CreateOutcome.CREATED
 
-    async def _take_slot(self, partition: str, limit: int, session_id: str, now: datetime, extra: dict[str, Any] | None = None) -> str | None:
+    async def _take_slot(
+        self, partition: str, limit: int, session_id: str, now: datetime, extra: dict[str, Any] | None = None, etags: dict[tuple[str, str], str] | None = None,
+    ) -> str | None:
         """Insert-if-absent one of `limit` numbered slots of one partition (a user's); its row key, None when all are held by live sessions."""
-        taken = await self._take_numbered(limit, lambda n: (partition, f"{n:05d}"), "PartitionKey eq @p", {"p": partition}, session_id, now, extra)
+        taken = await self._take_numbered(limit, lambda n: (partition, f"{n:05d}"), "PartitionKey eq @p", {"p": partition}, session_id, now, extra,
+                                          etags=etags)
         return taken[1] if taken else None
 
     async def _pick_global(self, total: int) -> tuple[str, str]:
         """The global slot a create tries first, chosen before its user slot is taken so that the user slot names it."""
         return _global_slot(random.randrange(total) if total > 0 else 0)
 
-    async def _take_global(self, total: int, session_id: str, now: datetime, pick: tuple[str, str], user_slot: tuple[str, str]) -> tuple[str, str] | None:
+    async def _take_global(
+        self, total: int, session_id: str, now: datetime, pick: tuple[str, str], user_slot: tuple[str, str], etags: dict[tuple[str, str], str] | None = None,
+    ) -> tuple[str, str] | None:
         """One of `total` global slots, `pick` first; if another one was taken, the user slot is told which.
         Listed only when the blind tries fail (the cap looks full): one range over every shard, and over the
         partition that held them all before issue 25 (`global`, which sorts just before `global|…`)."""
@@ -258,18 +291,20 @@ class TableStore:
             return key if key is not None and await insert(key) else None
 
         held = await self._take_numbered(total, _global_slot, "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _LEGACY_GLOBAL, "hi": "global}"},
-                                         session_id, now, None, first=pick, held_before=held_before, narrow=one_shard)
+                                         session_id, now, None, first=pick, held_before=held_before, narrow=one_shard, etags=etags)
         if held is not None and held != pick:
             try:
-                await self._table("slots").update_entity(
+                meta = await self._table("slots").update_entity(
                     {"PartitionKey": user_slot[0], "RowKey": user_slot[1], "global_pk": held[0], "global_rk": held[1]}, mode=UpdateMode.MERGE)
+                if etags is not None:
+                    etags[user_slot] = meta["etag"]
             except ResourceNotFoundError:  # cannot happen within SLOT_GRACE; its global slot is then reclaimed when the cap looks full
                 log.warning("session %s: its user slot went before it could name its global slot", session_id)
         return held
 
     async def _take_numbered(
         self, limit: int, where: Any, query: str, params: dict[str, Any], session_id: str, now: datetime, extra: dict[str, Any] | None,
-        first: tuple[str, str] | None = None, held_before: Any = None, narrow: Any = None,
+        first: tuple[str, str] | None = None, held_before: Any = None, narrow: Any = None, etags: dict[tuple[str, str], str] | None = None,
     ) -> tuple[str, str] | None:
         """Insert-if-absent one of `limit` numbered slots (slot n at `where(n)`, its row key n, listed by
         `query`); its key, None when all are held by live sessions. `narrow(insert)`, if given, looks
@@ -280,9 +315,11 @@ class TableStore:
 
         async def insert(key: tuple[str, str]) -> bool:
             try:
-                await slots.create_entity({"PartitionKey": key[0], "RowKey": key[1], "session_id": session_id, "at": now.isoformat(), **(extra or {})})
+                meta = await slots.create_entity({"PartitionKey": key[0], "RowKey": key[1], "session_id": session_id, "at": now.isoformat(), **(extra or {})})
             except ResourceExistsError:
                 return False
+            if etags is not None:
+                etags[key] = meta["etag"]
             if held_before is not None and await held_before(key):
                 await slots.delete_entity(*key)  # ours, inserted just now: nobody else can hold it yet
                 return False
@@ -327,7 +364,16 @@ class TableStore:
         return any(await _bounded(reclaim(slot) for slot in slots))
 
     async def _release_slots(self, session: Session) -> None:
-        """Keyed (issue 25): the session's slot in its owner's partition names its global slot."""
+        """Keyed (issue 25): two deletes conditioned on the ETags the create noted in the session, so a slot
+        reclaimed and taken by another session meanwhile stays theirs. A session without that note (written
+        before it existed) is found by its owner's slot partition, whose row names its global slot."""
+        if (held := _parse_held(session.held_slots)) is not None:
+            for pk, rk, etag in held:
+                try:
+                    await self._table("slots").delete_entity(pk, rk, etag=etag, match_condition=MatchConditions.IfNotModified)
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    pass  # reclaimed (its session had ended), and maybe taken by another
+            return
         query = "PartitionKey eq @p and session_id eq @s"
         for row in [e async for e in self._query("slots", query, {"p": f"user|{_key(session.owner)}", "s": session.id})]:
             await self._free_slots(row)
@@ -499,21 +545,31 @@ class TableStore:
         return sorted(found.values(), key=lambda s: (s.due_at or now, s.id))[:limit]
 
     async def _look_due(self, entries: list[Any], now: datetime) -> list[Session]:
-        """The due sessions among `entries`; a stale entry is dropped, an early one moved to its session's time."""
+        """The due sessions among `entries`, each read once however many entries it has: a due session keeps
+        only the entry of its current due time (the others are stale hints, dropped), an early entry is moved
+        to its session's time, and an ended or moved session's entries go."""
         gate = asyncio.Semaphore(DUE_READ_CONCURRENCY)
+        by_session: dict[str, list[Any]] = {}
+        for e in entries:
+            by_session.setdefault(e["session_id"], []).append(e)
 
-        async def look(e: Any) -> Session | None:
+        async def look(session_id: str, mine: list[Any]) -> Session | None:
             async with gate:
-                s = await self.get(e["session_id"])
-                if s is not None and s.state not in TERMINAL_STATES and (s.due_at is None or s.due_at <= now):
-                    return s
-                if s is not None and s.state not in TERMINAL_STATES and s.due_at is not None and _due_partition(s.id, s.due_at) == e["PartitionKey"]:
-                    await self._retime_due(e, s.due_at)  # due later this minute: an earlier writer's time
+                s = await self.get(session_id)
+                if s is None or s.state in TERMINAL_STATES:
+                    await asyncio.gather(*(self._drop_due(e) for e in mine))  # ended or gone
                     return None
-                await self._drop_due(e)  # ended, gone, or moved to another minute
-                return None
+                if s.due_at is None:
+                    return s  # written without a due time (an earlier version): due now; its entries are its only hints
+                current, due = _due_partition(s.id, s.due_at), s.due_at <= now
+                for e in mine:
+                    if e["PartitionKey"] != current:
+                        await self._drop_due(e)  # moved to another minute, or an older entry of a due session
+                    elif not due:
+                        await self._retime_due(e, s.due_at)  # due later this minute: an earlier writer's time
+                return s if due else None
 
-        return [s for s in await asyncio.gather(*(look(e) for e in entries)) if s is not None]
+        return [s for s in await asyncio.gather(*(look(sid, mine) for sid, mine in by_session.items())) if s is not None]
 
     async def _forget_due(self, now: datetime) -> None:
         """Forget the sessions that ended ENDED_RETENTION ago: their entries (written with the ending) in one range query."""
@@ -832,7 +888,7 @@ class TableStore:
             created_at=datetime.fromisoformat(e["created_at"]),
             expires_at=datetime.fromisoformat(e["expires_at"]),
             used_at=_time(e.get("used_at")),
-            sealed=bytes(sealed) if sealed is not None else None,
+            sealed=bytes(sealed) if sealed else None,  # erased by key: written empty (see _erase_claim)
         )
 
     async def _claim_entity(self, token_hash: str) -> Any:
@@ -881,12 +937,14 @@ class TableStore:
             return False
 
     async def _erase_claim(self, partition: str) -> None:
+        """Overwrite the sealed config with nothing, by key, without reading the claim first (one request,
+        not two, per ended session): a merge keeps every other field, and a consume racing it loses its
+        ETag-conditioned write, so an erased config is never handed out."""
         try:
-            e = await self._table("claims").get_entity(partition, "c")
+            await self._table("claims").update_entity(
+                {"PartitionKey": partition, "RowKey": "c", "sealed": b"", "sealed_present": False}, mode=UpdateMode.MERGE)
         except ResourceNotFoundError:
-            return  # never written (a crash after its index rows), or forgotten
-        if e.get("sealed_present"):
-            await self._erase_sealed(e)  # False: consumed or erased meanwhile, which is as good
+            pass  # never written (a crash after its index rows), or forgotten
 
     async def purge_claims(self, now: datetime, session_id: str | None = None) -> None:
         """Erase the sealed configs of one ended session; or (the sweeper's call) those past expiry, and

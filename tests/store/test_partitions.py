@@ -70,9 +70,10 @@ async def test_ending_a_session_releases_what_it_held_by_key(tables):
     await store.purge_claims(T0, session_id="mine")
     assert rec.scans() == [], rec.scans()
     assert not [r for r in rec.requests if r.kind == "query" and "global" in r.filter]  # the global slots are never listed
-    # save 1 and its forget entry in the due index (the session had no due time: no live entry to drop); slots: the owner's partition, the global slot read and deleted, the user slot deleted; addresses: the
-    # session's index, the reservation read and deleted, the index dropped; claims: the session's index, the claim read and erased.
-    assert len(rec.requests) == 2 + 4 + 4 + 3, rec.requests
+    # save 1 and its forget entry in the due index (the session had no due time: no live entry to drop); slots: the global and
+    # the user slot deleted by the keys and ETags the session noted at create (no read); addresses: the session's index, the
+    # reservation read and deleted, the index dropped; claims: the session's index, the claim erased by key (no read).
+    assert len(rec.requests) == 2 + 2 + 4 + 2, rec.requests
     assert (await store.get_claim("ab" * 32)).sealed is None and (await store.get_claim("00" * 32)).sealed == b"sealed"
     assert await store.reserve_address("dryrun", "10.0.0.2", "next", T0) == "next"
     assert await store.reserve_address("dryrun", "10.0.0.10", "next", T0) == "other0"
@@ -89,6 +90,21 @@ async def test_a_session_ended_on_one_replica_frees_its_place_on_another(recorde
     await b.save(s.moved(SessionState.FAILED, T0))
     assert await a.create_session(new_session(owner="test:bob"), per_user=1, total=1) is CreateOutcome.CREATED
     assert await a.create_session(new_session(owner="test:carol"), per_user=1, total=1) is CreateOutcome.GLOBAL_LIMIT
+
+
+async def test_a_late_release_leaves_a_slot_another_session_took_since(tables):
+    """Released by the ETags noted at create: a slot reclaimed meanwhile (its session looked ended) and
+    taken by another session is that session's; the late release must not free it."""
+    store, _ = tables
+    await store.create_session(new_session(session_id="s1"), per_user=1, total=1)
+    s1 = await store.get("s1")
+    slots = store._table("slots")
+    (global_slot,) = [e async for e in slots.query_entities("PartitionKey ge 'global|' and PartitionKey lt 'global}'")]
+    await slots.delete_entity(global_slot["PartitionKey"], global_slot["RowKey"])  # as a reclaim does
+    assert await store.create_session(new_session(owner="test:bob", session_id="s2"), per_user=1, total=1) is CreateOutcome.CREATED
+    await store.save(s1.moved(SessionState.FAILED, T0))  # s1's late release: its global slot is s2's now
+    assert await store.create_session(new_session(owner="test:carol"), per_user=1, total=1) is CreateOutcome.GLOBAL_LIMIT
+    assert [e["session_id"] async for e in slots.query_entities("PartitionKey eq 'user|test:alice'")] == []  # its own user slot went
 
 
 async def test_near_a_full_cap_a_create_lists_one_shard_not_every_slot(tables, monkeypatch):
