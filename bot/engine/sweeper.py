@@ -109,7 +109,8 @@ class Sweeper:
         await _bounded(due, SWEEP_CONCURRENCY)
         if len(sessions) >= SWEEP_BATCH:
             return p.clock()  # more is due than one pass takes: go on at once
-        next_due = await p.store.next_due(p.clock())
+        # Only what falls due before the next planned look matters (run() sleeps sweep_seconds at most).
+        next_due = await p.store.next_due(p.clock(), within=timedelta(seconds=p.limits.sweep_seconds))
         return _earliest(next_due, await self.deliver_notifications())
 
     async def _heartbeat(self, now: datetime) -> None:

@@ -162,8 +162,10 @@ class SessionStore(SessionReader, Protocol):
     async def due_sessions(self, now: datetime, limit: int = 500) -> list[Session]:
         """Sessions whose `due_at` is at or before `now` (earliest first, at most `limit`), as stored now.
         What a sweep reads: its cost follows what is due, not how many sessions are live (issue 25)."""
-    async def next_due(self, now: datetime) -> datetime | None:
-        """When the next session after `now` falls due; it may answer earlier than that, never later."""
+    async def next_due(self, now: datetime, within: timedelta | None = None) -> datetime | None:
+        """When the next session after `now` falls due; it may answer earlier than that, never later.
+        `within`: only a time up to `now + within` matters (the sweeper looks again by then anyway), so a
+        store may answer None for anything later: Table Storage then reads a few minutes of the index, not all of it."""
     async def live_ids(self) -> set[str]:
         """The ids of every session that may hold resources: a superset of the live ones, read cheaply
         (Table Storage: the due index's keys, not the sessions). For reconcile: an id not in it is confirmed with `get`."""

@@ -113,6 +113,7 @@ SLOT_SHARDS = 64  # global cap slot n lives in partition global|{n % 64}
 SPREAD = 64  # address reservations, the claims' due index and progress texts spread over this many partitions
 AUDIT_SHARDS = 32  # audit rows of a day: every read merges this many streams, so fewer than SPREAD
 USAGE_SHARDS = 32  # usage records of a month (one range query reads them all)
+CLAIM_PURGE_EVERY = timedelta(seconds=30)  # the sweeper's purge of claims fallen due, at most this often per process
 CLAIM_KEEP = timedelta(days=1)  # a claim is forgotten this long after it expired (its state reads "expired" until then)
 LEGACY_RECHECK = 600.0  # seconds: while rows of the earlier layout remain, look again this often (once none remain, never)
 _LEGACY_GLOBAL = "global"  # the global cap's one partition before issue 25
@@ -606,11 +607,14 @@ class TableStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             pass
 
-    async def next_due(self, now: datetime) -> datetime | None:
-        """The earliest entry after `now`: entries come in minute order, so reading the first minute that has
-        any is enough (past a page of it: at most a second ahead, never later than the truth by more)."""
+    async def next_due(self, now: datetime, within: timedelta | None = None) -> datetime | None:
+        """The earliest entry after `now` (up to `now + within`): entries come in minute order, so reading the
+        first minute that has any is enough (past a page of it: at most a second ahead, never later than the
+        truth by more). The range ends at the horizon's minute: the store reads what it returns, and a query
+        over every future minute made Azurite filter and sort the whole index (31-58 ms at 10,000 live)."""
         query = "PartitionKey ge @lo and PartitionKey lt @hi and at gt @now"
-        times, more = await self._first_minute(query, {"lo": f"{_minute(now)}|", "hi": _FORGET, "now": _utc(now)})
+        hi = f"{_minute(now + within)}|~" if within is not None else _FORGET
+        times, more = await self._first_minute(query, {"lo": f"{_minute(now)}|", "hi": hi, "now": _utc(now)})
         if more:  # a busy minute: an unread entry may be earlier; look again within a second, not at once
             return min(*times, now + timedelta(seconds=1))
         return min(times, default=None)
@@ -960,6 +964,8 @@ class TableStore:
                     await self._erase_sealed(e)
             return
         await self._housekeeping(now)
+        if not self._due("claims", now, CLAIM_PURGE_EVERY):
+            return  # a range read per sweep cost a pass 25 ms at 10,000 live on Azurite; a link checks its own expiry
         query = "PartitionKey ge @lo and PartitionKey lt @hi and at le @now"
         due = [e async for e in self._query("claims", query, {"lo": _CLAIM_DUE, "hi": f"{_CLAIM_DUE}{_minute(now)}}}", "now": now.isoformat()})]
 

@@ -44,7 +44,7 @@ async def test_a_pass_with_nothing_due_costs_the_same_with_one_or_thirty_live_se
         await rt.service.sweep()  # the first pass of this process takes its turns (traffic, index check)
         clock.advance(seconds=5)
         requests.clear()
-        assert await rt.service.sweep() is not None
+        await rt.service.sweep()
         one = list(requests.requests)
         for n in range(1, 30):
             await start(rt, n)

@@ -46,6 +46,10 @@ async def test_next_due_is_never_later_than_the_earliest_due_time(store):
     assert nxt is not None and T0 < nxt <= T0 + 2 * MIN + timedelta(seconds=5)
     nxt = await store.next_due(T0 + 3 * MIN)
     assert nxt is not None and T0 + 3 * MIN < nxt <= T0 + 30 * MIN
+    # Up to a horizon (the sweeper's next planned look): what falls due within it is found, nothing past it.
+    nxt = await store.next_due(T0, within=5 * MIN)
+    assert nxt is not None and T0 < nxt <= T0 + 2 * MIN + timedelta(seconds=5)
+    assert await store.next_due(T0 + 3 * MIN, within=5 * MIN) is None
 
 
 async def test_a_due_time_moved_later_or_earlier_or_cleared_is_followed(store):

@@ -92,3 +92,18 @@ async def test_counters_do_not_share_a_partition(recorded):
         assert sorted(inserts.count(p) for p in set(inserts) if p != flooded) == [1] * 20  # the others never met the flood
     finally:
         await store.close()
+
+
+def test_the_table_client_reads_proxy_settings_only_when_a_proxy_is_set(monkeypatch):
+    """aiohttp's trust_env looks up ~/.netrc and the proxy variables in a thread on every request: only worth it with a proxy."""
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    conn = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+
+    def trusts_env() -> bool:
+        transport = TableStore.from_connection_string(conn)._service._client._client._pipeline._transport
+        return transport._use_env_settings
+
+    assert trusts_env() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert trusts_env() is True
