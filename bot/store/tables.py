@@ -90,6 +90,8 @@ TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses"
 DUE_SHARDS = 16  # a minute's due entries spread over this many partitions
 DUE_READ_CONCURRENCY = 16  # due entries whose session is read at once
 DUE_PAGE = 100  # due entries looked at together
+IN_FLIGHT_GRACE = timedelta(minutes=5)  # a due entry written for a write that has not landed is left alone this long past its time
+_CREATING = "create"  # the `pending` mark of a due entry written before its session is created
 _FORGET = "f"  # due-table partitions of ended sessions' forget times ("f<minute>|<shard>"; live ones start with a digit)
 _NOTIFY_DUE = "n"  # due-table partitions of pending notifications ("n<minute>|<shard>")
 _TURN = "turn"  # the meta table's partition of fleet-wide job turns (take_turn)
@@ -245,7 +247,7 @@ class TableStore:
             return CreateOutcome.GLOBAL_LIMIT
         held = _held_slots(etags, everyone, (user_slots, mine))
         try:
-            await self._schedule_due(session)  # before the session: a crash in between leaves a hint, never an unswept session
+            await self._schedule_due(session, pending=_CREATING)  # before the session: a crash in between leaves a hint, never an unswept session
             await self._table("sessions").create_entity(_entity(dataclasses.replace(session, held_slots=held)))
         except BaseException:
             await self._table("slots").delete_entity(user_slots, mine)
@@ -449,7 +451,7 @@ class TableStore:
     async def save(self, session: Session) -> Session:
         if not session.version:
             raise Conflict(f"session {session.id} was never read from this store")
-        await self._schedule_due(session)  # before the write (see _schedule_due)
+        await self._schedule_due(session, pending=session.version)  # before the write (see _schedule_due)
         try:
             meta = await self._table("sessions").update_entity(
                 _entity(session), mode=UpdateMode.REPLACE, etag=session.version, match_condition=MatchConditions.IfNotModified
@@ -498,12 +500,14 @@ class TableStore:
     # entry at or before the time it is due; an entry it has moved away from is a stale hint, dropped
     # (by ETag: never one just rewritten) when a sweep reaches it. A sweep with nothing due is one query.
 
-    async def _schedule_due(self, session: Session) -> None:
+    async def _schedule_due(self, session: Session, pending: str = "") -> None:
+        """`pending`: the version the save about to follow is conditioned on. Until that save lands, a sweep
+        reads the session at exactly that version and must not take the new entry for a stale one."""
         if session.state in TERMINAL_STATES:  # when it is forgotten: ENDED_RETENTION after its end
             at = (session.ended_at or session.updated_at) + ENDED_RETENTION
             await self._table("due").upsert_entity(_due_entity(session.id, at, prefix=_FORGET), mode=UpdateMode.REPLACE)
         elif session.due_at is not None:
-            await self._table("due").upsert_entity(_due_entity(session.id, session.due_at), mode=UpdateMode.REPLACE)
+            await self._table("due").upsert_entity({**_due_entity(session.id, session.due_at), "pending": pending}, mode=UpdateMode.REPLACE)
 
     async def _repair_due(self, session_id: str) -> None:
         """A lost compare-and-set may have rewritten the winner's entry with our time: write the winner's back."""
@@ -554,16 +558,24 @@ class TableStore:
         for e in entries:
             by_session.setdefault(e["session_id"], []).append(e)
 
+        def in_flight(e: Any, s: Session | None) -> bool:
+            """Written for a write that has not landed yet (the create, or a save of the version read): its
+            session's next hint, not a stale one. A writer that died in between leaves it for IN_FLIGHT_GRACE."""
+            waits_for = s.version if s is not None else _CREATING
+            return bool(e.get("pending")) and e["pending"] == waits_for and now - datetime.fromisoformat(e["at"]) < IN_FLIGHT_GRACE
+
         async def look(session_id: str, mine: list[Any]) -> Session | None:
             async with gate:
                 s = await self.get(session_id)
                 if s is None or s.state in TERMINAL_STATES:
-                    await asyncio.gather(*(self._drop_due(e) for e in mine))  # ended or gone
+                    await asyncio.gather(*(self._drop_due(e) for e in mine if not in_flight(e, s)))  # ended or gone
                     return None
                 if s.due_at is None:
                     return s  # written without a due time (an earlier version): due now; its entries are its only hints
                 current, due = _due_partition(s.id, s.due_at), s.due_at <= now
                 for e in mine:
+                    if in_flight(e, s):
+                        continue
                     if e["PartitionKey"] != current:
                         await self._drop_due(e)  # moved to another minute, or an older entry of a due session
                     elif not due:
