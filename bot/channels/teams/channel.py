@@ -32,6 +32,7 @@ from bot.channels.teams.activities import (
     conversation_of,
     host_of,
     is_personal,
+    may_hold_surrogates,
     tenant_of,
     upload_url_allowed,
 )
@@ -147,7 +148,7 @@ class TeamsChannel(ChannelDefaults):
             log.warning("Teams: malformed JSON (%d bytes) refused", len(body))
             return web.Response(status=400, text="malformed JSON")
         try:
-            check_activity(data)
+            check_activity(data, surrogates_possible=may_hold_surrogates(body))
             value = data.get("value")
             if data.get("name") == "fileConsent/invoke" and value["action"] == "accept":
                 url = value["uploadInfo"]["uploadUrl"]
