@@ -11,6 +11,10 @@ every call that is waiting, runs them one after the other as before (one connect
 SQLite's serial order is unchanged), and hands all their results back with one
 `call_soon_threadsafe`. Nothing is merged or reordered: each call is still its own statement or
 transaction, so every compare-and-set stays what it was.
+
+The thread is a daemon: a store nobody closed does not hold up the interpreter's exit (the runtime
+closes its store, which runs what was submitted first); a write cut short at exit is, to SQLite, a
+transaction never committed.
 """
 from __future__ import annotations
 
