@@ -43,7 +43,7 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = _SECRET_LINE.sub(r"\1[redacted]", message)
-        if cleaned != message:
+        if record.args or cleaned != message:  # formatted once: the formatter's getMessage() reuses it
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
@@ -100,6 +100,8 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Neither format shows them: not looked up for every record (the logging HOWTO's "Optimization").
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(quiet)

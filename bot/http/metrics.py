@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import re
 import secrets
@@ -27,6 +28,9 @@ from bot.store.ports import SessionReader
 log = logging.getLogger(__name__)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# A request without an id gets this process's random prefix and a count: unique across replicas for
+# the logs, without a call to os.urandom per request (it is no secret).
+_ID_PREFIX, _ID_COUNTER = secrets.token_hex(4), itertools.count()
 STORE_GAUGES_SECONDS = 30.0  # a scrape inside this reuses the last store read (Prometheus scrapes every 15-60 s; the read is O(live))
 
 
@@ -34,7 +38,7 @@ STORE_GAUGES_SECONDS = 30.0  # a scrape inside this reuses the last store read (
 async def observe_requests(request: web.Request, handler) -> web.StreamResponse:
     """Times every request by route template (never the raw path: it may hold a secret) and binds a request id for the logs."""
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
     bind(request_id=request_id)
     started = time.perf_counter()
     status = 500

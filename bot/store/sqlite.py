@@ -9,14 +9,12 @@ SQLite serialises across processes through its file lock. One host only: not on 
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
 import secrets
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -38,6 +36,7 @@ from bot.store.ports import (
     UsageRecord,
     Worker,
 )
+from bot.store.thread import StoreThread
 from bot.store.usage_codec import USAGE_FIELDS, decode_usage, encode_usage
 
 T = TypeVar("T")
@@ -244,13 +243,13 @@ def _from_row(row: sqlite3.Row) -> Session:
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._executor = StoreThread("sqlite")  # one thread, calls in order, batched wake-ups (thread.py)
         self._conn: sqlite3.Connection | None = None
         self._purged_at: datetime | None = None
         self._seen_purged_at: datetime | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._executor.run(fn, *args)
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -285,7 +284,7 @@ class SqliteStore:
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown()
 
     @property
     def conn(self) -> sqlite3.Connection:

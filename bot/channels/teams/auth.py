@@ -4,16 +4,23 @@ Inbound: `CloudAdapter` checks each activity's token against the Bot Framework's
 `_SigningKeys` downloads off the event loop (botbuilder's own cache would block it); tokens the SDK
 cannot read become 401. `_ReusingAuthentication` stops botbuilder from building msrest clients per turn.
 
+`InboundTokens` remembers, for a few minutes, the channel tokens botbuilder has verified (the Bot
+Framework sends the same token with many activities), so a plain message is not verified again;
+what depends on the activity is checked on every request all the same.
+
 Outbound: `BotToken` is the bot's own token for the Bot Connector, from MSAL (client credentials, or
 the user-assigned managed identity), cached, acquired in a thread.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -25,13 +32,14 @@ from botbuilder.integration.aiohttp import (
     ConfigurationBotFrameworkAuthentication,
     ConfigurationServiceClientCredentialFactory,
 )
-from botframework.connector.auth import AuthenticationConstants, JwtTokenExtractor
+from botframework.connector.auth import AuthenticationConstants, JwtTokenExtractor, SkillValidation
 from botframework.connector.auth.jwt_token_extractor import _OpenIdConfig
 from jwt.algorithms import RSAAlgorithm
 
 from bot.channels.teams.activities import host_of
 from bot.channels.teams.config import TeamsConfig
 from bot.channels.teams.connector import ConnectorError
+from bot.channels.teams.inbound import auth_view
 
 log = logging.getLogger(__name__)
 
@@ -261,3 +269,79 @@ class _ReusingConnectorFactory:
         if client is None:
             client = self._cache[key] = await self._inner.create(service_url, audience)
         return client
+
+
+# ----- inbound tokens already verified --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Verified:
+    until: float  # time.time(): min(the token's exp, when it was verified + InboundTokens.TTL)
+    channel_id: str  # the channel its signing key's endorsements were checked for
+    service_url: str  # its serviceurl claim
+    audience: str  # its aud claim
+    issuer: str
+
+
+class VerifiedTokens:
+    """Channel tokens botbuilder verified, by the SHA-256 of the whole Authorization header (the token
+    itself is not kept): a hit means these exact bytes, signature included, passed botbuilder's checks
+    once. A hit is honoured only while the token is unexpired and at most `ttl` seconds after that
+    check (a key the Bot Framework withdraws stops being trusted within it), and only if this activity's
+    channel and service URL are the ones the token was verified for and its audience is still this
+    bot's app id. Anything else is a miss: the caller asks botbuilder, which decides as before."""
+
+    def __init__(self, app_id: str, *, ttl: float = 300.0, size: int = 1024, clock: Callable[[], float] = time.time) -> None:
+        self.app_id, self.ttl, self.size, self._clock = app_id, ttl, size, clock
+        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+
+    @staticmethod
+    def _key(header: str) -> bytes:
+        return hashlib.sha256(header.encode("utf-8", "surrogatepass")).digest()
+
+    def accepts(self, header: str, channel_id: str, service_url: str) -> bool:
+        entry = self._entries.get(self._key(header))
+        if entry is None:
+            return False
+        if self._clock() >= entry.until:
+            self._entries.pop(self._key(header), None)
+            return False
+        return (entry.channel_id == channel_id and entry.service_url == service_url and entry.audience == self.app_id
+                and entry.issuer == AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER)
+
+    def remember(self, header: str, channel_id: str, service_url: str, claims: dict) -> None:
+        """After botbuilder accepted `header` for an activity of `channel_id` at `service_url`: kept only
+        for a Bot Framework channel token naming that service URL and this bot (not the emulator's, not a skill's)."""
+        exp = claims.get("exp")
+        if (not self.app_id or not isinstance(exp, (int, float)) or isinstance(exp, bool)
+                or claims.get(AuthenticationConstants.ISSUER_CLAIM) != AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER
+                or claims.get(AuthenticationConstants.AUDIENCE_CLAIM) != self.app_id or claims.get("serviceurl") != service_url
+                or SkillValidation.is_skill_claim(claims)):
+            return
+        until = min(float(exp), self._clock() + self.ttl)
+        key = self._key(header)
+        self._entries[key] = _Verified(until, channel_id, service_url, self.app_id, AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+class InboundTokens:
+    """The token check of a plain message (bot/channels/teams/inbound.py): a token verified before
+    (VerifiedTokens) for this channel, service URL and bot, else botbuilder's authentication as the
+    adapter runs it. Raises PermissionError when refused."""
+
+    def __init__(self, config: TeamsConfig, authentication: Any, verified: VerifiedTokens | None = None) -> None:
+        self._authentication = authentication
+        self.verified = verified or VerifiedTokens(config.app_id)
+
+    async def check(self, data: dict, header: str) -> None:
+        channel_id, service_url = data["channelId"], data["serviceUrl"]
+        if not self.verified.app_id and not header:
+            return  # no app id, auth off (dev mode): botbuilder gives a request without a token anonymous claims
+        if header and self.verified.app_id and self.verified.accepts(header, channel_id, service_url):
+            return
+        result = await self._authentication.authenticate_request(auth_view(data), header)
+        identity = getattr(result, "claims_identity", None)
+        if header and identity is not None and identity.is_authenticated and isinstance(identity.claims, dict):
+            self.verified.remember(header, channel_id, service_url, identity.claims)

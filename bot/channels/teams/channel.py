@@ -32,14 +32,15 @@ from bot.channels.teams.activities import (
     conversation_of,
     host_of,
     is_personal,
+    may_hold_surrogates,
     tenant_of,
     upload_url_allowed,
 )
-from bot.channels.teams.auth import BotToken, build_adapter
+from bot.channels.teams.auth import BotToken, InboundTokens, build_adapter
 from bot.channels.teams.config import TeamsConfig
 from bot.channels.teams.connector import ConnectorClient, ConnectorError, Sender
 from bot.channels.teams.delivery import Delivery
-from bot.channels.teams.inbound import Message, auth_view, message_of, plain_message
+from bot.channels.teams.inbound import Message, message_of, plain_message
 from bot.messages import ConversationRef, Identity, Incoming
 from bot.replies import ChannelDefaults, ConfigDelivery
 from cards.model import Card
@@ -78,6 +79,7 @@ class TeamsChannel(ChannelDefaults):
         self.config = config
         self._deps: ChatDeps | None = None
         self._adapter: CloudAdapter | None = None
+        self._inbound: InboundTokens | None = None
         self._client: ConnectorClient | None = None
         self._sender: Sender | None = None
         self._members: Members | None = None
@@ -92,6 +94,7 @@ class TeamsChannel(ChannelDefaults):
         self._deps = deps
         self._adapter = build_adapter(self.config)
         self._adapter.on_turn_error = self._on_turn_error
+        self._inbound = InboundTokens(self.config, self._adapter.bot_framework_authentication)
         self._client = ConnectorClient(deps.http, self._token, self.config, forget_token=self._bot_token.forget)
         self._sender = Sender(self._client)
         self._members = Members(self.config, self._client)
@@ -145,7 +148,7 @@ class TeamsChannel(ChannelDefaults):
             log.warning("Teams: malformed JSON (%d bytes) refused", len(body))
             return web.Response(status=400, text="malformed JSON")
         try:
-            check_activity(data)
+            check_activity(data, surrogates_possible=may_hold_surrogates(body))
             value = data.get("value")
             if data.get("name") == "fileConsent/invoke" and value["action"] == "accept":
                 url = value["uploadInfo"]["uploadUrl"]
@@ -171,10 +174,11 @@ class TeamsChannel(ChannelDefaults):
 
     async def _plain_message(self, request: web.Request, data: dict, message: Message) -> web.Response:
         """What the SDK and on_message do for a message, without the SDK's models: its authentication
-        checks the token (401 as its adapter answers), then the tenant, then the work runs after the ack."""
-        assert self._adapter is not None
+        checks the token (401 as its adapter answers; a token it verified before, for this channel and
+        service URL, is not verified again: auth.py InboundTokens), then the tenant, then the work runs after the ack."""
+        assert self._inbound is not None
         try:
-            await self._adapter.bot_framework_authentication.authenticate_request(auth_view(data), request.headers.get("Authorization", ""))
+            await self._inbound.check(data, request.headers.get("Authorization", ""))
         except PermissionError:
             raise web.HTTPUnauthorized() from None
         if not self._tenant_allowed(message.tenant):

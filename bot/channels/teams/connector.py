@@ -187,6 +187,7 @@ class ConnectorClient:
         self._forget_token = forget_token
         self._config = config
         self._slots = asyncio.Semaphore(config.max_concurrent_calls)
+        self._timeout = aiohttp.ClientTimeout(total=config.call_timeout)
         self.pacer = Pacer(config.remembered)
 
     async def call(self, method: str, service_url: str, path: str, *, body: Any = None, idempotent: bool,
@@ -229,7 +230,7 @@ class ConnectorClient:
             try:
                 async with self.pacer.lock(pace) if pace is not None else contextlib.nullcontext(), self._slots:
                     async with self._http.request(method, url, data=data, headers=headers,
-                                                  timeout=aiohttp.ClientTimeout(total=self._config.call_timeout)) as resp:
+                                                  timeout=self._timeout) as resp:
                         raw = await resp.read()
                         status, retry_after = resp.status, retry_after_seconds(resp.headers.get("Retry-After", ""))
                         if status < 300:
