@@ -35,6 +35,7 @@ class Holding:
 
     def __init__(self) -> None:
         self.lost: Session | None = None
+        self.renewed: Session | None = None  # the session as the latest renewal wrote it (None: not renewed yet)
 
 
 def this_worker() -> Worker:
@@ -116,7 +117,7 @@ class Leases:
             while True:
                 await asyncio.sleep(self._lease_seconds / 3)
                 try:
-                    await self.owned(session_id, states, lambda s: s)
+                    holding.renewed = await self.owned(session_id, states, lambda s: s, known=holding.renewed)
                 except LeaseLost as lost:
                     holding.lost = lost.session
                     return

@@ -12,7 +12,7 @@ from bot.engine import notices
 from bot.engine.endings import release_held
 from bot.engine.leases import LeaseLost
 from bot.engine.parts import EngineParts
-from bot.engine.usage import write_usage
+from bot.engine.usage import usage_record, write_usage
 from bot.store.model import ACTIVE_STATES, Session, SessionState
 from provisioner.base import CleanupIncomplete
 
@@ -61,28 +61,17 @@ class Teardown:
     async def _teardown(self, session_id: str, reason: str, moved: Session) -> None:
         """`moved`: the session as `begin` wrote it (ours, expiring): the work starts without reading it again."""
         p = self.p
-        s: Session | None = moved
-        if s is None or s.state is not SessionState.EXPIRING or s.lease_owner != p.worker.id:
+        s = moved
+        if s.state is not SessionState.EXPIRING or s.lease_owner != p.worker.id:
             return
         try:
-            async with p.leases.holding(s.id, (SessionState.EXPIRING,)):
+            async with p.leases.holding(s.id, (SessionState.EXPIRING,)) as held:
                 try:
                     await self._destroy(s)
                 except Exception:
                     await p.emit("cleanup_stuck", s, attempts=TEARDOWN_ATTEMPTS)  # once per session: the outbox keeps one per event
                     raise
-                now = p.clock()
-                # Read once more (lease renewals and traffic figures wrote it meanwhile): the usage record
-                # comes from it, and the last write is tried on it first. Before that write: a crash after
-                # it leaves the session `expiring`, and whoever finishes it writes the same record and
-                # queues the same event again (one of each per session).
-                latest = await p.store.get(s.id) or s
-                current = dataclasses.replace(latest, ended_at=now)
-                await write_usage(p.store, current, now)
-                if p.notify is not None:
-                    await p.notify.emit("ended", current)
-                s = await p.leases.owned(s.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **p.leases.unleased()),
-                                         known=latest)
+                s = await self._finish(held.renewed or s)
         except LeaseLost as lost:
             log.info("session %s: teardown handed over (%s)", session_id, lost)
             return
@@ -92,6 +81,23 @@ class Teardown:
         said = s.end_reason or reason
         log.info("session %s ended (%s)", s.id, "stopped by its owner" if said == notices.STOPPED_BY_OWNER else said)
         await p.outbox.notice(s.conversation, notices.ended(s.id, s.end_reason or reason))
+
+    async def _finish(self, ours: Session) -> Session:
+        """The usage record, the `ended` event, then the last compare-and-set, tried on `ours` (the session as
+        we last wrote it: nobody else writes an expiring session we hold, so usually no read is needed).
+        Record and event come before that write: a crash after it leaves the session `expiring`, and
+        whoever finishes it writes the same record and queues the same event again (one of each per session).
+        If another write landed meanwhile, the record is written again from the session as ended."""
+        p = self.p
+        now = p.clock()
+        await write_usage(p.store, ours, now)
+        if p.notify is not None:
+            await p.notify.emit("ended", dataclasses.replace(ours, ended_at=now))
+        s = await p.leases.owned(ours.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **p.leases.unleased()),
+                                 known=ours)
+        if usage_record(s, now) != usage_record(ours, now):
+            await write_usage(p.store, s, now)  # it changed under us (traffic figures): the record follows the session as ended
+        return s
 
     async def _destroy(self, s: Session) -> None:
         """Until the provider has let go of everything; raises (the session stays `expiring`, the

@@ -119,6 +119,26 @@ async def test_a_teardown_finished_by_another_worker_is_one_record(make_runtime,
         assert r.session_id == s.id and r.end_reason == "stopped"
 
 
+async def test_figures_written_during_a_teardown_reach_its_record(make_runtime, monkeypatch):
+    """The teardown's last write is tried on the session as it last wrote it; another replica's write of
+    traffic figures in between makes it read again, and the record follows the session as it ended."""
+    async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
+        await say(rt, "/vpn start")
+        s = await only_session(rt)
+        destroy = rt.provider.destroy
+
+        async def measured_meanwhile(*args, **kwargs):
+            x = await rt.store.get(s.id)
+            await rt.store.save(x.with_changes(x.updated_at, bytes_in=7_000_000, bytes_out=3_000_000))  # another replica's traffic poll
+            return await destroy(*args, **kwargs)
+
+        monkeypatch.setattr(rt.provider, "destroy", measured_meanwhile)
+        await say(rt, "/vpn stop")
+        assert (await only_session(rt)).state is SessionState.DELETED
+        record = (await records(rt))[s.id]
+        assert (record.bytes_in, record.bytes_out, record.end_reason) == (7_000_000, 3_000_000, "stopped")
+
+
 async def test_admins_read_the_report_and_the_audit_log_in_chat(make_runtime, channel, clock):
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0, VPN_HOURLY_COST=1.2) as rt:
         await say(rt, "/vpn start")
