@@ -583,6 +583,7 @@ async def reap(ctx: Ctx, label: str) -> tuple[float, str]:
     before = await turns_due(ctx)
     env = app_env(**ctx.app_settings(), VPN_METRICS_PORT="0")
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    azurite0 = proc_status(ctx.azurite_pid)["cpu"] if ctx.azurite_pid else 0.0
     t = time.perf_counter()
     profile = ["-m", "cProfile", "-o", f"{ctx.profile_reap}.{len(ctx.reaps)}"] if ctx.profile_reap else []
     ctx.reaps.append(label)
@@ -594,7 +595,8 @@ async def reap(ctx: Ctx, label: str) -> tuple[float, str]:
     cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
     line = next((x for x in out.decode().splitlines() if x.startswith("reap:")), f"(no report; exit {proc.returncode})")
     warnings = [x for x in err.decode().splitlines() if x.strip()]
-    print(f"  {label}: {took:.2f} s wall, {cpu:.2f} s CPU, exit {proc.returncode} — {line}")
+    azurite = f", Azurite {proc_status(ctx.azurite_pid)['cpu'] - azurite0:.2f} s CPU" if ctx.azurite_pid else ""
+    print(f"  {label}: {took:.2f} s wall, {cpu:.2f} s CPU{azurite}, exit {proc.returncode} — {line}")
     print(f"      {before}; {len(warnings)} line(s) on stderr{': ' + warnings[0][:160] if warnings else ''}")
     return took, line
 

@@ -76,11 +76,13 @@ class Teardown:
             log.info("session %s: teardown handed over (%s)", session_id, lost)
             return
         metrics.teardown_done(s)
-        await p.outbox.retract(s.conversation, s.id)
-        await release_held(p, s)
         said = s.end_reason or reason
         log.info("session %s ended (%s)", s.id, "stopped by its owner" if said == notices.STOPPED_BY_OWNER else said)
-        await p.outbox.notice(s.conversation, notices.ended(s.id, s.end_reason or reason))
+        # The owner first: what is left is housekeeping that a crash leaves to others (an ended session's
+        # address reservations are taken over, its sealed configs erased at their own expiry).
+        await p.outbox.notice(s.conversation, notices.ended(s.id, said))
+        await p.outbox.retract(s.conversation, s.id)
+        await release_held(p, s)
 
     async def _finish(self, ours: Session) -> Session:
         """The usage record, the `ended` event, then the last compare-and-set, tried on `ours` (the session as
