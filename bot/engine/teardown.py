@@ -12,7 +12,7 @@ from bot.engine import notices
 from bot.engine.endings import release_held
 from bot.engine.leases import LeaseLost
 from bot.engine.parts import EngineParts
-from bot.engine.usage import usage_record, write_usage
+from bot.engine.usage import usage_record, write_usage, write_usage_quietly
 from bot.store.model import ACTIVE_STATES, Session, SessionState
 from provisioner.base import CleanupIncomplete
 
@@ -98,7 +98,9 @@ class Teardown:
         s = await p.leases.owned(ours.id, (SessionState.EXPIRING,), lambda x: x.moved(SessionState.DELETED, now, ended_at=now, **p.leases.unleased()),
                                  known=ours)
         if usage_record(s, now) != usage_record(ours, now):
-            await write_usage(p.store, s, now)  # it changed under us (traffic figures): the record follows the session as ended
+            # It changed under us (traffic figures): the record follows the session as ended. After the last write,
+            # so a failure is only logged: nobody finishes this session again, and the owner must still be told.
+            await write_usage_quietly(p.store, s)
         return s
 
     async def _destroy(self, s: Session) -> None:

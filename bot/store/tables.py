@@ -90,7 +90,7 @@ TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses"
 DUE_SHARDS = 16  # a minute's due entries spread over this many partitions
 DUE_READ_CONCURRENCY = 16  # due entries whose session is read at once
 DUE_PAGE = 100  # due entries looked at together
-IN_FLIGHT_GRACE = timedelta(minutes=5)  # a due entry written for a write that has not landed is left alone this long past its time
+IN_FLIGHT_GRACE = timedelta(minutes=5)  # a due entry written for a write that has not landed is left alone this long after it was written
 _CREATING = "create"  # the `pending` mark of a due entry written before its session is created
 _FORGET = "f"  # due-table partitions of ended sessions' forget times ("f<minute>|<shard>"; live ones start with a digit)
 _NOTIFY_DUE = "n"  # due-table partitions of pending notifications ("n<minute>|<shard>")
@@ -560,9 +560,10 @@ class TableStore:
 
         def in_flight(e: Any, s: Session | None) -> bool:
             """Written for a write that has not landed yet (the create, or a save of the version read): its
-            session's next hint, not a stale one. A writer that died in between leaves it for IN_FLIGHT_GRACE."""
+            session's next hint, not a stale one. A writer that died in between leaves it for IN_FLIGHT_GRACE
+            after it was written (the server's timestamp; not its due time, which a save may set long past)."""
             waits_for = s.version if s is not None else _CREATING
-            return bool(e.get("pending")) and e["pending"] == waits_for and now - datetime.fromisoformat(e["at"]) < IN_FLIGHT_GRACE
+            return bool(e.get("pending")) and e["pending"] == waits_for and utcnow() - e.metadata["timestamp"] < IN_FLIGHT_GRACE
 
         async def look(session_id: str, mine: list[Any]) -> Session | None:
             async with gate:

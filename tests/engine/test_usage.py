@@ -139,6 +139,38 @@ async def test_figures_written_during_a_teardown_reach_its_record(make_runtime, 
         assert (record.bytes_in, record.bytes_out, record.end_reason) == (7_000_000, 3_000_000, "stopped")
 
 
+async def test_a_failed_second_record_after_the_last_write_still_tells_the_owner(make_runtime, channel, monkeypatch):
+    """The record written again after the last compare-and-set (figures changed meanwhile) comes after the
+    session is gone for good: nobody finishes it again, so a store hiccup there must not skip what follows
+    (the owner's notice, its addresses and sealed configs released). Before that write, a failure leaves
+    the session `expiring` for the sweeper; after it, nothing would."""
+    async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
+        await say(rt, "/vpn start")
+        s = await only_session(rt)
+        destroy = rt.provider.destroy
+
+        async def measured_meanwhile(*args, **kwargs):
+            x = await rt.store.get(s.id)
+            await rt.store.save(x.with_changes(x.updated_at, bytes_in=7_000_000, bytes_out=3_000_000))  # another replica's traffic poll
+            return await destroy(*args, **kwargs)
+
+        put_usage, puts = rt.store.put_usage, []
+
+        async def second_fails(record):
+            puts.append(record)
+            if len(puts) == 2:
+                raise ConnectionError("store hiccup")
+            return await put_usage(record)
+
+        monkeypatch.setattr(rt.provider, "destroy", measured_meanwhile)
+        monkeypatch.setattr(rt.store, "put_usage", second_fails)
+        channel.sent.clear()
+        await say(rt, "/vpn stop")
+        assert (await only_session(rt)).state is SessionState.DELETED
+        assert len(puts) == 2  # the second write was tried (and failed)
+        assert f"Your VPN session {s.id} has ended" in channel.all_text()
+
+
 async def test_admins_read_the_report_and_the_audit_log_in_chat(make_runtime, channel, clock):
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0, VPN_HOURLY_COST=1.2) as rt:
         await say(rt, "/vpn start")

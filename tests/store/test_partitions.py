@@ -290,7 +290,7 @@ def _usage(record: UsageRecord) -> dict:
     return encode_usage(record)
 
 
-async def test_a_sweep_between_a_due_entry_and_its_save_keeps_the_entry(tables):
+async def test_a_sweep_between_a_due_entry_and_its_save_keeps_the_entry(tables, monkeypatch):
     """A save writes its due entry first; a sweep that reads the session before the save lands sees the
     old version and must not drop the new entry as stale (found by the 10 % wave at 10,000 live: half of
     the rewritten sessions were never swept). Likewise for a create, whose session is not there yet."""
@@ -316,5 +316,27 @@ async def test_a_sweep_between_a_due_entry_and_its_save_keeps_the_entry(tables):
     await store._schedule_due(new_session(session_id="s3", due_at=T0 + minute), pending="create")  # a create that died
     await store.due_sessions(T0 + 2 * minute)
     assert "s3" in await store.live_ids()  # within the grace: left alone
+    later = utcnow() + 6 * minute
+    monkeypatch.setattr("bot.store.tables.utcnow", lambda: later)  # the grace runs from when the entry was written (the store's clock)
     await store.due_sessions(T0 + 7 * minute)
     assert "s3" not in await store.live_ids()  # past it: a writer that died, its hint dropped
+
+
+async def test_a_save_in_flight_whose_due_time_passed_long_ago_keeps_its_entry(tables):
+    """The grace of an entry whose save has not landed runs from when it was written, not from its due time:
+    a save may well move a session to a time long past (a warning turned on: the index check reschedules every
+    live session, even_if_due; its warning time passed 20 minutes ago). A sweep between that entry and its
+    save reads the old version (not due for an hour) and must not drop the entry as stale, else the session
+    is not looked at before its old time (the warning never sent)."""
+    from azure.core import MatchConditions
+    from azure.data.tables import UpdateMode
+
+    store, _ = tables
+    minute = timedelta(minutes=1)
+    assert await store.create_session(new_session(session_id="s1", due_at=T0 + 60 * minute), per_user=5, total=100) is CreateOutcome.CREATED
+    s = await store.get("s1")
+    moved = s.with_changes(T0, due_at=T0 - 20 * minute)
+    await store._schedule_due(moved, pending=s.version)  # the writer's first step; its save has not landed
+    assert await store.due_sessions(T0) == []  # read at the old version: not due, and the entry stays
+    await store._table("sessions").update_entity(_entity(moved), mode=UpdateMode.REPLACE, etag=s.version, match_condition=MatchConditions.IfNotModified)
+    assert [x.id for x in await store.due_sessions(T0)] == ["s1"]
