@@ -117,7 +117,8 @@ class Leases:
             while True:
                 await asyncio.sleep(self._lease_seconds / 3)
                 try:
-                    holding.renewed = await self.owned(session_id, states, lambda s: s, known=holding.renewed)
+                    # A fresh read: the body may have written the session since (provisioning does).
+                    holding.renewed = await self.owned(session_id, states, lambda s: s)
                 except LeaseLost as lost:
                     holding.lost = lost.session
                     return

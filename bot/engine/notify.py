@@ -156,6 +156,10 @@ class Notifier:
         if added:
             self.wake()
 
+    async def has_targets(self) -> bool:
+        """Whether an event would go anywhere (configured or registered targets; the registered ones cached)."""
+        return bool(self.config.targets) or bool(await self.registered())
+
     async def emit_quietly(self, kind: str, s: Session, **facts: Any) -> None:
         try:
             await self.emit(kind, s, **facts)

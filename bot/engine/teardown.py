@@ -89,8 +89,11 @@ class Teardown:
         we last wrote it: nobody else writes an expiring session we hold, so usually no read is needed).
         Record and event come before that write: a crash after it leaves the session `expiring`, and
         whoever finishes it writes the same record and queues the same event again (one of each per session).
-        If another write landed meanwhile, the record is written again from the session as ended."""
+        If another write landed meanwhile, the record is written again from the session as ended. An event,
+        once queued, is not replaced: where one goes out (VPN_NOTIFY), the session is read once more for it."""
         p = self.p
+        if p.notify is not None and await p.notify.has_targets():
+            ours = await p.store.get(ours.id) or ours  # figures written during the teardown (a VM's last report)
         now = p.clock()
         await write_usage(p.store, ours, now)
         if p.notify is not None:

@@ -953,13 +953,17 @@ class TableStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
 
-    async def _erase_claim(self, partition: str) -> None:
+    async def _erase_claim(self, partition: str, expired_at: datetime | None = None) -> None:
         """Overwrite the sealed config with nothing, by key, without reading the claim first (one request,
         not two, per ended session): a merge keeps every other field, and a consume racing it loses its
-        ETag-conditioned write, so an erased config is never handed out."""
+        ETag-conditioned write, so an erased config is never handed out. `expired_at` (a session's end)
+        also marks the claim expired: a replica of an earlier version, which takes an empty `sealed` for a
+        config, refuses an expired claim instead of failing on it during a rolling deploy."""
+        erased: dict[str, Any] = {"PartitionKey": partition, "RowKey": "c", "sealed": b"", "sealed_present": False}
+        if expired_at is not None:
+            erased["expires_at"] = expired_at.isoformat()
         try:
-            await self._table("claims").update_entity(
-                {"PartitionKey": partition, "RowKey": "c", "sealed": b"", "sealed_present": False}, mode=UpdateMode.MERGE)
+            await self._table("claims").update_entity(erased, mode=UpdateMode.MERGE)
         except ResourceNotFoundError:
             pass  # never written (a crash after its index rows), or forgotten
 
@@ -970,7 +974,7 @@ class TableStore:
         claims = self._table("claims")
         if session_id is not None:
             tokens = [e["RowKey"] async for e in self._query("claims", "PartitionKey eq @p", {"p": _BY_SESSION + _key(session_id)}, select=["RowKey"])]
-            await _bounded(self._erase_claim(_CLAIM + token) for token in tokens)
+            await _bounded(self._erase_claim(_CLAIM + token, expired_at=now) for token in tokens)
             if await self._legacy_claims():  # claims written before issue 25 are found by a filter on that layout's rows
                 query = "PartitionKey lt @new and session_id eq @s and sealed_present eq true"
                 async for e in self._query("claims", query, {"new": _NEW, "s": session_id}):

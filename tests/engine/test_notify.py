@@ -80,8 +80,6 @@ async def test_each_event_reaches_each_target_once_signed_and_without_secrets(ma
             assert (n.state, n.attempts) == ("delivered", 1)
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 25 review): the teardown queues `ended` from the session as it last wrote it, "
-                   "not as it ends; the usage record is written again when they differ, the event cannot be")
 async def test_the_ended_event_carries_the_figures_written_during_the_teardown(make_runtime, hook, monkeypatch):
     """Traffic figures written while the teardown destroys (an Azure VM's last report, another replica's poll
     that listed the session before it began to end) reach the usage record; the `ended` event, queued before

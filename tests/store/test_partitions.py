@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -340,3 +340,15 @@ async def test_a_save_in_flight_whose_due_time_passed_long_ago_keeps_its_entry(t
     assert await store.due_sessions(T0) == []  # read at the old version: not due, and the entry stays
     await store._table("sessions").update_entity(_entity(moved), mode=UpdateMode.REPLACE, etag=s.version, match_condition=MatchConditions.IfNotModified)
     assert [x.id for x in await store.due_sessions(T0)] == ["s1"]
+
+
+async def test_a_claim_erased_with_its_session_reads_as_expired_to_an_earlier_version(tables):
+    """Erased by a merge, the config is an empty `sealed`, which a replica of an earlier version takes for a
+    config (it tested `is not None`); the erase also marks the claim expired, which that version refuses."""
+    store, _ = tables
+    await store.add_claim(claim("ef" * 32, "gone", T0 + timedelta(minutes=10)))
+    await store.purge_claims(T0 + timedelta(minutes=2), session_id="gone")
+    raw = await store._table("claims").get_entity("~c|" + "ef" * 32, "c")
+    assert raw["sealed"] in (b"", None) and raw["sealed_present"] is False
+    assert datetime.fromisoformat(raw["expires_at"]) <= T0 + timedelta(minutes=2)  # the earlier version's consume: "expired"
+    assert (await store.get_claim("ef" * 32)).sealed is None
