@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Awaitable, Sequence
@@ -74,6 +75,11 @@ class Sweeper:
         self._wake = asyncio.Event()
         self._sweep_at: datetime | None = None  # when the sweeper means to look next (None: sweeping now)
         self._due_at: datetime | None = None  # the earliest due time reported since the sweep began
+        self._start = random.getrandbits(32)  # where this worker starts round the circle of session ids (sweep)
+
+    def _arc(self, session_id: str) -> int:
+        """How far round the circle of session ids (CRC-32) this one lies from this worker's starting point."""
+        return (zlib.crc32(session_id.encode()) - self._start) % (1 << 32)
 
     def wake(self) -> None:
         self._wake.set()
@@ -101,9 +107,11 @@ class Sweeper:
                                     usage_retention=timedelta(days=p.usage.retention_days))  # at most every 10 min per process
         due: list[Awaitable[object]] = await self._turns(now)
         sessions = self.last_due = await p.store.due_sessions(now, SWEEP_BATCH)
-        # Endings first (a warning waits on its chat post; an expiry must not wait behind a pass of them), and
-        # in this worker's own order: replicas reading the same due sessions share them instead of racing.
-        for s in sorted(sessions, key=lambda s: (s.state is SessionState.READY and now < s.expires_at, random.random())):
+        # Endings first (a warning waits on its chat post; an expiry must not wait behind a pass of them), then
+        # round a circle of session ids from this worker's own starting point: replicas reading the same due
+        # sessions work on different arcs until they meet, instead of racing for the same ones (a lost race
+        # costs a failed write and two reads).
+        for s in sorted(sessions, key=lambda s: (s.state is SessionState.READY and now < s.expires_at, self._arc(s.id))):
             work = self._work_for(s, now, resume=resume)
             due.append(work if work is not None else self._reschedule(s.id, now, known=s))
         await _bounded(due, SWEEP_CONCURRENCY)
