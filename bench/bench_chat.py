@@ -227,39 +227,50 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class Sender:
+    """Posts activities to the bot, recording when each conversation's was sent, each ack's latency and the failures."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http, self.url = http, url
+        self.sent_at: dict[str, float] = {}
+        self.acks: list[float] = []
+        self.bad = 0
+
+    async def post(self, conv: str, body: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self.sent_at[conv] = time.time()
+        t = loop.time()
+        try:
+            async with self.http.post(self.url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                await resp.read()
+                ok = resp.status < 300
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            ok = False
+        if ok:
+            self.acks.append(loop.time() - t)
+        else:
+            self.bad += 1
+
+
+def _client() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60))
+
+
 async def drive(url: str, activities: list[dict], rate: float) -> tuple[dict[str, float], list[float], int]:
     """Open loop: activity i leaves at t0 + i/rate. Returns send times by conversation, ack latencies, failures."""
     loop = asyncio.get_running_loop()
-    sent_at: dict[str, float] = {}
-    acks: list[float] = []
-    bad = 0
-    timeout = aiohttp.ClientTimeout(total=60)
     bodies = [(act["conversation"]["id"], json.dumps(act).encode()) for act in activities]  # before the clock starts
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
-        async def post(conv: str, body: bytes) -> None:
-            nonlocal bad
-            sent_at[conv] = time.time()
-            t = loop.time()
-            try:
-                async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-                    await resp.read()
-                    ok = resp.status < 300
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                ok = False
-            if ok:
-                acks.append(loop.time() - t)
-            else:
-                bad += 1
-
+    async with _client() as http:
+        sender = Sender(http, url)
         t0 = loop.time()
         tasks = []
         for i, (conv, body) in enumerate(bodies):
             delay = t0 + i / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(post(conv, body)))
+            tasks.append(asyncio.create_task(sender.post(conv, body)))
         await asyncio.gather(*tasks)
-    return sent_at, acks, bad
+    return sender.sent_at, sender.acks, sender.bad
 
 
 GROUPME_SECRET = "bench-groupme-callback-secret"
@@ -318,40 +329,22 @@ async def drive_window(url: str, connector: str, make: Callable[[int], dict], wi
     connector (not until its ack: the floor and the project ack first and reply after). Returns send
     times by conversation, ack latencies, failures, and the conversations in the order sent."""
     loop = asyncio.get_running_loop()
-    sent_at: dict[str, float] = {}
-    acks: list[float] = []
     convs: list[str] = []
-    bad = 0
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http, aiohttp.ClientSession() as probe:
-        async def post(conv: str, body: bytes) -> None:
-            nonlocal bad
-            sent_at[conv] = time.time()
-            t = loop.time()
-            try:
-                async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-                    await resp.read()
-                    ok = resp.status < 300
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                ok = False
-            if ok:
-                acks.append(loop.time() - t)
-            else:
-                bad += 1
-
+    async with _client() as http, aiohttp.ClientSession() as probe:
+        sender = Sender(http, url)
         tasks = []
         delivered = 0
         t_end = loop.time() + seconds
         while loop.time() < t_end:
-            while len(convs) - delivered - bad < window:
+            while len(convs) - delivered - sender.bad < window:
                 act = make(len(convs))
                 convs.append(act["conversation"]["id"])
-                tasks.append(asyncio.create_task(post(convs[-1], json.dumps(act).encode())))
+                tasks.append(asyncio.create_task(sender.post(convs[-1], json.dumps(act).encode())))
             await asyncio.sleep(0.005)
             async with probe.get(connector + "_bench/count") as resp:
                 delivered = await resp.json()
         await asyncio.gather(*tasks)
-    return sent_at, acks, bad, convs
+    return sender.sent_at, sender.acks, sender.bad, convs
 
 
 async def run_scenario(target: str, url: str, connector: str, scenario: str, round_no: int, rate: float, seconds: float, drain: float,

@@ -12,7 +12,7 @@ import pytest
 
 from bot.store.model import SessionState
 from tests.fakes.webhook import WebhookReceiver
-from tests.support.factories import incoming
+from tests.support.factories import incoming, traffic_during_teardown
 
 pytestmark = pytest.mark.parametrize("store_backend", ["sqlite", "azure-tables"], indirect=True)
 SECRET = "notify-secret-" + "s" * 24
@@ -88,14 +88,7 @@ async def test_the_ended_event_carries_the_figures_written_during_the_teardown(m
     async with make_runtime(**notify_env(hook)) as rt:
         await say(rt, "/vpn start")
         (s,) = await rt.store.sessions([SessionState.READY])
-        destroy = rt.provider.destroy
-
-        async def measured_meanwhile(*args, **kwargs):
-            x = await rt.store.get(s.id)
-            await rt.store.save(x.with_changes(x.updated_at, bytes_in=7_000_000, bytes_out=3_000_000))
-            return await destroy(*args, **kwargs)
-
-        monkeypatch.setattr(rt.provider, "destroy", measured_meanwhile)
+        traffic_during_teardown(rt, s.id, monkeypatch)
         await say(rt, "/vpn stop")
         await deliver(rt)
         ended = hook.received[-1]

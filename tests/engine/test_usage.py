@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bot.store.model import SessionState
-from tests.support.factories import incoming
+from tests.support.factories import incoming, traffic_during_teardown
 
 pytestmark = pytest.mark.parametrize("store_backend", ["sqlite", "azure-tables"], indirect=True)
 
@@ -125,14 +125,7 @@ async def test_figures_written_during_a_teardown_reach_its_record(make_runtime, 
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
         await say(rt, "/vpn start")
         s = await only_session(rt)
-        destroy = rt.provider.destroy
-
-        async def measured_meanwhile(*args, **kwargs):
-            x = await rt.store.get(s.id)
-            await rt.store.save(x.with_changes(x.updated_at, bytes_in=7_000_000, bytes_out=3_000_000))  # another replica's traffic poll
-            return await destroy(*args, **kwargs)
-
-        monkeypatch.setattr(rt.provider, "destroy", measured_meanwhile)
+        traffic_during_teardown(rt, s.id, monkeypatch)
         await say(rt, "/vpn stop")
         assert (await only_session(rt)).state is SessionState.DELETED
         record = (await records(rt))[s.id]
@@ -147,13 +140,7 @@ async def test_a_failed_second_record_after_the_last_write_still_tells_the_owner
     async with make_runtime(VPN_DRYRUN_STEP_SECONDS=0) as rt:
         await say(rt, "/vpn start")
         s = await only_session(rt)
-        destroy = rt.provider.destroy
-
-        async def measured_meanwhile(*args, **kwargs):
-            x = await rt.store.get(s.id)
-            await rt.store.save(x.with_changes(x.updated_at, bytes_in=7_000_000, bytes_out=3_000_000))  # another replica's traffic poll
-            return await destroy(*args, **kwargs)
-
+        traffic_during_teardown(rt, s.id, monkeypatch)
         put_usage, puts = rt.store.put_usage, []
 
         async def second_fails(record):
@@ -162,7 +149,6 @@ async def test_a_failed_second_record_after_the_last_write_still_tells_the_owner
                 raise ConnectionError("store hiccup")
             return await put_usage(record)
 
-        monkeypatch.setattr(rt.provider, "destroy", measured_meanwhile)
         monkeypatch.setattr(rt.store, "put_usage", second_fails)
         channel.sent.clear()
         await say(rt, "/vpn stop")

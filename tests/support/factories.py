@@ -87,3 +87,15 @@ def new_session(owner: str = "test:alice", session_id: str | None = None, **chan
         minutes=30, updated_at=T0,
     )
     return dataclasses.replace(s, **changes)
+
+
+def traffic_during_teardown(rt, session_id: str, monkeypatch, bytes_in: int = 7_000_000, bytes_out: int = 3_000_000) -> None:
+    """Another replica's traffic poll writes figures for the session while its teardown destroys it."""
+    destroy = rt.provider.destroy
+
+    async def measured_meanwhile(*args, **kwargs):
+        x = await rt.store.get(session_id)
+        await rt.store.save(x.with_changes(x.updated_at, bytes_in=bytes_in, bytes_out=bytes_out))
+        return await destroy(*args, **kwargs)
+
+    monkeypatch.setattr(rt.provider, "destroy", measured_meanwhile)
