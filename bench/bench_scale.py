@@ -482,16 +482,20 @@ def fmt_ms(seconds: float) -> str:
 
 # ----- a) sweep passes, b) expiries -------------------------------------------------------------------------
 
+async def measured_pass(rt: Any, meter: Any) -> tuple[float, list[Any]]:
+    """One sweep pass and the work it started: its wall time and the Table requests it made."""
+    mark = meter.mark()
+    t = time.perf_counter()
+    await rt.service.sweep()
+    await rt.runner.wait_idle()
+    return time.perf_counter() - t, meter.since(mark)
+
+
 async def part_a(ctx: Ctx, level: int) -> None:
     meter = TurnMeter(ctx.prefix)
     rec = Recorder()
     async with runtime(ctx.env, counted_store(ctx.conn, ctx.prefix, meter), background=False, recorder=rec) as rt:
-        mark = meter.mark()
-        t = time.perf_counter()
-        await rt.service.sweep()
-        await rt.runner.wait_idle()
-        first = time.perf_counter() - t
-        reqs = meter.since(mark)
+        first, reqs = await measured_pass(rt, meter)
         taken = [x for x in meter.turns if x]
         print(f"  [{level:>6,} live] a fresh process's first pass: {fmt_ms(first)}, {len(reqs)} requests, "
               f"{sum(r.entities for r in reqs):,} entities, {sum(r.size for r in reqs) / 1e6:.1f} MB read; "
@@ -539,12 +543,7 @@ async def part_b(ctx: Ctx, rt: Any, meter: Meter, rec: Recorder, level: int) -> 
             await seed_batch(store, batch, schedule, 8)
         else:
             await rewrite(store, ids, lambda i, now: now - timedelta(seconds=1), schedule, warned=True)
-        mark = meter.mark()
-        t = time.perf_counter()
-        await rt.service.sweep()
-        await rt.runner.wait_idle()
-        took = time.perf_counter() - t
-        reqs = meter.since(mark)
+        took, reqs = await measured_pass(rt, meter)
         told = sum(n for (sid, what), n in rec.notices.items() if sid.startswith(batch.tag) and what == phrase)
         after = [await store.get(sid) for sid in ids]
         done = sum(1 for s in after if s is not None and (s.warned if name == "warning" else s.state is SessionState.DELETED))

@@ -366,8 +366,10 @@ class SqliteStore:
         return [_from_row(r) for r in rows]
 
     async def next_due(self, now: datetime, within: timedelta | None = None) -> datetime | None:
-        until = (now + within).isoformat() if within is not None else "9999"
-        row = await self._run(lambda: self.conn.execute("SELECT MIN(due_at) FROM sessions WHERE due_at > ? AND due_at <= ?", (now.isoformat(), until)).fetchone())
+        query, args = "SELECT MIN(due_at) FROM sessions WHERE due_at > ?", [now.isoformat()]
+        if within is not None:
+            query, args = query + " AND due_at <= ?", [*args, (now + within).isoformat()]
+        row = await self._run(lambda: self.conn.execute(query, args).fetchone())
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
     async def live_ids(self) -> set[str]:

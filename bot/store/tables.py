@@ -143,8 +143,11 @@ def _session(entity: Any) -> Session:
 
 
 def _held_slots(etags: dict[tuple[str, str], str], *keys: tuple[str, str]) -> str:
-    """The note a session keeps of its slots: [[PartitionKey, RowKey, ETag], ...] as JSON."""
-    return json.dumps([[pk, rk, etags[pk, rk]] for pk, rk in keys if (pk, rk) in etags], separators=(",", ":"))
+    """The note a session keeps of its slots: [[PartitionKey, RowKey, ETag], ...] as JSON; none ("": released
+    through the owner's slot partition) unless every slot's ETag is known, so a release never misses one."""
+    if any(key not in etags for key in keys):
+        return ""
+    return json.dumps([[pk, rk, etags[pk, rk]] for pk, rk in keys], separators=(",", ":"))
 
 
 def _parse_held(note: str) -> list[tuple[str, str, str]] | None:
