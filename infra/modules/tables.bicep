@@ -1,6 +1,6 @@
-// The store's tables, declared so that nothing creates them at start-up or on every reap run (eleven
+// The store's tables, declared so that nothing creates them at start-up or on every reap run (fifteen
 // create calls per process, ~475,000 billed 409s a month from the per-minute job otherwise).
-// The names are bot/sessions/tables.py's TABLES behind VPN_TABLE_PREFIX (tests/test_infra.py checks).
+// The names are bot/store/tables.py's TABLES behind VPN_TABLE_PREFIX (tests/test_infra.py checks).
 @description('The storage account from groups.bicep (storage.bicep).')
 param storageAccountName string
 @description('VPN_TABLE_PREFIX.')
@@ -23,6 +23,7 @@ var tableNames = [
   'usage'
   'outbox'
   'due'
+  'claimindex'
 ]
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {

@@ -146,7 +146,7 @@ async def test_the_owner_index_drops_what_is_stale_when_read(tables):
     await store.create_session(new_session(session_id="ended"), per_user=5, total=100)
     slots, sessions = store._table("slots"), store._table("sessions")
     # A release that failed: the session is ended, its slots are still there.
-    ended = await sessions.get_entity("ended", "s")
+    ended = await sessions.get_entity("ended", "ended")
     await sessions.update_entity({**ended, "state": "failed"}, mode="replace")
     # A create that crashed after taking its slots, long ago; and one in progress now.
     taken = {e["RowKey"] async for e in slots.query_entities("PartitionKey eq 'user|test:alice'")}
@@ -175,7 +175,8 @@ async def test_a_purge_with_nothing_due_is_one_request_and_claims_go_on_time(tab
     assert [await store.get_claim(f"{i:02d}" * 32) is None for i in range(3)] == [True, True, False]
     await store.purge_claims(T0 + timedelta(days=1, minutes=13))
     assert [r for r in rec.scans() if r.table == "claims"] == []  # (housekeeping's, every 10 minutes, is the sweeper's concern)
-    assert [e async for e in store._table("claims").list_entities()] == []  # nothing left behind, index rows included
+    for table in ("claims", "claimindex"):
+        assert [e async for e in store._table(table).list_entities()] == [], table  # nothing left behind, index rows included
 
 
 @pytest.mark.slow
@@ -255,6 +256,52 @@ async def test_claims_and_reservations_of_the_earlier_layout(recorded):
     assert (await new.get_claim("aa" * 32)).sealed is None
     await new.release_addresses("old1")
     assert await new.reserve_address("dryrun", "10.0.0.2", "new1", T0) == "new1"
+
+
+async def test_sessions_and_claims_whose_row_keys_were_constants(recorded):
+    """Before their RowKey was their id, a session's RowKey was "s" and a claim's "c", with the claims'
+    by-session index in the claims table: a session of that layout is read, swept, saved where it is,
+    ended and forgotten; its claim is read, erased with the session and forgotten."""
+    old, _ = await recorded()
+    s = new_session(session_id="old1", state=SessionState.READY, expires_at=T0 - timedelta(minutes=1), due_at=T0 - timedelta(minutes=1))
+    await old._schedule_due(s)
+    await old._table("sessions").create_entity({**_entity(s), "RowKey": "s"})
+    token = "ab" * 32
+    await old.add_claim(claim(token, "old1", T0 + timedelta(minutes=10)))
+    claims, index = old._table("claims"), old._table("claimindex")
+    written = await claims.get_entity("~c|" + token, token)
+    await claims.delete_entity("~c|" + token, token)
+    await claims.create_entity({**written, "RowKey": "c"})
+    await index.delete_entity("~s|old1", token)
+    await claims.create_entity({"PartitionKey": "~s|old1", "RowKey": token})
+    async for e in claims.query_entities("PartitionKey ge '~e|' and PartitionKey lt '~e}'"):
+        await claims.update_entity({k: v for k, v in e.items() if k != "row"}, mode="replace")
+
+    new, rec = await recorded()  # a process started after the upgrade
+    (due,) = await new.due_sessions(T0)
+    assert due.id == "old1" and (await new.get_claim(token)).sealed == b"sealed"
+    expiring = await new.save(due.moved(SessionState.EXPIRING, T0))  # written in place: one row still
+    ended = await new.save(expiring.moved(SessionState.DELETED, T0))
+    assert [e["RowKey"] async for e in new._table("sessions").list_entities()] == ["s"]
+    await new.purge_claims(T0, session_id="old1")
+    assert (await new.get_claim(token)).sealed is None
+    assert (await new.get("old1")).state is SessionState.DELETED and ended.version == (await new.get("old1")).version
+    await new.purge_claims(T0 + timedelta(days=1, minutes=11))  # the claim is forgotten with its index row
+    await new.purge_claims(T0 + timedelta(days=8))  # the session a week after its end (housekeeping)
+    await new.purge_claims(T0 + timedelta(days=9))
+    assert await new.get("old1") is None and await new.get_claim(token) is None
+    for table in ("sessions", "claims", "claimindex"):
+        assert [e async for e in new._table(table).list_entities()] == [], table
+
+
+async def test_a_session_and_a_claim_are_keyed_by_their_id_twice(tables):
+    """Azurite finds an entity by its RowKey first: a constant RowKey made every keyed request a scan there."""
+    store, _ = tables
+    await store.create_session(new_session(session_id="s1"), per_user=1, total=1)
+    await store.add_claim(claim("cd" * 32, "s1", T0 + timedelta(minutes=10)))
+    assert [(e["PartitionKey"], e["RowKey"]) async for e in store._table("sessions").list_entities()] == [("s1", "s1")]
+    assert ("~c|" + "cd" * 32, "cd" * 32) in [(e["PartitionKey"], e["RowKey"]) async for e in store._table("claims").list_entities()]
+    assert [(e["PartitionKey"], e["RowKey"]) async for e in store._table("claimindex").list_entities()] == [("~s|s1", "cd" * 32)]
 
 
 async def test_audit_usage_and_progress_of_the_earlier_layout(recorded):
@@ -348,7 +395,7 @@ async def test_a_claim_erased_with_its_session_reads_as_expired_to_an_earlier_ve
     store, _ = tables
     await store.add_claim(claim("ef" * 32, "gone", T0 + timedelta(minutes=10)))
     await store.purge_claims(T0 + timedelta(minutes=2), session_id="gone")
-    raw = await store._table("claims").get_entity("~c|" + "ef" * 32, "c")
+    raw = await store._table("claims").get_entity("~c|" + "ef" * 32, "ef" * 32)
     assert raw["sealed"] in (b"", None) and raw["sealed_present"] is False
     assert datetime.fromisoformat(raw["expires_at"]) <= T0 + timedelta(minutes=2)  # the earlier version's consume: "expired"
     assert (await store.get_claim("ef" * 32)).sealed is None

@@ -140,7 +140,7 @@ async def test_a_record_older_than_a_field_reads_with_its_default(spec, stores):
         await a.open()
     else:
         table = a._t["sessions"]
-        entity = await table.get_entity("s10", "s")
+        entity = await table.get_entity("s10", "s10")
         await table.upsert_entity({k: v for k, v in entity.items() if k not in ("server_size", "own_key")}, mode="replace")
     s = await a.get("s10")
     assert s.server_size == "" and s.own_key is False
