@@ -146,8 +146,12 @@ class Sweeper:
         warning or an idle limit), and every one findable in the store's index. Reads every live session:
         a fleet-wide turn when the settings change and every INDEX_CHECK_EVERY, never a pass's work."""
         p = self.p
-        live = await p.store.sessions(ACTIVE_STATES)
-        stale = [s.id for s in live if self.schedule.next_look(s) != s.due_at]
+        live: dict[str, datetime | None] = {}  # id -> due time: a session at a time, never all of them decoded at once
+        stale: list[str] = []
+        async for s in p.store.each_session(ACTIVE_STATES):
+            live[s.id] = s.due_at
+            if self.schedule.next_look(s) != s.due_at:
+                stale.append(s.id)
         repaired = await p.store.check_due_index(now, live)
         if repaired:
             log.warning("%d live session(s) were missing from the due index (written by an earlier version?); they are looked at now", repaired)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, Sequence
+from typing import AsyncIterator, Mapping, Protocol, Sequence
 
 from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
@@ -145,6 +145,9 @@ class SessionReader(Protocol):
 
     async def get(self, session_id: str) -> Session | None: ...
     async def sessions(self, states: Sequence[SessionState], owner: str | None = None) -> list[Session]: ...
+    def each_session(self, states: Sequence[SessionState]) -> AsyncIterator[Session]:
+        """Every session in `states`, one at a time, in no set order: for the fleet-wide turns that look at every
+        live session and keep little of each (a list of 10,000 decoded sessions took a replica from 60 to 130 MB)."""
     async def ready_keys(self, now: datetime) -> dict[str, str]:
         """Session id -> client public key of every ready session not past its end: what the provider's
         traffic reading needs (two fields read per session, not all)."""
@@ -169,9 +172,9 @@ class SessionStore(SessionReader, Protocol):
     async def live_ids(self) -> set[str]:
         """The ids of every session that may hold resources: a superset of the live ones, read cheaply
         (Table Storage: the due index's keys, not the sessions). For reconcile: an id not in it is confirmed with `get`."""
-    async def check_due_index(self, now: datetime, live: Sequence[Session]) -> int:
-        """Make every live session (`live`: the caller's listing of them) findable by `due_sessions` (a store
-        whose index can drift repairs it here: for a fleet-wide turn now and then); returns how many were repaired."""
+    async def check_due_index(self, now: datetime, live: Mapping[str, datetime | None]) -> int:
+        """Make every live session (`live`: the caller's listing of them, id -> due time) findable by `due_sessions`
+        (a store whose index can drift repairs it here: for a fleet-wide turn now and then); returns how many were repaired."""
 
 
 class WorkerStore(Protocol):

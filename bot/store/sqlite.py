@@ -17,7 +17,7 @@ import sqlite3
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence, TypeVar
 
 from bot.messages import ConversationRef
 from bot.one_time_configs import Claim
@@ -47,6 +47,7 @@ AUDIT_TEXT_LIMIT = 200
 PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a Table Storage string holds 32k characters
 ATTEMPT_KEEP = timedelta(days=1)  # counters of windows older than this are purged
+EACH_PAGE = 500  # sessions read at once by each_session
 PURGE_EVERY = timedelta(minutes=10)  # purge_expired runs at most this often per process (as on Table Storage)
 
 SESSION_COLUMN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER", "time": "TEXT",
@@ -347,6 +348,18 @@ class SqliteStore:
         rows = await self._run(lambda: self.conn.execute(sql, args).fetchall())
         return [_from_row(r) for r in rows]
 
+    async def each_session(self, states: Sequence[SessionState]) -> AsyncIterator[Session]:
+        marks, after = ",".join("?" for _ in states), ""
+        while True:  # a page at a time, by id (the primary key): the thread is never held long, the rows never all in memory
+            sql = f"SELECT * FROM sessions WHERE state IN ({marks}) AND id > ? ORDER BY id LIMIT {EACH_PAGE}"
+            args = [*(s.value for s in states), after]
+            rows = await self._run(lambda sql=sql, args=args: self.conn.execute(sql, args).fetchall())
+            for row in rows:
+                yield _from_row(row)
+            if len(rows) < EACH_PAGE:
+                return
+            after = rows[-1]["id"]
+
     async def ready_keys(self, now: datetime) -> dict[str, str]:
         rows = await self._run(lambda: self.conn.execute(
             "SELECT id, client_public_key FROM sessions WHERE state=? AND expires_at > ?", (SessionState.READY.value, now.isoformat())).fetchall())
@@ -378,7 +391,7 @@ class SqliteStore:
             f"SELECT id FROM sessions WHERE due_at IS NOT NULL OR state IN ({marks})", [s.value for s in ACTIVE_STATES]).fetchall())
         return {r[0] for r in rows}
 
-    async def check_due_index(self, now: datetime, live: Sequence[Session]) -> int:
+    async def check_due_index(self, now: datetime, live: Mapping[str, datetime | None]) -> int:
         """The due time is a column of the session's own row; only one written without it (an earlier version) is due now."""
         return await self._run(lambda: _schedule_unscheduled(self.conn))
 

@@ -46,7 +46,7 @@ import random
 import secrets
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -186,6 +186,12 @@ def _proxy_in_env() -> bool:
     two thread hand-offs, about a third of a Table request's CPU. Without a proxy configured there is
     nothing to find, so the lookups are skipped; with one, they stay (a proxy needs them)."""
     return any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
+
+
+def _in_states(states: Sequence[SessionState]) -> tuple[str, dict[str, Any]]:
+    """A filter on the state column, and its parameters (the SDK substitutes @names split on spaces: the
+    parentheses stand apart from them)."""
+    return "( " + " or ".join(f"state eq @s{i}" for i in range(len(states))) + " )", {f"s{i}": s.value for i, s in enumerate(states)}
 
 
 def _time(text: str | None) -> datetime | None:
@@ -513,14 +519,17 @@ class TableStore:
             return []
         if (by_owner := await self._by_owner(states, owner)) is not None:
             return by_owner
-        params: dict[str, Any] = {f"s{i}": s.value for i, s in enumerate(states)}
-        # The SDK substitutes @names split on spaces: keep parentheses apart from them.
-        query = "( " + " or ".join(f"state eq @s{i}" for i in range(len(states))) + " )"
+        query, params = _in_states(states)
         if owner is not None:
             query += " and owner eq @owner"
             params["owner"] = owner
         found = [_session(e) async for e in self._query("sessions", query, params)]
         return sorted(found, key=lambda s: s.created_at)
+
+    async def each_session(self, states: Sequence[SessionState]) -> AsyncIterator[Session]:
+        if states:
+            async for e in self._query("sessions", *_in_states(states)):
+                yield _session(e)
 
     # ----- the due index: what a sweep reads ---------------------------------------------------------
     #
@@ -554,8 +563,7 @@ class TableStore:
             "sessions", query, params, select=["id", "client_public_key"], results_per_page=1000)}
 
     async def live_counts(self) -> dict[tuple[str, str], int]:
-        params: dict[str, Any] = {f"s{i}": s.value for i, s in enumerate(ACTIVE_STATES)}
-        query = "( " + " or ".join(f"state eq @s{i}" for i in range(len(ACTIVE_STATES))) + " )"
+        query, params = _in_states(ACTIVE_STATES)
         counts: dict[tuple[str, str], int] = {}
         async for e in self._query("sessions", query, params, select=["state", "provider"], results_per_page=1000):
             key = (e["state"], e["provider"])
@@ -685,7 +693,7 @@ class TableStore:
         query, params = "PartitionKey lt @hi", {"hi": _FORGET}
         return {e["session_id"] async for e in self._query("due", query, params, select=["session_id"], results_per_page=1000)}
 
-    async def check_due_index(self, now: datetime, live: Sequence[Session]) -> int:
+    async def check_due_index(self, now: datetime, live: Mapping[str, datetime | None]) -> int:
         """Give every live session without an entry one (due now): sessions written before the index
         existed, or by a replica of an earlier version during a rolling deploy. Reads every live session
         and entry: for a fleet-wide turn now and then, not for every sweep."""
@@ -694,9 +702,9 @@ class TableStore:
             await self._schedule_notification(_notification(e))  # pending items of an earlier version: found again
         indexed = {_key(sid) for sid in await self.live_ids()}
         missing = 0
-        for s in live:
-            if _key(s.id) not in indexed:
-                await self._table("due").upsert_entity(_due_entity(s.id, s.due_at or now), mode=UpdateMode.REPLACE)
+        for session_id, due_at in live.items():
+            if _key(session_id) not in indexed:
+                await self._table("due").upsert_entity(_due_entity(session_id, due_at or now), mode=UpdateMode.REPLACE)
                 missing += 1
         return missing
 

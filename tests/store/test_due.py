@@ -91,7 +91,7 @@ async def test_two_sweepers_see_the_same_due_sessions(stores):
 async def test_a_live_session_without_a_due_time_is_due_and_the_index_check_finds_it(store):
     """Written before due times existed (or by an earlier version during a rolling deploy)."""
     await make(store, "old", None, state=SessionState.AWAITING_APPROVAL)
-    await store.check_due_index(T0, await store.sessions(ACTIVE_STATES))
+    await store.check_due_index(T0, {s.id: s.due_at for s in await store.sessions(ACTIVE_STATES)})
     assert ids(await store.due_sessions(T0)) == ["old"]
     assert "old" in await store.live_ids()
 

@@ -82,5 +82,5 @@ async def test_a_pending_item_without_a_due_entry_is_found_by_the_index_check(st
         async for e in store._table("due").list_entities():
             await store._table("due").delete_entity(e["PartitionKey"], e["RowKey"])
         assert await store.due_notifications(T0 + timedelta(seconds=1)) == []
-    await store.check_due_index(T0, [])
+    await store.check_due_index(T0, {})
     assert [n.key for n in await store.due_notifications(T0 + timedelta(seconds=1))] == [item.key]

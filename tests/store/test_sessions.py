@@ -176,3 +176,23 @@ async def test_an_owners_sessions_are_theirs_and_live_unless_ended_ones_are_aske
     assert sorted(x.id for x in await a.sessions([SessionState.REQUESTED, SessionState.FAILED], owner="test:alice")) == ["a1", "a2"]
     assert [x.id for x in await a.sessions(list(ACTIVE_STATES), owner="test:bob")] == ["b1"]
     assert await a.sessions(list(ACTIVE_STATES), owner="test:nobody") == []
+
+
+async def test_each_session_streams_every_session_in_the_states_asked(stores, monkeypatch):
+    """The fleet-wide turns read every live session one at a time (never all decoded at once): more than a
+    page of them, each once, whatever their order; none of another state."""
+    from bot.store import sqlite
+
+    monkeypatch.setattr(sqlite, "EACH_PAGE", 3)  # SQLite reads pages by id: several pages here
+    a, b = stores
+    ids = [f"s{i:02d}" for i in range(8)]
+    for i, sid in enumerate(ids):
+        await a.create_session(new_session(owner=f"test:u{i}", session_id=sid), per_user=5, total=20)
+    for sid in ("s02", "s05"):
+        s = await a.get(sid)
+        await a.save(s.moved(SessionState.FAILED, T0))
+    live = [s.id async for s in b.each_session(ACTIVE_STATES)]
+    assert sorted(live) == [sid for sid in ids if sid not in ("s02", "s05")]
+    assert sorted([s.id async for s in b.each_session([SessionState.FAILED])]) == ["s02", "s05"]
+    assert [s async for s in b.each_session([])] == []
+    assert all(s.version for s in [s async for s in a.each_session(ACTIVE_STATES)])
