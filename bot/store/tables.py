@@ -11,8 +11,10 @@ starts with VPN_TABLE_PREFIX. What makes it safe to share (docs/decisions.md, "T
   when the session ends (a slot whose session ended or never got written is reclaimed when the cap
   looks full). The owner's slot partition is also the owner index: `sessions(owner=)` reads it;
 * message ids, address reservations (`~a|<scope>|<shard>`): insert-if-absent; claims (`~c|<token hash>`):
-  consumed by an ETag-conditioned update; both indexed by session (`~s|<session id>`), claims also by the
-  minute they fall due (`~e|<minute>|<shard>`), so ending a session or purging is keyed or ranged;
+  consumed by an ETag-conditioned update; both indexed by session (`~s|<session id>`; the claims' index in
+  a table of its own, `claimindex`), claims also by the minute they fall due (`~e|<minute>|<shard>`), so
+  ending a session or purging is keyed or ranged;
+* a session's and a claim's RowKey is its own key again, never a constant (see `_session_row`);
 * keys from outside (emails, identities, message ids, addresses) go through `store_key` (bot/store/codec.py):
   bounded and injective, so no input can make a key Table Storage refuses or collide with another;
 * sign-in attempts: each counter is a partition of its own per window holding up to `limit` numbered
@@ -499,14 +501,12 @@ class TableStore:
         return dataclasses.replace(session, version=version, stored_due_at=session.due_at)
 
     async def get(self, session_id: str) -> Session | None:
+        """A miss looks again at the earlier layout's row: a second keyed read, not a look for such rows (which,
+        with no PartitionKey to bound it, would scan the whole table on Table Storage in every fresh process)."""
         key, sessions = _key(session_id), self._table("sessions")
-        try:
-            return _session(await sessions.get_entity(key, key))
-        except ResourceNotFoundError:
-            pass
-        if await self._legacy("session rows", "sessions", "RowKey eq @r", {"r": _OLD_SESSION_ROW}):
+        for row in (key, _OLD_SESSION_ROW):
             try:
-                return _session(await sessions.get_entity(key, _OLD_SESSION_ROW))
+                return _session(await sessions.get_entity(key, row))
             except ResourceNotFoundError:
                 pass
         return None
