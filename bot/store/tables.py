@@ -12,7 +12,7 @@ starts with VPN_TABLE_PREFIX. What makes it safe to share (docs/decisions.md, "T
   looks full). The owner's slot partition is also the owner index: `sessions(owner=)` reads it;
 * message ids, address reservations (`~a|<scope>|<shard>`): insert-if-absent; claims (`~c|<token hash>`):
   consumed by an ETag-conditioned update; both indexed by session (`~s|<session id>`; the claims' index in
-  a table of its own, `claimindex`), claims also by the minute they fall due (`~e|<minute>|<shard>`), so
+  a table of its own, `claimindex`), claims also by the minute they fall due (`~f|<minute>|<shard>`; `~e|` for the earlier layout), so
   ending a session or purging is keyed or ranged;
 * a session's and a claim's RowKey is its own key again, never a constant (see `_session_row`);
 * keys from outside (emails, identities, message ids, addresses) go through `store_key` (bot/store/codec.py):
@@ -128,7 +128,8 @@ _LEGACY_PROGRESS = "progress"  # the progress texts' one partition before issue 
 _NEW = "~"  # claims, addresses, audit: partition keys of the issue-25 layout start with it
 _CLAIM = "~c|"  # a claim: ~c|<token hash>, row <token hash> (earlier: row "c")
 _BY_SESSION = "~s|"  # claimindex, addresses: a row per claim / reservation of the session ~s|<session id> (claims: earlier)
-_CLAIM_DUE = "~e|"  # ~e|<minute>|<shard>: a row per claim and step (erase its sealed config; forget it); `row`: the claim's RowKey
+_CLAIM_DUE = "~f|"  # ~f|<minute>|<shard>: a row per claim and step (erase its sealed config; forget it)
+_OLD_CLAIM_DUE = "~e|"  # the same for claims of row "c": a replica of that version reads these only, never a new claim's steps
 _RESERVED = "~a|"  # ~a|<scope>|<shard>: the reservation of an address
 _PROGRESS_DUE = "~d|"  # ~d|<hour>|<shard>: progress keys written that hour (the purge reads past hours only)
 PROGRESS_INDEX_MEMORY = 10_000  # keys whose index row this process wrote this hour (an upsert: forgetting costs a write)
@@ -918,7 +919,7 @@ class TableStore:
         await asyncio.gather(
             self._table("claimindex").upsert_entity({"PartitionKey": _BY_SESSION + _key(claim.session_id), "RowKey": token}),
             *(claims.upsert_entity({"PartitionKey": _claim_due(at, token), "RowKey": token, "step": step, "at": at.isoformat(),
-                                    "session_id": claim.session_id, "row": token}) for step, at in steps),
+                                    "session_id": claim.session_id}) for step, at in steps),
         )
         entity: dict[str, Any] = {
             "PartitionKey": _CLAIM + token,
@@ -1035,13 +1036,16 @@ class TableStore:
         if not self._due("claims", now, CLAIM_PURGE_EVERY):
             return  # a range read per sweep cost a pass 25 ms at 10,000 live on Azurite; a link checks its own expiry
         query = "PartitionKey ge @lo and PartitionKey lt @hi and at le @now"
-        due = [e async for e in self._query("claims", query, {"lo": _CLAIM_DUE, "hi": f"{_CLAIM_DUE}{_minute(now)}}}", "now": now.isoformat()})]
+        # One range over both layouts' steps (~e| sorts just before ~f|; the earlier layout's are few, and drain).
+        due = [e async for e in self._query("claims", query, {"lo": _OLD_CLAIM_DUE, "hi": f"{_CLAIM_DUE}{_minute(now)}}}", "now": now.isoformat()})]
 
         async def step(e: Any) -> None:
-            token, row = e["RowKey"], e.get("row") or _OLD_CLAIM_ROW  # (an entry of the earlier layout has no `row`)
+            token = e["RowKey"]
+            old = e["PartitionKey"].startswith(_OLD_CLAIM_DUE)
+            row = _OLD_CLAIM_ROW if old else token
             if e.get("step") == "forget":
                 await claims.delete_entity(_CLAIM + token, row)
-                await self._table("claimindex" if row != _OLD_CLAIM_ROW else "claims").delete_entity(_BY_SESSION + _key(e.get("session_id") or ""), token)
+                await self._table("claims" if old else "claimindex").delete_entity(_BY_SESSION + _key(e.get("session_id") or ""), token)
             else:
                 await self._erase_claim(_CLAIM + token, row)
 
