@@ -102,6 +102,9 @@ PROGRESS_TTL = timedelta(days=2)
 PROGRESS_TEXT_LIMIT = 16_000  # a string property holds 32k characters
 _OLD_SESSION_ROW = "s"  # a session's RowKey before it was its id (see _session_row); such rows are still read and written
 _OLD_ROW_VERSION = "s|"  # the version of a session read from such a row starts with it (an ETag never does)
+_READS_ID_ROWS = "reads_id_rows"  # a worker row's mark: its version finds sessions keyed by id twice (see _id_rows)
+OLD_WORKER_WINDOW = timedelta(minutes=3)  # a worker heard from this recently may still run (heartbeats come once a minute)
+OLD_WORKER_LOOK_EVERY = 60.0  # seconds: how often a process that creates sessions looks again
 _OLD_CLAIM_ROW = "c"  # a claim's RowKey before it was its token hash
 SEEN_SPREAD = 256  # message ids spread over this many partitions per channel
 ATTEMPT_ROUNDS = 2  # list the counter's slots and insert a free one; a second round if another request won it
@@ -215,6 +218,7 @@ class TableStore:
         self._legacy_looks: dict[str, asyncio.Lock] = {}
         self._throttled: dict[str, datetime] = {}
         self._progress_indexed: dict[str, str] = {}  # progress key -> the hour its index row was written by this process
+        self._id_rows_seen: tuple[bool, float] | None = None  # (whether no earlier version runs, looked at)
 
     @classmethod
     def from_connection_string(cls, conn_str: str, *, prefix: str = "vpn") -> "TableStore":
@@ -277,9 +281,12 @@ class TableStore:
             await self._table("slots").delete_entity(user_slots, mine)
             return CreateOutcome.GLOBAL_LIMIT
         held = _held_slots(etags, everyone, (user_slots, mine))
+        entity = _entity(dataclasses.replace(session, held_slots=held))
+        if not await self._id_rows():
+            entity["RowKey"] = _OLD_SESSION_ROW
         try:
             await self._schedule_due(session, pending=_CREATING)  # before the session: a crash in between leaves a hint, never an unswept session
-            await self._table("sessions").create_entity(_entity(dataclasses.replace(session, held_slots=held)))
+            await self._table("sessions").create_entity(entity)
         except BaseException:
             await self._table("slots").delete_entity(user_slots, mine)
             await self._table("slots").delete_entity(*everyone)
@@ -877,9 +884,26 @@ class TableStore:
     async def heartbeat(self, worker: Worker) -> None:
         await self._table("workers").upsert_entity(
             {"PartitionKey": "worker", "RowKey": _key(worker.id), "id": worker.id, "host": worker.host, "pid": worker.pid,
-             "heartbeat_at": worker.heartbeat_at.isoformat()},
+             "heartbeat_at": worker.heartbeat_at.isoformat(), _READS_ID_ROWS: True},
             mode=UpdateMode.REPLACE,
         )
+
+    async def _id_rows(self) -> bool:
+        """Whether a new session may be keyed by its id twice: not while a worker of an earlier version (its
+        heartbeat row lacks the mark) was heard from within OLD_WORKER_WINDOW (by the server's timestamp).
+        That version finds a session by row "s" only: it would take a session it cannot find for one that is
+        gone, drop its due entries, and its reconcile would delete the session's server (a rolling deploy's
+        overlap; the reap job of the previous image). One small query a minute, and only when creating."""
+        seen = self._id_rows_seen
+        if seen is not None and time.monotonic() - seen[1] < OLD_WORKER_LOOK_EVERY:
+            return seen[0]
+        cutoff, ok = utcnow() - OLD_WORKER_WINDOW, True
+        async for e in self._query("workers", "PartitionKey eq @p", {"p": "worker"}):
+            if not e.get(_READS_ID_ROWS) and e.metadata["timestamp"] > cutoff:
+                ok = False
+                break
+        self._id_rows_seen = (ok, time.monotonic())
+        return ok
 
     async def workers(self) -> list[Worker]:
         return [

@@ -119,7 +119,8 @@ async def test_near_a_full_cap_a_create_lists_one_shard_not_every_slot(tables, m
     rec.clear()
     assert await store.create_session(new_session(session_id="s1"), per_user=1, total=128) is CreateOutcome.CREATED
     queries = [r.filter for r in rec.requests if r.kind == "query"]
-    assert queries == ["PartitionKey eq 'global'", "PartitionKey eq 'global|05'"], queries  # (the first: this process's look for the earlier layout)
+    # (the first: this process's look for the earlier layout; the last: its look, once a minute, for workers of the earlier version)
+    assert queries == ["PartitionKey eq 'global'", "PartitionKey eq 'global|05'", "PartitionKey eq 'worker'"], queries
     assert (await slots.get_entity("global|05", "00069"))["session_id"] == "s1"
 
 
@@ -293,6 +294,26 @@ async def test_sessions_and_claims_whose_row_keys_were_constants(recorded):
     assert await new.get("old1") is None and await new.get_claim(token) is None
     for table in ("sessions", "claims", "claimindex"):
         assert [e async for e in new._table(table).list_entities()] == [], table
+
+
+async def test_while_a_worker_of_the_earlier_version_runs_new_sessions_keep_its_row_key(recorded, monkeypatch):
+    """That version finds a session by row "s" only (and takes one it cannot find for one that is gone): while
+    one was heard from lately (a rolling deploy's overlap), new sessions are written where it looks."""
+    from bot.store import tables as tables_module
+    from bot.store.ports import Worker
+
+    store, _ = await recorded()
+    await store.heartbeat(Worker("new", "h", 1, T0))  # this version's heartbeat carries its mark
+    await store._table("workers").upsert_entity({"PartitionKey": "worker", "RowKey": "old", "id": "old", "host": "h", "pid": 2,
+                                                 "heartbeat_at": T0.isoformat()})  # as that version writes it: no mark
+    await store.create_session(new_session(session_id="s1"), per_user=5, total=10)
+    assert [e["RowKey"] async for e in store._table("sessions").list_entities()] == ["s"]
+    s1 = await store.save((await store.get("s1")).moved(SessionState.PROVISIONING, T0))
+    assert (await store.get("s1")).state is SessionState.PROVISIONING and s1.version == (await store.get("s1")).version
+    monkeypatch.setattr(tables_module, "OLD_WORKER_WINDOW", timedelta(0))  # its last heartbeat is past the window now
+    later, _ = await recorded()
+    await later.create_session(new_session(session_id="s2"), per_user=5, total=10)
+    assert sorted([(e["PartitionKey"], e["RowKey"]) async for e in later._table("sessions").list_entities()]) == [("s1", "s"), ("s2", "s2")]
 
 
 async def test_a_session_and_a_claim_are_keyed_by_their_id_twice(tables):
