@@ -937,17 +937,21 @@ class TableStore:
         """The claim in a partition of its own, after its index rows (by session, in `claimindex`; by the
         minutes it is erased and forgotten): a crash leaves at most an index row, which the purge drops.
         The by-session index has a table of its own so that reading it, once per ended session, is not a
-        filter over every claim's rows on Azurite (which filters a whole table for any query)."""
+        filter over every claim's rows on Azurite (which filters a whole table for any query). Written as the
+        earlier version wrote it while one of its workers may run (see `_id_rows`): it finds no other."""
         claims, token = self._table("claims"), _key(claim.token_hash)
+        old = not await self._id_rows()
+        if old:
+            self._legacy_state["claim rows"] = (True, time.monotonic())  # this process finds such claims from now on
         steps = (("erase", claim.expires_at), ("forget", claim.expires_at + CLAIM_KEEP))
         await asyncio.gather(
-            self._table("claimindex").upsert_entity({"PartitionKey": _BY_SESSION + _key(claim.session_id), "RowKey": token}),
-            *(claims.upsert_entity({"PartitionKey": _claim_due(at, token), "RowKey": token, "step": step, "at": at.isoformat(),
+            self._table("claims" if old else "claimindex").upsert_entity({"PartitionKey": _BY_SESSION + _key(claim.session_id), "RowKey": token}),
+            *(claims.upsert_entity({"PartitionKey": _claim_due(at, token, old), "RowKey": token, "step": step, "at": at.isoformat(),
                                     "session_id": claim.session_id}) for step, at in steps),
         )
         entity: dict[str, Any] = {
             "PartitionKey": _CLAIM + token,
-            "RowKey": token,
+            "RowKey": _OLD_CLAIM_ROW if old else token,
             "token_hash": claim.token_hash,
             "session_id": claim.session_id,
             "user": claim.user,
@@ -1548,10 +1552,10 @@ def _hour(at: datetime) -> str:
     return at.astimezone(timezone.utc).strftime("%Y%m%d%H")
 
 
-def _claim_due(at: datetime, token: str) -> str:
+def _claim_due(at: datetime, token: str, old: bool = False) -> str:
     """The index partition of a claim's step due at `at`: its minute, then a shard of the token (the
     purge reads every minute up to now's in one range query)."""
-    return f"{_CLAIM_DUE}{_minute(at)}|{_spread(token, SPREAD)}"
+    return f"{_OLD_CLAIM_DUE if old else _CLAIM_DUE}{_minute(at)}|{_spread(token, SPREAD)}"
 
 
 def _reservation(scope: str, address: str) -> tuple[str, str]:

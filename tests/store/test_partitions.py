@@ -310,6 +310,9 @@ async def test_while_a_worker_of_the_earlier_version_runs_new_sessions_keep_its_
     assert [e["RowKey"] async for e in store._table("sessions").list_entities()] == ["s"]
     s1 = await store.save((await store.get("s1")).moved(SessionState.PROVISIONING, T0))
     assert (await store.get("s1")).state is SessionState.PROVISIONING and s1.version == (await store.get("s1")).version
+    await store.add_claim(claim("ab" * 32, "s1", T0 + timedelta(minutes=10)))  # likewise a claim (row "c", its index in claims)
+    assert await store._table("claims").get_entity("~c|" + "ab" * 32, "c") and await store._table("claims").get_entity("~s|s1", "ab" * 32)
+    assert (await store.consume_claim("ab" * 32, T0)).sealed == b"sealed"
     monkeypatch.setattr(tables_module, "OLD_WORKER_WINDOW", timedelta(0))  # its last heartbeat is past the window now
     later, _ = await recorded()
     await later.create_session(new_session(session_id="s2"), per_user=5, total=10)
