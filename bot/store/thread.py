@@ -140,7 +140,7 @@ class StoreThread:
                 return
 
     def _run_group(self, jobs: list[_Job], done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]]) -> None:
-        calls = [functools.partial(fn, *args) for fn, args, _, _, _ in jobs]
+        calls: list[Callable[[], Any]] = [functools.partial(fn, *args) for fn, args, _, _, _ in jobs]
         try:
             outcomes = self._group(calls) if len(calls) > 1 else run_alone(calls)
             if len(outcomes) != len(calls):
