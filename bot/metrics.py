@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -90,4 +91,13 @@ def reconcile_deleted(provider: str, count: int = 1) -> None:
 
 
 def chat_message(channel: str, outcome: str) -> None:
-    CHAT_MESSAGES.labels(channel[:32], outcome if outcome in CHAT_OUTCOMES else "handled").inc()
+    key = (channel, outcome)
+    child = _CHAT_CHILDREN.get(key)
+    if child is None:  # .labels() costs more than the count: each (channel, outcome) looked up once
+        child = CHAT_MESSAGES.labels(channel[:32], outcome if outcome in CHAT_OUTCOMES else "handled")
+        if len(_CHAT_CHILDREN) < 256:  # channels are the process's own few; the bound is a belt
+            _CHAT_CHILDREN[key] = child
+    child.inc()
+
+
+_CHAT_CHILDREN: dict[tuple[str, str], Any] = {}

@@ -102,7 +102,7 @@ def help_card_for(registry: Registry) -> Callable[..., Card]:
         lines.append("I hand out WireGuard VPN access that ends by itself. Commands:")
         lines += [f"{spec.usage} — {spec.summary}" for spec in registry.available_to(role, approver=approver)]
         lines += limits or []
-        return Card(title="VPN bot", lines=lines)
+        return Card(title="VPN bot", lines=tuple(lines))  # hashable: Teams sends an equal card again without encoding it
 
     return help_card
 

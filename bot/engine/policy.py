@@ -1,4 +1,6 @@
-"""Who may do what: the one place every front door (chat, web API) asks, and where every decision is audited.
+"""Who may do what: the one place every front door (chat, web API) asks, and where every decision is audited
+(refusals always; of the allowed, what `RULES` marks audited: every state change and every read of
+sessions, not `/vpn help` nor the web page's polls).
 
 The allowlist and roles come from bot/access.py; the limits from `SessionPolicy`, overridden per
 person by the first matching entry of the policy file (bot/engine/policy_file.py); Entra group
@@ -59,7 +61,7 @@ class Rule:
 
 
 RULES: dict[Action, Rule] = {
-    Action.HELP: Rule(),
+    Action.HELP: Rule(audited=False),  # reads nothing but the asker's own limits: no decision worth a row (docs/decisions.md)
     Action.START: Rule(),
     Action.STATUS: Rule(),
     Action.STOP: Rule(admins_act_on_others=True),

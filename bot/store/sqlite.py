@@ -36,7 +36,7 @@ from bot.store.ports import (
     UsageRecord,
     Worker,
 )
-from bot.store.thread import StoreThread
+from bot.store.thread import Outcome, StoreThread, run_alone
 from bot.store.usage_codec import USAGE_FIELDS, decode_usage, encode_usage
 
 T = TypeVar("T")
@@ -244,13 +244,45 @@ def _from_row(row: sqlite3.Row) -> Session:
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._executor = StoreThread("sqlite")  # one thread, calls in order, batched wake-ups (thread.py)
+        self._executor = StoreThread("sqlite", self._group)  # one thread, calls in order, batched wake-ups (thread.py)
         self._conn: sqlite3.Connection | None = None
         self._purged_at: datetime | None = None
         self._seen_purged_at: datetime | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._executor.run(fn, *args)
+
+    async def _run_grouped(self, fn: Callable[..., T], *args: Any) -> T:
+        """For a call that never opens a transaction itself: it may share one with its neighbours (_group)."""
+        return await self._executor.run_grouped(fn, *args)
+
+    def _group(self, calls: list[Callable[[], Any]]) -> list[Outcome]:
+        """Grouped calls handed over together (the de-duplication of every message that arrived in one
+        turn of the event loop): one transaction, so one commit (a WAL append and its locks) instead
+        of one per call. Each call runs in its own savepoint: one that fails undoes only its own
+        writes and gets its error, the others commit. Their answers wait for the commit; a failed
+        commit fails them all. BEGIN IMMEDIATE takes the write lock first (other processes wait
+        for it as for any write), so no call in the group can meet "locked" halfway."""
+        conn = self._conn
+        if conn is None or conn.in_transaction:
+            return run_alone(calls)
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[Outcome] = []
+        try:
+            for call in calls:
+                conn.execute("SAVEPOINT one_call")
+                try:
+                    outcomes.append((True, call()))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO one_call")
+                    outcomes.append((False, exc))
+                conn.execute("RELEASE one_call")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -432,7 +464,7 @@ class SqliteStore:
             )
             return cur.rowcount == 1
 
-        return await self._run(op)
+        return await self._run_grouped(op)
 
     async def audit(self, entry: AuditEntry) -> None:
         row = (
@@ -452,7 +484,7 @@ class SqliteStore:
             hour, digest = refusal_sample(entry.user, entry.command, entry.reason, entry.at)
             args = (*row, f"{hour.isoformat()}|{digest}", row[0])
             sql += " ON CONFLICT(sample) DO UPDATE SET count = count + 1, last_at = max(last_at, excluded.last_at)"
-        await self._run(lambda: self.conn.execute(sql, args))
+        await self._run_grouped(lambda: self.conn.execute(sql, args))
 
     async def audit_log(
         self, limit: int = 100, *, since: datetime | None = None, until: datetime | None = None, user: str | None = None

@@ -9,8 +9,10 @@ the audit row): that hop was about a tenth of the event loop's CPU per `/vpn hel
 (bench/bench_chat.py). Here a call is an asyncio future and one `SimpleQueue.put`; the thread takes
 every call that is waiting, runs them one after the other as before (one connection, one thread:
 SQLite's serial order is unchanged), and hands all their results back with one
-`call_soon_threadsafe`. Nothing is merged or reordered: each call is still its own statement or
-transaction, so every compare-and-set stays what it was.
+`call_soon_threadsafe`. Nothing is reordered. Calls submitted with `run_grouped` that follow one
+another in a hand-over may be run together by the owner's `group` function (the SQLite store: in one
+transaction, each call in its own savepoint, so one that fails undoes only itself); every other call
+runs alone, as before, so every compare-and-set stays what it was.
 
 The thread is a daemon: a store nobody closed does not hold up the interpreter's exit (the runtime
 closes its store, which runs what was submitted first); a write cut short at exit is, to SQLite, a
@@ -19,6 +21,7 @@ transaction never committed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -26,13 +29,28 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 _STOP = object()
-_Job = tuple[Callable[..., Any], tuple, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+_Job = tuple[Callable[..., Any], tuple, "asyncio.Future[Any]", asyncio.AbstractEventLoop, bool]  # ..., grouped
+Outcome = tuple[bool, Any]  # (True, the value) or (False, the exception)
+# Runs calls that may share a transaction, in order: one outcome per call, in their order.
+Group = Callable[[list[Callable[[], Any]]], list[Outcome]]
+
+
+def run_alone(calls: list[Callable[[], Any]]) -> list[Outcome]:
+    """Each call on its own (what a group of one, or a thread without a `group`, does)."""
+    outcomes: list[Outcome] = []
+    for call in calls:
+        try:
+            outcomes.append((True, call()))
+        except BaseException as exc:  # handed to the awaiting coroutine, as run_in_executor does
+            outcomes.append((False, exc))
+    return outcomes
 
 
 class StoreThread:
     """A one-thread executor for coroutines: `await run(fn, *args)` runs `fn(*args)` in the thread."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, group: Group = run_alone) -> None:
+        self._group = group
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._started = False
@@ -44,11 +62,19 @@ class StoreThread:
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """A future of `fn(*args)`, run in the thread after every call submitted before it. A call
         whose future is cancelled before the thread reaches it is not run (as run_in_executor)."""
+        return self._submit(fn, args, False)
+
+    def run_grouped(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """As `run`, but `fn(*args)` may run in one group with the grouped calls next to it in the
+        same hand-over (`group`); its future is answered once the whole group is done."""
+        return self._submit(fn, args, True)
+
+    def _submit(self, fn: Callable[..., T], args: tuple, grouped: bool) -> asyncio.Future[T]:
         if not self._started or self._closed:
             self._start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((fn, args, future, loop))
+        self._pending.append((fn, args, future, loop, grouped))
         if self._handing_over is not loop:  # the calls of this turn of the loop go to the thread together
             self._handing_over = loop
             loop.call_soon(self._hand_over)
@@ -89,18 +115,22 @@ class StoreThread:
                     break
             stop = False
             done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]] = {}
+            group: list[_Job] = []  # grouped calls next to each other, run together by self._group
             for job in batch:
                 if job is _STOP:
                     stop = True
                     continue
-                fn, args, future, loop = job
-                if future.cancelled():  # a read of a flag the loop sets: at worst the call runs anyway
+                if job[2].cancelled():  # a read of a flag the loop sets: at worst the call runs anyway
                     continue
-                try:
-                    outcome = (future, True, fn(*args))
-                except BaseException as exc:  # handed to the awaiting coroutine, as run_in_executor does
-                    outcome = (future, False, exc)
-                done.setdefault(loop, []).append(outcome)
+                if job[4]:
+                    group.append(job)
+                    continue
+                if group:
+                    self._run_group(group, done)
+                    group = []
+                self._run_group([job], done)
+            if group:
+                self._run_group(group, done)
             for loop, outcomes in done.items():
                 try:
                     loop.call_soon_threadsafe(_deliver, outcomes)
@@ -108,6 +138,17 @@ class StoreThread:
                     pass
             if stop:
                 return
+
+    def _run_group(self, jobs: list[_Job], done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]]) -> None:
+        calls: list[Callable[[], Any]] = [functools.partial(fn, *args) for fn, args, _, _, _ in jobs]
+        try:
+            outcomes = self._group(calls) if len(calls) > 1 else run_alone(calls)
+            if len(outcomes) != len(calls):
+                raise RuntimeError(f"a store group answered {len(outcomes)} of {len(calls)} calls")
+        except BaseException as exc:  # the group itself failed (e.g. its commit): none of its calls took effect
+            outcomes = [(False, exc)] * len(calls)
+        for (_, _, future, loop, _), (ok, value) in zip(jobs, outcomes):
+            done.setdefault(loop, []).append((future, ok, value))
 
 
 def _deliver(outcomes: list[tuple[asyncio.Future, bool, Any]]) -> None:

@@ -61,6 +61,15 @@ async def test_every_decision_is_audited(make_runtime):
         assert entries == [("test:alice", "status", True), ("test:alice", "list", False), ("test:root", "list", True)]
 
 
+async def test_help_is_answered_without_an_audit_row_but_a_strangers_is_refused_and_audited(make_runtime, channel):
+    async with make_runtime() as rt:
+        await rt.dispatcher.handle(incoming("/vpn help"))
+        assert "/vpn start" in channel.all_text()
+        await rt.dispatcher.handle(incoming("/vpn help", user="test:mallory"))
+        entries = [(e.user, e.command, e.allowed) for e in await rt.store.audit_log()]
+        assert entries == [("test:mallory", "help", False)]
+
+
 async def test_unknown_and_malformed_commands_get_help(make_runtime, channel):
     async with make_runtime() as rt:
         for text in ("/vpn frobnicate", "hello", "/vpn start 99999", "/vpn start mars", "/vpn extend soon", "/vpn start\x07"):

@@ -8,6 +8,7 @@ and the email or UPN Teams has for them).
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import re
 import time
@@ -146,6 +147,25 @@ def card_activity(card: Card) -> dict:
     content = render_adaptive(card)
     content["fallbackText"] = render_card_text(card)
     return {"type": "message", "attachments": [{"contentType": ADAPTIVE, "content": content}]}
+
+
+class CardJson:
+    """A card's `attachments` as JSON, kept for the `size` cards sent most recently: a card sent again
+    (the help card is the same for everyone with one role and one set of limits) is not rendered and
+    encoded again (~30 us of a 2 KB card). Keyed by the card's value, so a hit is the same JSON; a
+    card that cannot be hashed (a list in it) is encoded every time."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._recent: Recent[Card, str] = Recent(size)
+
+    def attachments(self, card: Card) -> str:
+        try:
+            known = self._recent.get(card)
+        except TypeError:
+            return json.dumps(card_activity(card)["attachments"])
+        if known is None:
+            known = self._recent[card] = json.dumps(card_activity(card)["attachments"])
+        return known
 
 
 class Members:

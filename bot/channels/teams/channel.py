@@ -26,6 +26,7 @@ from botbuilder.schema import Activity, ActivityTypes, AdaptiveCardInvokeRespons
 from bot.channels.deps import ChatDeps
 from bot.channels.teams.activities import (
     BadActivity,
+    CardJson,
     Members,
     card_activity,
     check_activity,
@@ -87,6 +88,7 @@ class TeamsChannel(ChannelDefaults):
         self._bot_token = BotToken(config)
         self._handler = _Handler(self)
         self._latest_progress: dict[str, tuple[ConversationRef, str]] = {}
+        self._card_json = CardJson()
 
     # ----- lifecycle and route ------------------------------------------------------------------------
 
@@ -206,7 +208,8 @@ class TeamsChannel(ChannelDefaults):
         await self.sender.post(conv, {"type": "message", "text": text})
 
     async def send_card(self, conv: ConversationRef, card: Card) -> str | None:
-        return await self.sender.post(conv, card_activity(card))  # the activity id: update_card replaces it
+        # the activity id: update_card replaces it. A card sent before is not encoded again (CardJson).
+        return await self.sender.post(conv, {"type": "message"}, attachments=self._card_json.attachments(card))
 
     async def update_card(self, conv: ConversationRef, handle: str, card: Card) -> bool:
         """PUT the activity (issue 22: every approver's card becomes the outcome), from any replica."""

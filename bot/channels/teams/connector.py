@@ -191,11 +191,12 @@ class ConnectorClient:
         self.pacer = Pacer(config.remembered)
 
     async def call(self, method: str, service_url: str, path: str, *, body: Any = None, idempotent: bool,
-                   pace: str | None = None, retry_bad_gateway: bool = False) -> Any:
+                   pace: str | None = None, retry_bad_gateway: bool = False, encoded: str = "") -> Any:
         """One Bot Connector call. `pace`: the conversation whose send limits it counts against;
-        `retry_bad_gateway`: a POST repeated after 502/504 although it may then arrive twice."""
+        `retry_bad_gateway`: a POST repeated after 502/504 although it may then arrive twice;
+        `encoded`: more members of the `body` object, already JSON (`"key": value`)."""
         url = service_url.rstrip("/") + "/v3/" + path
-        data = json.dumps(body).encode() if body is not None else None
+        data = _json_body(body, encoded) if body is not None else None
         for renewed in (False, True):
             headers = {"Content-Type": "application/json"}
             token = await self._token()
@@ -273,6 +274,13 @@ class ConnectorClient:
         return retry_after + random.uniform(0, max(self._config.backoff, retry_after * 0.2))
 
 
+def _json_body(body: Any, encoded: str) -> bytes:
+    text = json.dumps(body)
+    if encoded:  # body is a dict: its closing brace gives way to the members encoded before
+        text = f"{text[:-1]}, {encoded}}}" if len(body) else f"{{{encoded}}}"
+    return text.encode()
+
+
 async def _sleep(seconds: float) -> None:
     if seconds > 0:
         await asyncio.sleep(seconds)
@@ -300,8 +308,9 @@ class Sender:
         self.client = client
 
     async def post(self, conv: ConversationRef, activity: dict, *, update_id: str | None = None,
-                   retry_bad_gateway: bool = False) -> str | None:
-        """Send (or update) one activity in a conversation; returns its id."""
+                   retry_bad_gateway: bool = False, attachments: str = "") -> str | None:
+        """Send (or update) one activity in a conversation; returns its id. `attachments`: the
+        activity's attachments already as JSON (activities.py CardJson), instead of in `activity`."""
         ref = conv.data["reference"]
         service_url = ref.get("serviceUrl") or ""
         conversation_id = (ref.get("conversation") or {}).get("id") or ""
@@ -315,21 +324,22 @@ class Sender:
             "channelId": ref.get("channelId") or "msteams",
             "serviceUrl": service_url,
         }
+        encoded = f'"attachments": {attachments}' if attachments else ""
         base = f"conversations/{quote(conversation_id, safe='')}/activities"
         try:
             if update_id:
                 activity["id"] = update_id
                 await self.client.call("PUT", service_url, f"{base}/{quote(update_id, safe='')}", body=activity, idempotent=True,
-                                       pace=conversation_id)
+                                       pace=conversation_id, encoded=encoded)
                 return update_id
             reply_to = ref.get("activityId")
             if reply_to:
                 activity["replyToId"] = reply_to
                 answer = await self.client.call("POST", service_url, f"{base}/{quote(reply_to, safe='')}", body=activity, idempotent=False,
-                                                pace=conversation_id, retry_bad_gateway=retry_bad_gateway)
+                                                pace=conversation_id, retry_bad_gateway=retry_bad_gateway, encoded=encoded)
             else:
                 answer = await self.client.call("POST", service_url, base, body=activity, idempotent=False,
-                                                pace=conversation_id, retry_bad_gateway=retry_bad_gateway)
+                                                pace=conversation_id, retry_bad_gateway=retry_bad_gateway, encoded=encoded)
         except SendBlocked:
             log.warning("Teams: conversation %s refuses messages (403, e.g. MessageWritesBlocked); not retrying", conversation_id[:40])
             raise
