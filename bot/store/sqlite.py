@@ -383,7 +383,8 @@ class SqliteStore:
     async def each_session(self, states: Sequence[SessionState]) -> AsyncIterator[Session]:
         marks, after = ",".join("?" for _ in states), ""
         while True:  # a page at a time, by id (the primary key): the thread is never held long, the rows never all in memory
-            sql = f"SELECT * FROM sessions WHERE state IN ({marks}) AND id > ? ORDER BY id LIMIT {EACH_PAGE}"
+            # `+state`: walk the primary key in order and filter, not the state index (which sorts every live session per page)
+            sql = f"SELECT * FROM sessions WHERE +state IN ({marks}) AND id > ? ORDER BY id LIMIT {EACH_PAGE}"
             args = [*(s.value for s in states), after]
             rows = await self._run(lambda sql=sql, args=args: self.conn.execute(sql, args).fetchall())
             for row in rows:

@@ -270,6 +270,7 @@ class TableStore:
 
     async def create_session(self, session: Session, *, per_user: int, total: int) -> CreateOutcome:
         now = utcnow()
+        id_rows = await self._id_rows()  # before any slot is taken: a failure here leaves nothing behind
         user_slots = f"user|{_key(session.owner)}"
         pick = await self._pick_global(total)  # named by the user slot: the session's slots are released by key
         etags: dict[tuple[str, str], str] = {}
@@ -282,7 +283,7 @@ class TableStore:
             return CreateOutcome.GLOBAL_LIMIT
         held = _held_slots(etags, everyone, (user_slots, mine))
         entity = _entity(dataclasses.replace(session, held_slots=held))
-        if not await self._id_rows():
+        if not id_rows:
             entity["RowKey"] = _OLD_SESSION_ROW
         try:
             await self._schedule_due(session, pending=_CREATING)  # before the session: a crash in between leaves a hint, never an unswept session
@@ -489,8 +490,8 @@ class TableStore:
     async def save(self, session: Session) -> Session:
         if not session.version:
             raise Conflict(f"session {session.id} was never read from this store")
-        await self._schedule_due(session, pending=session.version)  # before the write (see _schedule_due)
         pk, rk, etag = _session_row(session)
+        await self._schedule_due(session, pending=etag)  # before the write (see _schedule_due); the bare ETag, as every version writes it
         try:
             meta = await self._table("sessions").update_entity(
                 _entity(session), mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
@@ -608,7 +609,7 @@ class TableStore:
             """Written for a write that has not landed yet (the create, or a save of the version read): its
             session's next hint, not a stale one. A writer that died in between leaves it for IN_FLIGHT_GRACE
             after it was written (the server's timestamp; not its due time, which a save may set long past)."""
-            waits_for = s.version if s is not None else _CREATING
+            waits_for = _session_row(s)[2] if s is not None else _CREATING
             return bool(e.get("pending")) and e["pending"] == waits_for and utcnow() - e.metadata["timestamp"] < IN_FLIGHT_GRACE
 
         async def look(session_id: str, mine: list[Any]) -> Session | None:
@@ -897,9 +898,9 @@ class TableStore:
         seen = self._id_rows_seen
         if seen is not None and time.monotonic() - seen[1] < OLD_WORKER_LOOK_EVERY:
             return seen[0]
-        cutoff, ok = utcnow() - OLD_WORKER_WINDOW, True
-        async for e in self._query("workers", "PartitionKey eq @p", {"p": "worker"}):
-            if not e.get(_READS_ID_ROWS) and e.metadata["timestamp"] > cutoff:
+        ok = True  # rows written lately only (a per-minute reap adds one a run, kept a day)
+        async for e in self._query("workers", "PartitionKey eq @p and Timestamp ge @t", {"p": "worker", "t": utcnow() - OLD_WORKER_WINDOW}):
+            if not e.get(_READS_ID_ROWS):
                 ok = False
                 break
         self._id_rows_seen = (ok, time.monotonic())
@@ -941,8 +942,6 @@ class TableStore:
         earlier version wrote it while one of its workers may run (see `_id_rows`): it finds no other."""
         claims, token = self._table("claims"), _key(claim.token_hash)
         old = not await self._id_rows()
-        if old:
-            self._legacy_state["claim rows"] = (True, time.monotonic())  # this process finds such claims from now on
         steps = (("erase", claim.expires_at), ("forget", claim.expires_at + CLAIM_KEEP))
         await asyncio.gather(
             self._table("claims" if old else "claimindex").upsert_entity({"PartitionKey": _BY_SESSION + _key(claim.session_id), "RowKey": token}),
@@ -993,8 +992,12 @@ class TableStore:
         return None
 
     async def _legacy_claim_rows(self) -> bool:
-        """Claims whose RowKey was "c", with their by-session index in the claims table (a claim lives 10
-        minutes to 8 days: these drain within days of the upgrade)."""
+        """Whether claims of the layout whose RowKey was "c" may exist (their by-session index in the claims
+        table, their steps in `~e|`; a claim lives 10 minutes to 8 days, so they drain within days of the
+        upgrade). While a worker of that version may run, it (and we, see add_claim) may be writing them:
+        then always yes, never a "none" remembered for good."""
+        if not await self._id_rows():
+            return True
         return await self._legacy("claim rows", "claims", "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _BY_SESSION, "hi": "~s}"})
 
     async def _legacy_claims(self) -> bool:
@@ -1064,8 +1067,10 @@ class TableStore:
         if not self._due("claims", now, CLAIM_PURGE_EVERY):
             return  # a range read per sweep cost a pass 25 ms at 10,000 live on Azurite; a link checks its own expiry
         query = "PartitionKey ge @lo and PartitionKey lt @hi and at le @now"
-        # One range over both layouts' steps (~e| sorts just before ~f|; the earlier layout's are few, and drain).
-        due = [e async for e in self._query("claims", query, {"lo": _OLD_CLAIM_DUE, "hi": f"{_CLAIM_DUE}{_minute(now)}}}", "now": now.isoformat()})]
+        due: list[Any] = []
+        for prefix in (_OLD_CLAIM_DUE, _CLAIM_DUE) if await self._legacy_claim_rows() else (_CLAIM_DUE,):
+            # The minutes up to now's of one layout (one range over both would walk every future minute of the earlier one).
+            due += [e async for e in self._query("claims", query, {"lo": prefix, "hi": f"{prefix}{_minute(now)}}}", "now": now.isoformat()})]
 
         async def step(e: Any) -> None:
             token = e["RowKey"]

@@ -119,8 +119,9 @@ async def test_near_a_full_cap_a_create_lists_one_shard_not_every_slot(tables, m
     rec.clear()
     assert await store.create_session(new_session(session_id="s1"), per_user=1, total=128) is CreateOutcome.CREATED
     queries = [r.filter for r in rec.requests if r.kind == "query"]
-    # (the first: this process's look for the earlier layout; the last: its look, once a minute, for workers of the earlier version)
-    assert queries == ["PartitionKey eq 'global'", "PartitionKey eq 'global|05'", "PartitionKey eq 'worker'"], queries
+    # (this process's look, once a minute, for workers of the earlier version; its look for the earlier layout's global slots)
+    assert queries[1:] == ["PartitionKey eq 'global'", "PartitionKey eq 'global|05'"], queries
+    assert queries[0].startswith("PartitionKey eq 'worker' and Timestamp ge "), queries
     assert (await slots.get_entity("global|05", "00069"))["session_id"] == "s1"
 
 
@@ -283,6 +284,8 @@ async def test_sessions_and_claims_whose_row_keys_were_constants(recorded):
     (due,) = await new.due_sessions(T0)
     assert due.id == "old1" and (await new.get_claim(token)).sealed == b"sealed"
     expiring = await new.save(due.moved(SessionState.EXPIRING, T0))  # written in place: one row still
+    marks = [e["pending"] async for e in new._table("due").list_entities() if e.get("pending")]
+    assert marks and not [m for m in marks if m.startswith("s|")], marks  # the bare ETag, which that version compares too
     ended = await new.save(expiring.moved(SessionState.DELETED, T0))
     assert [e["RowKey"] async for e in new._table("sessions").list_entities()] == ["s"]
     await new.purge_claims(T0, session_id="old1")
@@ -317,6 +320,24 @@ async def test_while_a_worker_of_the_earlier_version_runs_new_sessions_keep_its_
     later, _ = await recorded()
     await later.create_session(new_session(session_id="s2"), per_user=5, total=10)
     assert sorted([(e["PartitionKey"], e["RowKey"]) async for e in later._table("sessions").list_entities()]) == [("s1", "s"), ("s2", "s2")]
+
+
+async def test_claims_of_the_earlier_layout_written_during_a_deploy_are_found_by_a_replica_that_found_none(recorded):
+    """A replica that looked for claims of the earlier layout and found none must not remember that while a
+    worker of that version runs: it (and new replicas, for it) write that layout meanwhile."""
+    from bot.store.ports import Worker
+
+    b, _ = await recorded()
+    await b._table("workers").upsert_entity({"PartitionKey": "worker", "RowKey": "old", "id": "old", "host": "h", "pid": 2,
+                                             "heartbeat_at": T0.isoformat()})  # a replica of the earlier version, running
+    await b.heartbeat(Worker("b", "h", 1, T0))
+    await b.purge_claims(T0, session_id="other")  # b looks: none of that layout yet
+    assert await b.get_claim("ab" * 32) is None
+    a, _ = await recorded()
+    await a.add_claim(claim("ab" * 32, "s1", T0 + timedelta(minutes=10)))  # written as that version would
+    assert (await b.get_claim("ab" * 32)).sealed == b"sealed"
+    await b.purge_claims(T0, session_id="s1")  # the session ends on b
+    assert (await b.get_claim("ab" * 32)).sealed is None
 
 
 async def test_a_session_and_a_claim_are_keyed_by_their_id_twice(tables):
