@@ -276,6 +276,8 @@ class SqliteStore:
                 except Exception as exc:
                     conn.execute("ROLLBACK TO one_call")
                     outcomes.append((False, exc))
+                if not conn.in_transaction:  # a grouped call must never end the group's transaction (none does): fail loudly
+                    raise RuntimeError("a grouped store call committed or rolled back the group's transaction")
                 conn.execute("RELEASE one_call")
             conn.execute("COMMIT")
         except BaseException:

@@ -101,3 +101,18 @@ async def test_a_grouped_call_next_to_a_transaction_of_its_own_runs_outside_the_
                                    store.take_turn("job", "me", NOW, every=NOW - NOW), store.first_seen("teams", "z", NOW))
     assert results == [True, True, True, True]
     assert statements.count("BEGIN IMMEDIATE") == 2  # the group of two, and take_turn's own; z alone: autocommit
+
+
+async def test_a_grouped_call_that_ends_the_transaction_fails_the_group_loudly(store):
+    """The rule of a grouped call: it never commits or rolls back itself (a review found nothing checked it)."""
+    from bot.store.thread import StoreThread
+
+    def commits() -> None:
+        store.conn.execute("COMMIT")
+
+    worker = StoreThread("test-rule", store._group)
+    results = await asyncio.gather(worker.run_grouped(lambda: store.conn.execute("SELECT 1").fetchone()[0]), worker.run_grouped(commits),
+                                   return_exceptions=True)
+    worker.shutdown()
+    assert all(isinstance(r, RuntimeError) and "committed or rolled back" in str(r) for r in results), results
+    assert not store.conn.in_transaction
