@@ -11,8 +11,8 @@ starts with VPN_TABLE_PREFIX. What makes it safe to share (docs/decisions.md, "T
   when the session ends (a slot whose session ended or never got written is reclaimed when the cap
   looks full). The owner's slot partition is also the owner index: `sessions(owner=)` reads it;
 * message ids, address reservations (`~a|<scope>|<shard>`): insert-if-absent; claims (`~c|<token hash>`):
-  consumed by an ETag-conditioned update; both indexed by session (`~s|<session id>`; the claims' index in
-  a table of its own, `claimindex`), claims also by the minute they fall due (`~f|<minute>|<shard>`; `~e|` for the earlier layout), so
+  consumed by an ETag-conditioned update; both indexed by session (`~s|<session id>`, in
+  tables of their own, `claimindex` and `addressindex`), claims also by the minute they fall due (`~f|<minute>|<shard>`; `~e|` for the earlier layout), so
   ending a session or purging is keyed or ranged;
 * a session's and a claim's RowKey is its own key again, never a constant (see `_session_row`);
 * keys from outside (emails, identities, message ids, addresses) go through `store_key` (bot/store/codec.py):
@@ -89,7 +89,7 @@ SLOT_GRACE = timedelta(seconds=15)  # a create takes milliseconds; a start kille
 SLOT_ROUNDS = 50
 BLIND_TRIES = 3
 TABLES = ("sessions", "slots", "seen", "audit", "claims", "workers", "addresses", "users", "attempts", "progress", "meta", "usage", "outbox", "due",
-          "claimindex")
+          "claimindex", "addressindex")
 DUE_SHARDS = 16  # a minute's due entries spread over this many partitions
 DUE_READ_CONCURRENCY = 16  # due entries whose session is read at once
 DUE_PAGE = 100  # due entries looked at together
@@ -130,7 +130,7 @@ _LEGACY_GLOBAL = "global"  # the global cap's one partition before issue 25
 _LEGACY_PROGRESS = "progress"  # the progress texts' one partition before issue 25
 _NEW = "~"  # claims, addresses, audit: partition keys of the issue-25 layout start with it
 _CLAIM = "~c|"  # a claim: ~c|<token hash>, row <token hash> (earlier: row "c")
-_BY_SESSION = "~s|"  # claimindex, addresses: a row per claim / reservation of the session ~s|<session id> (claims: earlier)
+_BY_SESSION = "~s|"  # claimindex, addressindex: a row per claim / reservation of the session ~s|<session id> (earlier: in claims, addresses)
 _CLAIM_DUE = "~f|"  # ~f|<minute>|<shard>: a row per claim and step (erase its sealed config; forget it)
 _OLD_CLAIM_DUE = "~e|"  # the same for claims of row "c": a replica of that version reads these only, never a new claim's steps
 _RESERVED = "~a|"  # ~a|<scope>|<shard>: the reservation of an address
@@ -1103,9 +1103,11 @@ class TableStore:
         table = self._table("addresses")
         pk, rk = _reservation(scope, address)
         # The session's index row first: a crash leaves at most an index row, never a reservation
-        # release_addresses cannot find by key.
-        await table.upsert_entity({"PartitionKey": _BY_SESSION + _key(session_id), "RowKey": _held_row(scope, address), "scope": scope,
-                                   "address": address})
+        # release_addresses cannot find by key. In a table of its own, as the claims' (see add_claim);
+        # where the earlier version looks for it while one of its workers may run (see _id_rows).
+        index = "addressindex" if await self._id_rows() else "addresses"
+        await self._table(index).upsert_entity({"PartitionKey": _BY_SESSION + _key(session_id), "RowKey": _held_row(scope, address), "scope": scope,
+                                                "address": address})
         if await self._legacy_addresses():
             try:  # held in the layout before issue 25 (ours on a retry; else the caller checks whether its holder still lives)
                 return (await table.get_entity(_key(scope), rk))["session_id"]
@@ -1124,6 +1126,12 @@ class TableStore:
     async def _legacy_addresses(self) -> bool:
         return await self._legacy("addresses", "addresses", "PartitionKey lt @p", {"p": _NEW})
 
+    async def _legacy_address_index(self) -> bool:
+        """Whether index rows of the layout that kept them in the addresses table may exist (as `_legacy_claim_rows`)."""
+        if not await self._id_rows():
+            return True
+        return await self._legacy("address index", "addresses", "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _BY_SESSION, "hi": "~s}"})
+
     async def _release_reservation(self, scope: str, address: str, holder: str) -> None:
         table = self._table("addresses")
         places = [_reservation(scope, address)]
@@ -1139,14 +1147,16 @@ class TableStore:
 
     async def release_address(self, scope: str, address: str, holder: str) -> None:
         await self._release_reservation(scope, address, holder)
-        await self._table("addresses").delete_entity(_BY_SESSION + _key(holder), _held_row(scope, address))  # the holder's index row
+        for index in ("addressindex", "addresses") if await self._legacy_address_index() else ("addressindex",):
+            await self._table(index).delete_entity(_BY_SESSION + _key(holder), _held_row(scope, address))  # the holder's index row
 
     async def release_addresses(self, session_id: str) -> None:
         """Keyed (issue 25): the session's index partition names its reservations."""
-        rows = [e async for e in self._query("addresses", "PartitionKey eq @p", {"p": _BY_SESSION + _key(session_id)})]
-        for row in rows:
-            await self._release_reservation(row["scope"], row["address"], session_id)
-        await self._delete_all("addresses", rows)
+        for index in ("addressindex", "addresses") if await self._legacy_address_index() else ("addressindex",):
+            rows = [e async for e in self._query(index, "PartitionKey eq @p", {"p": _BY_SESSION + _key(session_id)})]
+            for row in rows:
+                await self._release_reservation(row["scope"], row["address"], session_id)
+            await self._delete_all(index, rows)
         if await self._legacy_addresses():  # reservations written before issue 25 are found by a filter on that layout's rows
             async for e in self._query("addresses", "PartitionKey lt @new and session_id eq @s", {"new": _NEW, "s": session_id}):
                 await self._delete_unchanged("addresses", e)

@@ -1,4 +1,4 @@
-// The store's tables, declared so that nothing creates them at start-up or on every reap run (fifteen
+// The store's tables, declared so that nothing creates them at start-up or on every reap run (sixteen
 // create calls per process, ~475,000 billed 409s a month from the per-minute job otherwise).
 // The names are bot/store/tables.py's TABLES behind VPN_TABLE_PREFIX (tests/test_infra.py checks).
 @description('The storage account from groups.bicep (storage.bicep).')
@@ -24,6 +24,7 @@ var tableNames = [
   'outbox'
   'due'
   'claimindex'
+  'addressindex'
 ]
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {

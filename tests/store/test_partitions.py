@@ -64,6 +64,7 @@ async def test_ending_a_session_releases_what_it_held_by_key(tables):
     await store.add_claim(claim("ab" * 32, "mine", T0 + timedelta(minutes=10)))
     s = await store.get("mine")
     assert await store.get_claim("cd" * 32) is None  # (and this process's one look for claims of the earlier layout: none)
+    await store.release_addresses("nobody")  # (its one look for address index rows of the earlier layout: none)
     rec.clear()
     await store.save(s.moved(SessionState.FAILED, T0))  # its cap slots go with it
     await store.release_addresses("mine")
@@ -316,8 +317,12 @@ async def test_while_a_worker_of_the_earlier_version_runs_new_sessions_keep_its_
     await store.add_claim(claim("ab" * 32, "s1", T0 + timedelta(minutes=10)))  # likewise a claim (row "c", its index in claims)
     assert await store._table("claims").get_entity("~c|" + "ab" * 32, "c") and await store._table("claims").get_entity("~s|s1", "ab" * 32)
     assert (await store.consume_claim("ab" * 32, T0)).sealed == b"sealed"
+    assert await store.reserve_address("dryrun", "10.0.0.2", "s1", T0) == "s1"  # its index row where that version looks
+    assert [e["PartitionKey"] async for e in store._table("addresses").query_entities("PartitionKey eq '~s|s1'")] == ["~s|s1"]
     monkeypatch.setattr(tables_module, "OLD_WORKER_WINDOW", timedelta(0))  # its last heartbeat is past the window now
     later, _ = await recorded()
+    await later.release_addresses("s1")  # found where the earlier version's index keeps it (the look: such rows remain)
+    assert await later.reserve_address("dryrun", "10.0.0.2", "s3", T0) == "s3"
     await later.create_session(new_session(session_id="s2"), per_user=5, total=10)
     assert sorted([(e["PartitionKey"], e["RowKey"]) async for e in later._table("sessions").list_entities()]) == [("s1", "s"), ("s2", "s2")]
 
@@ -348,6 +353,9 @@ async def test_a_session_and_a_claim_are_keyed_by_their_id_twice(tables):
     assert [(e["PartitionKey"], e["RowKey"]) async for e in store._table("sessions").list_entities()] == [("s1", "s1")]
     assert ("~c|" + "cd" * 32, "cd" * 32) in [(e["PartitionKey"], e["RowKey"]) async for e in store._table("claims").list_entities()]
     assert [(e["PartitionKey"], e["RowKey"]) async for e in store._table("claimindex").list_entities()] == [("~s|s1", "cd" * 32)]
+    await store.reserve_address("dryrun", "10.0.0.9", "s1", T0)
+    assert [e["PartitionKey"] async for e in store._table("addressindex").list_entities()] == ["~s|s1"]
+    assert not [e async for e in store._table("addresses").query_entities("PartitionKey eq '~s|s1'")]
 
 
 async def test_audit_usage_and_progress_of_the_earlier_layout(recorded):
