@@ -133,6 +133,7 @@ _CLAIM = "~c|"  # a claim: ~c|<token hash>, row <token hash> (earlier: row "c")
 _BY_SESSION = "~s|"  # claimindex, addressindex: a row per claim / reservation of the session ~s|<session id> (earlier: in claims, addresses)
 _CLAIM_DUE = "~f|"  # ~f|<minute>|<shard>: a row per claim and step (erase its sealed config; forget it)
 _OLD_CLAIM_DUE = "~e|"  # the same for claims of row "c": a replica of that version reads these only, never a new claim's steps
+_INDEX_OF = {"claims": "claimindex", "addresses": "addressindex"}  # the table of each one's by-session index (earlier: itself)
 _RESERVED = "~a|"  # ~a|<scope>|<shard>: the reservation of an address
 _PROGRESS_DUE = "~d|"  # ~d|<hour>|<shard>: progress keys written that hour (the purge reads past hours only)
 PROGRESS_INDEX_MEMORY = 10_000  # keys whose index row this process wrote this hour (an upsert: forgetting costs a write)
@@ -894,7 +895,7 @@ class TableStore:
         heartbeat row lacks the mark) was heard from within OLD_WORKER_WINDOW (by the server's timestamp).
         That version finds a session by row "s" only: it would take a session it cannot find for one that is
         gone, drop its due entries, and its reconcile would delete the session's server (a rolling deploy's
-        overlap; the reap job of the previous image). One small query a minute, and only when creating."""
+        overlap; the reap job of the previous image). One small query a minute per process, at most."""
         seen = self._id_rows_seen
         if seen is not None and time.monotonic() - seen[1] < OLD_WORKER_LOOK_EVERY:
             return seen[0]
@@ -941,10 +942,11 @@ class TableStore:
         filter over every claim's rows on Azurite (which filters a whole table for any query). Written as the
         earlier version wrote it while one of its workers may run (see `_id_rows`): it finds no other."""
         claims, token = self._table("claims"), _key(claim.token_hash)
-        old = not await self._id_rows()
+        index = await self._index_to_write("claims")
+        old = index == "claims"
         steps = (("erase", claim.expires_at), ("forget", claim.expires_at + CLAIM_KEEP))
         await asyncio.gather(
-            self._table("claims" if old else "claimindex").upsert_entity({"PartitionKey": _BY_SESSION + _key(claim.session_id), "RowKey": token}),
+            self._table(index).upsert_entity({"PartitionKey": _BY_SESSION + _key(claim.session_id), "RowKey": token}),
             *(claims.upsert_entity({"PartitionKey": _claim_due(at, token, old), "RowKey": token, "step": step, "at": at.isoformat(),
                                     "session_id": claim.session_id}) for step, at in steps),
         )
@@ -980,7 +982,7 @@ class TableStore:
     async def _claim_entity(self, token_hash: str) -> Any:
         claims, token = self._table("claims"), _key(token_hash)
         places = [(_CLAIM + token, token)]
-        if await self._legacy_claim_rows():
+        if await self._old_index("claims"):  # (claims of that layout: row "c", index in the claims table, steps in ~e|)
             places.append((_CLAIM + token, _OLD_CLAIM_ROW))
         if token_hash == token and not token_hash.startswith(_NEW) and await self._legacy_claims():
             places.append((token_hash, _OLD_CLAIM_ROW))
@@ -991,14 +993,24 @@ class TableStore:
                 pass
         return None
 
-    async def _legacy_claim_rows(self) -> bool:
-        """Whether claims of the layout whose RowKey was "c" may exist (their by-session index in the claims
-        table, their steps in `~e|`; a claim lives 10 minutes to 8 days, so they drain within days of the
-        upgrade). While a worker of that version may run, it (and we, see add_claim) may be writing them:
-        then always yes, never a "none" remembered for good."""
+    async def _index_to_write(self, table: str) -> str:
+        """Where a new by-session index row of `table` (claims, addresses) goes: its index table; the table
+        itself, where the earlier version looks, while one of its workers may run (see _id_rows)."""
+        return _INDEX_OF[table] if await self._id_rows() else table
+
+    async def _index_tables(self, table: str) -> tuple[str, ...]:
+        """Where a session's by-session index rows of `table` may be: its index table, and `table` itself while
+        rows of the earlier layout may remain there."""
+        return (_INDEX_OF[table], table) if await self._old_index(table) else (_INDEX_OF[table],)
+
+    async def _old_index(self, table: str) -> bool:
+        """Whether by-session index rows of the earlier layout may be in `table` itself (they drain within days
+        of the upgrade: a claim lives 10 minutes to 8 days, a reservation as long as its session). While a
+        worker of that version may run, it (and we, for it) writes them: then always yes, never a "none"
+        remembered for good."""
         if not await self._id_rows():
             return True
-        return await self._legacy("claim rows", "claims", "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _BY_SESSION, "hi": "~s}"})
+        return await self._legacy(f"{table} index", table, "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _BY_SESSION, "hi": "~s}"})
 
     async def _legacy_claims(self) -> bool:
         return await self._legacy("claims", "claims", "PartitionKey lt @p", {"p": _NEW})
@@ -1052,12 +1064,10 @@ class TableStore:
         the index, what has fallen due a range of minute partitions (nothing due: one request)."""
         claims = self._table("claims")
         if session_id is not None:
-            index = {"p": _BY_SESSION + _key(session_id)}
-            tokens = [e["RowKey"] async for e in self._query("claimindex", "PartitionKey eq @p", index, select=["RowKey"])]
-            await _bounded(self._erase_claim(_CLAIM + token, token, expired_at=now) for token in tokens)
-            if await self._legacy_claim_rows():
-                tokens = [e["RowKey"] async for e in self._query("claims", "PartitionKey eq @p", index, select=["RowKey"])]
-                await _bounded(self._erase_claim(_CLAIM + token, _OLD_CLAIM_ROW, expired_at=now) for token in tokens)
+            for index in await self._index_tables("claims"):
+                tokens = [e["RowKey"] async for e in self._query(index, "PartitionKey eq @p", {"p": _BY_SESSION + _key(session_id)}, select=["RowKey"])]
+                old = index == "claims"  # a claim indexed there has row "c"
+                await _bounded(self._erase_claim(_CLAIM + token, _OLD_CLAIM_ROW if old else token, expired_at=now) for token in tokens)
             if await self._legacy_claims():  # claims written before issue 25 are found by a filter on that layout's rows
                 query = "PartitionKey lt @new and session_id eq @s and sealed_present eq true"
                 async for e in self._query("claims", query, {"new": _NEW, "s": session_id}):
@@ -1068,7 +1078,7 @@ class TableStore:
             return  # a range read per sweep cost a pass 25 ms at 10,000 live on Azurite; a link checks its own expiry
         query = "PartitionKey ge @lo and PartitionKey lt @hi and at le @now"
         due: list[Any] = []
-        for prefix in (_OLD_CLAIM_DUE, _CLAIM_DUE) if await self._legacy_claim_rows() else (_CLAIM_DUE,):
+        for prefix in (_OLD_CLAIM_DUE, _CLAIM_DUE) if await self._old_index("claims") else (_CLAIM_DUE,):
             # The minutes up to now's of one layout (one range over both would walk every future minute of the earlier one).
             due += [e async for e in self._query("claims", query, {"lo": prefix, "hi": f"{prefix}{_minute(now)}}}", "now": now.isoformat()})]
 
@@ -1078,7 +1088,7 @@ class TableStore:
             row = _OLD_CLAIM_ROW if old else token
             if e.get("step") == "forget":
                 await claims.delete_entity(_CLAIM + token, row)
-                await self._table("claims" if old else "claimindex").delete_entity(_BY_SESSION + _key(e.get("session_id") or ""), token)
+                await self._table("claims" if old else _INDEX_OF["claims"]).delete_entity(_BY_SESSION + _key(e.get("session_id") or ""), token)
             else:
                 await self._erase_claim(_CLAIM + token, row)
 
@@ -1105,9 +1115,8 @@ class TableStore:
         # The session's index row first: a crash leaves at most an index row, never a reservation
         # release_addresses cannot find by key. In a table of its own, as the claims' (see add_claim);
         # where the earlier version looks for it while one of its workers may run (see _id_rows).
-        index = "addressindex" if await self._id_rows() else "addresses"
-        await self._table(index).upsert_entity({"PartitionKey": _BY_SESSION + _key(session_id), "RowKey": _held_row(scope, address), "scope": scope,
-                                                "address": address})
+        index = self._table(await self._index_to_write("addresses"))
+        await index.upsert_entity({"PartitionKey": _BY_SESSION + _key(session_id), "RowKey": _held_row(scope, address), "scope": scope, "address": address})
         if await self._legacy_addresses():
             try:  # held in the layout before issue 25 (ours on a retry; else the caller checks whether its holder still lives)
                 return (await table.get_entity(_key(scope), rk))["session_id"]
@@ -1126,12 +1135,6 @@ class TableStore:
     async def _legacy_addresses(self) -> bool:
         return await self._legacy("addresses", "addresses", "PartitionKey lt @p", {"p": _NEW})
 
-    async def _legacy_address_index(self) -> bool:
-        """Whether index rows of the layout that kept them in the addresses table may exist (as `_legacy_claim_rows`)."""
-        if not await self._id_rows():
-            return True
-        return await self._legacy("address index", "addresses", "PartitionKey ge @lo and PartitionKey lt @hi", {"lo": _BY_SESSION, "hi": "~s}"})
-
     async def _release_reservation(self, scope: str, address: str, holder: str) -> None:
         table = self._table("addresses")
         places = [_reservation(scope, address)]
@@ -1147,12 +1150,12 @@ class TableStore:
 
     async def release_address(self, scope: str, address: str, holder: str) -> None:
         await self._release_reservation(scope, address, holder)
-        for index in ("addressindex", "addresses") if await self._legacy_address_index() else ("addressindex",):
+        for index in await self._index_tables("addresses"):
             await self._table(index).delete_entity(_BY_SESSION + _key(holder), _held_row(scope, address))  # the holder's index row
 
     async def release_addresses(self, session_id: str) -> None:
         """Keyed (issue 25): the session's index partition names its reservations."""
-        for index in ("addressindex", "addresses") if await self._legacy_address_index() else ("addressindex",):
+        for index in await self._index_tables("addresses"):
             rows = [e async for e in self._query(index, "PartitionKey eq @p", {"p": _BY_SESSION + _key(session_id)})]
             for row in rows:
                 await self._release_reservation(row["scope"], row["address"], session_id)
