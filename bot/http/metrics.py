@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 
 from bot.logs import bind
-from bot.metrics import HTTP_SECONDS, REGISTRY
+from bot.metrics import HTTP_CHILDREN, REGISTRY
 from bot.store.model import ACTIVE_STATES
 from bot.store.ports import SessionReader
 
@@ -53,18 +53,7 @@ async def observe_requests(request: web.Request, handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         method = request.method if request.method in _METHODS else "other"
-        key = (route, method, status)
-        child = _HTTP_CHILDREN.get(key)
-        if child is None:  # .labels() is a lock and a few dict walks: ~1.5 us a request, not worth paying each time
-            child = HTTP_SECONDS.labels(route, method, str(status))
-            if len(_HTTP_CHILDREN) < 4096:
-                _HTTP_CHILDREN[key] = child
-        child.observe(time.perf_counter() - started)
-
-
-# Histogram children by (route template, method, status): bounded, as every part is (routes are the
-# app's own, methods a closed set, statuses three digits).
-_HTTP_CHILDREN: dict[tuple[str, str, int], Any] = {}
+        HTTP_CHILDREN.of(route, method, str(status)).observe(time.perf_counter() - started)
 
 
 

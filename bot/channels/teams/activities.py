@@ -161,11 +161,15 @@ class CardJson:
     def attachments(self, card: Card) -> str:
         try:
             known = self._recent.get(card)
-        except TypeError:
-            return json.dumps(card_activity(card)["attachments"])
+        except TypeError:  # not hashable
+            return self._encode(card)
         if known is None:
-            known = self._recent[card] = json.dumps(card_activity(card)["attachments"])
+            known = self._recent[card] = self._encode(card)
         return known
+
+    @staticmethod
+    def _encode(card: Card) -> str:
+        return json.dumps(card_activity(card)["attachments"])
 
 
 class Members:
