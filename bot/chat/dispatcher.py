@@ -1,4 +1,4 @@
-"""The chat front door: de-duplicate, parse, ask the policy (bot/engine/policy.py), run, answer.
+"""The chat front door: parse, de-duplicate, ask the policy (bot/engine/policy.py), run, answer.
 
 Two layers, as in aiogram: the allowlist runs before anything else (strangers get a polite refusal
 and nothing else happens); the command's own rule runs after it matched. Both decisions, and their
@@ -16,7 +16,7 @@ from bot.access import Role
 from bot.chat.parser import Command, Usage, parse
 from bot.chat.refusals import say
 from bot.chat.registry import Context, Registry
-from bot.engine.policy import Actor, Policy, Refused
+from bot.engine.policy import RULES, Actor, Policy, Refused
 from bot.logs import bind
 from bot.messages import ConversationRef, Incoming
 from bot.replies import Outbox
@@ -55,12 +55,12 @@ class Dispatcher:
     async def _handle(self, msg: Incoming) -> str:
         """Runs the message; returns its outcome for the metrics (handled, duplicate, ignored, refused, usage, error)."""
         channel = msg.conversation.channel
-        if msg.message_id and not await self.dedupe.first_seen(channel, msg.message_id, self._clock()):
-            log.info("ignoring re-sent message %s from %s", msg.message_id[:64], msg.identity.key)
-            return "duplicate"
         parsed = parse(msg.text)
         if parsed is None and not msg.is_private:
-            return "ignored"  # group chatter that is not for us
+            return "ignored"  # group chatter that is not for us: nothing recorded
+        if msg.message_id and self._runs_once(parsed) and not await self.dedupe.first_seen(channel, msg.message_id, self._clock()):
+            log.info("ignoring re-sent message %s from %s", msg.message_id[:64], msg.identity.key)
+            return "duplicate"
         command_text = parsed.verb if isinstance(parsed, Command) else "(unparsed)"
         try:
             actor = await self.policy.admit(msg.identity, channel, command_text)
@@ -94,6 +94,13 @@ class Dispatcher:
             await self.outbox.text(msg.conversation, f"Sorry, something went wrong. An admin can look it up in the log (ref {ref}).")
             return "error"
         return "handled"
+
+
+    def _runs_once(self, parsed: Command | Usage | None) -> bool:
+        """Whether a re-sent copy of this message must be recognised (its id recorded before it runs):
+        always, but for a command whose rule says it only answers (`Rule.repeatable`: `/vpn help`)."""
+        spec = self.registry.get(parsed.verb) if isinstance(parsed, Command) else None
+        return spec is None or not RULES[spec.action].repeatable
 
 
 def _describe(cmd: Command) -> str:

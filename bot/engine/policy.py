@@ -58,10 +58,13 @@ class Rule:
     admins_act_on_others: bool = False  # an admin may do this to another person's session
     audited: bool = True
     approvers_only: bool = False  # listed in help only for people some approver rule names
+    # Only answers, from state it does not change: a re-sent message is answered again instead of its
+    # id being recorded first (a store write per message; docs/decisions.md, issue 25 goal 4).
+    repeatable: bool = False
 
 
 RULES: dict[Action, Rule] = {
-    Action.HELP: Rule(audited=False),  # reads nothing but the asker's own limits: no decision worth a row (docs/decisions.md)
+    Action.HELP: Rule(audited=False, repeatable=True),  # reads nothing but the asker's own limits: no decision worth a row (docs/decisions.md)
     Action.START: Rule(),
     Action.STATUS: Rule(),
     Action.STOP: Rule(admins_act_on_others=True),
@@ -71,7 +74,7 @@ RULES: dict[Action, Rule] = {
     Action.TAKE_CONFIG: Rule(admins_act_on_others=False, audited=False),  # a config is its owner's alone, admins included
     Action.APPROVE: Rule(approvers_only=True),  # the decision itself is audited by check_decider and the use case
     Action.DENY: Rule(approvers_only=True),
-    Action.PENDING: Rule(approvers_only=True, audited=False),
+    Action.PENDING: Rule(approvers_only=True, audited=False, repeatable=True),
     Action.REPORT: Rule(admin_only=True),
     Action.AUDIT: Rule(admin_only=True),
     Action.NOTIFY: Rule(admin_only=True),

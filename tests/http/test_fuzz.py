@@ -608,7 +608,7 @@ def test_over_long_identities_are_a_clear_answer_never_a_5xx(served: Served):
     # Teams: message ids of 256 "/" (de-duplicated whole) and ids sharing their first 256 characters.
     def teams(message_id: str, conversation: str, aad: str = ALICE_AAD) -> int:
         activity = {
-            "type": "message", "id": message_id, "serviceUrl": served.connector.base_url, "channelId": "msteams", "text": "/vpn help",
+            "type": "message", "id": message_id, "serviceUrl": served.connector.base_url, "channelId": "msteams", "text": "/vpn status",
             "from": {"id": "29:long", "name": "Long", "aadObjectId": aad}, "recipient": {"id": "28:bot", "name": "VPN"},
             "conversation": {"id": conversation, "conversationType": "personal", "tenantId": TENANT}, "channelData": {"tenant": {"id": TENANT}},
         }
