@@ -41,8 +41,17 @@ class StartOptions:
 
 def normalise(text: str) -> str:
     text = text.replace("&nbsp;", " ")
-    text = unicodedata.normalize("NFKC", text)
+    if not text.isascii():  # NFKC leaves ASCII as it is
+        text = unicodedata.normalize("NFKC", text)
     return " ".join(text.split())
+
+
+def _has_control(clean: str) -> bool:
+    """Control, format, private-use or surrogate characters (categories Cc, Cf, Co, Cs). In ASCII only
+    Cc exists, and exactly those are what `isprintable` rejects there (whitespace is already single spaces)."""
+    if clean.isascii():
+        return not clean.isprintable()
+    return any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") for c in clean)
 
 
 def parse(text: str | None) -> Command | Usage | None:
@@ -52,7 +61,7 @@ def parse(text: str | None) -> Command | Usage | None:
     if len(text) > MAX_TEXT:
         return Usage("that message is too long to be a command")
     clean = normalise(text)
-    if any(unicodedata.category(c) == "Cc" or unicodedata.category(c) in ("Cf", "Co", "Cs") for c in clean):
+    if _has_control(clean):
         return Usage("that message contains control characters")
     words = clean.split(" ") if clean else []
     if not words:

@@ -50,12 +50,14 @@ class CommandSpec:
 class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, CommandSpec] = {}
+        self._available: dict[tuple[Role | None, bool], tuple[CommandSpec, ...]] = {}  # what `available_to` answered, until a command is added
 
     def command(self, verb: str, *, action: Action, usage: str, summary: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             if verb in self._specs:
                 raise ValueError(f"command {verb!r} registered twice")
             self._specs[verb] = CommandSpec(verb, usage, summary, handler, action)
+            self._available.clear()
             return handler
 
         return register
@@ -63,5 +65,10 @@ class Registry:
     def get(self, verb: str) -> CommandSpec | None:
         return self._specs.get(verb)
 
-    def available_to(self, role: Role | None, *, approver: bool = False) -> list[CommandSpec]:
-        return [s for s in self._specs.values() if allows(role, s.action) and (approver or not RULES[s.action].approvers_only)]
+    def available_to(self, role: Role | None, *, approver: bool = False) -> tuple[CommandSpec, ...]:
+        """The commands this role may run, in the order they were registered (every help card asks)."""
+        found = self._available.get((role, approver))
+        if found is None:
+            found = self._available[role, approver] = tuple(
+                s for s in self._specs.values() if allows(role, s.action) and (approver or not RULES[s.action].approvers_only))
+        return found

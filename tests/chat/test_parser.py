@@ -80,3 +80,17 @@ def test_parser_never_raises_on_random_input():
         for candidate in (text, "/vpn " + text):
             result = parse(candidate)
             assert result is None or isinstance(result, (Command, Usage))
+
+
+def test_the_ascii_fast_path_refuses_exactly_the_control_characters_the_categories_do():
+    """normalise skips NFKC and _has_control asks isprintable for ASCII: the same answers as the
+    Unicode categories for every ASCII character, alone or between words."""
+    import unicodedata
+
+    from bot.chat.parser import _has_control, normalise
+
+    for i in range(128):
+        for text in (chr(i), f"/vpn start{chr(i)}", f"/vpn{chr(i)}start x"):
+            clean = normalise(text)
+            assert clean == " ".join(unicodedata.normalize("NFKC", text).split())
+            assert _has_control(clean) == any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") for c in clean), repr(text)
