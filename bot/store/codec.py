@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import re
 import typing
 from datetime import datetime
 from typing import Any
@@ -118,6 +119,7 @@ def decode(values: typing.Mapping[str, Any], version: str) -> Session:
 # ----- keys from outside input (emails, identities, message ids, client addresses) ------------------
 
 KEY_BYTES = 255  # a key's escaped form up to this many UTF-8 bytes is kept readable; longer ones are hashed
+_UNSAFE = re.compile("[/\\\\#?%\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")  # what store_key escapes, one character each
 _HASHED = "%h"  # never produced by the escaping (a '%' there is always followed by two hex digits)
 
 
@@ -130,6 +132,10 @@ def store_key(text: str) -> str:
     whole value. Distinct values never share a key: an escaped form never starts with `%h`, and
     hashes differ wherever SHA-256 does. Never truncates.
     """
+    if _UNSAFE.search(text) is None:  # the common case (ids, channels, emails): nothing to escape
+        if len(text) <= KEY_BYTES // 4 or len(text.encode("utf-8")) <= KEY_BYTES:
+            return text
+        return _HASHED + hashlib.sha256(text.encode("utf-8")).hexdigest()
     out = []
     for ch in text:
         o = ord(ch)

@@ -46,6 +46,33 @@ def test_store_key_is_bounded_injective_and_never_truncates():
     assert store_key("/" * 256).startswith("%h") and store_key("%h" + "0" * 64).startswith("%25h")
 
 
+def _escaped_one_by_one(text: str) -> str:
+    """store_key as its docstring defines it, character by character (the fast path must agree)."""
+    import hashlib
+
+    escaped = "".join(
+        "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        if ch in "/\\#?%" or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or 0xD800 <= ord(ch) <= 0xDFFF or ord(ch) in (0xFFFE, 0xFFFF)
+        else ch
+        for ch in text
+    )
+    if len(escaped.encode("utf-8")) <= KEY_BYTES:
+        return escaped
+    return "%h" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def test_store_key_agrees_with_its_definition_on_random_text():
+    import random
+
+    rng = random.Random(25)
+    alphabet = [chr(i) for i in range(0x250)] + ["\ud800", "\udfff", "\ufffe", "\uffff", "\U0001F600", "\u6f22", "\U0010FFFF"]
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.choice((0, 1, 5, 32, 63, 64, 65, 127, 128, 254, 255, 256, 300))))
+        assert store_key(text) == _escaped_one_by_one(text), repr(text)
+    for text in ("a" * 255, "a" * 256, "\u00e9" * 127, "\u00e9" * 128, "\U0001F600" * 63, "\U0001F600" * 64):
+        assert store_key(text) == _escaped_one_by_one(text)
+
+
 async def test_long_and_escaped_emails_are_accounts_like_any_other(store, replica):
     for i, email in enumerate(LONG_EMAILS):
         await store.put_user(LocalUser(email, f"hash-{i}", T0))
