@@ -25,6 +25,7 @@ except ModuleNotFoundError as exc:  # a Python without the bot's packages (a fre
              "which makes .venv and installs them; then .venv/bin/vpn-bot <command>")
 
 log = logging.getLogger("app")
+GC_YOUNG = 10_000  # container allocations between young-generation collections in `serve` (after gc.freeze)
 
 
 ENV_HELP = """\
@@ -115,16 +116,27 @@ async def serve(settings: Settings, provider: Provider) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # docker stop / systemd send SIGTERM: shut down cleanly
         loop.add_signal_handler(sig, stop.set)
-    # Everything loaded so far (SDKs, modules: ~80k objects) lives as long as the process: out of the
-    # collector's sight, a full collection under load pauses the loop for tens of ms, not 100+.
     # After the signal handlers, so a SIGTERM during the collection still shuts down cleanly.
-    gc.collect()
-    gc.freeze()
+    settle_heap()
     try:
         await stop.wait()
         log.info("shutting down")
     finally:
         await runner.cleanup()
+
+
+def settle_heap() -> None:
+    """Tune the collector for a long-running server, once it has loaded everything.
+
+    Everything loaded so far (SDKs, modules: ~80k objects) lives as long as the process: frozen out of
+    the collector's sight, a full collection under load pauses the loop for tens of ms, not 100+. The
+    young generation is then collected every GC_YOUNG container allocations, not 700: a chat message
+    makes a few hundred (tasks, futures, aiohttp's request objects), nearly all freed by reference
+    counting long before a collection. At 700 the collector ran every 2-3 messages, ~10 % of a busy
+    replica's CPU (bench/bench_chat.py); at 10,000, about 1 % (docs/decisions.md, issue 25 goal 4)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
 async def console(settings: Settings, provider: Provider, args: argparse.Namespace) -> None:

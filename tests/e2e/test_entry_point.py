@@ -177,3 +177,12 @@ def test_reap_prints_one_line_of_what_it_did_and_nothing_else(tmp_path):
 def test_reap_shows_everything_at_debug(tmp_path):
     result = run_app(app_env(tmp_path / "data", VPN_LOG_LEVEL="DEBUG"), "reap")
     assert result.returncode == 0 and result.stdout.startswith("reap: ") and " DEBUG " in result.stderr
+
+
+def test_serve_settles_the_heap_frozen_and_with_a_larger_young_generation():
+    """app.settle_heap (what `serve` runs once listening): what is loaded is frozen, and the young
+    generation is collected every GC_YOUNG allocations. In a child: the collector is per process."""
+    code = ("import gc, app; before = gc.get_threshold(); app.settle_heap(); "
+            "print(gc.get_freeze_count() > 10000, gc.get_threshold()[0] == app.GC_YOUNG, gc.get_threshold()[1:] == before[1:])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(APP).parent, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True", "True"], out.stderr[-2000:]
