@@ -46,12 +46,15 @@ async def app(tmp_path):
 async def seed(app: WebApp) -> int:
     """A month of sessions: every person most days, more on weekdays; costs by the hour at $0.0208."""
     store, now = app.runtime.store, datetime.now(timezone.utc)
+    first_day = (now - timedelta(days=29)).replace(hour=0, minute=0, second=0, microsecond=0)
     n = 0
     for back in range(29, -1, -1):
         for i, person in enumerate(PEOPLE):
             if (back + i) % (3 if i == 3 else 2) and back % 7 not in (1, 2):
                 continue
-            at = now - timedelta(days=back, hours=i + 1)
+            # Inside the page's 30 UTC days whatever the time of day (at 00:30, "29 days and 2 hours
+            # ago" is the 31st day back, outside the chart).
+            at = max(now - timedelta(days=back, hours=i + 1), first_day + timedelta(minutes=5 * (i + 1)))
             minutes = 20.0 + 15 * ((back + i) % 5)
             await store.put_usage(UsageRecord(
                 session_id=f"{back:02d}{i:02d}000000"[:10], owner=f"local:{person}", owner_label=person, channel="web", provider="azure",
