@@ -439,9 +439,13 @@ class Recorder:
 def counted_store(conn: str, prefix: str, meter: Meter) -> Any:
     from azure.data.tables.aio import TableServiceClient
 
-    from bot.store.tables import TableStore
+    from bot.store import tables
 
-    return TableStore(TableServiceClient.from_connection_string(conn, raw_request_hook=meter.sent, raw_response_hook=meter), prefix=prefix)
+    # The client as TableStore.from_connection_string makes it: environment settings (aiohttp's
+    # trust_env: ~/.netrc and proxy variables looked up in a thread per request) only with a proxy set.
+    env_settings = getattr(tables, "_proxy_in_env", lambda: True)()  # a --project checkout before it: the SDK's default
+    service = TableServiceClient.from_connection_string(conn, raw_request_hook=meter.sent, raw_response_hook=meter, use_env_settings=env_settings)
+    return tables.TableStore(service, prefix=prefix)
 
 
 def runtime(env: dict[str, str], store: Any, *, background: bool, recorder: Recorder) -> Any:
@@ -800,6 +804,9 @@ async def part_e(ctx: Ctx, conn: str) -> None:
     meter = TurnMeter(prefix)
     rec = Recorder()
     async with runtime(env, counted_store(conn, prefix, meter), background=True, recorder=rec) as rt:
+        with contextlib.suppress(ImportError):  # the collector as `serve` sets it once listening (a --project checkout may lack it)
+            from app import settle_heap
+            settle_heap()
         for label, busy in (("nothing due", False), ("with due work", True)):
             if busy:  # a steady state of 60-minute sessions at this many live: n/60 warnings and n/60 expiries a minute
                 rate = n / 60 / 60  # per second
