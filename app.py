@@ -25,7 +25,7 @@ except ModuleNotFoundError as exc:  # a Python without the bot's packages (a fre
              "which makes .venv and installs them; then .venv/bin/vpn-bot <command>")
 
 log = logging.getLogger("app")
-GC_YOUNG = 10_000  # container allocations between young-generation collections in `serve` (after gc.freeze)
+GC_YOUNG = 10_000  # net container allocations between young-generation collections in `serve` (after gc.freeze)
 
 
 ENV_HELP = """\
@@ -130,10 +130,10 @@ def settle_heap() -> None:
 
     Everything loaded so far (SDKs, modules: ~80k objects) lives as long as the process: frozen out of
     the collector's sight, a full collection under load pauses the loop for tens of ms, not 100+. The
-    young generation is then collected every GC_YOUNG container allocations, not 700: a chat message
-    makes a few hundred (tasks, futures, aiohttp's request objects), nearly all freed by reference
-    counting long before a collection. At 700 the collector ran every 2-3 messages, ~10 % of a busy
-    replica's CPU (bench/bench_chat.py); at 10,000, about 1 % (docs/decisions.md, issue 25 goal 4)."""
+    young generation is then collected once GC_YOUNG more container objects were allocated than freed,
+    not 700: a chat message leaves cyclic garbage (aiohttp's and asyncio's request objects) and the
+    survivors of its tasks, so at 700 the collector ran every 2-3 messages, ~10 % of a busy replica's
+    CPU (bench/bench_chat.py); at 10,000, about 1 % (docs/decisions.md, issue 25 goal 4)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])

@@ -804,8 +804,11 @@ async def part_e(ctx: Ctx, conn: str) -> None:
     meter = TurnMeter(prefix)
     rec = Recorder()
     async with runtime(env, counted_store(conn, prefix, meter), background=True, recorder=rec) as rt:
-        with contextlib.suppress(ImportError):  # the collector as `serve` sets it once listening (a --project checkout may lack it)
+        try:  # the collector as `serve` sets it once listening (a --project checkout may lack it)
             from app import settle_heap
+        except ImportError as exc:
+            print(f"  (the heap is not settled as serve settles it: {exc})")
+        else:
             settle_heap()
         for label, busy in (("nothing due", False), ("with due work", True)):
             if busy:  # a steady state of 60-minute sessions at this many live: n/60 warnings and n/60 expiries a minute

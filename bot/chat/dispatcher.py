@@ -19,12 +19,14 @@ from bot.chat.registry import Context, Registry
 from bot.engine.policy import RULES, Actor, Policy, Refused
 from bot.logs import bind
 from bot.messages import ConversationRef, Incoming
+from bot.recent import Recent
 from bot.replies import Outbox
 from bot.store.model import utcnow
 from bot.store.ports import DedupeStore
 from cards.model import Card
 
 log = logging.getLogger(__name__)
+ANSWERED_REMEMBERED = 4096  # message ids of repeatable commands this process remembers (a re-send comes within minutes)
 
 
 class Dispatcher:
@@ -46,6 +48,7 @@ class Dispatcher:
         self.outbox = outbox
         self.help_card = help_card
         self._clock = clock
+        self._answered: Recent[tuple[str, str], bool] = Recent(ANSWERED_REMEMBERED)  # ids of repeatable commands (_first_time)
 
     async def handle(self, msg: Incoming) -> None:
         bind(user=str(msg.identity.key))
@@ -58,7 +61,7 @@ class Dispatcher:
         parsed = parse(msg.text)
         if parsed is None and not msg.is_private:
             return "ignored"  # group chatter that is not for us: nothing recorded
-        if msg.message_id and self._runs_once(parsed) and not await self.dedupe.first_seen(channel, msg.message_id, self._clock()):
+        if msg.message_id and not await self._first_time(msg, parsed):
             log.info("ignoring re-sent message %s from %s", msg.message_id[:64], msg.identity.key)
             return "duplicate"
         command_text = parsed.verb if isinstance(parsed, Command) else "(unparsed)"
@@ -95,12 +98,20 @@ class Dispatcher:
             return "error"
         return "handled"
 
-
-    def _runs_once(self, parsed: Command | Usage | None) -> bool:
-        """Whether a re-sent copy of this message must be recognised (its id recorded before it runs):
-        always, but for a command whose rule says it only answers (`Rule.repeatable`: `/vpn help`)."""
+    async def _first_time(self, msg: Incoming, parsed: Command | Usage | None) -> bool:
+        """Whether this message id is new. In the store (any replica's copy is recognised), but for a
+        command that only answers (`Rule.repeatable`: `/vpn help`, `/vpn pending`) in a private chat:
+        this process remembers its recent ids (a platform's re-send usually reaches the same replica,
+        e.g. Teams' after a cold start), and a copy reaching another replica is answered again, to
+        the same person, instead of a store write per message."""
+        key = (msg.conversation.channel, msg.message_id or "")
         spec = self.registry.get(parsed.verb) if isinstance(parsed, Command) else None
-        return spec is None or not RULES[spec.action].repeatable
+        if msg.is_private and spec is not None and RULES[spec.action].repeatable:
+            if key in self._answered:
+                return False
+            self._answered[key] = True
+            return True
+        return await self.dedupe.first_seen(key[0], key[1], self._clock())
 
 
 def _describe(cmd: Command) -> str:

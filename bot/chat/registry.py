@@ -67,8 +67,10 @@ class Registry:
 
     def available_to(self, role: Role | None, *, approver: bool = False) -> tuple[CommandSpec, ...]:
         """The commands this role may run, in the order they were registered (every help card asks)."""
-        found = self._available.get((role, approver))
+        key = (role, approver) if role is None or type(role) is Role else None  # a plain "admin" str is not Role.ADMIN to `allows`
+        found = self._available.get(key) if key else None
         if found is None:
-            found = self._available[role, approver] = tuple(
-                s for s in self._specs.values() if allows(role, s.action) and (approver or not RULES[s.action].approvers_only))
+            found = tuple(s for s in self._specs.values() if allows(role, s.action) and (approver or not RULES[s.action].approvers_only))
+            if key:
+                self._available[key] = found
         return found

@@ -225,3 +225,12 @@ async def test_the_groups_asked_about_follow_a_reread_policy_file(tmp_path):
     os.utime(path, (time.time() + 5, time.time() + 5))
     assert await policy.reload_if_changed()
     assert policy.wanted_groups == {G}
+
+
+def test_a_repeatable_rule_is_never_audited():
+    """Rule.repeatable skips the store's record of a re-sent message: only for what writes nothing, so
+    a copy answered again on another replica cannot write a second row."""
+    from bot.engine.policy import RULES
+
+    assert [a for a, r in RULES.items() if r.repeatable and r.audited] == []
+    assert {a.value for a, r in RULES.items() if r.repeatable} == {"help", "pending"}

@@ -89,18 +89,19 @@ async def test_group_chatter_is_ignored_but_commands_answered(make_runtime, chan
         assert "/vpn start" in channel.all_text() and "/vpn list" not in channel.all_text()
 
 
-async def test_only_messages_that_may_act_are_de_duplicated(make_runtime, channel):
-    """A re-sent command runs once; a re-sent `/vpn help` (it only answers: Rule.repeatable) is answered
-    again without a store write for its id, and group chatter records nothing either."""
+async def test_only_messages_that_may_act_are_de_duplicated_in_the_store(make_runtime, channel):
+    """A re-sent command runs once, recognised through the store (any replica). A re-sent private
+    `/vpn help` (it only answers: Rule.repeatable) is recognised by this process alone, with no store
+    write for its id; in a shared chat it is recorded as any command. Group chatter records nothing."""
     async with make_runtime() as rt:
-        for text, message_id, private in (("/vpn status", "s-1", True), ("/vpn help", "h-1", True), ("lunch anyone?", "g-1", False)):
+        cases = (("/vpn status", "s-1", True), ("/vpn help", "h-1", True), ("/vpn help", "h-2", False), ("lunch anyone?", "g-1", False))
+        for text, message_id, private in cases:
             channel.sent.clear()
             for _ in range(2):
                 await rt.dispatcher.handle(incoming(text, message_id=message_id, private=private))
-            answers = len(channel.sent)
-            assert answers == {"s-1": 1, "h-1": 2, "g-1": 0}[message_id], (text, channel.sent)
+            assert len(channel.sent) == {"s-1": 1, "h-1": 1, "h-2": 1, "g-1": 0}[message_id], (text, channel.sent)
         now = rt.service.clock()
-        assert [await rt.store.first_seen("test", m, now) for m in ("s-1", "h-1", "g-1")] == [False, True, True]
+        assert [await rt.store.first_seen("test", m, now) for m in ("s-1", "h-1", "h-2", "g-1")] == [False, True, False, True]
 
 
 async def test_admin_help_lists_admin_commands(make_runtime, channel):

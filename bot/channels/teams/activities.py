@@ -19,7 +19,8 @@ from botbuilder.core import TurnContext
 from botbuilder.schema import Activity
 
 from bot.channels.teams.config import TeamsConfig
-from bot.channels.teams.connector import ConnectorClient, ConnectorError, Recent
+from bot.channels.teams.connector import ConnectorClient, ConnectorError
+from bot.recent import Recent
 from bot.messages import ConversationRef, Identity, InvalidIdentity, UserKey
 from cards.adaptive import render_adaptive
 from cards.model import Card

@@ -22,11 +22,11 @@ import logging
 import math
 import random
 import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -34,6 +34,7 @@ import aiohttp
 from bot.backoff import retry_delay
 from bot.channels.teams.config import TeamsConfig
 from bot.messages import ConversationRef
+from bot.recent import Recent
 
 log = logging.getLogger(__name__)
 RETRY_ALWAYS = frozenset({412, 429})  # refused before processing: any call may be repeated
@@ -44,48 +45,6 @@ BAD_GATEWAY = frozenset({502, 504})  # Microsoft asks bots to retry these too: a
 CONVERSATION_LIMITS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
 SEND_GAP = 0.02  # between two sends to one conversation, so they leave (and arrive) in the order they were asked
 WINDOW_MARGIN = 0.1  # seconds added to each window: Teams counts arrivals, which the network can bunch up
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class Recent(Generic[K, V]):
-    """A map that keeps only the `size` most recently used entries: what this process remembers per
-    conversation or person stays bounded however many it meets (the store keeps what must last)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K, default: V | None = None) -> V | None:
-        if key not in self._items:
-            return default
-        self._items.move_to_end(key)
-        return self._items[key]
-
-    def __getitem__(self, key: K) -> V:
-        self._items.move_to_end(key)
-        return self._items[key]
-
-    def __setitem__(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(list(self._items))
-
-    def pop(self, key: K, default: V | None = None) -> V | None:
-        return self._items.pop(key, default)
-
-    def clear(self) -> None:
-        self._items.clear()
 
 
 def retry_after_seconds(value: str) -> float | None:

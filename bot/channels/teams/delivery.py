@@ -21,7 +21,8 @@ from bot import one_time_configs
 from bot.channels.deps import ChatDeps
 from bot.channels.teams.activities import ADAPTIVE, FILE_CONSENT, FILE_INFO, card_activity, conversation_of, tenant_of
 from bot.channels.teams.config import TeamsConfig
-from bot.channels.teams.connector import RETRY_ALWAYS, RETRY_IF_IDEMPOTENT, ConnectorClient, ConnectorError, Recent, SendBlocked, Sender
+from bot.channels.teams.connector import RETRY_ALWAYS, RETRY_IF_IDEMPOTENT, ConnectorClient, ConnectorError, SendBlocked, Sender
+from bot.recent import Recent
 from bot.messages import ConversationRef, Identity
 from bot.one_time_configs import Claim
 from bot.replies import ConfigDelivery, DeliveryError
