@@ -20,8 +20,8 @@ from botbuilder.schema import Activity
 
 from bot.channels.teams.config import TeamsConfig
 from bot.channels.teams.connector import ConnectorClient, ConnectorError
-from bot.recent import Recent
 from bot.messages import ConversationRef, Identity, InvalidIdentity, UserKey
+from bot.recent import Recent
 from cards.adaptive import render_adaptive
 from cards.model import Card
 from cards.text import render_card_text

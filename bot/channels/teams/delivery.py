@@ -22,9 +22,9 @@ from bot.channels.deps import ChatDeps
 from bot.channels.teams.activities import ADAPTIVE, FILE_CONSENT, FILE_INFO, card_activity, conversation_of, tenant_of
 from bot.channels.teams.config import TeamsConfig
 from bot.channels.teams.connector import RETRY_ALWAYS, RETRY_IF_IDEMPOTENT, ConnectorClient, ConnectorError, SendBlocked, Sender
-from bot.recent import Recent
 from bot.messages import ConversationRef, Identity
 from bot.one_time_configs import Claim
+from bot.recent import Recent
 from bot.replies import ConfigDelivery, DeliveryError
 from cards.adaptive import render_adaptive
 from cards.model import Card
