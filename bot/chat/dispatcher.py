@@ -21,6 +21,7 @@ from bot.logs import bind
 from bot.messages import ConversationRef, Incoming
 from bot.recent import Recent
 from bot.replies import Outbox
+from bot.store.codec import store_key
 from bot.store.model import utcnow
 from bot.store.ports import DedupeStore
 from cards.model import Card
@@ -104,14 +105,14 @@ class Dispatcher:
         this process remembers its recent ids (a platform's re-send usually reaches the same replica,
         e.g. Teams' after a cold start), and a copy reaching another replica is answered again, to
         the same person, instead of a store write per message."""
-        key = (msg.conversation.channel, msg.message_id or "")
+        key = (msg.conversation.channel, store_key(msg.message_id or ""))  # bounded, as the store keeps it
         spec = self.registry.get(parsed.verb) if isinstance(parsed, Command) else None
         if msg.is_private and spec is not None and RULES[spec.action].repeatable:
             if key in self._answered:
                 return False
             self._answered[key] = True
             return True
-        return await self.dedupe.first_seen(key[0], key[1], self._clock())
+        return await self.dedupe.first_seen(key[0], msg.message_id or "", self._clock())
 
 
 def _describe(cmd: Command) -> str:

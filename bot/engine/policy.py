@@ -58,8 +58,9 @@ class Rule:
     admins_act_on_others: bool = False  # an admin may do this to another person's session
     audited: bool = True
     approvers_only: bool = False  # listed in help only for people some approver rule names
-    # Only answers, from state it does not change: a re-sent message is answered again instead of its
-    # id being recorded first (a store write per message; docs/decisions.md, issue 25 goal 4).
+    # Only answers, from state it does not change: in a private chat a re-sent copy is recognised by the
+    # process that answered it, not through a store write per message; a copy reaching another replica
+    # is answered again (bot/chat/dispatcher.py _first_time; docs/decisions.md, issue 25 goal 4).
     repeatable: bool = False
 
 

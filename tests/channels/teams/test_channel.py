@@ -87,6 +87,20 @@ async def test_duplicate_activity_starts_one_session(make_teams):
     assert len(await h.runtime.store.sessions(list(SessionState))) == 1
 
 
+async def test_the_same_message_id_in_two_chats_is_two_messages(make_teams):
+    """Teams' message ids are unique within a conversation (epoch milliseconds in a chat): two people
+    writing in the same millisecond each get their session; a re-send in one chat is still one."""
+    h = await make_teams()
+    sent = []
+    for aad, conversation in ((ALICE_AAD, "a:1alice-chat"), (BOB_AAD, "a:1bob-chat")):
+        data = activity("personal_message", serviceUrl=h.connector.base_url, aadObjectId=aad, tenantId=TENANT, text="/vpn start", id="1700000000000")
+        data["conversation"]["id"] = conversation
+        sent += [data, data]
+    await asyncio.gather(*(h.post(data) for data in sent))
+    await h.settle()
+    assert sorted(s.owner for s in await h.runtime.store.sessions(list(SessionState))) == sorted(f"teams:{a}" for a in (ALICE_AAD, BOB_AAD))
+
+
 async def test_tenant_restriction(make_teams):
     h = await make_teams(config=TeamsConfig(dev_mode=True, allowed_tenants=("11111111-1111-1111-1111-111111111111",), backoff=0.01))
     await h.say("/vpn start")
