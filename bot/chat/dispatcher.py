@@ -62,7 +62,7 @@ class Dispatcher:
         parsed = parse(msg.text)
         if parsed is None and not msg.is_private:
             return "ignored"  # group chatter that is not for us: nothing recorded
-        if msg.message_id and not await self._first_time(msg, parsed):
+        if msg.message_id and not await self._first_time(msg, msg.message_id, parsed):
             log.info("ignoring re-sent message %s from %s", msg.message_id[:64], msg.identity.key)
             return "duplicate"
         command_text = parsed.verb if isinstance(parsed, Command) else "(unparsed)"
@@ -99,20 +99,21 @@ class Dispatcher:
             return "error"
         return "handled"
 
-    async def _first_time(self, msg: Incoming, parsed: Command | Usage | None) -> bool:
+    async def _first_time(self, msg: Incoming, message_id: str, parsed: Command | Usage | None) -> bool:
         """Whether this message id is new. In the store (any replica's copy is recognised), but for a
         command that only answers (`Rule.repeatable`: `/vpn help`, `/vpn pending`) in a private chat:
         this process remembers its recent ids (a platform's re-send usually reaches the same replica,
         e.g. Teams' after a cold start), and a copy reaching another replica is answered again, to
         the same person, instead of a store write per message."""
-        key = (msg.conversation.channel, store_key(msg.message_id or ""))  # bounded, as the store keeps it
+        channel = msg.conversation.channel
         spec = self.registry.get(parsed.verb) if isinstance(parsed, Command) else None
-        if msg.is_private and spec is not None and RULES[spec.action].repeatable:
-            if key in self._answered:
-                return False
-            self._answered[key] = True
-            return True
-        return await self.dedupe.first_seen(key[0], msg.message_id or "", self._clock())
+        if not (msg.is_private and spec is not None and RULES[spec.action].repeatable):
+            return await self.dedupe.first_seen(channel, message_id, self._clock())
+        key = (channel, store_key(message_id))  # bounded, as the store keeps it
+        if key in self._answered:
+            return False
+        self._answered[key] = True
+        return True
 
 
 def _describe(cmd: Command) -> str:

@@ -119,7 +119,7 @@ def decode(values: typing.Mapping[str, Any], version: str) -> Session:
 # ----- keys from outside input (emails, identities, message ids, client addresses) ------------------
 
 KEY_BYTES = 255  # a key's escaped form up to this many UTF-8 bytes is kept readable; longer ones are hashed
-_UNSAFE = re.compile("[/\\\\#?%\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")  # what store_key escapes, one character each
+_UNSAFE = re.compile("[/\\\\#?%\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")  # what store_key percent-escapes, each character as its UTF-8 bytes
 _HASHED = "%h"  # never produced by the escaping (a '%' there is always followed by two hex digits)
 
 
@@ -132,21 +132,14 @@ def store_key(text: str) -> str:
     whole value. Distinct values never share a key: an escaped form never starts with `%h`, and
     hashes differ wherever SHA-256 does. Never truncates.
     """
-    if _UNSAFE.search(text) is None:  # the common case (ids, channels, emails): nothing to escape
-        if len(text) <= KEY_BYTES // 4 or len(text.encode("utf-8")) <= KEY_BYTES:
-            return text
-        return _HASHED + hashlib.sha256(text.encode("utf-8")).hexdigest()
-    out = []
-    for ch in text:
-        o = ord(ch)
-        if ch in "/\\#?%" or o < 0x20 or 0x7F <= o <= 0x9F or 0xD800 <= o <= 0xDFFF or o in (0xFFFE, 0xFFFF):
-            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass")))
-        else:
-            out.append(ch)
-    escaped = "".join(out)
-    if len(escaped.encode("utf-8")) <= KEY_BYTES:
+    escaped = _UNSAFE.sub(_percent_escaped, text)  # the common case (ids, channels, emails) has nothing to escape
+    if len(escaped) <= KEY_BYTES // 4 or len(escaped.encode("utf-8")) <= KEY_BYTES:  # 63 characters are at most 252 bytes
         return escaped
     return _HASHED + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _percent_escaped(match: re.Match[str]) -> str:
+    return "".join(f"%{b:02X}" for b in match.group().encode("utf-8", "surrogatepass"))
 
 
 def refusal_sample(user: str, command: str, reason: str, at: datetime) -> tuple[datetime, str]:

@@ -73,10 +73,10 @@ def _page(text: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     return page
 
 
-def message_key(message: Message) -> str | None:
-    """What tells a message from a re-send of it: Teams' message ids are unique within a conversation
-    (epoch milliseconds in a chat), so two people writing in the same millisecond share one."""
-    return f"{message.conversation_id}|{message.id}" if message.id else None
+def activity_key(conversation_id: str, activity_id: str | None) -> str | None:
+    """What tells an activity from a re-send of it: Teams' ids are unique within a conversation (epoch
+    milliseconds in a chat), so two people writing in the same millisecond share one."""
+    return f"{conversation_id}|{activity_id}" if activity_id else None
 
 
 class TeamsChannel(ChannelDefaults):
@@ -192,7 +192,7 @@ class TeamsChannel(ChannelDefaults):
         if not self._tenant_allowed(message.tenant):
             log.warning("Teams: message from tenant %s ignored (not allowed)", message.tenant[:40])
         else:
-            self._run_later("message", message_key(message), lambda: self._handle_message(message))
+            self._run_later("message", activity_key(message.conversation_id, message.id), lambda: self._handle_message(message))
         return web.Response(status=201)
 
     async def _on_turn_error(self, turn_context: TurnContext, error: Exception) -> None:
@@ -200,8 +200,7 @@ class TeamsChannel(ChannelDefaults):
 
     def _later(self, activity: Activity, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Answer Teams now; the work (lookups, the command, replies) runs as a tracked task."""
-        conversation = activity.conversation.id if activity.conversation else ""
-        self._run_later(activity.type, f"{conversation}|{activity.id}" if activity.id else None, work)  # as message_key
+        self._run_later(activity.type, activity_key(activity.conversation.id if activity.conversation else "", activity.id), work)
 
     def _run_later(self, kind: str, activity_id: str | None, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
@@ -287,7 +286,7 @@ class TeamsChannel(ChannelDefaults):
             await self.send_text(conv, "Sorry, I can only serve people signed in to your organisation's Teams.")
             return
         private = conv.data["conversation_type"] == "personal"
-        await self.deps.handle(Incoming(who, text, conv, message_id=message_key(message), is_private=private))
+        await self.deps.handle(Incoming(who, text, conv, message_id=activity_key(message.conversation_id, message.id), is_private=private))
 
     async def on_installed(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
